@@ -1,0 +1,17 @@
+//! SPIFFE and WIMSE building blocks shared by Sigil's issuer, its agent and the
+//! services that verify Sigil credentials.
+//!
+//! - [`id`]: strict SPIFFE ID and trust domain parsing (SPIFFE-ID.md).
+//! - [`jwk`]: public keys as JWKs (RFC 7517/7518) and their use for verification.
+//! - [`bundle`]: SPIFFE trust bundles as JWK Sets (SPIFFE_Trust_Domain_and_Bundle.md).
+//! - [`x509svid`]: X509-SVID validation (X509-SVID.md).
+//! - [`jwtsvid`]: JWT-SVID validation (JWT-SVID.md).
+
+pub mod bundle;
+pub mod id;
+pub mod jwk;
+pub mod jwtsvid;
+pub mod x509svid;
+
+pub use bundle::{Bundle, BundleError, JwtAuthority};
+pub use id::{IdError, SpiffeId, TrustDomain};
