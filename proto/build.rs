@@ -1,7 +1,11 @@
 //! Generates the gRPC code with protox, so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/workload.proto", "proto/issuer.proto", "proto/admin.proto"];
+    let protos = [
+        "proto/workload.proto",
+        "proto/issuer.proto",
+        "proto/admin.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -3,17 +3,27 @@
 
 #![allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
 
-/// The SPIFFE Workload API. Its proto has no package, hence the `_` module.
+/// The SPIFFE Workload API. Its proto has no package, hence the `_` file.
 pub mod workload {
     tonic::include_proto!("_");
 }
 
-/// Agent <-> issuer API.
-pub mod issuer {
-    tonic::include_proto!("sigil.issuer.v1");
+/// Sigil's own packages, nested as their proto package names are so that
+/// cross-package references resolve.
+pub mod sigil {
+    pub mod issuer {
+        pub mod v1 {
+            tonic::include_proto!("sigil.issuer.v1");
+        }
+    }
+    pub mod admin {
+        pub mod v1 {
+            tonic::include_proto!("sigil.admin.v1");
+        }
+    }
 }
 
 /// Issuer admin API.
-pub mod admin {
-    tonic::include_proto!("sigil.admin.v1");
-}
+pub use sigil::admin::v1 as admin;
+/// Agent <-> issuer API.
+pub use sigil::issuer::v1 as issuer;

@@ -375,8 +375,16 @@ mod tests {
         };
         let cases: Vec<(&str, serde_json::Value, Result<(usize, usize), &str>)> = vec![
             ("empty keys", serde_json::json!({"keys": []}), Ok((0, 0))),
-            ("missing keys", serde_json::json!({"spiffe_sequence": 1}), Err("no \"keys\"")),
-            ("not an object", serde_json::json!([1, 2]), Err("not a JSON object")),
+            (
+                "missing keys",
+                serde_json::json!({"spiffe_sequence": 1}),
+                Err("no \"keys\""),
+            ),
+            (
+                "not an object",
+                serde_json::json!([1, 2]),
+                Err("not a JSON object"),
+            ),
             (
                 "x509 authority",
                 serde_json::json!({"keys": [with(serde_json::json!({"use": "x509-svid", "x5c": [cert]}))]}),

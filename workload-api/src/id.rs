@@ -15,13 +15,19 @@ const SCHEME_PREFIX: &str = "spiffe://";
 #[non_exhaustive]
 pub enum IdError {
     #[error("invalid SPIFFE ID {input:?}: {reason}")]
-    Invalid { input: String, reason: SpiffeIdError },
+    Invalid {
+        input: String,
+        reason: SpiffeIdError,
+    },
     #[error("invalid SPIFFE ID {input:?}: scheme must be exactly \"spiffe://\" in lowercase")]
     SchemeNotLowercase { input: String },
     #[error("invalid trust domain in {input:?}: trust domain names are lowercase")]
     TrustDomainNotLowercase { input: String },
     #[error("invalid trust domain {input:?}: {reason}")]
-    InvalidTrustDomain { input: String, reason: SpiffeIdError },
+    InvalidTrustDomain {
+        input: String,
+        reason: SpiffeIdError,
+    },
     #[error("SPIFFE ID {input:?} belongs to trust domain {actual:?}, expected {expected:?}")]
     WrongTrustDomain {
         input: String,

@@ -36,7 +36,11 @@ pub enum JwkError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublicKey {
     /// Uncompressed point, `x` and `y` each the curve's field size.
-    Ec { curve: Curve, x: Vec<u8>, y: Vec<u8> },
+    Ec {
+        curve: Curve,
+        x: Vec<u8>,
+        y: Vec<u8>,
+    },
     /// Big-endian modulus and exponent, without leading zeros.
     Rsa { n: Vec<u8>, e: Vec<u8> },
 }
@@ -304,7 +308,10 @@ impl PublicKey {
             } => format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#),
             _ => unreachable!("to_jwk always sets the members of its key type"),
         };
-        B64URL.encode(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()))
+        B64URL.encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            canonical.as_bytes(),
+        ))
     }
 }
 
@@ -346,7 +353,10 @@ mod tests {
             ..Jwk::default()
         };
         let key = PublicKey::from_jwk(&jwk).unwrap();
-        assert_eq!(key.thumbprint(), "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+        assert_eq!(
+            key.thumbprint(),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
     }
 
     #[test]
@@ -354,7 +364,13 @@ mod tests {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
         let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
         let parsed = PublicKey::from_spki_der(&spki).unwrap();
-        assert!(matches!(parsed, PublicKey::Ec { curve: Curve::P384, .. }));
+        assert!(matches!(
+            parsed,
+            PublicKey::Ec {
+                curve: Curve::P384,
+                ..
+            }
+        ));
         assert_eq!(parsed.to_spki_der(), spki);
         assert_eq!(PublicKey::from_jwk(&parsed.to_jwk()).unwrap(), parsed);
     }

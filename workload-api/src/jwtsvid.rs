@@ -116,8 +116,9 @@ pub fn sign(
         B64URL.encode(header.to_string()),
         B64URL.encode(serde_json::to_vec(claims).expect("claims serialize"))
     );
-    let signature = jsonwebtoken::crypto::sign(signing_input.as_bytes(), key, alg.to_jsonwebtoken())
-        .map_err(|e| JwtSvidError::Signing(e.to_string()))?;
+    let signature =
+        jsonwebtoken::crypto::sign(signing_input.as_bytes(), key, alg.to_jsonwebtoken())
+            .map_err(|e| JwtSvidError::Signing(e.to_string()))?;
     Ok(format!("{signing_input}.{signature}"))
 }
 
@@ -264,7 +265,8 @@ mod tests {
             .unwrap()
             .as_ref()
             .to_vec();
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng).unwrap();
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng).unwrap();
         let point = pair.public_key().as_ref();
         let public = PublicKey::Ec {
             curve: crate::jwk::Curve::P256,
@@ -342,31 +344,112 @@ mod tests {
         let c = |k, v| with(&good_claims, k, v);
         use serde_json::json;
         let cases: Vec<(&str, String, &str)> = vec![
-            ("alg none", token_with(h("alg", json!("none")), good_claims.clone(), &s), "alg \"none\""),
-            ("alg HS256", token_with(h("alg", json!("HS256")), good_claims.clone(), &s), "alg \"HS256\""),
-            ("alg EdDSA", token_with(h("alg", json!("EdDSA")), good_claims.clone(), &s), "alg \"EdDSA\""),
-            ("alg absent", token_with(h("alg", json!(null)), good_claims.clone(), &s), "alg \"\""),
-            ("typ other", token_with(h("typ", json!("wit+jwt")), good_claims.clone(), &s), "typ \"wit+jwt\""),
-            ("kid absent", token_with(h("kid", json!(null)), good_claims.clone(), &s), "no kid"),
-            ("kid unknown", token_with(h("kid", json!("k9")), good_claims.clone(), &s), "no key \"k9\""),
-            ("alg vs key", token_with(h("alg", json!("RS256")), good_claims.clone(), &s), "cannot verify RS256"),
-            ("no sub", token_with(good_header.clone(), c("sub", json!(null)), &s), "no sub claim"),
-            ("no aud", token_with(good_header.clone(), c("aud", json!(null)), &s), "no aud claim"),
-            ("no exp", token_with(good_header.clone(), c("exp", json!(null)), &s), "no exp claim"),
-            ("bad sub", token_with(good_header.clone(), c("sub", json!("https://x")), &s), "not a SPIFFE ID"),
-            ("foreign td", token_with(good_header.clone(), c("sub", json!("spiffe://other.org/x")), &s), "no JWT bundle for trust domain other.org"),
-            ("expired", token_with(good_header.clone(), c("exp", json!(NOW - 1)), &s), "expired"),
-            ("exactly at exp", token_with(good_header.clone(), c("exp", json!(NOW)), &s), "expired"),
-            ("not yet valid", token_with(good_header.clone(), c("nbf", json!(NOW + 10)), &s), "not valid before"),
-            ("wrong aud", token_with(good_header.clone(), c("aud", json!("other")), &s), "does not contain \"db\""),
+            (
+                "alg none",
+                token_with(h("alg", json!("none")), good_claims.clone(), &s),
+                "alg \"none\"",
+            ),
+            (
+                "alg HS256",
+                token_with(h("alg", json!("HS256")), good_claims.clone(), &s),
+                "alg \"HS256\"",
+            ),
+            (
+                "alg EdDSA",
+                token_with(h("alg", json!("EdDSA")), good_claims.clone(), &s),
+                "alg \"EdDSA\"",
+            ),
+            (
+                "alg absent",
+                token_with(h("alg", json!(null)), good_claims.clone(), &s),
+                "alg \"\"",
+            ),
+            (
+                "typ other",
+                token_with(h("typ", json!("wit+jwt")), good_claims.clone(), &s),
+                "typ \"wit+jwt\"",
+            ),
+            (
+                "kid absent",
+                token_with(h("kid", json!(null)), good_claims.clone(), &s),
+                "no kid",
+            ),
+            (
+                "kid unknown",
+                token_with(h("kid", json!("k9")), good_claims.clone(), &s),
+                "no key \"k9\"",
+            ),
+            (
+                "alg vs key",
+                token_with(h("alg", json!("RS256")), good_claims.clone(), &s),
+                "cannot verify RS256",
+            ),
+            (
+                "no sub",
+                token_with(good_header.clone(), c("sub", json!(null)), &s),
+                "no sub claim",
+            ),
+            (
+                "no aud",
+                token_with(good_header.clone(), c("aud", json!(null)), &s),
+                "no aud claim",
+            ),
+            (
+                "no exp",
+                token_with(good_header.clone(), c("exp", json!(null)), &s),
+                "no exp claim",
+            ),
+            (
+                "bad sub",
+                token_with(good_header.clone(), c("sub", json!("https://x")), &s),
+                "not a SPIFFE ID",
+            ),
+            (
+                "foreign td",
+                token_with(
+                    good_header.clone(),
+                    c("sub", json!("spiffe://other.org/x")),
+                    &s,
+                ),
+                "no JWT bundle for trust domain other.org",
+            ),
+            (
+                "expired",
+                token_with(good_header.clone(), c("exp", json!(NOW - 1)), &s),
+                "expired",
+            ),
+            (
+                "exactly at exp",
+                token_with(good_header.clone(), c("exp", json!(NOW)), &s),
+                "expired",
+            ),
+            (
+                "not yet valid",
+                token_with(good_header.clone(), c("nbf", json!(NOW + 10)), &s),
+                "not valid before",
+            ),
+            (
+                "wrong aud",
+                token_with(good_header.clone(), c("aud", json!("other")), &s),
+                "does not contain \"db\"",
+            ),
             ("two parts", "a.b".into(), "JWS compact"),
             ("four parts", "a.b.c.d".into(), "JWS compact"),
-            ("header not json", format!("{}.{}.x", B64URL.encode("nope"), B64URL.encode("{}")), "header is not valid JSON"),
+            (
+                "header not json",
+                format!("{}.{}.x", B64URL.encode("nope"), B64URL.encode("{}")),
+                "header is not valid JSON",
+            ),
         ];
         for (name, token, needle) in cases {
-            let err = validate(&token, "db", |td| (td.as_str() == "example.org").then_some(&bundle), at(NOW))
-                .expect_err(name)
-                .to_string();
+            let err = validate(
+                &token,
+                "db",
+                |td| (td.as_str() == "example.org").then_some(&bundle),
+                at(NOW),
+            )
+            .expect_err(name)
+            .to_string();
             assert!(err.contains(needle), "{name}: {err}");
         }
         // A valid token with one flipped signature byte fails the signature check.

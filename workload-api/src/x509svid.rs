@@ -99,7 +99,12 @@ fn extensions(index: usize, cert: &Certificate) -> Result<Extensions, X509SvidEr
         key_usage: None,
         extended_key_usage: None,
     };
-    for ext in cert.tbs_certificate.extensions.as_deref().unwrap_or_default() {
+    for ext in cert
+        .tbs_certificate
+        .extensions
+        .as_deref()
+        .unwrap_or_default()
+    {
         let value = ext.extn_value.as_bytes();
         match ext.extn_id {
             ID_CE_SUBJECT_ALT_NAME => {
@@ -219,8 +224,8 @@ pub fn verify_chain<'b>(
         check_signing_certificate(offset + 1, der)?;
     }
     let trust_domain = info.spiffe_id.trust_domain();
-    let bundle =
-        bundle_for(trust_domain).ok_or_else(|| X509SvidError::NoBundle(trust_domain.to_string()))?;
+    let bundle = bundle_for(trust_domain)
+        .ok_or_else(|| X509SvidError::NoBundle(trust_domain.to_string()))?;
     let untrusted = |reason: String| X509SvidError::Untrusted {
         trust_domain: trust_domain.to_string(),
         reason,
@@ -319,24 +324,45 @@ mod tests {
         type Mutate = fn(&mut CertificateParams);
         let cases: Vec<(&str, Mutate, Option<&str>)> = vec![
             ("valid", |_| {}, None),
-            ("no uri san", |p| p.subject_alt_names.clear(), Some("no URI SAN")),
+            (
+                "no uri san",
+                |p| p.subject_alt_names.clear(),
+                Some("no URI SAN"),
+            ),
             (
                 "two uri sans",
-                |p| p.subject_alt_names.push(SanType::URI("spiffe://example.org/b".try_into().unwrap())),
+                |p| {
+                    p.subject_alt_names
+                        .push(SanType::URI("spiffe://example.org/b".try_into().unwrap()))
+                },
                 Some("2 URI SANs"),
             ),
             (
                 "uri san not spiffe",
-                |p| p.subject_alt_names = vec![SanType::URI("https://example.org/a".try_into().unwrap())],
+                |p| {
+                    p.subject_alt_names =
+                        vec![SanType::URI("https://example.org/a".try_into().unwrap())]
+                },
                 Some("not a SPIFFE ID"),
             ),
             (
                 "dns san allowed",
-                |p| p.subject_alt_names.push(SanType::DnsName("web.example.org".try_into().unwrap())),
+                |p| {
+                    p.subject_alt_names
+                        .push(SanType::DnsName("web.example.org".try_into().unwrap()))
+                },
                 None,
             ),
-            ("leaf is ca", |p| p.is_ca = IsCa::Ca(RcBc::Unconstrained), Some("cA=true")),
-            ("no key usage", |p| p.key_usages.clear(), Some("no keyUsage")),
+            (
+                "leaf is ca",
+                |p| p.is_ca = IsCa::Ca(RcBc::Unconstrained),
+                Some("cA=true"),
+            ),
+            (
+                "no key usage",
+                |p| p.key_usages.clear(),
+                Some("no keyUsage"),
+            ),
             (
                 "no digital signature",
                 |p| p.key_usages = vec![KeyUsagePurpose::KeyEncipherment],
@@ -352,7 +378,11 @@ mod tests {
                 |p| p.key_usages.push(KeyUsagePurpose::KeyCertSign),
                 Some("keyCertSign"),
             ),
-            ("crl sign forbidden", |p| p.key_usages.push(KeyUsagePurpose::CrlSign), Some("cRLSign")),
+            (
+                "crl sign forbidden",
+                |p| p.key_usages.push(KeyUsagePurpose::CrlSign),
+                Some("cRLSign"),
+            ),
             (
                 "eku without client auth",
                 |p| p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth],
@@ -382,7 +412,10 @@ mod tests {
         let authority = ca("example.org");
         let mut der = sign(leaf_params(&["spiffe://example.org/web"]), &authority);
         let pattern = [0x06, 0x03, 0x55, 0x1d, 0x0f, 0x01, 0x01, 0xff];
-        let at = der.windows(pattern.len()).position(|w| w == pattern).unwrap();
+        let at = der
+            .windows(pattern.len())
+            .position(|w| w == pattern)
+            .unwrap();
         der[at + 7] = 0x00;
         assert_eq!(check_leaf(&der), Err(X509SvidError::KeyUsageNotCritical));
     }
