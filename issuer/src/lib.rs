@@ -7,8 +7,16 @@
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`server`]: wires the subsystems together and runs them.
 
+pub mod admin_client;
+pub mod attestation;
 pub mod ca;
+pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod csr;
+pub mod endpoints;
 pub mod ids;
+pub mod registration;
+pub mod server;
+pub mod state;
 pub mod store;

@@ -165,7 +165,7 @@ impl Ca {
     /// Loads the CA from its directory, creating keys where none exist yet, and
     /// brings rotation up to date for `now`.
     pub fn open(config: CaConfig, now: SystemTime) -> Result<Self, CaError> {
-        std::fs::create_dir_all(&config.dir).map_err(|e| CaError::Journal {
+        crate::server::create_private_dir(&config.dir).map_err(|e| CaError::Journal {
             path: config.dir.display().to_string(),
             reason: e.to_string(),
         })?;
@@ -275,7 +275,7 @@ impl Ca {
                     authority_id = %authority.record.id,
                     status = ?status,
                     not_after = authority.record.not_after,
-                    "x509 CA prepared"
+                    "x509 CA created"
                 );
                 state.x509.push(authority);
             }
@@ -332,7 +332,7 @@ impl Ca {
                     certificate: None,
                 };
                 key.save(&key_path(&self.config, "jwt", &record.id))?;
-                tracing::info!(kid = %record.id, status = ?status, "jwt key prepared");
+                tracing::info!(kid = %record.id, status = ?status, "jwt key created");
                 state.jwt.push(JwtKey { record, key });
             }
             Step::Activate => {

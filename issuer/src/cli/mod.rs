@@ -1,0 +1,518 @@
+//! The `sigil-issuer` command line: `run` starts the issuer; every other
+//! command is a client of the admin API on its local socket.
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use proto::admin as pb;
+use proto::issuer::Selector as SelectorMessage;
+
+use crate::config::{parse_duration, Config, FileConfig, LogFormat, DEFAULT_ADMIN_SOCKET};
+use crate::store::Selector;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sigil-issuer",
+    version,
+    about = "Sigil's central issuer and its admin commands"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the issuer.
+    Run(RunArgs),
+    /// Manage registration entries.
+    #[command(subcommand)]
+    Entry(EntryCommand),
+    /// Manage join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Manage attested agents.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Show the trust bundle.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// Check that the issuer answers on its admin socket.
+    Healthcheck(SocketArg),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "SIGIL_ISSUER_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "SIGIL_TRUST_DOMAIN")]
+    trust_domain: Option<String>,
+    #[arg(long, env = "SIGIL_ISSUER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, env = "SIGIL_ISSUER_AGENT_API_ADDRESS")]
+    agent_api_address: Option<String>,
+    #[arg(long, env = "SIGIL_ISSUER_ADMIN_SOCKET")]
+    admin_socket_path: Option<PathBuf>,
+    #[arg(long, env = "SIGIL_LOG_LEVEL")]
+    log_level: Option<String>,
+    #[arg(long, env = "SIGIL_LOG_FORMAT")]
+    log_format: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+struct SocketArg {
+    /// Path of the issuer's admin socket.
+    #[arg(long, env = "SIGIL_ISSUER_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    socket_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct EntryFieldArgs {
+    /// The SPIFFE ID the entry issues.
+    #[arg(long, value_parser = spiffe_id_arg)]
+    spiffe_id: String,
+    /// The SPIFFE ID of the agent (or node alias) that may mint it.
+    #[arg(long, value_parser = spiffe_id_arg)]
+    parent_id: String,
+    /// TYPE:VALUE; repeat for several. All must match.
+    #[arg(long = "selector", required = true, value_parser = selector_arg)]
+    selectors: Vec<Selector>,
+    /// X509-SVID lifetime (e.g. 1h or seconds); default: the issuer's.
+    #[arg(long, value_parser = ttl_arg)]
+    x509_svid_ttl: Option<i64>,
+    /// JWT-SVID lifetime (e.g. 5m or seconds); default: the issuer's.
+    #[arg(long, value_parser = ttl_arg)]
+    jwt_svid_ttl: Option<i64>,
+    /// DNS SAN for the X509-SVID; repeat for several.
+    #[arg(long = "dns-name")]
+    dns_names: Vec<String>,
+    /// Guidance for workloads holding several SVIDs.
+    #[arg(long, default_value = "")]
+    hint: String,
+    /// Trust domain whose bundle the workload receives; repeat for several.
+    #[arg(long = "federates-with")]
+    federates_with: Vec<String>,
+    #[arg(long)]
+    admin: bool,
+    #[arg(long)]
+    downstream: bool,
+    /// Unix time after which the entry no longer applies.
+    #[arg(long, default_value_t = 0)]
+    expires_at: i64,
+}
+
+impl EntryFieldArgs {
+    fn to_proto(&self) -> pb::EntryFields {
+        pb::EntryFields {
+            spiffe_id: self.spiffe_id.clone(),
+            parent_id: self.parent_id.clone(),
+            selectors: self
+                .selectors
+                .iter()
+                .map(|s| SelectorMessage {
+                    r#type: s.kind.clone(),
+                    value: s.value.clone(),
+                })
+                .collect(),
+            x509_svid_ttl: self.x509_svid_ttl.unwrap_or(0),
+            jwt_svid_ttl: self.jwt_svid_ttl.unwrap_or(0),
+            dns_names: self.dns_names.clone(),
+            hint: self.hint.clone(),
+            federates_with: self.federates_with.clone(),
+            admin: self.admin,
+            downstream: self.downstream,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum EntryCommand {
+    /// Create an entry.
+    Create {
+        #[command(flatten)]
+        fields: EntryFieldArgs,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Replace every field of an entry.
+    Update {
+        #[arg(long)]
+        entry_id: String,
+        /// Refuse the update unless the entry is at this revision.
+        #[arg(long, default_value_t = 0)]
+        revision: i64,
+        #[command(flatten)]
+        fields: EntryFieldArgs,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Delete an entry.
+    Delete {
+        #[arg(long)]
+        entry_id: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Show one entry.
+    Show {
+        #[arg(long)]
+        entry_id: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// List entries.
+    List {
+        #[arg(long, value_parser = spiffe_id_arg)]
+        spiffe_id: Option<String>,
+        #[arg(long, value_parser = spiffe_id_arg)]
+        parent_id: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Generate a single-use join token.
+    Generate {
+        /// Also create a node alias entry with this SPIFFE ID for the agent.
+        #[arg(long, value_parser = spiffe_id_arg)]
+        spiffe_id: Option<String>,
+        /// How long the token stays valid (e.g. 10m); default: the issuer's.
+        #[arg(long, value_parser = ttl_arg)]
+        ttl: Option<i64>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// List attested agents.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Show one agent.
+    Show(AgentIdArgs),
+    /// Forget an agent; it must attest again.
+    Evict(AgentIdArgs),
+    /// Refuse an agent from now on.
+    Ban(AgentIdArgs),
+}
+
+#[derive(Debug, Args)]
+struct AgentIdArgs {
+    #[arg(long, value_parser = spiffe_id_arg)]
+    spiffe_id: String,
+    #[command(flatten)]
+    socket: SocketArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BundleFormat {
+    Pem,
+    Spiffe,
+}
+
+#[derive(Debug, Subcommand)]
+enum BundleCommand {
+    /// Print the trust bundle.
+    Show {
+        #[arg(long, value_enum, default_value = "pem")]
+        format: BundleFormat,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+fn spiffe_id_arg(value: &str) -> Result<String, String> {
+    workload_api::id::parse_spiffe_id(value)
+        .map(|id| id.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn selector_arg(value: &str) -> Result<Selector, String> {
+    Selector::parse(value)
+}
+
+fn ttl_arg(value: &str) -> Result<i64, String> {
+    let duration = parse_duration(value)?;
+    if duration.as_secs() == 0 {
+        return Err(format!("{value:?} must be at least one second"));
+    }
+    i64::try_from(duration.as_secs()).map_err(|_| format!("{value:?} is too long"))
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    match runtime.block_on(execute(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn admin(
+    socket: &SocketArg,
+) -> Result<proto::admin::admin_client::AdminClient<tonic::transport::Channel>, String> {
+    crate::admin_client::connect(&socket.socket_path)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot reach the issuer at {}: {e}",
+                socket.socket_path.display()
+            )
+        })
+}
+
+fn status(e: tonic::Status) -> String {
+    format!("{} ({:?})", e.message(), e.code())
+}
+
+async fn execute(command: Command) -> Result<(), String> {
+    match command {
+        Command::Run(args) => run(args).await,
+        Command::Entry(command) => entry(command).await,
+        Command::Token(TokenCommand::Generate {
+            spiffe_id,
+            ttl,
+            socket,
+        }) => {
+            let token = admin(&socket)
+                .await?
+                .create_join_token(pb::CreateJoinTokenRequest {
+                    ttl: ttl.unwrap_or(0),
+                    spiffe_id: spiffe_id.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("Token: {}", token.token);
+            Ok(())
+        }
+        Command::Agent(command) => agent(command).await,
+        Command::Bundle(BundleCommand::Show { format, socket }) => {
+            let bundle = admin(&socket)
+                .await?
+                .get_bundle(pb::BundleRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            match format {
+                BundleFormat::Pem => print!("{}", bundle.pem),
+                BundleFormat::Spiffe => println!("{}", String::from_utf8_lossy(&bundle.jwks)),
+            }
+            Ok(())
+        }
+        Command::Healthcheck(socket) => {
+            let health = admin(&socket)
+                .await?
+                .health(pb::Empty {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!(
+                "Issuer is healthy ({}, trust domain {})",
+                health.status, health.trust_domain
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn entry(command: EntryCommand) -> Result<(), String> {
+    match command {
+        EntryCommand::Create {
+            fields,
+            json,
+            socket,
+        } => {
+            let entry = admin(&socket)
+                .await?
+                .create_entry(pb::CreateEntryRequest {
+                    entry: Some(fields.to_proto()),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            output::entries(&[entry], json);
+        }
+        EntryCommand::Update {
+            entry_id,
+            revision,
+            fields,
+            json,
+            socket,
+        } => {
+            let entry = admin(&socket)
+                .await?
+                .update_entry(pb::UpdateEntryRequest {
+                    id: entry_id,
+                    entry: Some(fields.to_proto()),
+                    revision,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            output::entries(&[entry], json);
+        }
+        EntryCommand::Delete { entry_id, socket } => {
+            admin(&socket)
+                .await?
+                .delete_entry(pb::EntryId {
+                    id: entry_id.clone(),
+                })
+                .await
+                .map_err(status)?;
+            println!("Deleted entry {entry_id}");
+        }
+        EntryCommand::Show {
+            entry_id,
+            json,
+            socket,
+        } => {
+            let entry = admin(&socket)
+                .await?
+                .get_entry(pb::EntryId { id: entry_id })
+                .await
+                .map_err(status)?
+                .into_inner();
+            output::entries(&[entry], json);
+        }
+        EntryCommand::List {
+            spiffe_id,
+            parent_id,
+            json,
+            socket,
+        } => {
+            let list = admin(&socket)
+                .await?
+                .list_entries(pb::ListEntriesRequest {
+                    spiffe_id: spiffe_id.unwrap_or_default(),
+                    parent_id: parent_id.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            output::entries(&list.entries, json);
+        }
+    }
+    Ok(())
+}
+
+async fn agent(command: AgentCommand) -> Result<(), String> {
+    match command {
+        AgentCommand::List { json, socket } => {
+            let list = admin(&socket)
+                .await?
+                .list_agents(pb::ListAgentsRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            output::agents(&list.agents, json);
+        }
+        AgentCommand::Show(args) => {
+            let agent = admin(&args.socket)
+                .await?
+                .get_agent(pb::AgentId {
+                    spiffe_id: args.spiffe_id,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            output::agents(&[agent], false);
+        }
+        AgentCommand::Evict(args) => {
+            admin(&args.socket)
+                .await?
+                .evict_agent(pb::AgentId {
+                    spiffe_id: args.spiffe_id.clone(),
+                })
+                .await
+                .map_err(status)?;
+            println!("Evicted agent {}", args.spiffe_id);
+        }
+        AgentCommand::Ban(args) => {
+            admin(&args.socket)
+                .await?
+                .ban_agent(pb::AgentId {
+                    spiffe_id: args.spiffe_id.clone(),
+                })
+                .await
+                .map_err(status)?;
+            println!("Banned agent {}", args.spiffe_id);
+        }
+    }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> Result<(), String> {
+    let flags = FileConfig {
+        trust_domain: args.trust_domain,
+        data_dir: args.data_dir,
+        agent_api_address: args.agent_api_address,
+        admin_socket_path: args.admin_socket_path,
+        log_level: args.log_level,
+        log_format: args.log_format,
+        ..FileConfig::default()
+    };
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path).map_err(|e| e.to_string())?,
+        None => FileConfig::default(),
+    };
+    let config = Config::from_file(flags.or(file)).map_err(|e| e.to_string())?;
+    init_logging(&config.log_level, config.log_format);
+    let issuer = crate::server::start(config, std::sync::Arc::new(crate::clock::SystemClock))
+        .await
+        .map_err(|e| e.to_string())?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    issuer.shutdown().await;
+    Ok(())
+}
+
+/// Installs the global tracing subscriber, to stderr.
+pub fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

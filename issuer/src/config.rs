@@ -1,0 +1,319 @@
+//! Issuer configuration: a TOML file (unknown keys refused, naming the key),
+//! overridden by command-line flags and environment variables, then validated
+//! into the typed [`Config`] the subsystems use.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use workload_api::id::{parse_trust_domain, TrustDomain};
+
+use crate::ca::keys::KeyType;
+use crate::ca::UpstreamCa;
+
+/// Why a configuration was refused. Every variant names the offending key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("config file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("config key {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("config key {key} is required")]
+    Missing { key: &'static str },
+}
+
+/// The configuration file as written. Every key is optional so flags can fill in.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub trust_domain: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub agent_api_address: Option<String>,
+    pub admin_socket_path: Option<PathBuf>,
+    pub ca_ttl: Option<String>,
+    pub default_x509_svid_ttl: Option<String>,
+    pub default_jwt_svid_ttl: Option<String>,
+    pub agent_svid_ttl: Option<String>,
+    pub join_token_ttl: Option<String>,
+    pub ca_key_type: Option<String>,
+    pub jwt_key_type: Option<String>,
+    pub bundle_refresh_hint: Option<String>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+    pub upstream_ca: Option<UpstreamCaFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamCaFile {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub bundle_file: Option<PathBuf>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text).map_err(|reason| ConfigError::File {
+            path: path.display().to_string(),
+            reason,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.message().to_owned())
+    }
+
+    /// Keeps `self`'s values where set, otherwise takes `fallback`'s.
+    pub fn or(self, fallback: FileConfig) -> FileConfig {
+        FileConfig {
+            trust_domain: self.trust_domain.or(fallback.trust_domain),
+            data_dir: self.data_dir.or(fallback.data_dir),
+            agent_api_address: self.agent_api_address.or(fallback.agent_api_address),
+            admin_socket_path: self.admin_socket_path.or(fallback.admin_socket_path),
+            ca_ttl: self.ca_ttl.or(fallback.ca_ttl),
+            default_x509_svid_ttl: self
+                .default_x509_svid_ttl
+                .or(fallback.default_x509_svid_ttl),
+            default_jwt_svid_ttl: self.default_jwt_svid_ttl.or(fallback.default_jwt_svid_ttl),
+            agent_svid_ttl: self.agent_svid_ttl.or(fallback.agent_svid_ttl),
+            join_token_ttl: self.join_token_ttl.or(fallback.join_token_ttl),
+            ca_key_type: self.ca_key_type.or(fallback.ca_key_type),
+            jwt_key_type: self.jwt_key_type.or(fallback.jwt_key_type),
+            bundle_refresh_hint: self.bundle_refresh_hint.or(fallback.bundle_refresh_hint),
+            log_level: self.log_level.or(fallback.log_level),
+            log_format: self.log_format.or(fallback.log_format),
+            upstream_ca: self.upstream_ca.or(fallback.upstream_ca),
+        }
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated issuer configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub trust_domain: TrustDomain,
+    pub data_dir: PathBuf,
+    pub agent_api_address: SocketAddr,
+    pub admin_socket_path: PathBuf,
+    pub ca_ttl: Duration,
+    pub default_x509_svid_ttl: Duration,
+    pub default_jwt_svid_ttl: Duration,
+    pub agent_svid_ttl: Duration,
+    pub join_token_ttl: Duration,
+    pub ca_key_type: KeyType,
+    pub jwt_key_type: KeyType,
+    pub bundle_refresh_hint: Duration,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub upstream_ca: Option<UpstreamCa>,
+}
+
+pub const DEFAULT_AGENT_API_ADDRESS: &str = "0.0.0.0:8081";
+pub const DEFAULT_ADMIN_SOCKET: &str = "/tmp/sigil-issuer/private/admin.sock";
+
+/// Parses `1h`, `90s`, `5m` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration: {e}"))
+}
+
+fn duration(
+    key: &'static str,
+    value: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    let parsed = parse_duration(value).map_err(|reason| ConfigError::Invalid { key, reason })?;
+    if parsed < Duration::from_secs(1) {
+        return Err(ConfigError::Invalid {
+            key,
+            reason: format!("{value:?} is shorter than one second"),
+        });
+    }
+    Ok(parsed)
+}
+
+fn key_type(key: &'static str, value: Option<&str>) -> Result<KeyType, ConfigError> {
+    match value {
+        None => Ok(KeyType::EcP256),
+        Some(name) => KeyType::parse(name).ok_or_else(|| ConfigError::Invalid {
+            key,
+            reason: format!("{name:?} is not one of ec-p256, ec-p384, rsa-2048"),
+        }),
+    }
+}
+
+impl Config {
+    /// Validates a merged file configuration.
+    pub fn from_file(file: FileConfig) -> Result<Self, ConfigError> {
+        let trust_domain = file.trust_domain.as_deref().ok_or(ConfigError::Missing {
+            key: "trust_domain",
+        })?;
+        let trust_domain = parse_trust_domain(trust_domain).map_err(|e| ConfigError::Invalid {
+            key: "trust_domain",
+            reason: e.to_string(),
+        })?;
+        let data_dir = file
+            .data_dir
+            .ok_or(ConfigError::Missing { key: "data_dir" })?;
+        let address = file
+            .agent_api_address
+            .as_deref()
+            .unwrap_or(DEFAULT_AGENT_API_ADDRESS);
+        let agent_api_address = address.parse().map_err(|e| ConfigError::Invalid {
+            key: "agent_api_address",
+            reason: format!("{address:?}: {e}"),
+        })?;
+        let ca_ttl = duration(
+            "ca_ttl",
+            file.ca_ttl.as_deref(),
+            Duration::from_secs(24 * 3600),
+        )?;
+        let default_x509_svid_ttl = duration(
+            "default_x509_svid_ttl",
+            file.default_x509_svid_ttl.as_deref(),
+            Duration::from_secs(3600),
+        )?;
+        let default_jwt_svid_ttl = duration(
+            "default_jwt_svid_ttl",
+            file.default_jwt_svid_ttl.as_deref(),
+            Duration::from_secs(300),
+        )?;
+        let agent_svid_ttl = duration(
+            "agent_svid_ttl",
+            file.agent_svid_ttl.as_deref(),
+            default_x509_svid_ttl,
+        )?;
+        let join_token_ttl = duration(
+            "join_token_ttl",
+            file.join_token_ttl.as_deref(),
+            Duration::from_secs(600),
+        )?;
+        let bundle_refresh_hint = duration(
+            "bundle_refresh_hint",
+            file.bundle_refresh_hint.as_deref(),
+            Duration::from_secs(300),
+        )?;
+        let log_format = match file.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "log_format",
+                    reason: format!("{other:?} is not text or json"),
+                })
+            }
+        };
+        let log_level = file.log_level.unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(ConfigError::Invalid {
+                key: "log_level",
+                reason: format!("{log_level:?} is not a log level or filter"),
+            });
+        }
+        Ok(Config {
+            trust_domain,
+            admin_socket_path: file
+                .admin_socket_path
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET)),
+            data_dir,
+            agent_api_address,
+            ca_ttl,
+            default_x509_svid_ttl,
+            default_jwt_svid_ttl,
+            agent_svid_ttl,
+            join_token_ttl,
+            ca_key_type: key_type("ca_key_type", file.ca_key_type.as_deref())?,
+            jwt_key_type: key_type("jwt_key_type", file.jwt_key_type.as_deref())?,
+            bundle_refresh_hint,
+            log_level,
+            log_format,
+            upstream_ca: file.upstream_ca.map(|u| UpstreamCa {
+                cert_file: u.cert_file,
+                key_file: u.key_file,
+                bundle_file: u.bundle_file,
+            }),
+        })
+    }
+
+    /// A configuration with defaults for everything but the essentials.
+    pub fn new(trust_domain: TrustDomain, data_dir: PathBuf) -> Self {
+        Config::from_file(FileConfig {
+            trust_domain: Some(trust_domain.to_string()),
+            data_dir: Some(data_dir),
+            ..FileConfig::default()
+        })
+        .expect("defaults are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err =
+            FileConfig::parse("trust_domain = \"example.org\"\nca_tll = \"1h\"\n").unwrap_err();
+        assert!(err.contains("ca_tll"), "{err}");
+        let err =
+            FileConfig::parse("[upstream_ca]\ncert_file = \"a\"\nkey_file = \"b\"\nbogus = 1\n")
+                .unwrap_err();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn defaults_and_validation() {
+        let base =
+            FileConfig::parse("trust_domain = \"example.org\"\ndata_dir = \"/tmp/x\"\n").unwrap();
+        let config = Config::from_file(base.clone()).unwrap();
+        assert_eq!(config.ca_ttl, Duration::from_secs(86400));
+        assert_eq!(config.default_x509_svid_ttl, Duration::from_secs(3600));
+        assert_eq!(config.default_jwt_svid_ttl, Duration::from_secs(300));
+        assert_eq!(config.ca_key_type, KeyType::EcP256);
+
+        let bad = |text: &str| {
+            let file = FileConfig::parse(text).unwrap().or(base.clone());
+            Config::from_file(file).unwrap_err().to_string()
+        };
+        assert!(bad("ca_ttl = \"forever\"").contains("ca_ttl"));
+        assert!(bad("ca_key_type = \"dsa\"").contains("ca_key_type"));
+        assert!(bad("agent_api_address = \"nowhere\"").contains("agent_api_address"));
+        assert!(bad("trust_domain = \"Bad Domain\"").contains("trust_domain"));
+        assert!(bad("log_format = \"xml\"").contains("log_format"));
+        let missing = Config::from_file(FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("trust_domain"), "{missing}");
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let file =
+            FileConfig::parse("trust_domain = \"a.org\"\ndata_dir = \"/x\"\nca_ttl = \"2h\"")
+                .unwrap();
+        let flags = FileConfig {
+            trust_domain: Some("b.org".into()),
+            ..FileConfig::default()
+        };
+        let config = Config::from_file(flags.or(file)).unwrap();
+        assert_eq!(config.trust_domain.as_str(), "b.org");
+        assert_eq!(config.ca_ttl, Duration::from_secs(7200));
+    }
+}

@@ -1,0 +1,461 @@
+//! The agent API: node attestation, agent SVID renewal, the entry stream, and
+//! signing of workload X509-SVIDs and JWT-SVIDs for authorised entries.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use proto::issuer as pb;
+use proto::issuer::agent_api_server::AgentApi;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::{Request, Response, Status};
+use workload_api::id::{parse_spiffe_id, SpiffeId};
+use workload_api::x509svid;
+
+use super::convert::entry_to_proto;
+use super::store_status;
+use crate::attestation;
+use crate::clock::unix_secs;
+use crate::csr::{self, SubjectKey};
+use crate::state::IssuerState;
+use crate::store::{Agent, Entry};
+
+/// Entries per message of the entry stream: far below gRPC's 4 MB default.
+pub const SYNC_CHUNK: usize = 500;
+/// The largest batch of CSRs one call may carry.
+pub const MAX_BATCH: usize = 1000;
+
+/// The agent API service.
+#[derive(Debug, Clone)]
+pub struct AgentService {
+    state: IssuerState,
+}
+
+/// An agent that presented a current SVID.
+#[derive(Debug, Clone)]
+struct AuthenticatedAgent {
+    id: SpiffeId,
+}
+
+impl AgentService {
+    pub fn new(state: IssuerState) -> Self {
+        AgentService { state }
+    }
+
+    fn now(&self) -> std::time::SystemTime {
+        self.state.clock.now()
+    }
+
+    /// Identifies the caller by its TLS client certificate and checks the
+    /// agent is attested, not banned, and presenting its current SVID.
+    async fn authenticate<T>(&self, request: &Request<T>) -> Result<AuthenticatedAgent, Status> {
+        let certs = request
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|info| info.peer_certs())
+            .filter(|certs| !certs.is_empty())
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "an agent X509-SVID is required as the TLS client certificate",
+                )
+            })?;
+        let leaf = x509svid::check_leaf(certs[0].as_ref())
+            .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
+        let id = leaf.spiffe_id;
+        if !id.is_member_of(&self.state.config.trust_domain) || !id.path().starts_with("/agent/") {
+            return Err(Status::permission_denied(format!(
+                "{id} is not an agent of this trust domain"
+            )));
+        }
+        let agent = match self.state.store.get_agent(&id.to_string()).await {
+            Ok(agent) => agent,
+            Err(crate::store::StoreError::AgentNotFound(_)) => {
+                return Err(Status::permission_denied(format!(
+                    "agent {id} is not attested (it may have been evicted); attest again"
+                )))
+            }
+            Err(e) => return Err(store_status(e)),
+        };
+        if agent.banned {
+            return Err(Status::permission_denied(format!("agent {id} is banned")));
+        }
+        if leaf.serial_hex == agent.new_serial {
+            self.state
+                .store
+                .promote_agent_serial(&agent.spiffe_id, unix_secs(self.now()))
+                .await
+                .map_err(store_status)?;
+        } else if leaf.serial_hex != agent.serial {
+            return Err(Status::permission_denied(format!(
+                "agent {id} presented an SVID that is no longer current"
+            )));
+        }
+        Ok(AuthenticatedAgent { id })
+    }
+
+    fn sign_agent_svid(
+        &self,
+        id: &SpiffeId,
+        csr_der: &[u8],
+    ) -> Result<crate::ca::SignedX509, Status> {
+        let csr =
+            csr::verify(csr_der).map_err(|e| Status::invalid_argument(format!("csr: {e}")))?;
+        self.state
+            .ca
+            .sign_x509_svid(
+                &SubjectKey::new(&csr.public_key),
+                id,
+                &[],
+                self.state.config.agent_svid_ttl,
+                self.now(),
+            )
+            .map_err(|e| {
+                tracing::error!(error = %e, "agent SVID signing failed");
+                Status::internal("agent SVID signing failed")
+            })
+    }
+
+    async fn authorized(
+        &self,
+        agent: &AuthenticatedAgent,
+    ) -> Result<HashMap<String, Entry>, Status> {
+        let entries = self
+            .state
+            .store
+            .authorized_entries(&agent.id.to_string(), unix_secs(self.now()))
+            .await
+            .map_err(store_status)?;
+        Ok(entries.into_iter().map(|e| (e.id.clone(), e)).collect())
+    }
+
+    fn sign_one(
+        &self,
+        entries: &HashMap<String, Entry>,
+        params: &pb::X509SvidParams,
+    ) -> pb::X509SvidResult {
+        let fail = |status: Status| pb::X509SvidResult {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+            entry_id: params.entry_id.clone(),
+            cert_chain: Vec::new(),
+            expires_at: 0,
+        };
+        let Some(entry) = entries.get(&params.entry_id) else {
+            return fail(Status::permission_denied(format!(
+                "entry {:?} does not exist or is not authorized for this agent",
+                params.entry_id
+            )));
+        };
+        let csr = match csr::verify(&params.csr) {
+            Ok(csr) => csr,
+            Err(e) => return fail(Status::invalid_argument(format!("csr: {e}"))),
+        };
+        match csr.uris.as_slice() {
+            [uri] if *uri == entry.fields.spiffe_id => {}
+            [] => {
+                return fail(Status::invalid_argument(
+                    "csr: no URI SAN; it must carry the entry's SPIFFE ID",
+                ))
+            }
+            uris => {
+                return fail(Status::permission_denied(format!(
+                    "csr requests {uris:?} but entry {} is for {}",
+                    entry.id, entry.fields.spiffe_id
+                )))
+            }
+        }
+        let spiffe_id = match parse_spiffe_id(&entry.fields.spiffe_id) {
+            Ok(id) => id,
+            Err(e) => return fail(Status::internal(format!("stored entry is invalid: {e}"))),
+        };
+        let ttl = match entry.fields.x509_svid_ttl {
+            0 => self.state.config.default_x509_svid_ttl,
+            secs => Duration::from_secs(secs as u64),
+        };
+        match self.state.ca.sign_x509_svid(
+            &SubjectKey::new(&csr.public_key),
+            &spiffe_id,
+            &entry.fields.dns_names,
+            ttl,
+            self.now(),
+        ) {
+            Ok(signed) => pb::X509SvidResult {
+                code: 0,
+                message: String::new(),
+                entry_id: entry.id.clone(),
+                cert_chain: signed.chain.concat(),
+                expires_at: unix_secs(signed.not_after),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, entry_id = %entry.id, "X509-SVID signing failed");
+                fail(Status::internal("signing failed"))
+            }
+        }
+    }
+}
+
+type SyncStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::SyncEntriesResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentApi for AgentService {
+    async fn attest_agent(
+        &self,
+        request: Request<pb::AttestAgentRequest>,
+    ) -> Result<Response<pb::AttestAgentResponse>, Status> {
+        let request = request.into_inner();
+        let Some(pb::attest_agent_request::Method::JoinToken(join)) = request.method else {
+            return Err(Status::invalid_argument(
+                "attestation method is missing; send a join token",
+            ));
+        };
+        if join.token.is_empty() {
+            return Err(Status::invalid_argument("join token is empty"));
+        }
+        // Check the CSR before claiming the token so a bad request costs nothing.
+        csr::verify(&request.csr).map_err(|e| Status::invalid_argument(format!("csr: {e}")))?;
+        let now = self.now();
+        let token_id = attestation::redeem_join_token(&self.state.store, &join.token, now)
+            .await
+            .map_err(store_status)?;
+        let id = attestation::join_token_agent_id(&self.state.config.trust_domain, &token_id);
+        let signed = match self.sign_agent_svid(&id, &request.csr) {
+            Ok(signed) => signed,
+            Err(status) => {
+                let _ = self.state.store.release_join_token(&token_id).await;
+                return Err(status);
+            }
+        };
+        let agent = Agent {
+            spiffe_id: id.to_string(),
+            attestation_type: "join_token".into(),
+            serial: signed.serial_hex.clone(),
+            new_serial: String::new(),
+            expires_at: unix_secs(signed.not_after),
+            banned: false,
+            attested_at: unix_secs(now),
+        };
+        if let Err(e) = self.state.store.upsert_agent(&agent, unix_secs(now)).await {
+            let _ = self.state.store.release_join_token(&token_id).await;
+            return Err(store_status(e));
+        }
+        tracing::info!(agent_id = %id, "agent attested");
+        Ok(Response::new(pb::AttestAgentResponse {
+            svid: Some(pb::AgentSvid {
+                spiffe_id: id.to_string(),
+                cert_chain: signed.chain.concat(),
+                expires_at: unix_secs(signed.not_after),
+            }),
+            bundle: self.state.ca.bundle().to_jwks_json(),
+        }))
+    }
+
+    async fn renew_agent(
+        &self,
+        request: Request<pb::RenewAgentRequest>,
+    ) -> Result<Response<pb::RenewAgentResponse>, Status> {
+        let agent = self.authenticate(&request).await?;
+        let signed = self.sign_agent_svid(&agent.id, &request.get_ref().csr)?;
+        self.state
+            .store
+            .set_agent_new_serial(
+                &agent.id.to_string(),
+                &signed.serial_hex,
+                unix_secs(signed.not_after),
+                unix_secs(self.now()),
+            )
+            .await
+            .map_err(store_status)?;
+        tracing::info!(agent_id = %agent.id, "agent SVID renewed");
+        Ok(Response::new(pb::RenewAgentResponse {
+            svid: Some(pb::AgentSvid {
+                spiffe_id: agent.id.to_string(),
+                cert_chain: signed.chain.concat(),
+                expires_at: unix_secs(signed.not_after),
+            }),
+        }))
+    }
+
+    type SyncEntriesStream = SyncStream;
+
+    async fn sync_entries(
+        &self,
+        request: Request<pb::SyncEntriesRequest>,
+    ) -> Result<Response<Self::SyncEntriesStream>, Status> {
+        let agent = self.authenticate(&request).await?;
+        let (tx, rx) = mpsc::channel(4);
+        let service = self.clone();
+        tokio::spawn(async move { service.stream_entries(agent, tx).await });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn batch_sign_x509_svids(
+        &self,
+        request: Request<pb::BatchSignX509SvidsRequest>,
+    ) -> Result<Response<pb::BatchSignX509SvidsResponse>, Status> {
+        let agent = self.authenticate(&request).await?;
+        let params = &request.get_ref().params;
+        if params.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "batch of {} CSRs exceeds the limit of {MAX_BATCH}",
+                params.len()
+            )));
+        }
+        let entries = self.authorized(&agent).await?;
+        let results = params.iter().map(|p| self.sign_one(&entries, p)).collect();
+        Ok(Response::new(pb::BatchSignX509SvidsResponse { results }))
+    }
+
+    async fn sign_jwt_svid(
+        &self,
+        request: Request<pb::SignJwtSvidRequest>,
+    ) -> Result<Response<pb::SignJwtSvidResponse>, Status> {
+        let agent = self.authenticate(&request).await?;
+        let request = request.into_inner();
+        if request.audience.is_empty() || request.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument(
+                "audience: at least one non-empty audience is required",
+            ));
+        }
+        let entries = self.authorized(&agent).await?;
+        let entry = entries.get(&request.entry_id).ok_or_else(|| {
+            Status::permission_denied(format!(
+                "entry {:?} does not exist or is not authorized for this agent",
+                request.entry_id
+            ))
+        })?;
+        let spiffe_id = parse_spiffe_id(&entry.fields.spiffe_id)
+            .map_err(|e| Status::internal(format!("stored entry is invalid: {e}")))?;
+        let ttl = match entry.fields.jwt_svid_ttl {
+            0 => self.state.config.default_jwt_svid_ttl,
+            secs => Duration::from_secs(secs as u64),
+        };
+        let signed = self
+            .state
+            .ca
+            .sign_jwt_svid(&spiffe_id, &request.audience, ttl, self.now())
+            .map_err(|e| {
+                tracing::error!(error = %e, "JWT-SVID signing failed");
+                Status::internal("signing failed")
+            })?;
+        Ok(Response::new(pb::SignJwtSvidResponse {
+            token: signed.token,
+            expires_at: unix_secs(signed.expires_at),
+        }))
+    }
+
+    async fn fetch_bundle(
+        &self,
+        request: Request<pb::FetchBundleRequest>,
+    ) -> Result<Response<pb::FetchBundleResponse>, Status> {
+        self.authenticate(&request).await?;
+        Ok(Response::new(pb::FetchBundleResponse {
+            bundle: self.state.ca.bundle().to_jwks_json(),
+        }))
+    }
+}
+
+impl AgentService {
+    /// Sends the agent's authorised entries: a chunked snapshot, then only what
+    /// changed, whenever the store or the bundle changes. Ends when the agent
+    /// hangs up or loses its standing.
+    async fn stream_entries(
+        &self,
+        agent: AuthenticatedAgent,
+        tx: mpsc::Sender<Result<pb::SyncEntriesResponse, Status>>,
+    ) {
+        let mut store_changes = self.state.store.subscribe();
+        let mut bundle_changes = self.state.ca.subscribe_bundle();
+        let mut sent: HashMap<String, i64> = HashMap::new();
+        let mut sent_bundle_sequence = None;
+        let mut first = true;
+        loop {
+            store_changes.mark_unchanged();
+            let bundle = bundle_changes.borrow_and_update().clone();
+            let agent_id = agent.id.to_string();
+            match self.state.store.get_agent(&agent_id).await {
+                Ok(a) if !a.banned => {}
+                _ => {
+                    let _ = tx
+                        .send(Err(Status::permission_denied(format!(
+                            "agent {agent_id} was evicted or banned"
+                        ))))
+                        .await;
+                    return;
+                }
+            }
+            let entries = match self.authorized(&agent).await {
+                Ok(entries) => entries,
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            };
+            let mut upserted: Vec<pb::Entry> = entries
+                .values()
+                .filter(|e| sent.get(&e.id) != Some(&e.revision))
+                .map(entry_to_proto)
+                .collect();
+            upserted.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+            let removed: Vec<String> = sent
+                .keys()
+                .filter(|id| !entries.contains_key(*id))
+                .cloned()
+                .collect();
+            let bundle_bytes = if sent_bundle_sequence != Some(bundle.sequence()) {
+                bundle.to_jwks_json()
+            } else {
+                Vec::new()
+            };
+            if first || !upserted.is_empty() || !removed.is_empty() || !bundle_bytes.is_empty() {
+                let messages = chunk(upserted, removed, bundle_bytes, first);
+                for message in messages {
+                    if tx.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                }
+                sent = entries
+                    .values()
+                    .map(|e| (e.id.clone(), e.revision))
+                    .collect();
+                sent_bundle_sequence = Some(bundle.sequence());
+                first = false;
+            }
+            tokio::select! {
+                changed = store_changes.changed() => if changed.is_err() { return },
+                changed = bundle_changes.changed() => if changed.is_err() { return },
+                _ = tx.closed() => return,
+            }
+        }
+    }
+}
+
+/// Splits one update into messages of at most [`SYNC_CHUNK`] entries.
+fn chunk(
+    upserted: Vec<pb::Entry>,
+    removed_ids: Vec<String>,
+    bundle: Vec<u8>,
+    snapshot: bool,
+) -> Vec<pb::SyncEntriesResponse> {
+    let mut messages: Vec<pb::SyncEntriesResponse> = upserted
+        .chunks(SYNC_CHUNK)
+        .map(|c| pb::SyncEntriesResponse {
+            upserted: c.to_vec(),
+            snapshot,
+            ..Default::default()
+        })
+        .collect();
+    if messages.is_empty() {
+        messages.push(pb::SyncEntriesResponse {
+            snapshot,
+            ..Default::default()
+        });
+    }
+    messages[0].bundle = bundle;
+    let last = messages.last_mut().expect("at least one message");
+    last.removed_ids = removed_ids;
+    last.snapshot_complete = snapshot;
+    messages
+}

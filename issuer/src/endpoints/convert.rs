@@ -1,0 +1,67 @@
+//! Conversions between wire messages and the store's types.
+
+use proto::issuer as pb;
+
+use crate::store::{Agent, Entry, EntryFields, Selector};
+
+pub fn entry_to_proto(entry: &Entry) -> pb::Entry {
+    let f = &entry.fields;
+    pb::Entry {
+        id: entry.id.clone(),
+        spiffe_id: f.spiffe_id.clone(),
+        parent_id: f.parent_id.clone(),
+        selectors: f.selectors.iter().map(selector_to_proto).collect(),
+        x509_svid_ttl: f.x509_svid_ttl,
+        jwt_svid_ttl: f.jwt_svid_ttl,
+        dns_names: f.dns_names.clone(),
+        hint: f.hint.clone(),
+        federates_with: f.federates_with.clone(),
+        admin: f.admin,
+        downstream: f.downstream,
+        expires_at: f.expires_at,
+        revision: entry.revision,
+        created_at: entry.created_at,
+    }
+}
+
+pub fn selector_to_proto(s: &Selector) -> pb::Selector {
+    pb::Selector {
+        r#type: s.kind.clone(),
+        value: s.value.clone(),
+    }
+}
+
+pub fn selector_from_proto(s: &pb::Selector) -> Selector {
+    Selector {
+        kind: s.r#type.clone(),
+        value: s.value.clone(),
+    }
+}
+
+pub fn fields_from_proto(f: &proto::admin::EntryFields) -> EntryFields {
+    EntryFields {
+        spiffe_id: f.spiffe_id.clone(),
+        parent_id: f.parent_id.clone(),
+        selectors: f.selectors.iter().map(selector_from_proto).collect(),
+        x509_svid_ttl: f.x509_svid_ttl,
+        jwt_svid_ttl: f.jwt_svid_ttl,
+        dns_names: f.dns_names.clone(),
+        hint: f.hint.clone(),
+        federates_with: f.federates_with.clone(),
+        admin: f.admin,
+        downstream: f.downstream,
+        expires_at: f.expires_at,
+    }
+}
+
+pub fn agent_to_proto(agent: &Agent) -> proto::admin::Agent {
+    proto::admin::Agent {
+        spiffe_id: agent.spiffe_id.clone(),
+        attestation_type: agent.attestation_type.clone(),
+        serial: agent.serial.clone(),
+        expires_at: agent.expires_at,
+        banned: agent.banned,
+        attested_at: agent.attested_at,
+        selectors: Vec::new(),
+    }
+}

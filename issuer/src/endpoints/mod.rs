@@ -1,0 +1,30 @@
+//! The issuer's network endpoints: the agent API (gRPC over mTLS on TCP) and
+//! the admin API (gRPC on a local unix socket).
+
+pub mod admin;
+pub mod agent;
+pub mod convert;
+pub mod tls;
+
+use tonic::Status;
+
+use crate::store::StoreError;
+
+/// The gRPC status for a store failure. Internal details stay in the log.
+pub fn store_status(error: StoreError) -> Status {
+    match error {
+        StoreError::EntryNotFound(_) | StoreError::AgentNotFound(_) => {
+            Status::not_found(error.to_string())
+        }
+        StoreError::EntryExists(_) => Status::already_exists(error.to_string()),
+        StoreError::RevisionMismatch { .. } => Status::aborted(error.to_string()),
+        StoreError::TokenUnknown | StoreError::TokenExpired { .. } => {
+            Status::unauthenticated(error.to_string())
+        }
+        StoreError::TokenUsed => Status::permission_denied(error.to_string()),
+        other => {
+            tracing::error!(error = %other, "store failure");
+            Status::internal("the registration store failed; see the issuer log")
+        }
+    }
+}

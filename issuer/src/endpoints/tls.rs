@@ -1,0 +1,135 @@
+//! TLS for the agent API. The server presents its own X509-SVID
+//! (`spiffe://<td>/sigil/issuer`) and asks for, but does not require, a client
+//! certificate: attestation happens before an agent has one, and every other
+//! RPC checks for it. The configuration is rebuilt whenever the bundle changes
+//! or the server SVID passes half its life, and each new connection takes the
+//! latest one.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use workload_api::id::SpiffeId;
+use workload_api::Bundle;
+
+use crate::ca::keys::{KeyType, SigningKey};
+use crate::csr::SubjectKey;
+use crate::state::IssuerState;
+
+/// The SPIFFE ID the issuer presents to agents.
+pub fn issuer_spiffe_id(state: &IssuerState) -> SpiffeId {
+    SpiffeId::from_segments(state.config.trust_domain.clone(), &["sigil", "issuer"])
+        .expect("static path is valid")
+}
+
+/// The ring-backed rustls provider used everywhere in Sigil.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds a root store from a bundle's X.509 authorities.
+pub fn root_store(bundle: &Bundle) -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    for der in bundle.x509_authorities() {
+        // A malformed root cannot anchor anything; skip it rather than fail.
+        let _ = roots.add(CertificateDer::from(der.clone()));
+    }
+    roots
+}
+
+struct Current {
+    config: Arc<ServerConfig>,
+    refresh_at: SystemTime,
+    bundle_sequence: u64,
+}
+
+/// The agent API's TLS server configuration, kept fresh.
+pub struct ServerTls {
+    state: IssuerState,
+    current: RwLock<Current>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    pub fn new(state: IssuerState) -> Result<Self, String> {
+        let current = build(&state)?;
+        Ok(ServerTls {
+            state,
+            current: RwLock::new(current),
+        })
+    }
+
+    /// The configuration for a new connection, rebuilt first if stale.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        let now = self.state.clock.now();
+        let sequence = self.state.ca.bundle().sequence();
+        {
+            let current = self.current.read().expect("tls lock");
+            if now < current.refresh_at && sequence == current.bundle_sequence {
+                return current.config.clone();
+            }
+        }
+        match build(&self.state) {
+            Ok(fresh) => {
+                let config = fresh.config.clone();
+                *self.current.write().expect("tls lock") = fresh;
+                config
+            }
+            Err(error) => {
+                tracing::error!(%error, "server TLS refresh failed; keeping the previous certificate");
+                self.current.read().expect("tls lock").config.clone()
+            }
+        }
+    }
+}
+
+fn build(state: &IssuerState) -> Result<Current, String> {
+    let now = state.clock.now();
+    let bundle = state.ca.bundle();
+    let key = SigningKey::generate(KeyType::EcP256).map_err(|e| e.to_string())?;
+    let ttl = state.config.default_x509_svid_ttl;
+    let signed = state
+        .ca
+        .sign_x509_svid(
+            &SubjectKey::new(key.public_key()),
+            &issuer_spiffe_id(state),
+            &[],
+            ttl,
+            now,
+        )
+        .map_err(|e| e.to_string())?;
+    let chain = signed
+        .chain
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect::<Vec<_>>();
+    let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(&bundle)), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| e.to_string())?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, private)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let lifetime = signed
+        .not_after
+        .duration_since(now)
+        .unwrap_or(Duration::ZERO);
+    Ok(Current {
+        config: Arc::new(config),
+        refresh_at: now + lifetime / 2,
+        bundle_sequence: bundle.sequence(),
+    })
+}

@@ -1,0 +1,17 @@
+//! What every endpoint of the issuer shares.
+
+use std::sync::Arc;
+
+use crate::ca::Ca;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::store::Store;
+
+/// The issuer's subsystems, shared by its endpoints.
+#[derive(Debug, Clone)]
+pub struct IssuerState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub ca: Arc<Ca>,
+    pub clock: Arc<dyn Clock>,
+}

@@ -1,0 +1,191 @@
+//! The agent's connection to the issuer's agent API.
+//!
+//! The issuer is authenticated as the X509-SVID `spiffe://<td>/sigil/issuer`
+//! chaining to the trust bundle, not by DNS name. Once attested, the agent
+//! presents its own X509-SVID as the TLS client certificate.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use hyper_util::rt::TokioIo;
+use proto::issuer::agent_api_client::AgentApiClient;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::net::TcpStream;
+use tonic::transport::{Channel, Endpoint};
+use workload_api::id::SpiffeId;
+use workload_api::{x509svid, Bundle};
+
+/// Why the issuer could not be reached.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("connecting to the issuer at {address}: {source}")]
+    Transport {
+        address: String,
+        source: tonic::transport::Error,
+    },
+}
+
+/// The identity the agent presents: its SVID chain and PKCS#8 key.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub chain: Vec<Vec<u8>>,
+    pub pkcs8: Arc<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("chain_len", &self.chain.len())
+            .field("pkcs8", &"[redacted]")
+            .finish()
+    }
+}
+
+/// The issuer's SPIFFE ID in a trust domain.
+pub fn issuer_id(bundle: &Bundle) -> SpiffeId {
+    SpiffeId::from_segments(bundle.trust_domain().clone(), &["sigil", "issuer"])
+        .expect("static path is valid")
+}
+
+/// Accepts the issuer's certificate only if it is an X509-SVID for `expected`
+/// that chains to `bundle`.
+#[derive(Debug)]
+struct IssuerVerifier {
+    bundle: Bundle,
+    expected: SpiffeId,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for IssuerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let chain: Vec<Vec<u8>> = std::iter::once(end_entity)
+            .chain(intermediates)
+            .map(|c| c.as_ref().to_vec())
+            .collect();
+        let now = UNIX_EPOCH + Duration::from_secs(now.as_secs());
+        let leaf = x509svid::verify_chain(
+            &chain,
+            |td| (td == self.bundle.trust_domain()).then_some(&self.bundle),
+            now,
+        )
+        .map_err(|e| rustls::Error::General(format!("issuer certificate: {e}")))?;
+        if leaf.spiffe_id != self.expected {
+            return Err(rustls::Error::General(format!(
+                "issuer presented {}, expected {}",
+                leaf.spiffe_id, self.expected
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Builds the TLS client configuration for talking to the issuer.
+pub fn client_config(
+    bundle: &Bundle,
+    identity: Option<&ClientIdentity>,
+) -> Result<rustls::ClientConfig, ConnectError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(IssuerVerifier {
+        bundle: bundle.clone(),
+        expected: issuer_id(bundle),
+        provider: provider.clone(),
+    });
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConnectError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match identity {
+        Some(identity) => builder
+            .with_client_auth_cert(
+                identity
+                    .chain
+                    .iter()
+                    .cloned()
+                    .map(CertificateDer::from)
+                    .collect(),
+                PrivateKeyDer::Pkcs8(identity.pkcs8.as_slice().to_vec().into()),
+            )
+            .map_err(|e| ConnectError::Tls(e.to_string()))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// Opens a gRPC channel to the issuer's agent API.
+pub async fn connect(
+    address: SocketAddr,
+    bundle: &Bundle,
+    identity: Option<&ClientIdentity>,
+) -> Result<AgentApiClient<Channel>, ConnectError> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(bundle, identity)?));
+    let channel = Endpoint::from_shared(format!("http://{address}"))
+        .expect("socket address forms a valid URI")
+        .connect_timeout(Duration::from_secs(10))
+        .connect_with_connector(tower::service_fn(move |_| {
+            let connector = connector.clone();
+            async move {
+                let tcp = TcpStream::connect(address).await?;
+                tcp.set_nodelay(true)?;
+                // The name is not checked: the verifier checks the SPIFFE ID.
+                let name = ServerName::try_from("sigil-issuer").expect("static name is valid");
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        }))
+        .await
+        .map_err(|source| ConnectError::Transport {
+            address: address.to_string(),
+            source,
+        })?;
+    Ok(AgentApiClient::new(channel).max_decoding_message_size(16 * 1024 * 1024))
+}
