@@ -1,1 +1,211 @@
+//! Shared helpers for the end-to-end tests: real issuers on loopback and temp
+//! sockets, agents that attest over mTLS, and the independent tools (openssl,
+//! Python with PyJWT) used to check what Sigil produces.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use proto::admin::admin_client::AdminClient;
+use proto::issuer as pb;
+use proto::issuer::agent_api_client::AgentApiClient;
+use sigil_agent::issuer_client::{self, ClientIdentity};
+use sigil_issuer::clock::{Clock, ManualClock, SystemClock};
+use sigil_issuer::config::Config;
+use sigil_issuer::server::RunningIssuer;
+use tonic::transport::Channel;
+use workload_api::bundle::split_der_concat;
+use workload_api::id::TrustDomain;
+use workload_api::Bundle;
+
+pub const TRUST_DOMAIN: &str = "example.org";
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The Python interpreter of the test venv that the test command creates.
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("SIGIL_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
+    assert!(
+        path.exists(),
+        "{} is missing: run the test command from the README (scripts/test), which creates the venv",
+        path.display()
+    );
+    path
+}
+
+/// A binary built from this workspace, next to the test executable's directory.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// Runs a command and returns (exit success, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An issuer running in this process on loopback, with its data in a temp dir.
+#[allow(missing_debug_implementations)]
+pub struct TestIssuer {
+    pub dir: tempfile::TempDir,
+    pub running: RunningIssuer,
+}
+
+impl TestIssuer {
+    pub async fn start() -> Self {
+        Self::start_with(Arc::new(SystemClock), |_| {}).await
+    }
+
+    pub async fn start_with_clock(clock: ManualClock) -> Self {
+        Self::start_with(Arc::new(clock), |_| {}).await
+    }
+
+    pub async fn start_with(clock: Arc<dyn Clock>, customize: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::new(
+            TrustDomain::new(TRUST_DOMAIN).unwrap(),
+            dir.path().join("data"),
+        );
+        config.agent_api_address = "127.0.0.1:0".parse().unwrap();
+        config.admin_socket_path = dir.path().join("admin/admin.sock");
+        customize(&mut config);
+        let running = sigil_issuer::server::start(config, clock).await.unwrap();
+        TestIssuer { dir, running }
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        sigil_issuer::admin_client::connect(&self.running.admin_socket_path)
+            .await
+            .unwrap()
+    }
+
+    pub fn bundle(&self) -> Bundle {
+        (*self.running.state.ca.bundle()).clone()
+    }
+
+    pub async fn join_token(&self, ttl_secs: i64) -> String {
+        self.admin()
+            .await
+            .create_join_token(proto::admin::CreateJoinTokenRequest {
+                ttl: ttl_secs,
+                spiffe_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token
+    }
+
+    /// An unauthenticated (attestation-only) client.
+    pub async fn anonymous_client(&self) -> AgentApiClient<Channel> {
+        issuer_client::connect(self.running.agent_api_address, &self.bundle(), None)
+            .await
+            .unwrap()
+    }
+
+    /// Attests a new agent with a fresh join token.
+    pub async fn attest(&self) -> TestAgent {
+        let token = self.join_token(0).await;
+        let (pkcs8, csr) = new_key_and_csr(None);
+        let response = self
+            .anonymous_client()
+            .await
+            .attest_agent(attest_request(&token, csr))
+            .await
+            .unwrap()
+            .into_inner();
+        let svid = response.svid.unwrap();
+        let identity = ClientIdentity {
+            chain: split_der_concat(&svid.cert_chain).unwrap(),
+            pkcs8: Arc::new(pkcs8),
+        };
+        let client = issuer_client::connect(self.running.agent_api_address, &self.bundle(), Some(&identity))
+            .await
+            .unwrap();
+        TestAgent {
+            id: svid.spiffe_id,
+            identity,
+            client,
+        }
+    }
+
+    /// Creates an entry parented by `parent` and returns its id.
+    pub async fn create_entry(&self, spiffe_id: &str, parent: &str, dns: &[&str]) -> pb::Entry {
+        self.admin()
+            .await
+            .create_entry(proto::admin::CreateEntryRequest {
+                entry: Some(proto::admin::EntryFields {
+                    spiffe_id: spiffe_id.into(),
+                    parent_id: parent.into(),
+                    selectors: vec![pb::Selector {
+                        r#type: "unix".into(),
+                        value: "uid:1000".into(),
+                    }],
+                    dns_names: dns.iter().map(|s| s.to_string()).collect(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
+/// An attested agent and its mTLS client.
+#[allow(missing_debug_implementations)]
+pub struct TestAgent {
+    pub id: String,
+    pub identity: ClientIdentity,
+    pub client: AgentApiClient<Channel>,
+}
+
+pub fn attest_request(token: &str, csr: Vec<u8>) -> pb::AttestAgentRequest {
+    pb::AttestAgentRequest {
+        method: Some(pb::attest_agent_request::Method::JoinToken(pb::JoinTokenAttestation {
+            token: token.into(),
+        })),
+        csr,
+    }
+}
+
+/// A fresh P-256 key (PKCS#8 DER) and a CSR for it, with `uri` as URI SAN.
+pub fn new_key_and_csr(uri: Option<&str>) -> (Vec<u8>, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    if let Some(uri) = uri {
+        params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
+    }
+    let csr = params.serialize_request(&key).unwrap().der().to_vec();
+    (key.serialize_der(), csr)
+}
+
+pub fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+/// Writes DER certificates as one PEM file.
+pub fn write_pem(path: &Path, ders: &[Vec<u8>]) {
+    let text: String = ders
+        .iter()
+        .map(|d| workload_api::bundle::pem_certificate(d))
+        .collect();
+    std::fs::write(path, text).unwrap();
+}

@@ -373,7 +373,8 @@ mod tests {
                 .extend(extra.as_object().unwrap().clone());
             v
         };
-        let cases: Vec<(&str, serde_json::Value, Result<(usize, usize), &str>)> = vec![
+        type Case<'a> = (&'a str, serde_json::Value, Result<(usize, usize), &'a str>);
+        let cases: Vec<Case> = vec![
             ("empty keys", serde_json::json!({"keys": []}), Ok((0, 0))),
             (
                 "missing keys",

@@ -428,12 +428,12 @@ mod tests {
         let ours_bundle = bundle_of(&ours, "example.org");
         let theirs_bundle = bundle_of(&theirs, "other.org");
         let now = SystemTime::now();
-        let info = verify_chain(&[leaf.clone()], |_| Some(&ours_bundle), now).unwrap();
+        let info = verify_chain(std::slice::from_ref(&leaf), |_| Some(&ours_bundle), now).unwrap();
         assert_eq!(info.spiffe_id.to_string(), "spiffe://example.org/web");
 
-        let wrong = verify_chain(&[leaf.clone()], |_| Some(&theirs_bundle), now).unwrap_err();
+        let wrong = verify_chain(std::slice::from_ref(&leaf), |_| Some(&theirs_bundle), now).unwrap_err();
         assert!(matches!(wrong, X509SvidError::Untrusted { .. }), "{wrong}");
-        let none = verify_chain(&[leaf.clone()], |_| None, now).unwrap_err();
+        let none = verify_chain(std::slice::from_ref(&leaf), |_| None, now).unwrap_err();
         assert_eq!(none, X509SvidError::NoBundle("example.org".into()));
         let later = now + Duration::from_secs(2 * 3600);
         assert!(verify_chain(&[leaf], |_| Some(&ours_bundle), later).is_err());

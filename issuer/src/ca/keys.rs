@@ -70,6 +70,8 @@ pub enum KeyError {
         path: String,
         source: std::io::Error,
     },
+    #[error("not a valid {key_type} PKCS#8 key")]
+    Rejected { key_type: &'static str },
     #[error("key {path} is not a valid {key_type} PKCS#8 key")]
     Invalid {
         path: String,
@@ -126,19 +128,22 @@ impl SigningKey {
     }
 
     /// Builds a signing key from PKCS#8 DER.
-    pub fn from_pkcs8(key_type: KeyType, pkcs8: Zeroizing<Vec<u8>>) -> Result<Self, ()> {
+    pub fn from_pkcs8(key_type: KeyType, pkcs8: Zeroizing<Vec<u8>>) -> Result<Self, KeyError> {
+        let rejected = || KeyError::Rejected {
+            key_type: key_type.name(),
+        };
         let rcgen = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
             &rustls_pki_types::PrivatePkcs8KeyDer::from(pkcs8.as_slice()),
             key_type.rcgen_algorithm(),
         )
-        .map_err(|_| ())?;
+        .map_err(|_| rejected())?;
         let public =
             PublicKey::from_spki_der(&rcgen::PublicKeyData::subject_public_key_info(&rcgen))
-                .map_err(|_| ())?;
+                .map_err(|_| rejected())?;
         let jws = match key_type {
             KeyType::EcP256 | KeyType::EcP384 => jsonwebtoken::EncodingKey::from_ec_der(&pkcs8),
             KeyType::Rsa2048 => {
-                let pkcs1 = pkcs1_from_pkcs8(&pkcs8).ok_or(())?;
+                let pkcs1 = pkcs1_from_pkcs8(&pkcs8).ok_or_else(rejected)?;
                 jsonwebtoken::EncodingKey::from_rsa_der(&pkcs1)
             }
         };
@@ -152,13 +157,15 @@ impl SigningKey {
     }
 
     /// Detects the type of a PKCS#8 key.
-    pub fn from_pkcs8_any(pkcs8: Zeroizing<Vec<u8>>) -> Result<Self, ()> {
+    pub fn from_pkcs8_any(pkcs8: Zeroizing<Vec<u8>>) -> Result<Self, KeyError> {
         for key_type in [KeyType::EcP256, KeyType::EcP384, KeyType::Rsa2048] {
             if let Ok(key) = Self::from_pkcs8(key_type, pkcs8.clone()) {
                 return Ok(key);
             }
         }
-        Err(())
+        Err(KeyError::Rejected {
+            key_type: "ec-p256, ec-p384 or rsa-2048",
+        })
     }
 
     pub fn load(path: &Path, key_type: KeyType) -> Result<Self, KeyError> {

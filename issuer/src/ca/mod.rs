@@ -181,7 +181,7 @@ impl Ca {
             let cert_der = record
                 .certificate
                 .as_deref()
-                .and_then(|b| base64_decode(b))
+                .and_then(base64_decode)
                 .ok_or_else(|| CaError::Journal {
                     path: journal_path(&config).display().to_string(),
                     reason: format!("x509 authority {} has no certificate", record.id),

@@ -90,6 +90,17 @@ impl ServerTls {
     }
 }
 
+/// Lets rustls check client certificates against the issuer's clock.
+#[derive(Debug)]
+struct ClockTime(Arc<dyn crate::clock::Clock>);
+
+impl rustls::time_provider::TimeProvider for ClockTime {
+    fn current_time(&self) -> Option<rustls::pki_types::UnixTime> {
+        let since = self.0.now().duration_since(std::time::UNIX_EPOCH).ok()?;
+        Some(rustls::pki_types::UnixTime::since_unix_epoch(since))
+    }
+}
+
 fn build(state: &IssuerState) -> Result<Current, String> {
     let now = state.clock.now();
     let bundle = state.ca.bundle();
@@ -116,7 +127,8 @@ fn build(state: &IssuerState) -> Result<Current, String> {
             .allow_unauthenticated()
             .build()
             .map_err(|e| e.to_string())?;
-    let mut config = ServerConfig::builder_with_provider(provider())
+    let time = Arc::new(ClockTime(state.clock.clone()));
+    let mut config = ServerConfig::builder_with_details(provider(), time)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_client_cert_verifier(verifier)
