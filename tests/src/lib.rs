@@ -23,7 +23,10 @@ pub const TRUST_DOMAIN: &str = "example.org";
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The Python interpreter of the test venv that the test command creates.
@@ -54,7 +57,9 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// Runs a command and returns (exit success, stdout, stderr).
 pub fn run(cmd: &mut Command) -> (bool, String, String) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -137,9 +142,13 @@ impl TestIssuer {
             chain: split_der_concat(&svid.cert_chain).unwrap(),
             pkcs8: Arc::new(pkcs8),
         };
-        let client = issuer_client::connect(self.running.agent_api_address, &self.bundle(), Some(&identity))
-            .await
-            .unwrap();
+        let client = issuer_client::connect(
+            self.running.agent_api_address,
+            &self.bundle(),
+            Some(&identity),
+        )
+        .await
+        .unwrap();
         TestAgent {
             id: svid.spiffe_id,
             identity,
@@ -179,9 +188,11 @@ pub struct TestAgent {
 
 pub fn attest_request(token: &str, csr: Vec<u8>) -> pb::AttestAgentRequest {
     pb::AttestAgentRequest {
-        method: Some(pb::attest_agent_request::Method::JoinToken(pb::JoinTokenAttestation {
-            token: token.into(),
-        })),
+        method: Some(pb::attest_agent_request::Method::JoinToken(
+            pb::JoinTokenAttestation {
+                token: token.into(),
+            },
+        )),
         csr,
     }
 }

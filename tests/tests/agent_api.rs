@@ -25,7 +25,9 @@ fn sign_params(entry_id: &str, csr: Vec<u8>) -> pb::BatchSignX509SvidsRequest {
 async fn workload_svid_passes_openssl_strict_verification() {
     let issuer = TestIssuer::start().await;
     let mut agent = issuer.attest().await;
-    assert!(agent.id.starts_with("spiffe://example.org/agent/join_token/"));
+    assert!(agent
+        .id
+        .starts_with("spiffe://example.org/agent/join_token/"));
     let entry = issuer
         .create_entry("spiffe://example.org/web", &agent.id, &["web.example.org"])
         .await;
@@ -56,7 +58,9 @@ async fn workload_svid_passes_openssl_strict_verification() {
         .arg(&leaf));
     assert!(ok, "serverAuth purpose");
 
-    let (ok, text, _) = run(Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(&leaf));
+    let (ok, text, _) = run(Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&leaf));
     assert!(ok);
     let expect = [
         "URI:spiffe://example.org/web",
@@ -79,7 +83,9 @@ async fn workload_svid_passes_openssl_strict_verification() {
 async fn jwt_svid_verifies_with_pyjwt_for_the_right_audience_only() {
     let issuer = TestIssuer::start().await;
     let mut agent = issuer.attest().await;
-    let entry = issuer.create_entry("spiffe://example.org/api", &agent.id, &[]).await;
+    let entry = issuer
+        .create_entry("spiffe://example.org/api", &agent.id, &[])
+        .await;
     let token = agent
         .client
         .sign_jwt_svid(pb::SignJwtSvidRequest {
@@ -129,7 +135,11 @@ async fn rejections_carry_their_own_status_and_write_nothing() {
         .await
         .unwrap_err();
     assert_eq!(reused.code(), Code::PermissionDenied, "{reused:?}");
-    assert!(reused.message().contains("already used"), "{}", reused.message());
+    assert!(
+        reused.message().contains("already used"),
+        "{}",
+        reused.message()
+    );
 
     // Expired join token.
     let token = issuer.join_token(60).await;
@@ -139,7 +149,11 @@ async fn rejections_carry_their_own_status_and_write_nothing() {
         .await
         .unwrap_err();
     assert_eq!(expired.code(), Code::Unauthenticated, "{expired:?}");
-    assert!(expired.message().contains("expired"), "{}", expired.message());
+    assert!(
+        expired.message().contains("expired"),
+        "{}",
+        expired.message()
+    );
     // Back to real time: the certificates minted next are checked by peers
     // that read the system clock.
     clock.set(now());
@@ -159,7 +173,11 @@ async fn rejections_carry_their_own_status_and_write_nothing() {
         .await
         .unwrap_err();
     assert_eq!(bad_csr.code(), Code::InvalidArgument);
-    assert!(bad_csr.message().starts_with("csr:"), "{}", bad_csr.message());
+    assert!(
+        bad_csr.message().starts_with("csr:"),
+        "{}",
+        bad_csr.message()
+    );
     assert_eq!(store.count(Table::Agents).await.unwrap(), agents);
     assert_eq!(store.count(Table::UsedJoinTokens).await.unwrap(), used);
     // ... and the token still works.
@@ -170,9 +188,13 @@ async fn rejections_carry_their_own_status_and_write_nothing() {
 
     // CSR for a SPIFFE ID the agent is not authorised for, and a malformed CSR.
     let mut agent = issuer.attest().await;
-    let entry = issuer.create_entry("spiffe://example.org/web", &agent.id, &[]).await;
+    let entry = issuer
+        .create_entry("spiffe://example.org/web", &agent.id, &[])
+        .await;
     let other_agent = issuer.attest().await;
-    let foreign = issuer.create_entry("spiffe://example.org/secret", &other_agent.id, &[]).await;
+    let foreign = issuer
+        .create_entry("spiffe://example.org/secret", &other_agent.id, &[])
+        .await;
     let request = pb::BatchSignX509SvidsRequest {
         params: vec![
             pb::X509SvidParams {
@@ -216,9 +238,21 @@ async fn rejections_carry_their_own_status_and_write_nothing() {
         ],
         "{results:?}"
     );
-    assert!(results[0].message.contains("spiffe://example.org/secret"), "{}", results[0].message);
-    assert!(results[1].message.contains("not authorized"), "{}", results[1].message);
-    assert!(results[2].message.starts_with("csr:"), "{}", results[2].message);
+    assert!(
+        results[0].message.contains("spiffe://example.org/secret"),
+        "{}",
+        results[0].message
+    );
+    assert!(
+        results[1].message.contains("not authorized"),
+        "{}",
+        results[1].message
+    );
+    assert!(
+        results[2].message.starts_with("csr:"),
+        "{}",
+        results[2].message
+    );
     for failed in &results[..4] {
         assert!(failed.cert_chain.is_empty());
     }
@@ -274,7 +308,10 @@ async fn entry_stream_pushes_snapshot_in_chunks_then_changes() {
         let message = stream.next().await.unwrap().unwrap();
         assert!(message.snapshot);
         if messages == 0 {
-            assert!(!message.bundle.is_empty(), "the first message carries the bundle");
+            assert!(
+                !message.bundle.is_empty(),
+                "the first message carries the bundle"
+            );
         }
         messages += 1;
         received += message.upserted.len();
@@ -287,7 +324,9 @@ async fn entry_stream_pushes_snapshot_in_chunks_then_changes() {
 
     // A new entry is pushed without polling.
     let started = std::time::Instant::now();
-    let created = issuer.create_entry("spiffe://example.org/new", &agent.id, &[]).await;
+    let created = issuer
+        .create_entry("spiffe://example.org/new", &agent.id, &[])
+        .await;
     let update = tokio::time::timeout(Duration::from_secs(5), stream.next())
         .await
         .unwrap()
@@ -302,7 +341,9 @@ async fn entry_stream_pushes_snapshot_in_chunks_then_changes() {
     issuer
         .admin()
         .await
-        .delete_entry(proto::admin::EntryId { id: created.id.clone() })
+        .delete_entry(proto::admin::EntryId {
+            id: created.id.clone(),
+        })
         .await
         .unwrap();
     let update = stream.next().await.unwrap().unwrap();
@@ -312,14 +353,24 @@ async fn entry_stream_pushes_snapshot_in_chunks_then_changes() {
     issuer
         .admin()
         .await
-        .evict_agent(proto::admin::AgentId { spiffe_id: agent.id.clone() })
+        .evict_agent(proto::admin::AgentId {
+            spiffe_id: agent.id.clone(),
+        })
         .await
         .unwrap();
     let ended = stream.next().await.unwrap().unwrap_err();
     assert_eq!(ended.code(), Code::PermissionDenied);
-    let refused = agent.client.fetch_bundle(pb::FetchBundleRequest {}).await.unwrap_err();
+    let refused = agent
+        .client
+        .fetch_bundle(pb::FetchBundleRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied);
-    assert!(refused.message().contains("attest again"), "{}", refused.message());
+    assert!(
+        refused.message().contains("attest again"),
+        "{}",
+        refused.message()
+    );
 }
 
 #[tokio::test]
@@ -347,19 +398,31 @@ async fn renewal_rotates_the_agent_serial_and_ban_refuses() {
     )
     .await
     .unwrap();
-    renewed_client.fetch_bundle(pb::FetchBundleRequest {}).await.unwrap();
+    renewed_client
+        .fetch_bundle(pb::FetchBundleRequest {})
+        .await
+        .unwrap();
     // Once the renewed SVID is used, the old one is no longer current.
-    let stale = agent.client.fetch_bundle(pb::FetchBundleRequest {}).await.unwrap_err();
+    let stale = agent
+        .client
+        .fetch_bundle(pb::FetchBundleRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(stale.code(), Code::PermissionDenied);
     assert!(stale.message().contains("no longer current"));
 
     issuer
         .admin()
         .await
-        .ban_agent(proto::admin::AgentId { spiffe_id: agent.id.clone() })
+        .ban_agent(proto::admin::AgentId {
+            spiffe_id: agent.id.clone(),
+        })
         .await
         .unwrap();
-    let banned = renewed_client.fetch_bundle(pb::FetchBundleRequest {}).await.unwrap_err();
+    let banned = renewed_client
+        .fetch_bundle(pb::FetchBundleRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(banned.code(), Code::PermissionDenied);
     assert!(banned.message().contains("banned"));
 }

@@ -431,7 +431,8 @@ mod tests {
         let info = verify_chain(std::slice::from_ref(&leaf), |_| Some(&ours_bundle), now).unwrap();
         assert_eq!(info.spiffe_id.to_string(), "spiffe://example.org/web");
 
-        let wrong = verify_chain(std::slice::from_ref(&leaf), |_| Some(&theirs_bundle), now).unwrap_err();
+        let wrong =
+            verify_chain(std::slice::from_ref(&leaf), |_| Some(&theirs_bundle), now).unwrap_err();
         assert!(matches!(wrong, X509SvidError::Untrusted { .. }), "{wrong}");
         let none = verify_chain(std::slice::from_ref(&leaf), |_| None, now).unwrap_err();
         assert_eq!(none, X509SvidError::NoBundle("example.org".into()));

@@ -1,0 +1,340 @@
+//! The `sigil-issuer` binary: a real issuer process and its admin commands.
+//! Bad flags and values are refused with a message that names them, a non-zero
+//! exit code, and nothing written.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use sigil_tests::{binary, run};
+
+struct IssuerProcess {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for IssuerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_issuer() -> IssuerProcess {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin/admin.sock");
+    let child = Command::new(binary("sigil-issuer"))
+        .args([
+            "run",
+            "--trust-domain",
+            "example.org",
+            "--agent-api-address",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--admin-socket-path")
+        .arg(&socket)
+        .env("SIGIL_LOG_LEVEL", "warn")
+        .spawn()
+        .unwrap();
+    let process = IssuerProcess {
+        child,
+        socket,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if run(&mut admin(&process.socket, &["healthcheck"])).0 {
+            return process;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("issuer did not become healthy");
+}
+
+fn admin(socket: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(binary("sigil-issuer"));
+    cmd.args(args).arg("--socket-path").arg(socket);
+    cmd
+}
+
+fn entry_count(socket: &Path) -> usize {
+    let (ok, stdout, stderr) = run(&mut admin(socket, &["entry", "list", "--json"]));
+    assert!(ok, "{stderr}");
+    match serde_json::from_str::<serde_json::Value>(&stdout).unwrap() {
+        serde_json::Value::Array(items) => items.len(),
+        serde_json::Value::Object(_) => 1,
+        other => panic!("unexpected {other}"),
+    }
+}
+
+const PARENT: &str = "spiffe://example.org/agent/join_token/abc";
+
+#[test]
+fn entry_commands_round_trip() {
+    let issuer = start_issuer();
+    let s = &issuer.socket;
+    let (ok, stdout, stderr) = run(&mut admin(
+        s,
+        &[
+            "entry",
+            "create",
+            "--spiffe-id",
+            "spiffe://example.org/web",
+            "--parent-id",
+            PARENT,
+            "--selector",
+            "unix:uid:1000",
+            "--selector",
+            "unix:gid:1000",
+            "--x509-svid-ttl",
+            "30m",
+            "--jwt-svid-ttl",
+            "120",
+            "--dns-name",
+            "web.example.org",
+            "--hint",
+            "internal",
+            "--federates-with",
+            "other.org",
+            "--json",
+        ],
+    ));
+    assert!(ok, "{stderr}");
+    let created: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(created["x509_svid_ttl"], 1800);
+    assert_eq!(created["jwt_svid_ttl"], 120);
+    assert_eq!(created["selectors"].as_array().unwrap().len(), 2);
+    assert_eq!(created["hint"], "internal");
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    let (ok, stdout, _) = run(&mut admin(s, &["entry", "show", "--entry-id", &id]));
+    assert!(ok);
+    assert!(
+        stdout.contains("SPIFFE ID        : spiffe://example.org/web"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Selector         : unix:gid:1000"),
+        "{stdout}"
+    );
+
+    let (ok, stdout, stderr) = run(&mut admin(
+        s,
+        &[
+            "entry",
+            "update",
+            "--entry-id",
+            &id,
+            "--revision",
+            "1",
+            "--spiffe-id",
+            "spiffe://example.org/web",
+            "--parent-id",
+            PARENT,
+            "--selector",
+            "unix:uid:1001",
+            "--json",
+        ],
+    ));
+    assert!(ok, "{stderr}");
+    let updated: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(updated["revision"], 2);
+    // A stale revision is refused.
+    let (ok, _, stderr) = run(&mut admin(
+        s,
+        &[
+            "entry",
+            "update",
+            "--entry-id",
+            &id,
+            "--revision",
+            "1",
+            "--spiffe-id",
+            "spiffe://example.org/web",
+            "--parent-id",
+            PARENT,
+            "--selector",
+            "unix:uid:1002",
+        ],
+    ));
+    assert!(!ok);
+    assert!(stderr.contains("revision"), "{stderr}");
+
+    let (ok, stdout, _) = run(&mut admin(s, &["entry", "delete", "--entry-id", &id]));
+    assert!(ok, "{stdout}");
+    assert_eq!(entry_count(s), 0);
+    let (ok, _, stderr) = run(&mut admin(s, &["entry", "delete", "--entry-id", &id]));
+    assert!(!ok);
+    assert!(
+        stderr.contains("not found") && stderr.contains("NotFound"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_flags_and_values_are_named_and_write_nothing() {
+    let issuer = start_issuer();
+    let s = &issuer.socket;
+    let long_hint = "h".repeat(1100);
+    let base = [
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/web",
+        "--parent-id",
+        PARENT,
+    ];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--selector", "nocolon"], "--selector"),
+        (
+            vec!["--selector", "unix:uid:1", "--x509-svid-ttl", "forever"],
+            "--x509-svid-ttl",
+        ),
+        (
+            vec!["--selector", "unix:uid:1", "--jwt-svid-ttl", "0"],
+            "--jwt-svid-ttl",
+        ),
+        (vec!["--selector", "unix:uid:1", "--bogus"], "--bogus"),
+        (vec![], "--selector"),
+        (
+            vec!["--selector", "unix:uid:1", "--dns-name", "not a name"],
+            "dns_names",
+        ),
+        (
+            vec!["--selector", "unix:uid:1", "--federates-with", "Bad"],
+            "federates_with",
+        ),
+        (
+            vec!["--selector", "unix:uid:1", "--hint", &long_hint],
+            "hint",
+        ),
+    ];
+    for (extra, named) in cases {
+        let mut args: Vec<&str> = base.to_vec();
+        args.extend(extra.iter());
+        let (ok, _, stderr) = run(&mut admin(s, &args));
+        assert!(!ok, "{args:?} was accepted");
+        assert!(stderr.contains(named), "{args:?}: {stderr}");
+    }
+    let (ok, _, stderr) = run(&mut admin(
+        s,
+        &[
+            "entry",
+            "create",
+            "--spiffe-id",
+            "spiffe://other.org/web",
+            "--parent-id",
+            PARENT,
+            "--selector",
+            "unix:uid:1",
+        ],
+    ));
+    assert!(!ok);
+    assert!(
+        stderr.contains("spiffe_id") && stderr.contains("InvalidArgument"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run(&mut admin(
+        s,
+        &["entry", "list", "--spiffe-id", "spiffe://Example.org/x"],
+    ));
+    assert!(!ok);
+    assert!(stderr.contains("--spiffe-id"), "{stderr}");
+    assert_eq!(entry_count(s), 0, "nothing was written");
+}
+
+#[test]
+fn tokens_agents_bundle_and_health() {
+    let issuer = start_issuer();
+    let s = &issuer.socket;
+    let (ok, stdout, stderr) = run(&mut admin(
+        s,
+        &[
+            "token",
+            "generate",
+            "--ttl",
+            "5m",
+            "--spiffe-id",
+            "spiffe://example.org/node/a",
+        ],
+    ));
+    assert!(ok, "{stderr}");
+    let token = stdout.trim().strip_prefix("Token: ").unwrap();
+    assert_eq!(token.len(), 40);
+    assert_eq!(entry_count(s), 1, "the node alias entry");
+
+    let (ok, stdout, _) = run(&mut admin(s, &["agent", "list"]));
+    assert!(ok);
+    assert!(stdout.contains("Found 0 attested agents"));
+    let (ok, _, stderr) = run(&mut admin(
+        s,
+        &[
+            "agent",
+            "evict",
+            "--spiffe-id",
+            "spiffe://example.org/agent/join_token/none",
+        ],
+    ));
+    assert!(!ok);
+    assert!(stderr.contains("NotFound"), "{stderr}");
+
+    let (ok, pem, _) = run(&mut admin(s, &["bundle", "show", "--format", "pem"]));
+    assert!(ok);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("b.pem"), &pem).unwrap();
+    let (ok, text, _) = run(Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(dir.path().join("b.pem")));
+    assert!(ok);
+    assert!(text.contains("URI:spiffe://example.org"));
+    assert!(text.contains("CA:TRUE"));
+    let (ok, json, _) = run(&mut admin(s, &["bundle", "show", "--format", "spiffe"]));
+    assert!(ok);
+    let bundle: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(bundle["spiffe_sequence"].as_u64().unwrap() >= 1);
+    assert_eq!(bundle["spiffe_refresh_hint"], 300);
+
+    let missing = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) = run(&mut admin(
+        &missing.path().join("none.sock"),
+        &["healthcheck"],
+    ));
+    assert!(!ok);
+    assert!(stderr.contains("cannot reach the issuer"), "{stderr}");
+}
+
+#[test]
+fn config_file_unknown_key_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("issuer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "trust_domain = \"example.org\"\ndata_dir = \"{}\"\ndefault_x509_svid_tll = \"1h\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let (ok, _, stderr) = run(Command::new(binary("sigil-issuer"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config));
+    assert!(!ok);
+    assert!(stderr.contains("default_x509_svid_tll"), "{stderr}");
+    assert!(!dir.path().join("data").exists(), "nothing was written");
+    let (ok, _, stderr) = run(Command::new(binary("sigil-issuer"))
+        .args([
+            "run",
+            "--trust-domain",
+            "example.org",
+            "--log-format",
+            "xml",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data")));
+    assert!(!ok);
+    assert!(stderr.contains("log_format"), "{stderr}");
+}
