@@ -49,6 +49,9 @@ pub enum StartError {
     Tls(String),
 }
 
+/// How long shutdown waits for open connections to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// A running issuer.
 #[derive(Debug)]
 pub struct RunningIssuer {
@@ -60,11 +63,17 @@ pub struct RunningIssuer {
 }
 
 impl RunningIssuer {
-    /// Stops every endpoint and background task and waits for them.
+    /// Stops every endpoint and background task. Open connections get a few
+    /// seconds to finish before they are cut.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        for task in self.tasks {
-            let _ = task.await;
+        for mut task in self.tasks {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
         }
         let _ = std::fs::remove_file(&self.admin_socket_path);
     }

@@ -2,6 +2,7 @@
 //! sockets, agents that attest over mTLS, and the independent tools (openssl,
 //! Python with PyJWT) used to check what Sigil produces.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -107,16 +108,7 @@ impl TestIssuer {
     }
 
     pub async fn join_token(&self, ttl_secs: i64) -> String {
-        self.admin()
-            .await
-            .create_join_token(proto::admin::CreateJoinTokenRequest {
-                ttl: ttl_secs,
-                spiffe_id: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .token
+        join_token_at(&self.running.admin_socket_path, ttl_secs).await
     }
 
     /// An unauthenticated (attestation-only) client.
@@ -128,54 +120,86 @@ impl TestIssuer {
 
     /// Attests a new agent with a fresh join token.
     pub async fn attest(&self) -> TestAgent {
-        let token = self.join_token(0).await;
-        let (pkcs8, csr) = new_key_and_csr(None);
-        let response = self
-            .anonymous_client()
-            .await
-            .attest_agent(attest_request(&token, csr))
-            .await
-            .unwrap()
-            .into_inner();
-        let svid = response.svid.unwrap();
-        let identity = ClientIdentity {
-            chain: split_der_concat(&svid.cert_chain).unwrap(),
-            pkcs8: Arc::new(pkcs8),
-        };
-        let client = issuer_client::connect(
+        attest_with(
             self.running.agent_api_address,
+            &self.running.admin_socket_path,
             &self.bundle(),
-            Some(&identity),
         )
         .await
-        .unwrap();
-        TestAgent {
-            id: svid.spiffe_id,
-            identity,
-            client,
-        }
     }
 
-    /// Creates an entry parented by `parent` and returns its id.
+    /// Creates an entry parented by `parent` with selector `unix:uid:1000`.
     pub async fn create_entry(&self, spiffe_id: &str, parent: &str, dns: &[&str]) -> pb::Entry {
-        self.admin()
-            .await
-            .create_entry(proto::admin::CreateEntryRequest {
-                entry: Some(proto::admin::EntryFields {
-                    spiffe_id: spiffe_id.into(),
-                    parent_id: parent.into(),
-                    selectors: vec![pb::Selector {
-                        r#type: "unix".into(),
-                        value: "uid:1000".into(),
-                    }],
-                    dns_names: dns.iter().map(|s| s.to_string()).collect(),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .unwrap()
-            .into_inner()
+        create_entry_at(&self.running.admin_socket_path, spiffe_id, parent, dns).await
     }
+}
+
+/// Generates a join token through the admin socket at `socket`.
+pub async fn join_token_at(socket: &Path, ttl_secs: i64) -> String {
+    sigil_issuer::admin_client::connect(socket)
+        .await
+        .unwrap()
+        .create_join_token(proto::admin::CreateJoinTokenRequest {
+            ttl: ttl_secs,
+            spiffe_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
+/// Attests a new agent to the issuer at `address`, with a token from `socket`.
+pub async fn attest_with(address: SocketAddr, socket: &Path, bundle: &Bundle) -> TestAgent {
+    let token = join_token_at(socket, 0).await;
+    let (pkcs8, csr) = new_key_and_csr(None);
+    let response = issuer_client::connect(address, bundle, None)
+        .await
+        .unwrap()
+        .attest_agent(attest_request(&token, csr))
+        .await
+        .unwrap()
+        .into_inner();
+    let svid = response.svid.unwrap();
+    let identity = ClientIdentity {
+        chain: split_der_concat(&svid.cert_chain).unwrap(),
+        pkcs8: Arc::new(pkcs8),
+    };
+    let client = issuer_client::connect(address, bundle, Some(&identity))
+        .await
+        .unwrap();
+    TestAgent {
+        id: svid.spiffe_id,
+        identity,
+        client,
+    }
+}
+
+/// Creates an entry through the admin socket at `socket`.
+pub async fn create_entry_at(
+    socket: &Path,
+    spiffe_id: &str,
+    parent: &str,
+    dns: &[&str],
+) -> pb::Entry {
+    sigil_issuer::admin_client::connect(socket)
+        .await
+        .unwrap()
+        .create_entry(proto::admin::CreateEntryRequest {
+            entry: Some(proto::admin::EntryFields {
+                spiffe_id: spiffe_id.into(),
+                parent_id: parent.into(),
+                selectors: vec![pb::Selector {
+                    r#type: "unix".into(),
+                    value: "uid:1000".into(),
+                }],
+                dns_names: dns.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// An attested agent and its mTLS client.
