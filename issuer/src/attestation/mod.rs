@@ -74,3 +74,36 @@ pub async fn redeem_join_token(
         .await?;
     Ok(record.id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tokens_store_only_a_hash_and_hide_their_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
+        let now = SystemTime::now();
+        let token = generate_join_token(&store, Duration::from_secs(60), now)
+            .await
+            .unwrap();
+        assert!(!format!("{token:?}").contains(&token.secret));
+        let db = std::fs::read(dir.path().join("db-wal"))
+            .into_iter()
+            .chain(std::fs::read(dir.path().join("db")))
+            .flatten()
+            .collect::<Vec<u8>>();
+        assert!(!db
+            .windows(token.secret.len())
+            .any(|w| w == token.secret.as_bytes()));
+        assert_eq!(
+            redeem_join_token(&store, &token.secret, now).await.unwrap(),
+            token.id
+        );
+        let td = TrustDomain::new("example.org").unwrap();
+        assert_eq!(
+            join_token_agent_id(&td, &token.id).to_string(),
+            format!("spiffe://example.org/agent/join_token/{}", token.id)
+        );
+    }
+}

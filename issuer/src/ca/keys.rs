@@ -227,3 +227,30 @@ fn pkcs1_from_pkcs8(pkcs8: &[u8]) -> Option<Vec<u8>> {
     let info = pkcs8::PrivateKeyInfo::from_der(pkcs8).ok()?;
     Some(info.private_key.to_vec())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_key_material() {
+        for key_type in [KeyType::EcP256, KeyType::EcP384] {
+            let key = SigningKey::generate(key_type).unwrap();
+            let shown = format!("{key:?}");
+            assert!(shown.contains("redacted"), "{shown}");
+            let hex_key = hex::encode(key.pkcs8_der());
+            assert!(!shown.contains(&hex_key[hex_key.len() - 16..]));
+            assert!(!shown.contains(&format!("{:?}", &key.pkcs8_der()[..8])));
+        }
+    }
+
+    #[test]
+    fn pkcs8_round_trip_and_rejection() {
+        let key = SigningKey::generate(KeyType::EcP256).unwrap();
+        let again = SigningKey::from_pkcs8_any(Zeroizing::new(key.pkcs8_der().to_vec())).unwrap();
+        assert_eq!(again.public_key(), key.public_key());
+        let err = SigningKey::from_pkcs8(KeyType::EcP384, Zeroizing::new(key.pkcs8_der().to_vec()))
+            .unwrap_err();
+        assert_eq!(err.to_string(), "not a valid ec-p384 PKCS#8 key");
+    }
+}
