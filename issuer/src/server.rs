@@ -63,6 +63,11 @@ pub struct RunningIssuer {
 }
 
 impl RunningIssuer {
+    /// The issuer's shared state, for embedding (`sigil-agent up`).
+    pub fn running_state(&self) -> IssuerState {
+        self.state.clone()
+    }
+
     /// Stops every endpoint and background task. Open connections get a few
     /// seconds to finish before they are cut.
     pub async fn shutdown(self) {

@@ -4,7 +4,6 @@
 //! chaining to the trust bundle, not by DNS name. Once attested, the agent
 //! presents its own X509-SVID as the TLS client certificate.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -127,17 +126,86 @@ impl ServerCertVerifier for IssuerVerifier {
     }
 }
 
+/// How the agent decides to trust the issuer's certificate.
+#[derive(Debug, Clone, Copy)]
+pub enum ServerTrust<'a> {
+    /// The issuer's SVID must chain to this bundle.
+    Bundle(&'a Bundle),
+    /// Accept any certificate. Only for the first attestation, when the
+    /// operator chose `insecure_bootstrap`; the bundle the issuer returns is
+    /// trusted from then on.
+    InsecureBootstrap,
+}
+
+/// Accepts any server certificate; see [`ServerTrust::InsecureBootstrap`].
+#[derive(Debug)]
+struct InsecureBootstrapVerifier {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for InsecureBootstrapVerifier {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// Builds the TLS client configuration for talking to the issuer.
 pub fn client_config(
-    bundle: &Bundle,
+    trust: ServerTrust<'_>,
     identity: Option<&ClientIdentity>,
 ) -> Result<rustls::ClientConfig, ConnectError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(IssuerVerifier {
-        bundle: bundle.clone(),
-        expected: issuer_id(bundle),
-        provider: provider.clone(),
-    });
+    let verifier: Arc<dyn ServerCertVerifier> = match trust {
+        ServerTrust::Bundle(bundle) => Arc::new(IssuerVerifier {
+            bundle: bundle.clone(),
+            expected: issuer_id(bundle),
+            provider: provider.clone(),
+        }),
+        ServerTrust::InsecureBootstrap => Arc::new(InsecureBootstrapVerifier {
+            provider: provider.clone(),
+        }),
+    };
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ConnectError::Tls(e.to_string()))?
@@ -161,20 +229,33 @@ pub fn client_config(
     Ok(config)
 }
 
-/// Opens a gRPC channel to the issuer's agent API.
+/// Opens a gRPC channel to the issuer's agent API at `address` (`host:port`),
+/// trusting it by `bundle`.
 pub async fn connect(
-    address: SocketAddr,
+    address: impl std::fmt::Display,
     bundle: &Bundle,
     identity: Option<&ClientIdentity>,
 ) -> Result<AgentApiClient<Channel>, ConnectError> {
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(bundle, identity)?));
-    let channel = Endpoint::from_shared(format!("http://{address}"))
-        .expect("socket address forms a valid URI")
+    connect_with(address, ServerTrust::Bundle(bundle), identity).await
+}
+
+/// Opens a gRPC channel to the issuer's agent API with an explicit trust mode.
+pub async fn connect_with(
+    address: impl std::fmt::Display,
+    trust: ServerTrust<'_>,
+    identity: Option<&ClientIdentity>,
+) -> Result<AgentApiClient<Channel>, ConnectError> {
+    let address = address.to_string();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(trust, identity)?));
+    let target = address.clone();
+    let channel = Endpoint::from_shared("http://sigil-issuer".to_owned())
+        .expect("static URI is valid")
         .connect_timeout(Duration::from_secs(10))
         .connect_with_connector(tower::service_fn(move |_| {
             let connector = connector.clone();
+            let target = target.clone();
             async move {
-                let tcp = TcpStream::connect(address).await?;
+                let tcp = TcpStream::connect(target.as_str()).await?;
                 tcp.set_nodelay(true)?;
                 // The name is not checked: the verifier checks the SPIFFE ID.
                 let name = ServerName::try_from("sigil-issuer").expect("static name is valid");
@@ -183,9 +264,6 @@ pub async fn connect(
             }
         }))
         .await
-        .map_err(|source| ConnectError::Transport {
-            address: address.to_string(),
-            source,
-        })?;
+        .map_err(|source| ConnectError::Transport { address, source })?;
     Ok(AgentApiClient::new(channel).max_decoding_message_size(16 * 1024 * 1024))
 }

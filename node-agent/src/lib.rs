@@ -1,6 +1,26 @@
 //! Sigil's per-node agent.
 //!
-//! - [`issuer_client`]: the mTLS connection to the issuer's agent API, which
-//!   authenticates the issuer by its X509-SVID against the trust bundle.
+//! - [`node`]: bootstrap, the agent SVID and its renewal, the issuer connection.
+//! - [`sync`]: the entry stream from the issuer.
+//! - [`svid`]: workload X509-SVIDs (minted and rotated here) and JWT-SVIDs.
+//! - [`attestor`]: workload attestation from the socket's peer credentials.
+//! - [`source`], [`agent`]: the Workload API served from all of the above.
+//! - [`cli`]: the `sigil-agent` command line, including `up`.
 
+pub mod agent;
+pub mod attestor;
+pub mod cli;
+pub mod config;
 pub mod issuer_client;
+pub mod keys;
+pub mod node;
+pub mod source;
+pub mod svid;
+pub mod sync;
+
+/// One random byte, for rotation jitter.
+pub(crate) fn jitter_byte() -> u8 {
+    let mut b = [0u8; 1];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    b[0]
+}

@@ -27,3 +27,8 @@ pub mod sigil {
 pub use sigil::admin::v1 as admin;
 /// Agent <-> issuer API.
 pub use sigil::issuer::v1 as issuer;
+
+/// The encoded file descriptor set of the Workload API (with its imports), for
+/// gRPC reflection.
+pub const WORKLOAD_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/workload_descriptor.bin"));

@@ -6,11 +6,17 @@
 //! - [`bundle`]: SPIFFE trust bundles as JWK Sets (SPIFFE_Trust_Domain_and_Bundle.md).
 //! - [`x509svid`]: X509-SVID validation (X509-SVID.md).
 //! - [`jwtsvid`]: JWT-SVID validation (JWT-SVID.md).
+//! - [`selector`]: the properties entries require of workloads and nodes.
+//! - [`source`], [`server`], [`client`]: the SPIFFE Workload API.
 
 pub mod bundle;
+pub mod client;
 pub mod id;
 pub mod jwk;
 pub mod jwtsvid;
+pub mod selector;
+pub mod server;
+pub mod source;
 pub mod x509svid;
 
 pub use bundle::{Bundle, BundleError, JwtAuthority};

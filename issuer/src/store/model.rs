@@ -1,36 +1,7 @@
 //! Registration entries, selectors, agents and join tokens as the issuer
 //! stores them.
 
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
-
-/// A workload or node property that an entry requires, `type:value`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Selector {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub value: String,
-}
-
-impl Selector {
-    /// Parses `TYPE:VALUE`; the value may itself contain colons.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s.split_once(':') {
-            Some((kind, value)) if !kind.is_empty() && !value.is_empty() => Ok(Selector {
-                kind: kind.to_owned(),
-                value: value.to_owned(),
-            }),
-            _ => Err(format!("selector {s:?} is not of the form TYPE:VALUE")),
-        }
-    }
-}
-
-impl fmt::Display for Selector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.kind, self.value)
-    }
-}
+pub use workload_api::selector::Selector;
 
 /// The fields an operator sets on an entry.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

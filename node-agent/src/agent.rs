@@ -1,0 +1,139 @@
+//! Starting and running the agent: bootstrap, entry sync, the SVID cache,
+//! renewal, and the Workload API on its unix socket.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::UnixListenerStream;
+use workload_api::server::WorkloadApi;
+use workload_api::source::Snapshot;
+
+use crate::config::AgentConfig;
+use crate::node::{Node, NodeError};
+use crate::source::{AgentSource, Served};
+use crate::svid::Status;
+
+/// How long shutdown waits for open streams before cutting them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("workload API socket {path}: {source}")]
+    Socket {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct RunningAgent {
+    pub node: Arc<Node>,
+    pub socket_path: PathBuf,
+    pub status: watch::Receiver<Status>,
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub served: Arc<Served>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningAgent {
+    /// Stops the agent and waits for its tasks.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for mut task in self.tasks {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+        let _ = std::fs::remove_file(&self.socket_path);
+    }
+}
+
+/// Binds the Workload API socket. Its directory is created if needed; any
+/// local process may connect, and callers are told apart by peer credentials.
+fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
+    Ok(listener)
+}
+
+/// Starts the agent.
+pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
+    let config = Arc::new(config);
+    let node = Node::bootstrap(config.clone()).await?;
+    let (stop, stop_rx) = watch::channel(false);
+    let (entries_tx, entries_rx) = watch::channel(Arc::new(Vec::new()));
+    let (snapshot_tx, snapshot_rx) =
+        watch::channel(Arc::new(Snapshot::empty((*node.bundle()).clone())));
+    let (status_tx, status_rx) = watch::channel(Status::default());
+
+    let listener = bind_socket(&config.socket_path).map_err(|source| AgentError::Socket {
+        path: config.socket_path.display().to_string(),
+        source,
+    })?;
+    let mut tasks = vec![
+        tokio::spawn(node.clone().run_renewal(stop_rx.clone())),
+        tokio::spawn(crate::sync::run(node.clone(), entries_tx, stop_rx.clone())),
+        tokio::spawn(crate::svid::run(
+            node.clone(),
+            entries_rx,
+            snapshot_tx,
+            status_tx,
+            stop_rx.clone(),
+        )),
+    ];
+    let source = Arc::new(AgentSource::new(node.clone(), snapshot_rx.clone()));
+    let served = source.served.clone();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::WORKLOAD_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor set is valid");
+    let mut shutdown = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .add_service(SpiffeWorkloadApiServer::new(WorkloadApi::new(source)))
+            .add_service(reflection)
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(error) = result {
+            tracing::error!(%error, "workload API stopped");
+        }
+    }));
+    tracing::info!(
+        agent_id = %node.svid().spiffe_id,
+        socket = %config.socket_path.display(),
+        "agent started"
+    );
+    Ok(RunningAgent {
+        node,
+        socket_path: config.socket_path.clone(),
+        status: status_rx,
+        snapshots: snapshot_rx,
+        served,
+        stop,
+        tasks,
+    })
+}

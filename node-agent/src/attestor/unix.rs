@@ -1,0 +1,304 @@
+//! The unix workload attestor: selectors from the caller's peer credentials and
+//! its process in /proc.
+//!
+//! `unix:uid`, `unix:gid` (from the socket), `unix:user`, `unix:group` (names
+//! from /etc/passwd and /etc/group), `unix:supplementary_gid` (from
+//! /proc/<pid>/status), `unix:path` and `unix:sha256` (of /proc/<pid>/exe).
+//!
+//! A pid can be reused once its process exits. The process start time is read
+//! before and after everything else, and the process's real and effective ids
+//! must equal the socket's peer credentials, so a recycled pid does not lend
+//! another binary's path or hash to the caller.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use workload_api::selector::Selector;
+use workload_api::source::Caller;
+
+/// Why a caller could not be attested.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttestError {
+    #[error("caller process {pid} is gone or unreadable: {reason}")]
+    ProcessGone { pid: i32, reason: String },
+    #[error("caller process {pid} changed while it was attested (pid reused)")]
+    PidReused { pid: i32 },
+    #[error("caller process {pid} runs as uid {actual}, but the socket peer is uid {expected}")]
+    CredentialMismatch {
+        pid: i32,
+        expected: u32,
+        actual: u32,
+    },
+}
+
+/// Identifies a binary on disk for the hash cache: same inode and mtime and
+/// size means the same contents.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+/// The unix attestor. Hashes of executables are cached by inode and mtime.
+#[derive(Debug)]
+pub struct UnixAttestor {
+    proc_root: PathBuf,
+    etc_root: PathBuf,
+    hashes: Mutex<HashMap<FileKey, String>>,
+}
+
+const HASH_CACHE_LIMIT: usize = 4096;
+
+impl Default for UnixAttestor {
+    fn default() -> Self {
+        Self::new("/proc", "/etc")
+    }
+}
+
+impl UnixAttestor {
+    pub fn new(proc_root: impl Into<PathBuf>, etc_root: impl Into<PathBuf>) -> Self {
+        UnixAttestor {
+            proc_root: proc_root.into(),
+            etc_root: etc_root.into(),
+            hashes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The selectors of `caller`.
+    pub fn attest(&self, caller: Caller) -> Result<Vec<Selector>, AttestError> {
+        let mut selectors = vec![
+            Selector::new("unix", format!("uid:{}", caller.uid)),
+            Selector::new("unix", format!("gid:{}", caller.gid)),
+        ];
+        if let Some(user) = name_of(&self.etc_root.join("passwd"), caller.uid) {
+            selectors.push(Selector::new("unix", format!("user:{user}")));
+        }
+        if let Some(group) = name_of(&self.etc_root.join("group"), caller.gid) {
+            selectors.push(Selector::new("unix", format!("group:{group}")));
+        }
+        let Some(pid) = caller.pid.filter(|p| *p > 0) else {
+            return Ok(selectors);
+        };
+        let dir = self.proc_root.join(pid.to_string());
+        let gone = |reason: String| AttestError::ProcessGone { pid, reason };
+        let started = start_time(&dir).map_err(gone)?;
+        let status =
+            std::fs::read_to_string(dir.join("status")).map_err(|e| gone(e.to_string()))?;
+        for (field, expected) in [("Uid:", caller.uid), ("Gid:", caller.gid)] {
+            let ids = status_ids(&status, field);
+            // Real and effective ids (the first two) must be the peer's.
+            if let Some(&actual) = ids.iter().take(2).find(|id| **id != expected) {
+                return Err(AttestError::CredentialMismatch {
+                    pid,
+                    expected,
+                    actual,
+                });
+            }
+        }
+        for gid in status_ids(&status, "Groups:") {
+            selectors.push(Selector::new("unix", format!("supplementary_gid:{gid}")));
+        }
+        // The executable may be unreadable (another user's process when the
+        // agent is not root): then there is no path or hash selector.
+        if let Ok(path) = std::fs::read_link(dir.join("exe")) {
+            let path_text = path
+                .to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_owned();
+            selectors.push(Selector::new("unix", format!("path:{path_text}")));
+            match self.hash(&dir.join("exe")) {
+                Ok(hash) => selectors.push(Selector::new("unix", format!("sha256:{hash}"))),
+                Err(error) => tracing::debug!(pid, %error, "executable not hashed"),
+            }
+        }
+        if start_time(&dir).map_err(gone)? != started {
+            return Err(AttestError::PidReused { pid });
+        }
+        Ok(selectors)
+    }
+
+    /// SHA-256 of the file behind `path`, cached by inode, size and mtime.
+    fn hash(&self, path: &Path) -> std::io::Result<String> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)?;
+        let key = FileKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        };
+        if let Some(hash) = self.hashes.lock().expect("hash cache").get(&key) {
+            return Ok(hash.clone());
+        }
+        let mut file = std::fs::File::open(path)?;
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = std::io::Read::read(&mut file, &mut buffer)?;
+            if n == 0 {
+                break;
+            }
+            context.update(&buffer[..n]);
+        }
+        let hash = hex::encode(context.finish());
+        let mut cache = self.hashes.lock().expect("hash cache");
+        if cache.len() >= HASH_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(key, hash.clone());
+        Ok(hash)
+    }
+}
+
+/// Field 22 of /proc/<pid>/stat: the process start time in clock ticks.
+fn start_time(dir: &Path) -> Result<u64, String> {
+    let stat = std::fs::read_to_string(dir.join("stat")).map_err(|e| e.to_string())?;
+    // The command name (field 2) is in parentheses and may contain spaces.
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or("malformed stat")?;
+    after_name
+        .split_whitespace()
+        .nth(19)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| "malformed stat".to_owned())
+}
+
+fn status_ids(status: &str, field: &str) -> Vec<u32> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .map(|rest| {
+            rest.split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The name for numeric id `id` in a passwd- or group-format file
+/// (`/etc/passwd`, `/etc/group`).
+pub fn name_of(file: &Path, id: u32) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let _password = fields.next()?;
+        let number: u32 = fields.next()?.parse().ok()?;
+        (number == id && !name.is_empty()).then(|| name.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller_self() -> Caller {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        Caller {
+            pid: Some(std::process::id() as i32),
+            uid: status_ids(&status, "Uid:")[0],
+            gid: status_ids(&status, "Gid:")[0],
+        }
+    }
+
+    #[test]
+    fn attests_this_process() {
+        let attestor = UnixAttestor::default();
+        let caller = caller_self();
+        let selectors = attestor.attest(caller).unwrap();
+        let values: Vec<String> = selectors.iter().map(|s| s.to_string()).collect();
+        assert!(
+            values.contains(&format!("unix:uid:{}", caller.uid)),
+            "{values:?}"
+        );
+        assert!(
+            values.contains(&format!("unix:gid:{}", caller.gid)),
+            "{values:?}"
+        );
+        let exe = std::env::current_exe().unwrap();
+        assert!(
+            values.contains(&format!("unix:path:{}", exe.display())),
+            "{values:?}"
+        );
+        let bytes = std::fs::read(&exe).unwrap();
+        let expected = hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes));
+        assert!(
+            values.contains(&format!("unix:sha256:{expected}")),
+            "{values:?}"
+        );
+        if caller.uid == 0 {
+            assert!(values.contains(&"unix:user:root".to_owned()), "{values:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_mismatched_credentials_and_gone_processes() {
+        let attestor = UnixAttestor::default();
+        let mut caller = caller_self();
+        caller.uid += 4242;
+        assert!(matches!(
+            attestor.attest(caller),
+            Err(AttestError::CredentialMismatch { .. })
+        ));
+        let mut gone = caller_self();
+        gone.pid = Some(i32::MAX - 1);
+        assert!(matches!(
+            attestor.attest(gone),
+            Err(AttestError::ProcessGone { .. })
+        ));
+    }
+
+    #[test]
+    fn fake_proc_and_etc() {
+        let root = tempfile::tempdir().unwrap();
+        let proc_dir = root.path().join("proc/77");
+        std::fs::create_dir_all(&proc_dir).unwrap();
+        std::fs::write(
+            proc_dir.join("stat"),
+            "77 (a (weird) name) S 1 77 77 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 12345 0 0\n",
+        )
+        .unwrap();
+        std::fs::write(
+            proc_dir.join("status"),
+            "Name:\tx\nUid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\nGroups:\t4 27 100\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.path().join("etc")).unwrap();
+        std::fs::write(
+            root.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nalice:x:1000:100::/home/alice:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(root.path().join("etc/group"), "users:x:100:\n").unwrap();
+        let attestor = UnixAttestor::new(root.path().join("proc"), root.path().join("etc"));
+        let selectors = attestor
+            .attest(Caller {
+                pid: Some(77),
+                uid: 1000,
+                gid: 100,
+            })
+            .unwrap();
+        let values: Vec<String> = selectors.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            values,
+            [
+                "unix:uid:1000",
+                "unix:gid:100",
+                "unix:user:alice",
+                "unix:group:users",
+                "unix:supplementary_gid:4",
+                "unix:supplementary_gid:27",
+                "unix:supplementary_gid:100",
+            ]
+        );
+        assert_eq!(start_time(&proc_dir).unwrap(), 12345);
+    }
+}

@@ -1,0 +1,333 @@
+//! `sigil-agent api ...` and `healthcheck`: Workload API client commands. The
+//! endpoint comes from `--socket-path` or `SPIFFE_ENDPOINT_SOCKET`.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use clap::{Args, Subcommand};
+use proto::workload as pb;
+use workload_api::bundle::{pem_certificate, split_der_concat};
+use workload_api::client::{self, EndpointAddress, WorkloadClient, ENDPOINT_ENV};
+
+use crate::config::DEFAULT_SOCKET;
+
+#[derive(Debug, Clone, Args)]
+pub struct SocketArg {
+    /// The Workload API socket (a path or unix:///path); default: $SPIFFE_ENDPOINT_SOCKET.
+    #[arg(long)]
+    socket_path: Option<String>,
+}
+
+impl SocketArg {
+    fn address(&self) -> Result<EndpointAddress, String> {
+        if let Some(value) = &self.socket_path {
+            return EndpointAddress::from_path_or_address(value)
+                .map_err(|e| format!("--socket-path: {e}"));
+        }
+        match std::env::var(ENDPOINT_ENV) {
+            Ok(value) => EndpointAddress::parse(&value).map_err(|e| format!("{ENDPOINT_ENV}: {e}")),
+            Err(_) => Ok(EndpointAddress::Unix(PathBuf::from(DEFAULT_SOCKET))),
+        }
+    }
+
+    async fn connect(&self) -> Result<WorkloadClient, String> {
+        client::connect(&self.address()?)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiCommand {
+    /// Fetch SVIDs or bundles.
+    #[command(subcommand)]
+    Fetch(FetchCommand),
+    /// Validate a token.
+    #[command(subcommand)]
+    Validate(ValidateCommand),
+    /// Print one line per X509-SVID update until interrupted.
+    Watch(SocketArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FetchCommand {
+    /// Fetch X509-SVIDs.
+    X509 {
+        /// Write svid.pem, svid.key (0600) and bundle.pem here.
+        #[arg(long)]
+        write: Option<PathBuf>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Fetch JWT-SVIDs.
+    Jwt {
+        /// Audience; repeat for several.
+        #[arg(long = "audience", required = true)]
+        audience: Vec<String>,
+        /// Only for this SPIFFE ID.
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Fetch the X.509 and JWT bundles.
+    Bundles(SocketArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ValidateCommand {
+    /// Validate a JWT-SVID for an audience.
+    Jwt {
+        #[arg(long)]
+        audience: String,
+        #[arg(long)]
+        token: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+fn status(e: tonic::Status) -> String {
+    format!("{} ({:?})", e.message(), e.code())
+}
+
+fn expiry(chain: &[u8]) -> String {
+    split_der_concat(chain)
+        .ok()
+        .and_then(|c| {
+            c.first()
+                .and_then(|leaf| workload_api::x509svid::check_leaf(leaf).ok())
+        })
+        .map(|leaf| humantime::format_rfc3339_seconds(leaf.not_after).to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub async fn execute(command: ApiCommand) -> Result<(), String> {
+    match command {
+        ApiCommand::Fetch(FetchCommand::X509 { write, socket }) => {
+            fetch_x509(&socket, write.as_deref()).await
+        }
+        ApiCommand::Fetch(FetchCommand::Jwt {
+            audience,
+            spiffe_id,
+            socket,
+        }) => {
+            let response = socket
+                .connect()
+                .await?
+                .fetch_jwtsvid(pb::JwtsvidRequest {
+                    audience,
+                    spiffe_id: spiffe_id.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            for svid in response.svids {
+                println!("token({}):\n\t{}", svid.spiffe_id, svid.svid);
+                if !svid.hint.is_empty() {
+                    println!("hint:\n\t{}", svid.hint);
+                }
+            }
+            Ok(())
+        }
+        ApiCommand::Fetch(FetchCommand::Bundles(socket)) => {
+            let mut client = socket.connect().await?;
+            let x509 = client
+                .fetch_x509_bundles(pb::X509BundlesRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .message()
+                .await
+                .map_err(status)?
+                .ok_or("the stream ended without a bundle")?;
+            let jwt = client
+                .fetch_jwt_bundles(pb::JwtBundlesRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .message()
+                .await
+                .map_err(status)?
+                .ok_or("the stream ended without a bundle")?;
+            let mut domains: Vec<_> = x509.bundles.keys().cloned().collect();
+            domains.sort();
+            for td in domains {
+                println!("X.509 bundle for {td}:");
+                for cert in split_der_concat(&x509.bundles[&td]).map_err(|e| e.to_string())? {
+                    print!("{}", pem_certificate(&cert));
+                }
+                if let Some(jwks) = jwt.bundles.get(&td) {
+                    println!("JWT bundle for {td}:\n{}", String::from_utf8_lossy(jwks));
+                }
+            }
+            Ok(())
+        }
+        ApiCommand::Validate(ValidateCommand::Jwt {
+            audience,
+            token,
+            socket,
+        }) => {
+            let response = socket
+                .connect()
+                .await?
+                .validate_jwtsvid(pb::ValidateJwtsvidRequest {
+                    audience,
+                    svid: token,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("SVID is valid.");
+            println!("SPIFFE ID : {}", response.spiffe_id);
+            if let Some(claims) = response.claims {
+                println!("Claims    : {}", struct_json(&claims));
+            }
+            Ok(())
+        }
+        ApiCommand::Watch(socket) => {
+            let mut stream = socket
+                .connect()
+                .await?
+                .fetch_x509svid(pb::X509svidRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            while let Some(update) = stream.message().await.map_err(status)? {
+                let parts: Vec<String> = update
+                    .svids
+                    .iter()
+                    .map(|s| format!("{} (expires {})", s.spiffe_id, expiry(&s.x509_svid)))
+                    .collect();
+                println!(
+                    "{} received {} SVID(s): {}",
+                    humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+                    update.svids.len(),
+                    parts.join(", ")
+                );
+            }
+            Err("the Workload API closed the stream".into())
+        }
+    }
+}
+
+async fn fetch_x509(socket: &SocketArg, write: Option<&Path>) -> Result<(), String> {
+    let response = socket
+        .connect()
+        .await?
+        .fetch_x509svid(pb::X509svidRequest {})
+        .await
+        .map_err(status)?
+        .into_inner()
+        .message()
+        .await
+        .map_err(status)?
+        .ok_or("the stream ended without SVIDs")?;
+    println!("Received {} svid after fetching", response.svids.len());
+    for (i, svid) in response.svids.iter().enumerate() {
+        println!();
+        println!("SPIFFE ID:\t{}", svid.spiffe_id);
+        println!("SVID Valid Until:\t{}", expiry(&svid.x509_svid));
+        if !svid.hint.is_empty() {
+            println!("Hint:\t\t{}", svid.hint);
+        }
+        if let Some(dir) = write {
+            let suffix = if i == 0 {
+                String::new()
+            } else {
+                format!(".{i}")
+            };
+            write_svid(dir, &suffix, svid)?;
+        }
+    }
+    if let Some(dir) = write {
+        println!(
+            "\nWrote svid.pem, svid.key and bundle.pem to {}",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn write_svid(dir: &Path, suffix: &str, svid: &pb::X509svid) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let pems = |der: &[u8]| -> Result<String, String> {
+        Ok(split_der_concat(der)?
+            .iter()
+            .map(|c| pem_certificate(c))
+            .collect())
+    };
+    let key_pem = pem_block("PRIVATE KEY", &svid.x509_svid_key);
+    let write = |name: &str, bytes: &[u8], private: bool| -> Result<(), String> {
+        let path = dir.join(name);
+        if private {
+            sigil_issuer::ca::keys::write_private(&path, bytes)
+        } else {
+            std::fs::write(&path, bytes)
+        }
+        .map_err(|e| format!("{}: {e}", path.display()))
+    };
+    write(
+        &format!("svid{suffix}.pem"),
+        pems(&svid.x509_svid)?.as_bytes(),
+        false,
+    )?;
+    write(&format!("svid{suffix}.key"), key_pem.as_bytes(), true)?;
+    write(
+        &format!("bundle{suffix}.pem"),
+        pems(&svid.bundle)?.as_bytes(),
+        false,
+    )
+}
+
+fn pem_block(label: &str, der: &[u8]) -> String {
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+fn struct_json(s: &prost_types::Struct) -> String {
+    fn value(v: &prost_types::Value) -> serde_json::Value {
+        use prost_types::value::Kind;
+        match &v.kind {
+            Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+            // Struct numbers are doubles; show whole ones (exp, iat) as integers.
+            Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => {
+                serde_json::json!(*n as i64)
+            }
+            Some(Kind::NumberValue(n)) => serde_json::json!(n),
+            Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+            Some(Kind::ListValue(l)) => {
+                serde_json::Value::Array(l.values.iter().map(value).collect())
+            }
+            Some(Kind::StructValue(s)) => object(s),
+            Some(Kind::NullValue(_)) | None => serde_json::Value::Null,
+        }
+    }
+    fn object(s: &prost_types::Struct) -> serde_json::Value {
+        serde_json::Value::Object(
+            s.fields
+                .iter()
+                .map(|(k, v)| (k.clone(), value(v)))
+                .collect(),
+        )
+    }
+    object(s).to_string()
+}
+
+/// Healthy when the Workload API answers, even if it has nothing for us.
+pub async fn healthcheck(socket: &SocketArg) -> Result<(), String> {
+    let mut client = socket.connect().await?;
+    match client.fetch_jwt_bundles(pb::JwtBundlesRequest {}).await {
+        Ok(_) => {}
+        Err(s) if s.code() == tonic::Code::PermissionDenied => {}
+        Err(s) => return Err(format!("agent is unhealthy: {}", status(s))),
+    }
+    println!("Agent is healthy.");
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! The `sigil-agent` command line: `run` (the agent), `up` (issuer and agent in
+//! one process for a single machine), the `api` client commands, `healthcheck`.
+
+mod api;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{AgentConfig, FileConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sigil-agent",
+    version,
+    about = "Sigil's node agent and Workload API client"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent against an issuer.
+    Run(RunArgs),
+    /// Run an issuer and an agent in this process: identities for this machine at once.
+    Up(up::UpArgs),
+    /// Talk to a Workload API as a workload would.
+    #[command(subcommand)]
+    Api(api::ApiCommand),
+    /// Check that the agent answers on its Workload API socket.
+    Healthcheck(api::SocketArg),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "SIGIL_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "SIGIL_TRUST_DOMAIN")]
+    trust_domain: Option<String>,
+    /// host:port of the issuer's agent API.
+    #[arg(long, env = "SIGIL_ISSUER_ADDRESS")]
+    issuer_address: Option<String>,
+    #[arg(long, env = "SIGIL_AGENT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Where to serve the Workload API.
+    #[arg(long, env = "SIGIL_AGENT_SOCKET")]
+    socket_path: Option<PathBuf>,
+    /// A join token from `sigil-issuer token generate`.
+    #[arg(long, env = "SIGIL_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// The issuer's trust bundle: PEM CA certificates or a SPIFFE bundle.
+    #[arg(long)]
+    trust_bundle: Option<PathBuf>,
+    /// Trust the issuer's certificate unverified on first contact.
+    #[arg(long)]
+    insecure_bootstrap: bool,
+    #[arg(long, env = "SIGIL_LOG_LEVEL")]
+    log_level: Option<String>,
+    #[arg(long, env = "SIGIL_LOG_FORMAT")]
+    log_format: Option<String>,
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    match runtime.block_on(execute(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command) -> Result<(), String> {
+    match command {
+        Command::Run(args) => run(args).await,
+        Command::Up(args) => up::up(args).await,
+        Command::Api(command) => api::execute(command).await,
+        Command::Healthcheck(socket) => api::healthcheck(&socket).await,
+    }
+}
+
+async fn run(args: RunArgs) -> Result<(), String> {
+    let flags = FileConfig {
+        trust_domain: args.trust_domain,
+        issuer_address: args.issuer_address,
+        data_dir: args.data_dir,
+        socket_path: args.socket_path,
+        join_token: args.join_token,
+        trust_bundle_path: args.trust_bundle,
+        insecure_bootstrap: args.insecure_bootstrap.then_some(true),
+        log_level: args.log_level,
+        log_format: args.log_format,
+    };
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path).map_err(|e| e.to_string())?,
+        None => FileConfig::default(),
+    };
+    let config = AgentConfig::from_file(flags.or(file)).map_err(|e| e.to_string())?;
+    let format = if config.log_format == "json" {
+        sigil_issuer::config::LogFormat::Json
+    } else {
+        sigil_issuer::config::LogFormat::Text
+    };
+    sigil_issuer::cli::init_logging(&config.log_level, format);
+    let agent = crate::agent::start(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    agent.shutdown().await;
+    Ok(())
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

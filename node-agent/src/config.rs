@@ -1,0 +1,183 @@
+//! Agent configuration: TOML (unknown keys refused, naming the key), overridden
+//! by flags and environment variables, validated into [`AgentConfig`].
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use workload_api::id::{parse_trust_domain, TrustDomain};
+
+/// Why a configuration was refused. Every variant names the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("config file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("config key {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("config key {key} is required")]
+    Missing { key: &'static str },
+}
+
+/// The configuration file as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub trust_domain: Option<String>,
+    pub issuer_address: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub socket_path: Option<PathBuf>,
+    pub join_token: Option<String>,
+    pub trust_bundle_path: Option<PathBuf>,
+    pub insecure_bootstrap: Option<bool>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e: toml::de::Error| ConfigError::File {
+            path: path.display().to_string(),
+            reason: e.message().to_owned(),
+        })
+    }
+
+    /// Keeps `self`'s values where set, otherwise takes `fallback`'s.
+    pub fn or(self, fallback: FileConfig) -> FileConfig {
+        FileConfig {
+            trust_domain: self.trust_domain.or(fallback.trust_domain),
+            issuer_address: self.issuer_address.or(fallback.issuer_address),
+            data_dir: self.data_dir.or(fallback.data_dir),
+            socket_path: self.socket_path.or(fallback.socket_path),
+            join_token: self.join_token.or(fallback.join_token),
+            trust_bundle_path: self.trust_bundle_path.or(fallback.trust_bundle_path),
+            insecure_bootstrap: self.insecure_bootstrap.or(fallback.insecure_bootstrap),
+            log_level: self.log_level.or(fallback.log_level),
+            log_format: self.log_format.or(fallback.log_format),
+        }
+    }
+}
+
+/// The validated agent configuration. `Debug` hides the join token.
+#[derive(Clone)]
+pub struct AgentConfig {
+    pub trust_domain: TrustDomain,
+    /// `host:port` of the issuer's agent API.
+    pub issuer_address: String,
+    pub data_dir: PathBuf,
+    pub socket_path: PathBuf,
+    pub join_token: Option<String>,
+    /// PEM CA certificates or a SPIFFE bundle (JWK Set) to trust the issuer by.
+    pub trust_bundle_path: Option<PathBuf>,
+    /// Trust the issuer's certificate unverified on first contact.
+    pub insecure_bootstrap: bool,
+    pub log_level: String,
+    pub log_format: String,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("trust_domain", &self.trust_domain.as_str())
+            .field("issuer_address", &self.issuer_address)
+            .field("data_dir", &self.data_dir)
+            .field("socket_path", &self.socket_path)
+            .field(
+                "join_token",
+                &self.join_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field("trust_bundle_path", &self.trust_bundle_path)
+            .field("insecure_bootstrap", &self.insecure_bootstrap)
+            .finish()
+    }
+}
+
+pub const DEFAULT_SOCKET: &str = "/tmp/sigil-agent/public/api.sock";
+pub const DEFAULT_ISSUER_ADDRESS: &str = "127.0.0.1:8081";
+
+impl AgentConfig {
+    pub fn from_file(file: FileConfig) -> Result<Self, ConfigError> {
+        let td = file.trust_domain.as_deref().ok_or(ConfigError::Missing {
+            key: "trust_domain",
+        })?;
+        let trust_domain = parse_trust_domain(td).map_err(|e| ConfigError::Invalid {
+            key: "trust_domain",
+            reason: e.to_string(),
+        })?;
+        let issuer_address = file
+            .issuer_address
+            .unwrap_or_else(|| DEFAULT_ISSUER_ADDRESS.into());
+        if issuer_address
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(ConfigError::Invalid {
+                key: "issuer_address",
+                reason: format!("{issuer_address:?} is not host:port"),
+            });
+        }
+        let data_dir = file
+            .data_dir
+            .ok_or(ConfigError::Missing { key: "data_dir" })?;
+        if let Some(token) = &file.join_token {
+            if token.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "join_token",
+                    reason: "empty".into(),
+                });
+            }
+        }
+        let log_format = file.log_format.unwrap_or_else(|| "text".into());
+        if log_format != "text" && log_format != "json" {
+            return Err(ConfigError::Invalid {
+                key: "log_format",
+                reason: format!("{log_format:?} is not text or json"),
+            });
+        }
+        Ok(AgentConfig {
+            trust_domain,
+            issuer_address,
+            data_dir,
+            socket_path: file
+                .socket_path
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
+            join_token: file.join_token,
+            trust_bundle_path: file.trust_bundle_path,
+            insecure_bootstrap: file.insecure_bootstrap.unwrap_or(false),
+            log_level: file.log_level.unwrap_or_else(|| "info".into()),
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let err = toml::from_str::<FileConfig>("insecure_boostrap = true").unwrap_err();
+        assert!(err.message().contains("insecure_boostrap"), "{err}");
+        let base = FileConfig {
+            trust_domain: Some("example.org".into()),
+            data_dir: Some("/tmp/x".into()),
+            ..FileConfig::default()
+        };
+        let bad_address = FileConfig {
+            issuer_address: Some("nowhere".into()),
+            ..FileConfig::default()
+        };
+        let err = AgentConfig::from_file(bad_address.or(base.clone())).unwrap_err();
+        assert!(err.to_string().contains("issuer_address"), "{err}");
+        let config = AgentConfig::from_file(FileConfig {
+            join_token: Some("s3cr3t".into()),
+            ..base
+        })
+        .unwrap();
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+}

@@ -1,0 +1,73 @@
+//! The agent as the Workload API's identity source: attests callers with the
+//! unix attestor and signs JWT-SVIDs through the cache.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tonic::Status;
+use workload_api::selector::Selector;
+use workload_api::source::{Caller, Identity, IdentitySource, Snapshot};
+
+use crate::attestor::UnixAttestor;
+use crate::node::Node;
+use crate::svid::jwt::JwtCache;
+
+/// Counters shown in the agent's status.
+#[derive(Debug, Default)]
+pub struct Served {
+    pub calls: AtomicU64,
+    pub jwt_svids: AtomicU64,
+}
+
+/// The agent's identity source.
+#[derive(Debug)]
+pub struct AgentSource {
+    node: Arc<Node>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    attestor: Arc<UnixAttestor>,
+    jwt: JwtCache,
+    pub served: Arc<Served>,
+}
+
+impl AgentSource {
+    pub fn new(node: Arc<Node>, snapshots: watch::Receiver<Arc<Snapshot>>) -> Self {
+        AgentSource {
+            node,
+            snapshots,
+            attestor: Arc::new(UnixAttestor::default()),
+            jwt: JwtCache::default(),
+            served: Arc::default(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl IdentitySource for AgentSource {
+    fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshots.clone()
+    }
+
+    async fn attest(&self, caller: Caller) -> Result<Vec<Selector>, Status> {
+        self.served.calls.fetch_add(1, Ordering::Relaxed);
+        let attestor = self.attestor.clone();
+        // Reading /proc and hashing a binary block: keep them off the runtime.
+        tokio::task::spawn_blocking(move || attestor.attest(caller))
+            .await
+            .map_err(|_| Status::internal("workload attestation panicked"))?
+            .map_err(|e| Status::permission_denied(format!("workload attestation failed: {e}")))
+    }
+
+    async fn fetch_jwt_svid(
+        &self,
+        identity: &Identity,
+        audience: &[String],
+    ) -> Result<String, Status> {
+        let token = self
+            .jwt
+            .fetch(&self.node, &identity.entry_id, audience)
+            .await?;
+        self.served.jwt_svids.fetch_add(1, Ordering::Relaxed);
+        Ok(token)
+    }
+}

@@ -1,0 +1,97 @@
+//! Entry sync: follows the issuer's entry stream and keeps the authorised
+//! entries in memory. The stream opens with a chunked snapshot and then carries
+//! only changes, so nothing polls. On a broken stream the cache is kept and the
+//! stream is reopened with backoff; workloads keep being served meanwhile.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::issuer as pb;
+use tokio::sync::watch;
+use workload_api::Bundle;
+
+use crate::node::Node;
+
+/// The entries an agent holds, in registration order.
+pub type Entries = Arc<Vec<pb::Entry>>;
+
+fn ordered(map: &BTreeMap<String, pb::Entry>) -> Entries {
+    let mut entries: Vec<pb::Entry> = map.values().cloned().collect();
+    entries.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    Arc::new(entries)
+}
+
+/// Runs entry sync until `stop` fires, publishing into `entries`.
+pub async fn run(
+    node: Arc<Node>,
+    entries: watch::Sender<Entries>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut current: BTreeMap<String, pb::Entry> = entries
+        .borrow()
+        .iter()
+        .map(|e| (e.id.clone(), e.clone()))
+        .collect();
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let result = tokio::select! {
+            result = follow(&node, &mut current, &entries) => result,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match result {
+            Ok(()) => tracing::info!("entry stream ended; reopening"),
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), error = %status.message(), "entry stream failed; reopening")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(15));
+    }
+}
+
+async fn follow(
+    node: &Node,
+    current: &mut BTreeMap<String, pb::Entry>,
+    entries: &watch::Sender<Entries>,
+) -> Result<(), tonic::Status> {
+    let mut stream = node
+        .client()
+        .sync_entries(pb::SyncEntriesRequest {})
+        .await?
+        .into_inner();
+    let mut snapshot: Option<BTreeMap<String, pb::Entry>> = None;
+    while let Some(message) = stream.message().await? {
+        if !message.bundle.is_empty() {
+            match Bundle::from_jwks_json(node.config.trust_domain.clone(), &message.bundle) {
+                Ok(bundle) => node.update_bundle(bundle).await,
+                Err(error) => {
+                    tracing::error!(%error, "issuer sent an invalid bundle; keeping the current one")
+                }
+            }
+        }
+        if message.snapshot {
+            let building = snapshot.get_or_insert_with(BTreeMap::new);
+            for entry in message.upserted {
+                building.insert(entry.id.clone(), entry);
+            }
+            if message.snapshot_complete {
+                *current = snapshot.take().unwrap_or_default();
+                entries.send_replace(ordered(current));
+                tracing::debug!(entries = current.len(), "entry snapshot received");
+            }
+            continue;
+        }
+        for entry in message.upserted {
+            current.insert(entry.id.clone(), entry);
+        }
+        for id in &message.removed_ids {
+            current.remove(id);
+        }
+        entries.send_replace(ordered(current));
+    }
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! A Workload API client: endpoint addresses as `SPIFFE_ENDPOINT_SOCKET` gives
+//! them (SPIFFE_Workload_Endpoint.md section 4) and a channel that adds the
+//! security header to every call.
+
+use std::path::PathBuf;
+
+use hyper_util::rt::TokioIo;
+use proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use tokio::net::UnixStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::server::SECURITY_HEADER;
+
+/// The environment variable naming the Workload API endpoint.
+pub const ENDPOINT_ENV: &str = "SPIFFE_ENDPOINT_SOCKET";
+
+/// Why an endpoint address was refused or could not be reached.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("endpoint {0:?}: only unix:///absolute/path and tcp://IP:PORT are valid")]
+    BadAddress(String),
+    #[error("no endpoint: set {ENDPOINT_ENV} or pass --socket-path")]
+    NoEndpoint,
+    #[error("connecting to {address}: {source}")]
+    Connect {
+        address: String,
+        source: tonic::transport::Error,
+    },
+}
+
+/// A parsed Workload API endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointAddress {
+    Unix(PathBuf),
+    Tcp(std::net::SocketAddr),
+}
+
+impl EndpointAddress {
+    /// Parses `unix:///path` (also `unix:/path`) or `tcp://IP:PORT`. The tcp
+    /// form takes an IP address only, with no path, query or user info.
+    pub fn parse(address: &str) -> Result<Self, ClientError> {
+        let bad = || ClientError::BadAddress(address.to_owned());
+        if let Some(rest) = address.strip_prefix("unix://") {
+            // unix://host/path is not allowed: the authority must be empty.
+            if !rest.starts_with('/') || rest.contains(['?', '#']) {
+                return Err(bad());
+            }
+            return Ok(EndpointAddress::Unix(PathBuf::from(rest)));
+        }
+        if let Some(rest) = address.strip_prefix("unix:") {
+            if !rest.starts_with('/') || rest.starts_with("//") || rest.contains(['?', '#']) {
+                return Err(bad());
+            }
+            return Ok(EndpointAddress::Unix(PathBuf::from(rest)));
+        }
+        if let Some(rest) = address.strip_prefix("tcp://") {
+            return rest
+                .parse::<std::net::SocketAddr>()
+                .map(EndpointAddress::Tcp)
+                .map_err(|_| bad());
+        }
+        Err(bad())
+    }
+
+    /// A plain filesystem path is taken as a unix socket.
+    pub fn from_path_or_address(value: &str) -> Result<Self, ClientError> {
+        if value.starts_with('/') {
+            Ok(EndpointAddress::Unix(PathBuf::from(value)))
+        } else {
+            Self::parse(value)
+        }
+    }
+}
+
+/// Adds `workload.spiffe.io: true` to every request.
+#[derive(Debug, Clone, Copy)]
+pub struct SecurityHeader;
+
+impl tonic::service::Interceptor for SecurityHeader {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert(
+            SECURITY_HEADER,
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+        Ok(request)
+    }
+}
+
+pub type WorkloadClient = SpiffeWorkloadApiClient<InterceptedService<Channel, SecurityHeader>>;
+
+/// Connects to a Workload API endpoint.
+pub async fn connect(address: &EndpointAddress) -> Result<WorkloadClient, ClientError> {
+    let channel = match address {
+        EndpointAddress::Unix(path) => {
+            let path = path.clone();
+            Endpoint::from_static("http://localhost")
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
+                    }
+                }))
+                .await
+        }
+        EndpointAddress::Tcp(addr) => {
+            Endpoint::from_shared(format!("http://{addr}"))
+                .expect("socket address forms a URI")
+                .connect()
+                .await
+        }
+    }
+    .map_err(|source| ClientError::Connect {
+        address: format!("{address:?}"),
+        source,
+    })?;
+    Ok(SpiffeWorkloadApiClient::with_interceptor(
+        channel,
+        SecurityHeader,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_addresses() {
+        let ok = [
+            (
+                "unix:///run/agent.sock",
+                EndpointAddress::Unix("/run/agent.sock".into()),
+            ),
+            (
+                "unix:/run/agent.sock",
+                EndpointAddress::Unix("/run/agent.sock".into()),
+            ),
+            (
+                "tcp://127.0.0.1:8000",
+                EndpointAddress::Tcp("127.0.0.1:8000".parse().unwrap()),
+            ),
+        ];
+        for (input, expected) in ok {
+            assert_eq!(EndpointAddress::parse(input).unwrap(), expected, "{input}");
+        }
+        for bad in [
+            "unix://host/run/agent.sock",
+            "unix:relative.sock",
+            "unix:///a?x=1",
+            "tcp://localhost:8000",
+            "tcp://127.0.0.1:8000/path",
+            "http://127.0.0.1:80",
+            "/run/agent.sock",
+            "",
+        ] {
+            assert!(EndpointAddress::parse(bad).is_err(), "{bad}");
+        }
+        assert!(EndpointAddress::from_path_or_address("/run/agent.sock").is_ok());
+    }
+}

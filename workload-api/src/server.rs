@@ -1,0 +1,351 @@
+//! The SPIFFE Workload API server (SPIFFE_Workload_API.md,
+//! SPIFFE_Workload_Endpoint.md), generic over an [`IdentitySource`].
+//!
+//! Every request must carry `workload.spiffe.io: true`. Callers are identified
+//! out of band by the socket's peer credentials. Streams send the full state at
+//! once, then again on every change that alters what this caller sees.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use proto::workload as pb;
+use proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use crate::id::trust_domain_id;
+use crate::jwtsvid;
+use crate::selector::Selector;
+use crate::source::{Caller, IdentitySource, Snapshot};
+
+/// The metadata key every Workload API request carries.
+pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+/// How long a call waits for SVIDs that are entitled but not yet minted.
+const MINT_WAIT: Duration = Duration::from_secs(10);
+
+type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+/// The Workload API service.
+#[derive(Debug)]
+pub struct WorkloadApi<S> {
+    source: Arc<S>,
+}
+
+impl<S> Clone for WorkloadApi<S> {
+    fn clone(&self) -> Self {
+        WorkloadApi {
+            source: self.source.clone(),
+        }
+    }
+}
+
+impl<S: IdentitySource> WorkloadApi<S> {
+    pub fn new(source: Arc<S>) -> Self {
+        WorkloadApi { source }
+    }
+
+    /// Checks the security header and attests the caller.
+    async fn admit<T>(&self, request: &Request<T>) -> Result<Vec<Selector>, Status> {
+        check_header(request)?;
+        let cred = request
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|info| info.peer_cred)
+            .ok_or_else(|| {
+                Status::internal("peer credentials are unavailable on this connection")
+            })?;
+        self.source
+            .attest(Caller {
+                pid: cred.pid(),
+                uid: cred.uid(),
+                gid: cred.gid(),
+            })
+            .await
+    }
+
+    /// Streams `render(snapshot, selectors)` now and whenever it changes.
+    /// `render` returns `Ok(None)` while entitled SVIDs are still being minted.
+    fn stream<T, F>(&self, selectors: Vec<Selector>, render: F) -> Stream<T>
+    where
+        T: PartialEq + Clone + Send + 'static,
+        F: Fn(&Snapshot, &[Selector]) -> Result<Option<T>, Status> + Send + 'static,
+    {
+        let mut snapshots = self.source.snapshots();
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut last: Option<T> = None;
+            let started = tokio::time::Instant::now();
+            loop {
+                let snapshot = snapshots.borrow_and_update().clone();
+                match render(&snapshot, &selectors) {
+                    Ok(Some(message)) => {
+                        if last.as_ref() != Some(&message) {
+                            last = Some(message);
+                            let sent = tx.send(Ok(message_clone(&last))).await;
+                            if sent.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(None) if last.is_none() && started.elapsed() > MINT_WAIT => {
+                        let _ = tx
+                            .send(Err(Status::unavailable("SVIDs are not minted yet; retry")))
+                            .await;
+                        return;
+                    }
+                    Ok(None) => {}
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+                tokio::select! {
+                    changed = snapshots.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(MINT_WAIT), if last.is_none() => {}
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
+}
+
+fn message_clone<T: Clone>(last: &Option<T>) -> T {
+    last.clone().expect("set just before")
+}
+
+/// Refuses requests without `workload.spiffe.io: true`.
+pub fn check_header<T>(request: &Request<T>) -> Result<(), Status> {
+    match request.metadata().get(SECURITY_HEADER) {
+        Some(value) if value == "true" => Ok(()),
+        _ => Err(Status::invalid_argument(
+            "security header missing from request",
+        )),
+    }
+}
+
+fn no_identity() -> Status {
+    Status::permission_denied("no identity issued")
+}
+
+fn x509_response(
+    snapshot: &Snapshot,
+    selectors: &[Selector],
+) -> Result<Option<pb::X509svidResponse>, Status> {
+    let entitled: Vec<_> = snapshot.entitled(selectors).collect();
+    if entitled.is_empty() {
+        return Err(no_identity());
+    }
+    let bundle = snapshot.bundle.x509_der_concat();
+    let svids: Vec<pb::X509svid> = entitled
+        .iter()
+        .filter_map(|identity| {
+            identity.x509.as_ref().map(|x509| pb::X509svid {
+                spiffe_id: identity.spiffe_id.clone(),
+                x509_svid: x509.chain.clone(),
+                x509_svid_key: x509.key_pkcs8.to_vec(),
+                bundle: bundle.clone(),
+                hint: identity.hint.clone(),
+            })
+        })
+        .collect();
+    if svids.len() < entitled.len() {
+        return Ok(None);
+    }
+    let mut federated_bundles = std::collections::HashMap::new();
+    for identity in &entitled {
+        for td in &identity.federates_with {
+            if let Some(b) = snapshot.federated.get(td) {
+                federated_bundles.insert(trust_domain_id(td), b.x509_der_concat());
+            }
+        }
+    }
+    Ok(Some(pb::X509svidResponse {
+        svids,
+        crl: Vec::new(),
+        federated_bundles,
+    }))
+}
+
+/// The bundles a caller receives: its own trust domain's and those its
+/// identities federate with.
+fn bundle_map<V>(
+    snapshot: &Snapshot,
+    selectors: &[Selector],
+    encode: impl Fn(&crate::Bundle) -> V,
+) -> Result<std::collections::HashMap<String, V>, Status> {
+    let entitled: Vec<_> = snapshot.entitled(selectors).collect();
+    if entitled.is_empty() {
+        return Err(no_identity());
+    }
+    let mut map = std::collections::HashMap::new();
+    map.insert(
+        trust_domain_id(snapshot.bundle.trust_domain()),
+        encode(&snapshot.bundle),
+    );
+    for identity in entitled {
+        for td in &identity.federates_with {
+            if let Some(b) = snapshot.federated.get(td) {
+                map.insert(trust_domain_id(td), encode(b));
+            }
+        }
+    }
+    Ok(map)
+}
+
+#[tonic::async_trait]
+impl<S: IdentitySource> SpiffeWorkloadApi for WorkloadApi<S> {
+    type FetchX509SVIDStream = Stream<pb::X509svidResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        request: Request<pb::X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let selectors = self.admit(&request).await?;
+        // Refuse at once rather than open a stream that only carries an error.
+        x509_response(&self.source.snapshots().borrow(), &selectors)?;
+        Ok(Response::new(self.stream(selectors, x509_response)))
+    }
+
+    type FetchX509BundlesStream = Stream<pb::X509BundlesResponse>;
+
+    async fn fetch_x509_bundles(
+        &self,
+        request: Request<pb::X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        let selectors = self.admit(&request).await?;
+        let render = |snapshot: &Snapshot, selectors: &[Selector]| {
+            bundle_map(snapshot, selectors, |b| b.x509_der_concat()).map(|bundles| {
+                Some(pb::X509BundlesResponse {
+                    crl: Vec::new(),
+                    bundles,
+                })
+            })
+        };
+        render(&self.source.snapshots().borrow(), &selectors)?;
+        Ok(Response::new(self.stream(selectors, render)))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        request: Request<pb::JwtsvidRequest>,
+    ) -> Result<Response<pb::JwtsvidResponse>, Status> {
+        let selectors = self.admit(&request).await?;
+        let request = request.into_inner();
+        if request.audience.is_empty() || request.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        let snapshot = self.source.snapshots().borrow().clone();
+        let identities: Vec<_> = snapshot
+            .entitled(&selectors)
+            .filter(|i| request.spiffe_id.is_empty() || i.spiffe_id == request.spiffe_id)
+            .cloned()
+            .collect();
+        if identities.is_empty() {
+            return Err(no_identity());
+        }
+        let mut svids = Vec::with_capacity(identities.len());
+        for identity in identities {
+            let svid = self
+                .source
+                .fetch_jwt_svid(&identity, &request.audience)
+                .await?;
+            svids.push(pb::Jwtsvid {
+                spiffe_id: identity.spiffe_id.clone(),
+                svid,
+                hint: identity.hint.clone(),
+            });
+        }
+        Ok(Response::new(pb::JwtsvidResponse { svids }))
+    }
+
+    type FetchJWTBundlesStream = Stream<pb::JwtBundlesResponse>;
+
+    async fn fetch_jwt_bundles(
+        &self,
+        request: Request<pb::JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        let selectors = self.admit(&request).await?;
+        let render = |snapshot: &Snapshot, selectors: &[Selector]| {
+            bundle_map(snapshot, selectors, |b| b.jwt_only_jwks_json())
+                .map(|bundles| Some(pb::JwtBundlesResponse { bundles }))
+        };
+        render(&self.source.snapshots().borrow(), &selectors)?;
+        Ok(Response::new(self.stream(selectors, render)))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        request: Request<pb::ValidateJwtsvidRequest>,
+    ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
+        check_header(&request)?;
+        let request = request.into_inner();
+        if request.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if request.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let snapshot = self.source.snapshots().borrow().clone();
+        let validated = jwtsvid::validate(
+            &request.svid,
+            &request.audience,
+            |td| snapshot.bundle_for(td),
+            SystemTime::now(),
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(pb::ValidateJwtsvidResponse {
+            spiffe_id: validated.spiffe_id.to_string(),
+            claims: Some(to_struct(validated.claims)),
+        }))
+    }
+
+    type FetchWITSVIDStream = Stream<pb::WitsvidResponse>;
+
+    async fn fetch_witsvid(
+        &self,
+        request: Request<pb::WitsvidRequest>,
+    ) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
+        check_header(&request)?;
+        Err(Status::unimplemented(
+            "the WIT-SVID profile is not served by this agent",
+        ))
+    }
+
+    type FetchWITBundlesStream = Stream<pb::WitBundlesResponse>;
+
+    async fn fetch_wit_bundles(
+        &self,
+        request: Request<pb::WitBundlesRequest>,
+    ) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
+        check_header(&request)?;
+        Err(Status::unimplemented(
+            "the WIT-SVID profile is not served by this agent",
+        ))
+    }
+}
+
+/// JSON claims as a protobuf Struct.
+fn to_struct(map: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map.into_iter().map(|(k, v)| (k, to_value(v))).collect(),
+    }
+}
+
+fn to_value(value: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.into_iter().map(to_value).collect(),
+        }),
+        serde_json::Value::Object(map) => Kind::StructValue(to_struct(map)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}

@@ -1,0 +1,110 @@
+//! What a Workload API server serves from: the identities a node holds, as
+//! snapshots that change when SVIDs rotate or entries and bundles change.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+use crate::bundle::Bundle;
+use crate::id::TrustDomain;
+use crate::selector::Selector;
+
+/// An X509-SVID and its private key. `Debug` never shows the key.
+pub struct X509Material {
+    /// DER chain, leaf first, concatenated.
+    pub chain: Vec<u8>,
+    /// PKCS#8 DER private key.
+    pub key_pkcs8: Zeroizing<Vec<u8>>,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+impl std::fmt::Debug for X509Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("X509Material")
+            .field("chain_bytes", &self.chain.len())
+            .field("key_pkcs8", &"[redacted]")
+            .field("not_after", &self.not_after)
+            .finish()
+    }
+}
+
+/// One identity a workload may be entitled to.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub entry_id: String,
+    pub spiffe_id: String,
+    pub hint: String,
+    /// Every one of these must be among the caller's selectors.
+    pub selectors: Vec<Selector>,
+    /// Trust domains whose bundles the workload receives as federated.
+    pub federates_with: Vec<TrustDomain>,
+    /// The current X509-SVID; `None` until first minted.
+    pub x509: Option<Arc<X509Material>>,
+}
+
+/// Everything the node can serve at one moment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The local trust domain's bundle.
+    pub bundle: Arc<Bundle>,
+    /// Bundles of federated trust domains.
+    pub federated: BTreeMap<TrustDomain, Arc<Bundle>>,
+    /// In registration order: the first one a caller matches is its default.
+    pub identities: Vec<Identity>,
+}
+
+impl Snapshot {
+    pub fn empty(bundle: Bundle) -> Self {
+        Snapshot {
+            bundle: Arc::new(bundle),
+            federated: BTreeMap::new(),
+            identities: Vec::new(),
+        }
+    }
+
+    /// The identities whose selectors the caller has, in order.
+    pub fn entitled<'a>(
+        &'a self,
+        caller: &'a [Selector],
+    ) -> impl Iterator<Item = &'a Identity> + 'a {
+        self.identities
+            .iter()
+            .filter(move |i| crate::selector::all_present(&i.selectors, caller))
+    }
+
+    /// The bundle of `trust_domain`, local or federated.
+    pub fn bundle_for(&self, trust_domain: &TrustDomain) -> Option<&Bundle> {
+        if trust_domain == self.bundle.trust_domain() {
+            return Some(&self.bundle);
+        }
+        self.federated.get(trust_domain).map(|b| b.as_ref())
+    }
+}
+
+/// Who is calling, from the socket's peer credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub pid: Option<i32>,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The node-side provider behind a Workload API server.
+#[tonic::async_trait]
+pub trait IdentitySource: Send + Sync + 'static {
+    /// The snapshots to serve from; each change is pushed to open streams.
+    fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>>;
+
+    /// The selectors of a caller (workload attestation).
+    async fn attest(&self, caller: Caller) -> Result<Vec<Selector>, tonic::Status>;
+
+    /// A JWT-SVID for `identity` and `audience`, from cache or freshly signed.
+    async fn fetch_jwt_svid(
+        &self,
+        identity: &Identity,
+        audience: &[String],
+    ) -> Result<String, tonic::Status>;
+}
