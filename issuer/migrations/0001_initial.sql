@@ -16,11 +16,15 @@ CREATE TABLE entries (
     downstream     BOOLEAN NOT NULL,
     expires_at     BIGINT NOT NULL,
     revision       BIGINT NOT NULL,
+    -- Registration order: a workload's first matching entry is its default
+    -- identity, so order must survive entries created in the same second.
+    sequence       BIGINT NOT NULL,
     created_at     BIGINT NOT NULL,
     updated_at     BIGINT NOT NULL
 );
 CREATE UNIQUE INDEX entries_identity ON entries (spiffe_id, parent_id, selectors_key);
 CREATE INDEX entries_parent ON entries (parent_id);
+CREATE UNIQUE INDEX entries_sequence ON entries (sequence);
 
 -- Join tokens are stored by the SHA-256 of their secret, never the secret.
 CREATE TABLE join_tokens (

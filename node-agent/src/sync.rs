@@ -18,7 +18,7 @@ pub type Entries = Arc<Vec<pb::Entry>>;
 
 fn ordered(map: &BTreeMap<String, pb::Entry>) -> Entries {
     let mut entries: Vec<pb::Entry> = map.values().cloned().collect();
-    entries.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    entries.sort_by_key(|e| e.sequence);
     Arc::new(entries)
 }
 

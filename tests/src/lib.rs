@@ -244,3 +244,111 @@ pub fn write_pem(path: &Path, ders: &[Vec<u8>]) {
         .collect();
     std::fs::write(path, text).unwrap();
 }
+
+/// The uid of this test process.
+pub fn current_uid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// An issuer and an agent, both in this process, with the Workload API on a
+/// temp unix socket that any local user can reach.
+#[allow(missing_debug_implementations)]
+pub struct TestNode {
+    pub issuer: TestIssuer,
+    pub agent: Option<sigil_agent::agent::RunningAgent>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub agent_id: String,
+}
+
+impl TestNode {
+    /// Starts an issuer and an agent attested with a fresh join token.
+    pub async fn start() -> Self {
+        let issuer = TestIssuer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.path().join("public/api.sock");
+        let mut node = TestNode {
+            issuer,
+            agent: None,
+            dir,
+            socket,
+            agent_id: String::new(),
+        };
+        let token = node.issuer.join_token(0).await;
+        node.start_agent(Some(token)).await;
+        node
+    }
+
+    /// The agent's configuration; `join_token` only matters without a stored SVID.
+    pub fn agent_config(&self, join_token: Option<String>) -> sigil_agent::config::AgentConfig {
+        let bundle_path = self.dir.path().join("bootstrap-bundle.json");
+        std::fs::write(&bundle_path, self.issuer.bundle().to_jwks_json()).unwrap();
+        sigil_agent::config::AgentConfig::from_file(sigil_agent::config::FileConfig {
+            trust_domain: Some(TRUST_DOMAIN.into()),
+            issuer_address: Some(self.issuer.running.agent_api_address.to_string()),
+            data_dir: Some(self.dir.path().join("agent")),
+            socket_path: Some(self.socket.clone()),
+            join_token,
+            trust_bundle_path: Some(bundle_path),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    pub async fn start_agent(&mut self, join_token: Option<String>) {
+        let agent = sigil_agent::agent::start(self.agent_config(join_token)).await.unwrap();
+        self.agent_id = agent.node.svid().spiffe_id.to_string();
+        self.agent = Some(agent);
+    }
+
+    pub async fn stop_agent(&mut self) {
+        if let Some(agent) = self.agent.take() {
+            agent.shutdown().await;
+        }
+    }
+
+    /// Registers `spiffe_id` for this process's uid under the agent.
+    pub async fn register(&self, spiffe_id: &str, x509_ttl_secs: i64, hint: &str) -> pb::Entry {
+        sigil_issuer::admin_client::connect(&self.issuer.running.admin_socket_path)
+            .await
+            .unwrap()
+            .create_entry(proto::admin::CreateEntryRequest {
+                entry: Some(proto::admin::EntryFields {
+                    spiffe_id: spiffe_id.into(),
+                    parent_id: self.agent_id.clone(),
+                    selectors: vec![pb::Selector {
+                        r#type: "unix".into(),
+                        value: format!("uid:{}", current_uid()),
+                    }],
+                    x509_svid_ttl: x509_ttl_secs,
+                    hint: hint.into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// `unix:///...` for SPIFFE_ENDPOINT_SOCKET.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// Waits until the agent holds `count` X509-SVIDs.
+    pub async fn wait_for_svids(&self, count: usize) {
+        let mut status = self.agent.as_ref().unwrap().status.clone();
+        tokio::time::timeout(std::time::Duration::from_secs(20), status.wait_for(|s| s.svids >= count))
+            .await
+            .expect("SVIDs were minted in time")
+            .unwrap();
+    }
+}

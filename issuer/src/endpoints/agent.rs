@@ -398,7 +398,7 @@ impl AgentService {
                 .filter(|e| sent.get(&e.id) != Some(&e.revision))
                 .map(entry_to_proto)
                 .collect();
-            upserted.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+            upserted.sort_by_key(|e| e.sequence);
             let removed: Vec<String> = sent
                 .keys()
                 .filter(|id| !entries.contains_key(*id))

@@ -21,6 +21,7 @@ pub fn entry_to_proto(entry: &Entry) -> pb::Entry {
         expires_at: f.expires_at,
         revision: entry.revision,
         created_at: entry.created_at,
+        sequence: entry.sequence,
     }
 }
 

@@ -71,7 +71,7 @@ pub struct Store {
 }
 
 const ENTRY_COLUMNS: &str = "id, spiffe_id, parent_id, selectors, x509_svid_ttl, jwt_svid_ttl, \
-    dns_names, hint, federates_with, admin, downstream, expires_at, revision, created_at";
+    dns_names, hint, federates_with, admin, downstream, expires_at, revision, sequence, created_at";
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and migrates it.
@@ -105,11 +105,14 @@ impl Store {
     pub async fn create_entry(&self, fields: &EntryFields, now: i64) -> Result<Entry, StoreError> {
         let id = crate::ids::uuid_v4();
         let columns = EntryColumns::from_fields(fields);
+        // The next sequence number is taken in the insert itself; the unique
+        // index refuses a concurrent duplicate rather than misordering.
         let result = sqlx::query(
             "INSERT INTO entries (id, spiffe_id, parent_id, selectors, selectors_key, x509_svid_ttl, \
              jwt_svid_ttl, dns_names, hint, federates_with, admin, downstream, expires_at, revision, \
-             created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $14)",
+             sequence, created_at, updated_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, \
+             COALESCE(MAX(sequence), 0) + 1, $14, $14 FROM entries",
         )
         .bind(&id)
         .bind(&fields.spiffe_id)
@@ -214,7 +217,7 @@ impl Store {
         let rows = sqlx::query(&format!(
             "SELECT {ENTRY_COLUMNS} FROM entries \
              WHERE ($1 IS NULL OR spiffe_id = $1) AND ($2 IS NULL OR parent_id = $2) \
-             ORDER BY created_at, id"
+             ORDER BY sequence"
         ))
         .bind(spiffe_id)
         .bind(parent_id)
@@ -521,6 +524,7 @@ fn entry_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Entry, StoreError> {
             expires_at: row.try_get("expires_at")?,
         },
         revision: row.try_get("revision")?,
+        sequence: row.try_get("sequence")?,
         created_at: row.try_get("created_at")?,
     })
 }

@@ -27,6 +27,8 @@ pub struct Entry {
     pub id: String,
     pub fields: EntryFields,
     pub revision: i64,
+    /// Registration order, increasing.
+    pub sequence: i64,
     pub created_at: i64,
 }
 

@@ -1,0 +1,247 @@
+//! The SPIFFE Workload API end to end: a real issuer and a real agent, with the
+//! `spiffe` crate, the Python `spiffe` package, openssl and the `sigil-agent`
+//! client commands on the other end.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use proto::workload as pb;
+use sigil_tests::*;
+use spiffe::{TrustDomain as SpiffeTd, WorkloadApiClient, X509Source};
+use tonic::Code;
+
+const WEB: &str = "spiffe://example.org/web";
+const ADMIN: &str = "spiffe://example.org/admin";
+
+#[tokio::test]
+async fn rust_spiffe_crate_fetches_validates_and_sees_rotations() {
+    let node = TestNode::start().await;
+    node.register(WEB, 4, "internal").await;
+    node.register(ADMIN, 3600, "external").await;
+    node.wait_for_svids(2).await;
+
+    let client = WorkloadApiClient::connect_to(node.endpoint()).await.unwrap();
+    let svids = client.fetch_all_x509_svids().await.unwrap();
+    let listed: Vec<(String, Option<&str>)> = svids
+        .iter()
+        .map(|s| (s.spiffe_id().to_string(), s.hint()))
+        .collect();
+    assert_eq!(
+        listed,
+        [(WEB.to_owned(), Some("internal")), (ADMIN.to_owned(), Some("external"))],
+        "both entries, in registration order, with their hints"
+    );
+    let td = SpiffeTd::new("example.org").unwrap();
+    let bundles = client.fetch_x509_bundles().await.unwrap();
+    assert!(bundles.get(&td).is_some());
+    let jwt = client.fetch_jwt_svid(["db"], None).await.unwrap();
+    assert_eq!(jwt.spiffe_id().to_string(), WEB);
+    let validated = client.validate_jwt_token("db", jwt.token()).await.unwrap();
+    assert_eq!(validated.spiffe_id().to_string(), WEB);
+    assert!(client.validate_jwt_token("other", jwt.token()).await.is_err());
+    let jwt_bundles = client.fetch_jwt_bundles().await.unwrap();
+    assert!(jwt_bundles.get(&td).is_some());
+
+    // The default SVID rotates at about half its 4 s life; the source's open
+    // stream must deliver at least two rotations.
+    let source = X509Source::builder()
+        .endpoint(node.endpoint())
+        .build()
+        .await
+        .unwrap();
+    let mut updates = source.updated();
+    let first = source.svid().unwrap().leaf().as_bytes().to_vec();
+    let mut seen = vec![first];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < 3 && Instant::now() < deadline {
+        tokio::time::timeout(Duration::from_secs(10), updates.changed())
+            .await
+            .expect("an update within 10 s")
+            .unwrap();
+        let leaf = source.svid().unwrap().leaf().as_bytes().to_vec();
+        if !seen.contains(&leaf) {
+            seen.push(leaf);
+        }
+    }
+    assert!(seen.len() >= 3, "saw {} distinct SVIDs", seen.len());
+    source.shutdown().await;
+}
+
+#[tokio::test]
+async fn python_spiffe_client_works_unmodified() {
+    let node = TestNode::start().await;
+    node.register(WEB, 4, "internal").await;
+    node.register(ADMIN, 3600, "").await;
+    node.wait_for_svids(2).await;
+    let endpoint = node.endpoint();
+    let script = workspace_root().join("tests/python/workload_client.py");
+    let output = tokio::task::spawn_blocking(move || {
+        run(Command::new(python())
+            .arg(script)
+            .arg(endpoint)
+            .arg(format!("{WEB},{ADMIN}"))
+            .arg("spiffe://example.org/db")
+            .arg("2"))
+    })
+    .await
+    .unwrap();
+    let (ok, stdout, stderr) = output;
+    assert!(ok, "python client failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("X509Source saw"), "{stdout}");
+}
+
+/// A raw client: no security header unless asked.
+async fn raw_client(node: &TestNode) -> pb::spiffe_workload_api_client::SpiffeWorkloadApiClient<tonic::transport::Channel> {
+    pb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(
+        sigil_issuer::admin_client::unix_channel(&node.socket).await.unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn entitlement_and_header_rules() {
+    let node = TestNode::start().await;
+    node.register(WEB, 3600, "").await;
+    node.wait_for_svids(1).await;
+
+    // Without the security header: InvalidArgument, on every RPC.
+    let mut raw = raw_client(&node).await;
+    let missing = raw.fetch_x509svid(pb::X509svidRequest {}).await.unwrap_err();
+    assert_eq!(missing.code(), Code::InvalidArgument);
+    assert_eq!(missing.message(), "security header missing from request");
+    let missing = raw
+        .validate_jwtsvid(pb::ValidateJwtsvidRequest {
+            audience: "a".into(),
+            svid: "b".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::InvalidArgument);
+
+    let mut client = workload_api::client::connect(&workload_api::client::EndpointAddress::Unix(node.socket.clone()))
+        .await
+        .unwrap();
+    let no_audience = client
+        .fetch_jwtsvid(pb::JwtsvidRequest {
+            audience: vec![],
+            spiffe_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(no_audience.code(), Code::InvalidArgument);
+    let not_mine = client
+        .fetch_jwtsvid(pb::JwtsvidRequest {
+            audience: vec!["x".into()],
+            spiffe_id: ADMIN.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(not_mine.code(), Code::PermissionDenied);
+    let garbage = client
+        .validate_jwtsvid(pb::ValidateJwtsvidRequest {
+            audience: "a".into(),
+            svid: "not.a.jwt".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(garbage.code(), Code::InvalidArgument);
+    let wit = client.fetch_witsvid(pb::WitsvidRequest::default()).await.unwrap_err();
+    assert_eq!(wit.code(), Code::Unimplemented);
+
+    // A caller with another uid is entitled to nothing.
+    let socket = node.socket.clone();
+    let (ok, _, stderr) = tokio::task::spawn_blocking(move || {
+        use std::os::unix::process::CommandExt;
+        run(Command::new(binary("sigil-agent"))
+            .args(["api", "fetch", "x509", "--socket-path"])
+            .arg(&socket)
+            .uid(4242)
+            .gid(4242))
+    })
+    .await
+    .unwrap();
+    assert!(!ok);
+    assert!(stderr.contains("no identity issued") && stderr.contains("PermissionDenied"), "{stderr}");
+}
+
+#[tokio::test]
+async fn cli_commands_and_openssl() {
+    let node = TestNode::start().await;
+    node.register(WEB, 3600, "").await;
+    node.wait_for_svids(1).await;
+    let out = tempfile::tempdir().unwrap();
+    let endpoint = node.endpoint();
+    let dir = out.path().to_path_buf();
+    let results = tokio::task::spawn_blocking(move || {
+        let agent = |args: &[&str]| {
+            run(Command::new(binary("sigil-agent"))
+                .args(args)
+                .env("SPIFFE_ENDPOINT_SOCKET", &endpoint))
+        };
+        let fetched = agent(&["api", "fetch", "x509", "--write", dir.to_str().unwrap()]);
+        let jwt = agent(&["api", "fetch", "jwt", "--audience", "db"]);
+        let token = jwt.1.lines().nth(1).unwrap_or_default().trim().to_owned();
+        let valid = agent(&["api", "validate", "jwt", "--audience", "db", "--token", &token]);
+        let invalid = agent(&["api", "validate", "jwt", "--audience", "nope", "--token", &token]);
+        let bundles = agent(&["api", "fetch", "bundles"]);
+        let health = agent(&["healthcheck"]);
+        let verify = run(Command::new("openssl")
+            .args(["verify", "-x509_strict", "-purpose", "sslclient", "-CAfile"])
+            .arg(dir.join("bundle.pem"))
+            .arg(dir.join("svid.pem")));
+        (fetched, jwt, valid, invalid, bundles, health, verify)
+    })
+    .await
+    .unwrap();
+    let (fetched, jwt, valid, invalid, bundles, health, verify) = results;
+    assert!(fetched.0, "{}", fetched.2);
+    assert!(fetched.1.contains(WEB), "{}", fetched.1);
+    assert!(jwt.0 && jwt.1.contains(&format!("token({WEB})")), "{}{}", jwt.1, jwt.2);
+    assert!(valid.0 && valid.1.contains("SVID is valid."), "{}{}", valid.1, valid.2);
+    assert!(valid.1.contains("\"aud\":[\"db\"]"), "{}", valid.1);
+    assert!(!invalid.0 && invalid.2.contains("InvalidArgument"), "{}", invalid.2);
+    assert!(bundles.0 && bundles.1.contains("BEGIN CERTIFICATE"), "{}", bundles.2);
+    assert!(bundles.1.contains("\"use\": \"jwt-svid\""), "{}", bundles.1);
+    assert!(!bundles.1.contains("\"use\": \"x509-svid\""), "JWT bundles hold only JWT keys");
+    assert!(health.0, "{}", health.2);
+    assert!(verify.0, "openssl: {}{}", verify.1, verify.2);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out.path().join("svid.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // `api watch` prints one line per update.
+    let mut watch = std::process::Command::new(binary("sigil-agent"))
+        .args(["api", "watch", "--socket-path"])
+        .arg(&node.socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(line.contains("received 1 SVID(s)") && line.contains(WEB), "{line}");
+}
+
+#[tokio::test]
+async fn restarted_agent_reuses_its_svid_without_a_join_token() {
+    let mut node = TestNode::start().await;
+    node.register(WEB, 3600, "").await;
+    node.wait_for_svids(1).await;
+    let first_id = node.agent_id.clone();
+    node.stop_agent().await;
+    node.start_agent(None).await;
+    assert_eq!(node.agent_id, first_id);
+    node.wait_for_svids(1).await;
+    let client = WorkloadApiClient::connect_to(node.endpoint()).await.unwrap();
+    assert_eq!(client.fetch_x509_svid().await.unwrap().spiffe_id().to_string(), WEB);
+    // The key on disk is private.
+    use std::os::unix::fs::PermissionsExt;
+    let key = node.dir.path().join("agent/agent/svid.key");
+    assert_eq!(std::fs::metadata(key).unwrap().permissions().mode() & 0o777, 0o600);
+}
