@@ -24,3 +24,9 @@ pub(crate) fn jitter_byte() -> u8 {
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     b[0]
 }
+
+/// `base` plus up to half of it again, so a fleet of agents retrying after an
+/// issuer outage does not arrive in step.
+pub(crate) fn with_jitter(base: std::time::Duration) -> std::time::Duration {
+    base + base * u32::from(jitter_byte()) / 510
+}

@@ -46,10 +46,10 @@ pub async fn run(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(crate::with_jitter(backoff)) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(15));
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

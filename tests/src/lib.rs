@@ -304,7 +304,9 @@ impl TestNode {
     }
 
     pub async fn start_agent(&mut self, join_token: Option<String>) {
-        let agent = sigil_agent::agent::start(self.agent_config(join_token)).await.unwrap();
+        let agent = sigil_agent::agent::start(self.agent_config(join_token))
+            .await
+            .unwrap();
         self.agent_id = agent.node.svid().spiffe_id.to_string();
         self.agent = Some(agent);
     }
@@ -317,25 +319,14 @@ impl TestNode {
 
     /// Registers `spiffe_id` for this process's uid under the agent.
     pub async fn register(&self, spiffe_id: &str, x509_ttl_secs: i64, hint: &str) -> pb::Entry {
-        sigil_issuer::admin_client::connect(&self.issuer.running.admin_socket_path)
-            .await
-            .unwrap()
-            .create_entry(proto::admin::CreateEntryRequest {
-                entry: Some(proto::admin::EntryFields {
-                    spiffe_id: spiffe_id.into(),
-                    parent_id: self.agent_id.clone(),
-                    selectors: vec![pb::Selector {
-                        r#type: "unix".into(),
-                        value: format!("uid:{}", current_uid()),
-                    }],
-                    x509_svid_ttl: x509_ttl_secs,
-                    hint: hint.into(),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .unwrap()
-            .into_inner()
+        register_at(
+            &self.issuer.running.admin_socket_path,
+            &self.agent_id,
+            spiffe_id,
+            x509_ttl_secs,
+            hint,
+        )
+        .await
     }
 
     /// `unix:///...` for SPIFFE_ENDPOINT_SOCKET.
@@ -346,9 +337,41 @@ impl TestNode {
     /// Waits until the agent holds `count` X509-SVIDs.
     pub async fn wait_for_svids(&self, count: usize) {
         let mut status = self.agent.as_ref().unwrap().status.clone();
-        tokio::time::timeout(std::time::Duration::from_secs(20), status.wait_for(|s| s.svids >= count))
-            .await
-            .expect("SVIDs were minted in time")
-            .unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            status.wait_for(|s| s.svids >= count),
+        )
+        .await
+        .expect("SVIDs were minted in time")
+        .unwrap();
     }
+}
+
+/// Registers `spiffe_id` for this process's uid under `parent`.
+pub async fn register_at(
+    socket: &Path,
+    parent: &str,
+    spiffe_id: &str,
+    x509_ttl_secs: i64,
+    hint: &str,
+) -> pb::Entry {
+    sigil_issuer::admin_client::connect(socket)
+        .await
+        .unwrap()
+        .create_entry(proto::admin::CreateEntryRequest {
+            entry: Some(proto::admin::EntryFields {
+                spiffe_id: spiffe_id.into(),
+                parent_id: parent.into(),
+                selectors: vec![pb::Selector {
+                    r#type: "unix".into(),
+                    value: format!("uid:{}", current_uid()),
+                }],
+                x509_svid_ttl: x509_ttl_secs,
+                hint: hint.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }

@@ -20,7 +20,9 @@ async fn rust_spiffe_crate_fetches_validates_and_sees_rotations() {
     node.register(ADMIN, 3600, "external").await;
     node.wait_for_svids(2).await;
 
-    let client = WorkloadApiClient::connect_to(node.endpoint()).await.unwrap();
+    let client = WorkloadApiClient::connect_to(node.endpoint())
+        .await
+        .unwrap();
     let svids = client.fetch_all_x509_svids().await.unwrap();
     let listed: Vec<(String, Option<&str>)> = svids
         .iter()
@@ -28,7 +30,10 @@ async fn rust_spiffe_crate_fetches_validates_and_sees_rotations() {
         .collect();
     assert_eq!(
         listed,
-        [(WEB.to_owned(), Some("internal")), (ADMIN.to_owned(), Some("external"))],
+        [
+            (WEB.to_owned(), Some("internal")),
+            (ADMIN.to_owned(), Some("external"))
+        ],
         "both entries, in registration order, with their hints"
     );
     let td = SpiffeTd::new("example.org").unwrap();
@@ -38,7 +43,10 @@ async fn rust_spiffe_crate_fetches_validates_and_sees_rotations() {
     assert_eq!(jwt.spiffe_id().to_string(), WEB);
     let validated = client.validate_jwt_token("db", jwt.token()).await.unwrap();
     assert_eq!(validated.spiffe_id().to_string(), WEB);
-    assert!(client.validate_jwt_token("other", jwt.token()).await.is_err());
+    assert!(client
+        .validate_jwt_token("other", jwt.token())
+        .await
+        .is_err());
     let jwt_bundles = client.fetch_jwt_bundles().await.unwrap();
     assert!(jwt_bundles.get(&td).is_some());
 
@@ -91,9 +99,13 @@ async fn python_spiffe_client_works_unmodified() {
 }
 
 /// A raw client: no security header unless asked.
-async fn raw_client(node: &TestNode) -> pb::spiffe_workload_api_client::SpiffeWorkloadApiClient<tonic::transport::Channel> {
+async fn raw_client(
+    node: &TestNode,
+) -> pb::spiffe_workload_api_client::SpiffeWorkloadApiClient<tonic::transport::Channel> {
     pb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(
-        sigil_issuer::admin_client::unix_channel(&node.socket).await.unwrap(),
+        sigil_issuer::admin_client::unix_channel(&node.socket)
+            .await
+            .unwrap(),
     )
 }
 
@@ -105,7 +117,10 @@ async fn entitlement_and_header_rules() {
 
     // Without the security header: InvalidArgument, on every RPC.
     let mut raw = raw_client(&node).await;
-    let missing = raw.fetch_x509svid(pb::X509svidRequest {}).await.unwrap_err();
+    let missing = raw
+        .fetch_x509svid(pb::X509svidRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(missing.code(), Code::InvalidArgument);
     assert_eq!(missing.message(), "security header missing from request");
     let missing = raw
@@ -117,9 +132,11 @@ async fn entitlement_and_header_rules() {
         .unwrap_err();
     assert_eq!(missing.code(), Code::InvalidArgument);
 
-    let mut client = workload_api::client::connect(&workload_api::client::EndpointAddress::Unix(node.socket.clone()))
-        .await
-        .unwrap();
+    let mut client = workload_api::client::connect(&workload_api::client::EndpointAddress::Unix(
+        node.socket.clone(),
+    ))
+    .await
+    .unwrap();
     let no_audience = client
         .fetch_jwtsvid(pb::JwtsvidRequest {
             audience: vec![],
@@ -144,7 +161,10 @@ async fn entitlement_and_header_rules() {
         .await
         .unwrap_err();
     assert_eq!(garbage.code(), Code::InvalidArgument);
-    let wit = client.fetch_witsvid(pb::WitsvidRequest::default()).await.unwrap_err();
+    let wit = client
+        .fetch_witsvid(pb::WitsvidRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(wit.code(), Code::Unimplemented);
 
     // A caller with another uid is entitled to nothing.
@@ -160,7 +180,10 @@ async fn entitlement_and_header_rules() {
     .await
     .unwrap();
     assert!(!ok);
-    assert!(stderr.contains("no identity issued") && stderr.contains("PermissionDenied"), "{stderr}");
+    assert!(
+        stderr.contains("no identity issued") && stderr.contains("PermissionDenied"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -180,8 +203,24 @@ async fn cli_commands_and_openssl() {
         let fetched = agent(&["api", "fetch", "x509", "--write", dir.to_str().unwrap()]);
         let jwt = agent(&["api", "fetch", "jwt", "--audience", "db"]);
         let token = jwt.1.lines().nth(1).unwrap_or_default().trim().to_owned();
-        let valid = agent(&["api", "validate", "jwt", "--audience", "db", "--token", &token]);
-        let invalid = agent(&["api", "validate", "jwt", "--audience", "nope", "--token", &token]);
+        let valid = agent(&[
+            "api",
+            "validate",
+            "jwt",
+            "--audience",
+            "db",
+            "--token",
+            &token,
+        ]);
+        let invalid = agent(&[
+            "api",
+            "validate",
+            "jwt",
+            "--audience",
+            "nope",
+            "--token",
+            &token,
+        ]);
         let bundles = agent(&["api", "fetch", "bundles"]);
         let health = agent(&["healthcheck"]);
         let verify = run(Command::new("openssl")
@@ -195,17 +234,41 @@ async fn cli_commands_and_openssl() {
     let (fetched, jwt, valid, invalid, bundles, health, verify) = results;
     assert!(fetched.0, "{}", fetched.2);
     assert!(fetched.1.contains(WEB), "{}", fetched.1);
-    assert!(jwt.0 && jwt.1.contains(&format!("token({WEB})")), "{}{}", jwt.1, jwt.2);
-    assert!(valid.0 && valid.1.contains("SVID is valid."), "{}{}", valid.1, valid.2);
+    assert!(
+        jwt.0 && jwt.1.contains(&format!("token({WEB})")),
+        "{}{}",
+        jwt.1,
+        jwt.2
+    );
+    assert!(
+        valid.0 && valid.1.contains("SVID is valid."),
+        "{}{}",
+        valid.1,
+        valid.2
+    );
     assert!(valid.1.contains("\"aud\":[\"db\"]"), "{}", valid.1);
-    assert!(!invalid.0 && invalid.2.contains("InvalidArgument"), "{}", invalid.2);
-    assert!(bundles.0 && bundles.1.contains("BEGIN CERTIFICATE"), "{}", bundles.2);
+    assert!(
+        !invalid.0 && invalid.2.contains("InvalidArgument"),
+        "{}",
+        invalid.2
+    );
+    assert!(
+        bundles.0 && bundles.1.contains("BEGIN CERTIFICATE"),
+        "{}",
+        bundles.2
+    );
     assert!(bundles.1.contains("\"use\": \"jwt-svid\""), "{}", bundles.1);
-    assert!(!bundles.1.contains("\"use\": \"x509-svid\""), "JWT bundles hold only JWT keys");
+    assert!(
+        !bundles.1.contains("\"use\": \"x509-svid\""),
+        "JWT bundles hold only JWT keys"
+    );
     assert!(health.0, "{}", health.2);
     assert!(verify.0, "openssl: {}{}", verify.1, verify.2);
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(out.path().join("svid.key")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(out.path().join("svid.key"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 
     // `api watch` prints one line per update.
@@ -225,7 +288,10 @@ async fn cli_commands_and_openssl() {
     .unwrap();
     let _ = watch.kill();
     let _ = watch.wait();
-    assert!(line.contains("received 1 SVID(s)") && line.contains(WEB), "{line}");
+    assert!(
+        line.contains("received 1 SVID(s)") && line.contains(WEB),
+        "{line}"
+    );
 }
 
 #[tokio::test]
@@ -238,10 +304,23 @@ async fn restarted_agent_reuses_its_svid_without_a_join_token() {
     node.start_agent(None).await;
     assert_eq!(node.agent_id, first_id);
     node.wait_for_svids(1).await;
-    let client = WorkloadApiClient::connect_to(node.endpoint()).await.unwrap();
-    assert_eq!(client.fetch_x509_svid().await.unwrap().spiffe_id().to_string(), WEB);
+    let client = WorkloadApiClient::connect_to(node.endpoint())
+        .await
+        .unwrap();
+    assert_eq!(
+        client
+            .fetch_x509_svid()
+            .await
+            .unwrap()
+            .spiffe_id()
+            .to_string(),
+        WEB
+    );
     // The key on disk is private.
     use std::os::unix::fs::PermissionsExt;
     let key = node.dir.path().join("agent/agent/svid.key");
-    assert_eq!(std::fs::metadata(key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 }

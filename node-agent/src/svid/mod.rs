@@ -20,6 +20,8 @@ use crate::sync::Entries;
 
 /// CSRs per signing call.
 const BATCH: usize = 500;
+/// The longest wait between minting attempts while the issuer is unreachable.
+const MAX_RETRY: Duration = Duration::from_secs(5);
 /// Rotation happens between 40% and 50% of an SVID's life.
 const JITTER_PERCENT: u64 = 10;
 
@@ -110,8 +112,8 @@ pub async fn run(
         let wait = match &failure {
             Some(error) => {
                 tracing::warn!(%error, "minting SVIDs failed; cached SVIDs stay in use");
-                let wait = retry;
-                retry = (retry * 2).min(Duration::from_secs(30));
+                let wait = crate::with_jitter(retry);
+                retry = (retry * 2).min(MAX_RETRY);
                 wait
             }
             None => {
