@@ -64,7 +64,7 @@ fn check_trust_domain(data_dir: &Path, trust_domain: &str) -> Result<(), String>
     let marker = data_dir.join("trust_domain");
     match std::fs::read_to_string(&marker) {
         Ok(existing) if existing.trim() != trust_domain => Err(format!(
-            "{} belongs to trust domain {}; use --trust-domain {} or another --data-dir",
+            "{} belongs to trust domain {}, not {trust_domain}; use --trust-domain {} or another --data-dir",
             data_dir.display(),
             existing.trim(),
             existing.trim()
