@@ -68,24 +68,27 @@ impl<S: IdentitySource> WorkloadApi<S> {
 
     /// Streams `render(snapshot, selectors)` now and whenever it changes.
     /// `render` returns `Ok(None)` while entitled SVIDs are still being minted.
+    /// Each stream remembers only a digest of what it last sent, so a thousand
+    /// open streams do not hold a thousand copies of their SVIDs.
     fn stream<T, F>(&self, selectors: Vec<Selector>, render: F) -> Stream<T>
     where
-        T: PartialEq + Clone + Send + 'static,
+        T: prost::Message + Send + 'static,
         F: Fn(&Snapshot, &[Selector]) -> Result<Option<T>, Status> + Send + 'static,
     {
         let mut snapshots = self.source.snapshots();
-        let (tx, rx) = mpsc::channel(2);
+        let (tx, rx) = mpsc::channel(1);
         tokio::spawn(async move {
-            let mut last: Option<T> = None;
+            let mut last: Option<ring::digest::Digest> = None;
             let started = tokio::time::Instant::now();
             loop {
                 let snapshot = snapshots.borrow_and_update().clone();
                 match render(&snapshot, &selectors) {
                     Ok(Some(message)) => {
-                        if last.as_ref() != Some(&message) {
-                            last = Some(message);
-                            let sent = tx.send(Ok(message_clone(&last))).await;
-                            if sent.is_err() {
+                        let digest =
+                            ring::digest::digest(&ring::digest::SHA256, &message.encode_to_vec());
+                        if last.is_none_or(|d| d.as_ref() != digest.as_ref()) {
+                            last = Some(digest);
+                            if tx.send(Ok(message)).await.is_err() {
                                 return;
                             }
                         }
@@ -111,10 +114,6 @@ impl<S: IdentitySource> WorkloadApi<S> {
         });
         Box::pin(ReceiverStream::new(rx))
     }
-}
-
-fn message_clone<T: Clone>(last: &Option<T>) -> T {
-    last.clone().expect("set just before")
 }
 
 /// Refuses requests without `workload.spiffe.io: true`.
