@@ -28,6 +28,7 @@ pub struct FileConfig {
     pub socket_path: Option<PathBuf>,
     pub join_token: Option<String>,
     pub trust_bundle_path: Option<PathBuf>,
+    pub trust_bundle_url: Option<String>,
     pub insecure_bootstrap: Option<bool>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
@@ -54,6 +55,7 @@ impl FileConfig {
             socket_path: self.socket_path.or(fallback.socket_path),
             join_token: self.join_token.or(fallback.join_token),
             trust_bundle_path: self.trust_bundle_path.or(fallback.trust_bundle_path),
+            trust_bundle_url: self.trust_bundle_url.or(fallback.trust_bundle_url),
             insecure_bootstrap: self.insecure_bootstrap.or(fallback.insecure_bootstrap),
             log_level: self.log_level.or(fallback.log_level),
             log_format: self.log_format.or(fallback.log_format),
@@ -72,6 +74,8 @@ pub struct AgentConfig {
     pub join_token: Option<String>,
     /// PEM CA certificates or a SPIFFE bundle (JWK Set) to trust the issuer by.
     pub trust_bundle_path: Option<PathBuf>,
+    /// An https URL serving the bundle, authenticated by the system's roots.
+    pub trust_bundle_url: Option<String>,
     /// Trust the issuer's certificate unverified on first contact.
     pub insecure_bootstrap: bool,
     pub log_level: String,
@@ -90,6 +94,7 @@ impl std::fmt::Debug for AgentConfig {
                 &self.join_token.as_ref().map(|_| "[redacted]"),
             )
             .field("trust_bundle_path", &self.trust_bundle_path)
+            .field("trust_bundle_url", &self.trust_bundle_url)
             .field("insecure_bootstrap", &self.insecure_bootstrap)
             .finish()
     }
@@ -131,6 +136,20 @@ impl AgentConfig {
                 });
             }
         }
+        if let Some(url) = &file.trust_bundle_url {
+            if !url.starts_with("https://") {
+                return Err(ConfigError::Invalid {
+                    key: "trust_bundle_url",
+                    reason: format!("{url:?} must be an https URL"),
+                });
+            }
+            if file.trust_bundle_path.is_some() {
+                return Err(ConfigError::Invalid {
+                    key: "trust_bundle_url",
+                    reason: "set trust_bundle_path or trust_bundle_url, not both".into(),
+                });
+            }
+        }
         let log_format = file.log_format.unwrap_or_else(|| "text".into());
         if log_format != "text" && log_format != "json" {
             return Err(ConfigError::Invalid {
@@ -147,6 +166,7 @@ impl AgentConfig {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
             join_token: file.join_token,
             trust_bundle_path: file.trust_bundle_path,
+            trust_bundle_url: file.trust_bundle_url,
             insecure_bootstrap: file.insecure_bootstrap.unwrap_or(false),
             log_level: file.log_level.unwrap_or_else(|| "info".into()),
             log_format,

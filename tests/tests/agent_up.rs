@@ -199,3 +199,117 @@ async fn bootstrap_needs_a_bundle_or_insecure_bootstrap() {
     let error = sigil_agent::agent::start(c).await.unwrap_err().to_string();
     assert!(error.contains("re-bootstrap"), "{error}");
 }
+
+/// Serves `body` over HTTPS on loopback with a certificate for `localhost`
+/// from a fresh CA, whose PEM is returned. Answers every request with `body`.
+async fn https_server(body: Vec<u8>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Test Web PKI Root");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = tls.write_all(head.as_bytes()).await;
+                let _ = tls.write_all(&body).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (port, ca_cert.pem())
+}
+
+#[tokio::test]
+async fn bootstrap_from_a_bundle_url() {
+    let issuer = TestIssuer::start().await;
+    let (port, ca_pem) = https_server(issuer.bundle().to_jwks_json()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("web-roots.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    // The URL is authenticated by the system roots, which SSL_CERT_FILE names.
+    std::env::set_var("SSL_CERT_FILE", &ca_file);
+    let config = |url: &str, sub: &str, token: String| {
+        sigil_agent::config::AgentConfig::from_file(sigil_agent::config::FileConfig {
+            trust_domain: Some(TRUST_DOMAIN.into()),
+            issuer_address: Some(issuer.running.agent_api_address.to_string()),
+            data_dir: Some(dir.path().join(sub)),
+            socket_path: Some(dir.path().join(sub).join("api.sock")),
+            join_token: Some(token),
+            trust_bundle_url: Some(url.to_owned()),
+            ..Default::default()
+        })
+    };
+    let url = format!("https://localhost:{port}/bundle.json");
+    let agent = sigil_agent::agent::start(config(&url, "a", issuer.join_token(0).await).unwrap())
+        .await
+        .unwrap();
+    assert!(agent
+        .node
+        .svid()
+        .spiffe_id
+        .to_string()
+        .starts_with("spiffe://example.org/agent/join_token/"));
+    agent.shutdown().await;
+
+    // A server the roots do not vouch for is refused.
+    let wrong = format!("https://127.0.0.1:{port}/bundle.json");
+    let error = sigil_agent::agent::start(config(&wrong, "b", issuer.join_token(0).await).unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("trust bundle") && error.contains("127.0.0.1"),
+        "{error}"
+    );
+    let plain = config("http://localhost/bundle.json", "c", "t".into())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        plain.contains("trust_bundle_url") && plain.contains("https"),
+        "{plain}"
+    );
+}

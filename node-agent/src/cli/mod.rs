@@ -56,6 +56,9 @@ struct RunArgs {
     /// The issuer's trust bundle: PEM CA certificates or a SPIFFE bundle.
     #[arg(long)]
     trust_bundle: Option<PathBuf>,
+    /// An https URL serving the issuer's trust bundle (checked with the system's roots).
+    #[arg(long)]
+    trust_bundle_url: Option<String>,
     /// Trust the issuer's certificate unverified on first contact.
     #[arg(long)]
     insecure_bootstrap: bool,
@@ -98,6 +101,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         socket_path: args.socket_path,
         join_token: args.join_token,
         trust_bundle_path: args.trust_bundle,
+        trust_bundle_url: args.trust_bundle_url,
         insecure_bootstrap: args.insecure_bootstrap.then_some(true),
         log_level: args.log_level,
         log_format: args.log_format,

@@ -7,6 +7,7 @@
 //! `<data_dir>/agent/bundle.json` and start the agent with the new trust bundle
 //! (`trust_bundle_path`) or `insecure_bootstrap`, and a new join token.
 
+pub mod bundle_url;
 pub mod identity;
 
 use std::sync::{Arc, RwLock};
@@ -69,19 +70,28 @@ pub fn read_trust_bundle(
     path: &std::path::Path,
     trust_domain: &workload_api::TrustDomain,
 ) -> Result<Bundle, NodeError> {
-    let err = |reason: String| NodeError::TrustBundle {
+    let bytes = std::fs::read(path).map_err(|e| NodeError::TrustBundle {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    parse_trust_bundle(&bytes, trust_domain).map_err(|reason| NodeError::TrustBundle {
         path: path.display().to_string(),
         reason,
-    };
-    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    })
+}
+
+/// Parses a bootstrap bundle: a SPIFFE bundle (JWK Set) or PEM CA certificates.
+pub fn parse_trust_bundle(
+    bytes: &[u8],
+    trust_domain: &workload_api::TrustDomain,
+) -> Result<Bundle, String> {
     if bytes.trim_ascii_start().starts_with(b"{") {
-        return Bundle::from_jwks_json(trust_domain.clone(), &bytes)
-            .map_err(|e| err(e.to_string()));
+        return Bundle::from_jwks_json(trust_domain.clone(), bytes).map_err(|e| e.to_string());
     }
-    let text = String::from_utf8(bytes).map_err(|_| err("neither JSON nor PEM".into()))?;
-    let certs = sigil_issuer::ca::pem_blocks(&text, "CERTIFICATE");
+    let text = std::str::from_utf8(bytes).map_err(|_| "neither JSON nor PEM".to_owned())?;
+    let certs = sigil_issuer::ca::pem_blocks(text, "CERTIFICATE");
     if certs.is_empty() {
-        return Err(err("no CERTIFICATE blocks".into()));
+        return Err("no CERTIFICATE blocks".into());
     }
     let mut bundle = Bundle::new(trust_domain.clone());
     certs.into_iter().for_each(|c| bundle.add_x509_authority(c));
@@ -98,6 +108,21 @@ impl Node {
         if bundle.is_none() {
             if let Some(path) = &config.trust_bundle_path {
                 bundle = Some(read_trust_bundle(path, td)?);
+            } else if let Some(url) = &config.trust_bundle_url {
+                let bytes =
+                    bundle_url::fetch(url)
+                        .await
+                        .map_err(|reason| NodeError::TrustBundle {
+                            path: url.clone(),
+                            reason,
+                        })?;
+                let fetched =
+                    parse_trust_bundle(&bytes, td).map_err(|reason| NodeError::TrustBundle {
+                        path: url.clone(),
+                        reason,
+                    })?;
+                tracing::info!(%url, "trust bundle fetched");
+                bundle = Some(fetched);
             }
         }
         let now = SystemTime::now();
