@@ -50,12 +50,19 @@ impl IdentitySource for AgentSource {
 
     async fn attest(&self, caller: Caller) -> Result<Vec<Selector>, Status> {
         self.served.calls.fetch_add(1, Ordering::Relaxed);
+        let refused = |e: crate::attestor::AttestError| {
+            Status::permission_denied(format!("workload attestation failed: {e}"))
+        };
+        // Reading a few /proc files is quick enough to do in place; hashing a
+        // binary seen for the first time is not, so that goes to a thread.
+        if let Some(result) = self.attestor.attest_cached(caller) {
+            return result.map_err(refused);
+        }
         let attestor = self.attestor.clone();
-        // Reading /proc and hashing a binary block: keep them off the runtime.
         tokio::task::spawn_blocking(move || attestor.attest(caller))
             .await
             .map_err(|_| Status::internal("workload attestation panicked"))?
-            .map_err(|e| Status::permission_denied(format!("workload attestation failed: {e}")))
+            .map_err(refused)
     }
 
     async fn fetch_jwt_svid(

@@ -270,7 +270,12 @@ pub struct TestNode {
 impl TestNode {
     /// Starts an issuer and an agent attested with a fresh join token.
     pub async fn start() -> Self {
-        let issuer = TestIssuer::start().await;
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`TestNode::start`], with the issuer's configuration adjusted.
+    pub async fn start_with(customize: impl FnOnce(&mut Config)) -> Self {
+        let issuer = TestIssuer::start_with(Arc::new(SystemClock), customize).await;
         let dir = tempfile::tempdir().unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();

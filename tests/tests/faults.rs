@@ -136,3 +136,37 @@ async fn issuer_outage_keeps_workloads_served_and_rotation_resumes() {
     agent.shutdown().await;
     issuer.shutdown().await;
 }
+
+#[tokio::test]
+async fn agent_svid_renews_at_half_life_and_the_agent_keeps_working() {
+    let node = TestNode::start_with(|c| c.agent_svid_ttl = Duration::from_secs(6)).await;
+    let agent = node.agent.as_ref().unwrap();
+    let first = agent.node.svid();
+    let stored = node.dir.path().join("agent/agent/svid.der");
+    let on_disk = std::fs::read(&stored).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while agent.node.svid().chain == first.chain {
+        assert!(Instant::now() < deadline, "the agent SVID was not renewed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let renewed = agent.node.svid();
+    assert_eq!(
+        renewed.spiffe_id, first.spiffe_id,
+        "renewal keeps the agent's identity"
+    );
+    assert!(
+        renewed.not_after > first.not_after,
+        "{first:?} then {renewed:?}; received {:?} then {:?}",
+        first.received,
+        renewed.received
+    );
+    assert_ne!(
+        std::fs::read(&stored).unwrap(),
+        on_disk,
+        "the renewed SVID is stored"
+    );
+    // With its renewed SVID the agent still mints for workloads.
+    node.register("spiffe://example.org/after-renewal", 3600, "")
+        .await;
+    node.wait_for_svids(1).await;
+}

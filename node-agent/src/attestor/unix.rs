@@ -44,12 +44,24 @@ struct FileKey {
     mtime_nsec: i64,
 }
 
-/// The unix attestor. Hashes of executables are cached by inode and mtime.
+/// /etc/passwd and /etc/group as id -> name maps, re-read at most once a second.
+#[derive(Debug, Default)]
+struct Names {
+    loaded: Option<std::time::Instant>,
+    users: HashMap<u32, String>,
+    groups: HashMap<u32, String>,
+}
+
+const NAMES_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The unix attestor. Hashes of executables are cached by inode and mtime;
+/// user and group names are cached for a second.
 #[derive(Debug)]
 pub struct UnixAttestor {
     proc_root: PathBuf,
     etc_root: PathBuf,
     hashes: Mutex<HashMap<FileKey, String>>,
+    names: Mutex<Names>,
 }
 
 const HASH_CACHE_LIMIT: usize = 4096;
@@ -66,24 +78,75 @@ impl UnixAttestor {
             proc_root: proc_root.into(),
             etc_root: etc_root.into(),
             hashes: Mutex::new(HashMap::new()),
+            names: Mutex::new(Names::default()),
         }
     }
 
-    /// The selectors of `caller`.
+    /// The user and group names for `uid` and `gid`.
+    fn names_of(&self, uid: u32, gid: u32) -> (Option<String>, Option<String>) {
+        let mut names = self.names.lock().expect("names cache");
+        if names.loaded.is_none_or(|at| at.elapsed() > NAMES_REFRESH) {
+            names.users = id_names(&self.etc_root.join("passwd"));
+            names.groups = id_names(&self.etc_root.join("group"));
+            names.loaded = Some(std::time::Instant::now());
+        }
+        (
+            names.users.get(&uid).cloned(),
+            names.groups.get(&gid).cloned(),
+        )
+    }
+
+    /// Attests without hashing a new executable: `None` when the caller's
+    /// binary has not been hashed yet and [`UnixAttestor::attest`] (which may
+    /// read the whole file) is needed.
+    pub fn attest_cached(&self, caller: Caller) -> Option<Result<Vec<Selector>, AttestError>> {
+        self.attest_with(caller, false)
+    }
+
+    /// The selectors of `caller`, hashing its executable if needed.
     pub fn attest(&self, caller: Caller) -> Result<Vec<Selector>, AttestError> {
+        self.attest_with(caller, true)
+            .expect("hashing is allowed, so an answer is always given")
+    }
+
+    fn attest_with(
+        &self,
+        caller: Caller,
+        may_hash: bool,
+    ) -> Option<Result<Vec<Selector>, AttestError>> {
         let mut selectors = vec![
             Selector::new("unix", format!("uid:{}", caller.uid)),
             Selector::new("unix", format!("gid:{}", caller.gid)),
         ];
-        if let Some(user) = name_of(&self.etc_root.join("passwd"), caller.uid) {
+        let (user, group) = self.names_of(caller.uid, caller.gid);
+        if let Some(user) = user {
             selectors.push(Selector::new("unix", format!("user:{user}")));
         }
-        if let Some(group) = name_of(&self.etc_root.join("group"), caller.gid) {
+        if let Some(group) = group {
             selectors.push(Selector::new("unix", format!("group:{group}")));
         }
         let Some(pid) = caller.pid.filter(|p| *p > 0) else {
-            return Ok(selectors);
+            return Some(Ok(selectors));
         };
+        match self.process_selectors(pid, caller, may_hash) {
+            Ok(Some(more)) => {
+                selectors.extend(more);
+                Some(Ok(selectors))
+            }
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Selectors read from /proc/<pid>, with the pid-reuse checks; `None`
+    /// when the executable would have to be hashed and `may_hash` is false.
+    fn process_selectors(
+        &self,
+        pid: i32,
+        caller: Caller,
+        may_hash: bool,
+    ) -> Result<Option<Vec<Selector>>, AttestError> {
+        let mut selectors = Vec::new();
         let dir = self.proc_root.join(pid.to_string());
         let gone = |reason: String| AttestError::ProcessGone { pid, reason };
         let started = start_time(&dir).map_err(gone)?;
@@ -111,19 +174,21 @@ impl UnixAttestor {
                 .trim_end_matches(" (deleted)")
                 .to_owned();
             selectors.push(Selector::new("unix", format!("path:{path_text}")));
-            match self.hash(&dir.join("exe")) {
-                Ok(hash) => selectors.push(Selector::new("unix", format!("sha256:{hash}"))),
+            match self.hash(&dir.join("exe"), may_hash) {
+                Ok(Some(hash)) => selectors.push(Selector::new("unix", format!("sha256:{hash}"))),
+                Ok(None) => return Ok(None),
                 Err(error) => tracing::debug!(pid, %error, "executable not hashed"),
             }
         }
         if start_time(&dir).map_err(gone)? != started {
             return Err(AttestError::PidReused { pid });
         }
-        Ok(selectors)
+        Ok(Some(selectors))
     }
 
     /// SHA-256 of the file behind `path`, cached by inode, size and mtime.
-    fn hash(&self, path: &Path) -> std::io::Result<String> {
+    /// `None` when it is not cached and `may_hash` is false.
+    fn hash(&self, path: &Path, may_hash: bool) -> std::io::Result<Option<String>> {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(path)?;
         let key = FileKey {
@@ -134,7 +199,10 @@ impl UnixAttestor {
             mtime_nsec: meta.mtime_nsec(),
         };
         if let Some(hash) = self.hashes.lock().expect("hash cache").get(&key) {
-            return Ok(hash.clone());
+            return Ok(Some(hash.clone()));
+        }
+        if !may_hash {
+            return Ok(None);
         }
         let mut file = std::fs::File::open(path)?;
         let mut context = ring::digest::Context::new(&ring::digest::SHA256);
@@ -152,7 +220,7 @@ impl UnixAttestor {
             cache.clear();
         }
         cache.insert(key, hash.clone());
-        Ok(hash)
+        Ok(Some(hash))
     }
 }
 
@@ -181,6 +249,23 @@ fn status_ids(status: &str, field: &str) -> Vec<u32> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Every `name:x:id:...` line of a passwd- or group-format file.
+fn id_names(file: &Path) -> HashMap<u32, String> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let mut names = HashMap::new();
+    for line in text.lines() {
+        let mut fields = line.split(':');
+        let (Some(name), Some(_), Some(id)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        if let (false, Ok(id)) = (name.is_empty(), id.parse::<u32>()) {
+            // The first line for an id wins, as getpwuid(3) has it.
+            names.entry(id).or_insert_with(|| name.to_owned());
+        }
+    }
+    names
 }
 
 /// The name for numeric id `id` in a passwd- or group-format file

@@ -21,12 +21,16 @@ pub struct AgentSvid {
     pub key_pkcs8: Zeroizing<Vec<u8>>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// When the agent received it. notBefore is backdated for clock skew, so
+    /// this is the honest start of its life for renewal.
+    pub received: SystemTime,
 }
 
 impl std::fmt::Debug for AgentSvid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentSvid")
             .field("spiffe_id", &self.spiffe_id.to_string())
+            .field("not_before", &self.not_before)
             .field("not_after", &self.not_after)
             .field("key_pkcs8", &"[redacted]")
             .finish()
@@ -53,6 +57,7 @@ impl AgentSvid {
             key_pkcs8,
             not_before: leaf.not_before,
             not_after: leaf.not_after,
+            received: now.max(leaf.not_before),
         })
     }
 
@@ -63,13 +68,14 @@ impl AgentSvid {
         }
     }
 
-    /// When the SVID should be renewed: half its lifetime.
+    /// When the SVID should be renewed: half way through the life it had
+    /// when it arrived.
     pub fn renew_at(&self) -> SystemTime {
         let life = self
             .not_after
-            .duration_since(self.not_before)
+            .duration_since(self.received)
             .unwrap_or_default();
-        self.not_before + life / 2
+        self.received + life / 2
     }
 }
 
@@ -117,8 +123,15 @@ impl IdentityDir {
         let chain = std::fs::read(self.svid_path()).ok()?;
         let key = Zeroizing::new(std::fs::read(self.key_path()).ok()?);
         let chain = split_der_concat(&chain).ok()?;
+        // The file was written when the SVID arrived.
+        let received = std::fs::metadata(self.svid_path())
+            .and_then(|m| m.modified())
+            .unwrap_or(now);
         match AgentSvid::new(chain, key, bundle, now) {
-            Ok(svid) => Some(svid),
+            Ok(svid) => Some(AgentSvid {
+                received: received.max(svid.not_before).min(now),
+                ..svid
+            }),
             Err(reason) => {
                 tracing::warn!(%reason, "stored agent SVID is no longer usable");
                 None
