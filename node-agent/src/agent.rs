@@ -9,7 +9,6 @@ use proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
 use workload_api::server::WorkloadApi;
 use workload_api::source::Snapshot;
 
@@ -114,9 +113,12 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         let result = tonic::transport::Server::builder()
             .add_service(SpiffeWorkloadApiServer::new(WorkloadApi::new(source)))
             .add_service(reflection)
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
-                let _ = shutdown.wait_for(|s| *s).await;
-            })
+            .serve_with_incoming_shutdown(
+                workload_api::connection::incoming(listener),
+                async move {
+                    let _ = shutdown.wait_for(|s| *s).await;
+                },
+            )
             .await;
         if let Err(error) = result {
             tracing::error!(%error, "workload API stopped");

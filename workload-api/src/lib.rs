@@ -11,6 +11,7 @@
 
 pub mod bundle;
 pub mod client;
+pub mod connection;
 pub mod id;
 pub mod jwk;
 pub mod jwtsvid;

@@ -9,11 +9,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::connection::ConnectionInfo;
 use proto::workload as pb;
 use proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::id::trust_domain_id;
@@ -50,18 +50,19 @@ impl<S: IdentitySource> WorkloadApi<S> {
     /// Checks the security header and attests the caller.
     async fn admit<T>(&self, request: &Request<T>) -> Result<Vec<Selector>, Status> {
         check_header(request)?;
-        let cred = request
+        let info = request
             .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|info| info.peer_cred)
-            .ok_or_else(|| {
-                Status::internal("peer credentials are unavailable on this connection")
-            })?;
+            .get::<ConnectionInfo>()
+            .ok_or_else(|| Status::internal("connection information is unavailable"))?;
+        let cred = info.peer.ok_or_else(|| {
+            Status::internal("peer credentials are unavailable on this connection")
+        })?;
         self.source
             .attest(Caller {
                 pid: cred.pid(),
                 uid: cred.uid(),
                 gid: cred.gid(),
+                connection: info.id,
             })
             .await
     }

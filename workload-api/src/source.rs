@@ -90,6 +90,8 @@ pub struct Caller {
     pub pid: Option<i32>,
     pub uid: u32,
     pub gid: u32,
+    /// The connection the call came on (unique in this process).
+    pub connection: u64,
 }
 
 /// The node-side provider behind a Workload API server.
