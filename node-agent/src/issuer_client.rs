@@ -53,12 +53,12 @@ pub fn issuer_id(bundle: &Bundle) -> SpiffeId {
         .expect("static path is valid")
 }
 
-/// Accepts the issuer's certificate only if it is an X509-SVID for `expected`
-/// that chains to `bundle`.
+/// Accepts the issuer's certificate only if it is an X509-SVID for the
+/// expected ID that chains to the bundle; with no bundle (insecure bootstrap),
+/// accepts any certificate. Handshake signatures are always checked.
 #[derive(Debug)]
 struct IssuerVerifier {
-    bundle: Bundle,
-    expected: SpiffeId,
+    expect: Option<(Bundle, SpiffeId)>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -71,6 +71,9 @@ impl ServerCertVerifier for IssuerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some((bundle, expected)) = &self.expect else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let chain: Vec<Vec<u8>> = std::iter::once(end_entity)
             .chain(intermediates)
             .map(|c| c.as_ref().to_vec())
@@ -78,14 +81,14 @@ impl ServerCertVerifier for IssuerVerifier {
         let now = UNIX_EPOCH + Duration::from_secs(now.as_secs());
         let leaf = x509svid::verify_chain(
             &chain,
-            |td| (td == self.bundle.trust_domain()).then_some(&self.bundle),
+            |td| (td == bundle.trust_domain()).then_some(bundle),
             now,
         )
         .map_err(|e| rustls::Error::General(format!("issuer certificate: {e}")))?;
-        if leaf.spiffe_id != self.expected {
+        if leaf.spiffe_id != *expected {
             return Err(rustls::Error::General(format!(
-                "issuer presented {}, expected {}",
-                leaf.spiffe_id, self.expected
+                "issuer presented {}, expected {expected}",
+                leaf.spiffe_id
             )));
         }
         Ok(ServerCertVerified::assertion())
@@ -137,75 +140,19 @@ pub enum ServerTrust<'a> {
     InsecureBootstrap,
 }
 
-/// Accepts any server certificate; see [`ServerTrust::InsecureBootstrap`].
-#[derive(Debug)]
-struct InsecureBootstrapVerifier {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for InsecureBootstrapVerifier {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// Builds the TLS client configuration for talking to the issuer.
 pub fn client_config(
     trust: ServerTrust<'_>,
     identity: Option<&ClientIdentity>,
 ) -> Result<rustls::ClientConfig, ConnectError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier: Arc<dyn ServerCertVerifier> = match trust {
-        ServerTrust::Bundle(bundle) => Arc::new(IssuerVerifier {
-            bundle: bundle.clone(),
-            expected: issuer_id(bundle),
-            provider: provider.clone(),
-        }),
-        ServerTrust::InsecureBootstrap => Arc::new(InsecureBootstrapVerifier {
-            provider: provider.clone(),
-        }),
-    };
+    let verifier = Arc::new(IssuerVerifier {
+        expect: match trust {
+            ServerTrust::Bundle(bundle) => Some((bundle.clone(), issuer_id(bundle))),
+            ServerTrust::InsecureBootstrap => None,
+        },
+        provider: provider.clone(),
+    });
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ConnectError::Tls(e.to_string()))?
