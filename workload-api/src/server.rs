@@ -67,31 +67,51 @@ impl<S: IdentitySource> WorkloadApi<S> {
             .await
     }
 
-    /// Streams `render(snapshot, selectors)` now and whenever it changes.
-    /// `render` returns `Ok(None)` while entitled SVIDs are still being minted.
-    /// Each stream remembers only a digest of what it last sent, so a thousand
-    /// open streams do not hold a thousand copies of their SVIDs.
-    fn stream<T, F>(&self, selectors: Vec<Selector>, render: F) -> Stream<T>
+    /// Answers now with `render(snapshot, selectors)` and again whenever the
+    /// caller's view changes. `render` returns `Ok(None)` while entitled SVIDs
+    /// are still being minted; an error from the first render is returned at
+    /// once. Changes are told by `fingerprint`, a hash of what the caller sees
+    /// (entries, SVID serials, bundle sequences), so a stream keeps no copy
+    /// of its SVIDs and unrelated changes cost no rendering.
+    fn stream<T, R, P>(
+        &self,
+        selectors: Vec<Selector>,
+        render: R,
+        fingerprint: P,
+    ) -> Result<Stream<T>, Status>
     where
-        T: prost::Message + Send + 'static,
-        F: Fn(&Snapshot, &[Selector]) -> Result<Option<T>, Status> + Send + 'static,
+        T: Send + 'static,
+        R: Fn(&Snapshot, &[Selector]) -> Result<Option<T>, Status> + Send + 'static,
+        P: Fn(&Snapshot, &[Selector]) -> u64 + Send + 'static,
     {
         let mut snapshots = self.source.snapshots();
+        let snapshot = snapshots.borrow_and_update().clone();
+        let first = render(&snapshot, &selectors)?;
+        let mut last = first.as_ref().map(|_| fingerprint(&snapshot, &selectors));
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(async move {
-            let mut last: Option<ring::digest::Digest> = None;
+            if let Some(message) = first {
+                if tx.send(Ok(message)).await.is_err() {
+                    return;
+                }
+            }
             let started = tokio::time::Instant::now();
             loop {
+                tokio::select! {
+                    changed = snapshots.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(MINT_WAIT), if last.is_none() => {}
+                }
                 let snapshot = snapshots.borrow_and_update().clone();
+                let print = fingerprint(&snapshot, &selectors);
+                if last == Some(print) {
+                    continue;
+                }
                 match render(&snapshot, &selectors) {
                     Ok(Some(message)) => {
-                        let digest =
-                            ring::digest::digest(&ring::digest::SHA256, &message.encode_to_vec());
-                        if last.is_none_or(|d| d.as_ref() != digest.as_ref()) {
-                            last = Some(digest);
-                            if tx.send(Ok(message)).await.is_err() {
-                                return;
-                            }
+                        last = Some(print);
+                        if tx.send(Ok(message)).await.is_err() {
+                            return;
                         }
                     }
                     Ok(None) if last.is_none() && started.elapsed() > MINT_WAIT => {
@@ -106,14 +126,52 @@ impl<S: IdentitySource> WorkloadApi<S> {
                         return;
                     }
                 }
-                tokio::select! {
-                    changed = snapshots.changed() => if changed.is_err() { return },
-                    _ = tx.closed() => return,
-                    _ = tokio::time::sleep(MINT_WAIT), if last.is_none() => {}
-                }
             }
         });
-        Box::pin(ReceiverStream::new(rx))
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+}
+
+/// What a caller's X.509 view depends on.
+fn x509_fingerprint(snapshot: &Snapshot, selectors: &[Selector]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bundles_fingerprint_into(&mut hasher, snapshot, selectors);
+    for identity in snapshot.entitled(selectors) {
+        identity.entry_id.hash(&mut hasher);
+        identity.spiffe_id.hash(&mut hasher);
+        identity.hint.hash(&mut hasher);
+        identity.x509.as_ref().map(|x| x.serial).hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// What a caller's bundle view depends on.
+fn bundles_fingerprint(snapshot: &Snapshot, selectors: &[Selector]) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bundles_fingerprint_into(&mut hasher, snapshot, selectors);
+    hasher.finish()
+}
+
+fn bundles_fingerprint_into(
+    hasher: &mut impl std::hash::Hasher,
+    snapshot: &Snapshot,
+    selectors: &[Selector],
+) {
+    use std::hash::Hash;
+    snapshot.bundle.sequence().hash(hasher);
+    snapshot.bundle.x509_authorities().len().hash(hasher);
+    snapshot.bundle.jwt_authorities().len().hash(hasher);
+    for identity in snapshot.entitled(selectors) {
+        for td in &identity.federates_with {
+            td.as_str().hash(hasher);
+            snapshot
+                .federated
+                .get(td)
+                .map(|b| b.sequence())
+                .hash(hasher);
+        }
     }
 }
 
@@ -205,9 +263,11 @@ impl<S: IdentitySource> SpiffeWorkloadApi for WorkloadApi<S> {
         request: Request<pb::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let selectors = self.admit(&request).await?;
-        // Refuse at once rather than open a stream that only carries an error.
-        x509_response(&self.source.snapshots().borrow(), &selectors)?;
-        Ok(Response::new(self.stream(selectors, x509_response)))
+        Ok(Response::new(self.stream(
+            selectors,
+            x509_response,
+            x509_fingerprint,
+        )?))
     }
 
     type FetchX509BundlesStream = Stream<pb::X509BundlesResponse>;
@@ -225,8 +285,11 @@ impl<S: IdentitySource> SpiffeWorkloadApi for WorkloadApi<S> {
                 })
             })
         };
-        render(&self.source.snapshots().borrow(), &selectors)?;
-        Ok(Response::new(self.stream(selectors, render)))
+        Ok(Response::new(self.stream(
+            selectors,
+            render,
+            bundles_fingerprint,
+        )?))
     }
 
     async fn fetch_jwtsvid(
@@ -273,8 +336,11 @@ impl<S: IdentitySource> SpiffeWorkloadApi for WorkloadApi<S> {
             bundle_map(snapshot, selectors, |b| b.jwt_only_jwks_json())
                 .map(|bundles| Some(pb::JwtBundlesResponse { bundles }))
         };
-        render(&self.source.snapshots().borrow(), &selectors)?;
-        Ok(Response::new(self.stream(selectors, render)))
+        Ok(Response::new(self.stream(
+            selectors,
+            render,
+            bundles_fingerprint,
+        )?))
     }
 
     async fn validate_jwtsvid(

@@ -13,12 +13,27 @@ use crate::selector::Selector;
 
 /// An X509-SVID and its private key. `Debug` never shows the key.
 pub struct X509Material {
+    /// Unique in this process: tells streams an SVID changed without
+    /// comparing bytes.
+    pub serial: u64,
     /// DER chain, leaf first, concatenated.
     pub chain: Vec<u8>,
     /// PKCS#8 DER private key.
     pub key_pkcs8: Zeroizing<Vec<u8>>,
     /// Unix seconds.
     pub not_after: i64,
+}
+
+impl X509Material {
+    pub fn new(chain: Vec<u8>, key_pkcs8: Zeroizing<Vec<u8>>, not_after: i64) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        X509Material {
+            serial: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            chain,
+            key_pkcs8,
+            not_after,
+        }
+    }
 }
 
 impl std::fmt::Debug for X509Material {

@@ -221,14 +221,13 @@ async fn mint(
             Minted {
                 revision,
                 rotate_at: rotate_at(received, leaf.not_after),
-                material: Arc::new(X509Material {
-                    chain: result.cert_chain,
-                    key_pkcs8: key,
-                    not_after: leaf
-                        .not_after
+                material: Arc::new(X509Material::new(
+                    result.cert_chain,
+                    key,
+                    leaf.not_after
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs() as i64),
-                }),
+                )),
             },
         );
     }
