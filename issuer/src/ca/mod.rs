@@ -246,136 +246,33 @@ impl Ca {
     }
 
     fn rotate_x509(&self, state: &mut State, now: SystemTime) -> Result<bool, CaError> {
-        let active = state
-            .x509
-            .iter()
-            .find(|a| a.record.status == Status::Active);
-        let prepared = state
-            .x509
-            .iter()
-            .find(|a| a.record.status == Status::Prepared);
-        let step = rotation::next_step(
-            now,
-            active.map(|a| a.record.lifetime()).as_ref(),
-            prepared.map(|a| a.record.lifetime()).as_ref(),
-        );
-        match step {
-            Step::Idle => return Ok(false),
-            Step::Bootstrap | Step::Prepare => {
-                let status = if step == Step::Bootstrap {
-                    Status::Active
-                } else {
-                    Status::Prepared
-                };
-                if status == Status::Active {
-                    retire(state.x509.iter_mut().map(|a| &mut a.record));
-                }
-                let authority = self.new_x509_authority(now, status)?;
-                tracing::info!(
-                    authority_id = %authority.record.id,
-                    status = ?status,
-                    not_after = authority.record.not_after,
-                    "x509 CA created"
-                );
-                state.x509.push(authority);
-            }
-            Step::Activate => {
-                retire(
-                    state
-                        .x509
-                        .iter_mut()
-                        .map(|a| &mut a.record)
-                        .filter(|r| r.status == Status::Active),
-                );
-                let next = state
-                    .x509
-                    .iter_mut()
-                    .find(|a| a.record.status == Status::Prepared)
-                    .expect("activate only with a prepared authority");
-                next.record.status = Status::Active;
-                tracing::info!(authority_id = %next.record.id, "x509 CA activated");
-            }
-        }
-        Ok(true)
+        rotate_slots(&mut state.x509, "x509", now, |status| {
+            self.new_x509_authority(now, status)
+        })
     }
 
     fn rotate_jwt(&self, state: &mut State, now: SystemTime) -> Result<bool, CaError> {
-        let active = state.jwt.iter().find(|k| k.record.status == Status::Active);
-        let prepared = state
-            .jwt
-            .iter()
-            .find(|k| k.record.status == Status::Prepared);
-        let step = rotation::next_step(
-            now,
-            active.map(|k| k.record.lifetime()).as_ref(),
-            prepared.map(|k| k.record.lifetime()).as_ref(),
-        );
-        match step {
-            Step::Idle => return Ok(false),
-            Step::Bootstrap | Step::Prepare => {
-                let status = if step == Step::Bootstrap {
-                    Status::Active
-                } else {
-                    Status::Prepared
-                };
-                if status == Status::Active {
-                    retire(state.jwt.iter_mut().map(|k| &mut k.record));
-                }
-                let key_type = self.config.jwt_key_type;
-                let key = SigningKey::generate(key_type)?;
-                let record = Record {
-                    id: hex::encode(crate::ids::random_bytes::<16>()),
-                    status,
-                    key_type,
-                    not_before: unix_secs(now),
-                    not_after: unix_secs(now + self.config.ca_ttl),
-                    certificate: None,
-                };
-                key.save(&key_path(&self.config, "jwt", &record.id))?;
-                tracing::info!(kid = %record.id, status = ?status, "jwt key created");
-                state.jwt.push(JwtKey { record, key });
-            }
-            Step::Activate => {
-                retire(
-                    state
-                        .jwt
-                        .iter_mut()
-                        .map(|k| &mut k.record)
-                        .filter(|r| r.status == Status::Active),
-                );
-                let next = state
-                    .jwt
-                    .iter_mut()
-                    .find(|k| k.record.status == Status::Prepared)
-                    .expect("activate only with a prepared key");
-                next.record.status = Status::Active;
-                tracing::info!(kid = %next.record.id, "jwt key activated");
-            }
-        }
-        Ok(true)
+        rotate_slots(&mut state.jwt, "jwt", now, |status| {
+            let key_type = self.config.jwt_key_type;
+            let key = SigningKey::generate(key_type)?;
+            let record = Record {
+                id: hex::encode(crate::ids::random_bytes::<16>()),
+                status,
+                key_type,
+                not_before: unix_secs(now),
+                not_after: unix_secs(now + self.config.ca_ttl),
+                certificate: None,
+            };
+            key.save(&key_path(&self.config, "jwt", &record.id))?;
+            Ok(JwtKey { record, key })
+        })
     }
 
     /// Drops keys whose lifetime is over: nothing they signed is still valid.
     fn prune(&self, state: &mut State, now: SystemTime) -> bool {
-        let before = state.x509.len() + state.jwt.len();
-        let config = &self.config;
-        state.x509.retain(|a| {
-            let keep = !a.record.lifetime().expired(now);
-            if !keep {
-                tracing::info!(authority_id = %a.record.id, "x509 CA removed from bundle");
-                let _ = std::fs::remove_file(key_path(config, "x509", &a.record.id));
-            }
-            keep
-        });
-        state.jwt.retain(|k| {
-            let keep = !k.record.lifetime().expired(now);
-            if !keep {
-                tracing::info!(kid = %k.record.id, "jwt key removed from bundle");
-                let _ = std::fs::remove_file(key_path(config, "jwt", &k.record.id));
-            }
-            keep
-        });
-        before != state.x509.len() + state.jwt.len()
+        let x509 = prune_slots(&mut state.x509, &self.config, "x509", now);
+        let jwt = prune_slots(&mut state.jwt, &self.config, "jwt", now);
+        x509 || jwt
     }
 
     fn new_x509_authority(
@@ -586,6 +483,94 @@ impl Ca {
         }
         times.into_iter().min()
     }
+}
+
+/// A journaled key: an X.509 authority or a JWT key.
+trait Slot {
+    fn record(&self) -> &Record;
+    fn record_mut(&mut self) -> &mut Record;
+}
+
+impl Slot for X509Authority {
+    fn record(&self) -> &Record {
+        &self.record
+    }
+    fn record_mut(&mut self) -> &mut Record {
+        &mut self.record
+    }
+}
+
+impl Slot for JwtKey {
+    fn record(&self) -> &Record {
+        &self.record
+    }
+    fn record_mut(&mut self) -> &mut Record {
+        &mut self.record
+    }
+}
+
+/// Takes one kind of key one step through its lifecycle; `create` makes a
+/// new key with the given status. Returns whether anything changed.
+fn rotate_slots<T: Slot>(
+    slots: &mut Vec<T>,
+    kind: &'static str,
+    now: SystemTime,
+    create: impl FnOnce(Status) -> Result<T, CaError>,
+) -> Result<bool, CaError> {
+    let find = |status| {
+        slots
+            .iter()
+            .find(|s| s.record().status == status)
+            .map(|s| s.record().lifetime())
+    };
+    let step = rotation::next_step(
+        now,
+        find(Status::Active).as_ref(),
+        find(Status::Prepared).as_ref(),
+    );
+    match step {
+        Step::Idle => return Ok(false),
+        Step::Bootstrap => {
+            retire(slots.iter_mut().map(|s| s.record_mut()));
+            let slot = create(Status::Active)?;
+            tracing::info!(kind, id = %slot.record().id, not_after = slot.record().not_after, "key created and active");
+            slots.push(slot);
+        }
+        Step::Prepare => {
+            let slot = create(Status::Prepared)?;
+            tracing::info!(kind, id = %slot.record().id, not_after = slot.record().not_after, "key prepared and published");
+            slots.push(slot);
+        }
+        Step::Activate => {
+            retire(slots.iter_mut().map(|s| s.record_mut()));
+            let next = slots
+                .iter_mut()
+                .find(|s| s.record().status == Status::Prepared)
+                .expect("activate only with a prepared key");
+            next.record_mut().status = Status::Active;
+            tracing::info!(kind, id = %next.record().id, "key activated");
+        }
+    }
+    Ok(true)
+}
+
+/// Removes expired keys of one kind, and their key files.
+fn prune_slots<T: Slot>(
+    slots: &mut Vec<T>,
+    config: &CaConfig,
+    kind: &'static str,
+    now: SystemTime,
+) -> bool {
+    let before = slots.len();
+    slots.retain(|s| {
+        let keep = !s.record().lifetime().expired(now);
+        if !keep {
+            tracing::info!(kind, id = %s.record().id, "expired key removed from the bundle");
+            let _ = std::fs::remove_file(key_path(config, kind, &s.record().id));
+        }
+        keep
+    });
+    before != slots.len()
 }
 
 fn retire<'a>(records: impl Iterator<Item = &'a mut Record>) {
