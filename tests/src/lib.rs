@@ -175,31 +175,41 @@ pub async fn attest_with(address: SocketAddr, socket: &Path, bundle: &Bundle) ->
     }
 }
 
-/// Creates an entry through the admin socket at `socket`.
+/// Creates an entry with the given fields through the admin socket at `socket`.
+pub async fn create_at(socket: &Path, fields: proto::admin::EntryFields) -> pb::Entry {
+    sigil_issuer::admin_client::connect(socket)
+        .await
+        .unwrap()
+        .create_entry(proto::admin::CreateEntryRequest {
+            entry: Some(fields),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn uid_selector(uid: u32) -> Vec<pb::Selector> {
+    vec![pb::Selector {
+        r#type: "unix".into(),
+        value: format!("uid:{uid}"),
+    }]
+}
+
+/// Creates an entry for uid 1000 through the admin socket at `socket`.
 pub async fn create_entry_at(
     socket: &Path,
     spiffe_id: &str,
     parent: &str,
     dns: &[&str],
 ) -> pb::Entry {
-    sigil_issuer::admin_client::connect(socket)
-        .await
-        .unwrap()
-        .create_entry(proto::admin::CreateEntryRequest {
-            entry: Some(proto::admin::EntryFields {
-                spiffe_id: spiffe_id.into(),
-                parent_id: parent.into(),
-                selectors: vec![pb::Selector {
-                    r#type: "unix".into(),
-                    value: "uid:1000".into(),
-                }],
-                dns_names: dns.iter().map(|s| s.to_string()).collect(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
+    let fields = proto::admin::EntryFields {
+        spiffe_id: spiffe_id.into(),
+        parent_id: parent.into(),
+        selectors: uid_selector(1000),
+        dns_names: dns.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    create_at(socket, fields).await
 }
 
 /// An attested agent and its mTLS client.
@@ -360,23 +370,13 @@ pub async fn register_at(
     x509_ttl_secs: i64,
     hint: &str,
 ) -> pb::Entry {
-    sigil_issuer::admin_client::connect(socket)
-        .await
-        .unwrap()
-        .create_entry(proto::admin::CreateEntryRequest {
-            entry: Some(proto::admin::EntryFields {
-                spiffe_id: spiffe_id.into(),
-                parent_id: parent.into(),
-                selectors: vec![pb::Selector {
-                    r#type: "unix".into(),
-                    value: format!("uid:{}", current_uid()),
-                }],
-                x509_svid_ttl: x509_ttl_secs,
-                hint: hint.into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
+    let fields = proto::admin::EntryFields {
+        spiffe_id: spiffe_id.into(),
+        parent_id: parent.into(),
+        selectors: uid_selector(current_uid()),
+        x509_svid_ttl: x509_ttl_secs,
+        hint: hint.into(),
+        ..Default::default()
+    };
+    create_at(socket, fields).await
 }
