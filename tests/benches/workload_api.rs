@@ -10,6 +10,10 @@
 //!   over 50 entries.
 //! - Agent resident memory with 1,000 entries and 1,000 open streams.
 //!
+//! The server under test (agent or floor) is pinned to core 0 and the load
+//! generator (with the issuer, idle during load) to core 1, so each side has a
+//! core of its own and the ratio compares server capacity.
+//!
 //! Run: cargo bench -p sigil-tests --bench workload_api
 //! SIGIL_BENCH_SECS sets the length of each load phase (default 5).
 
@@ -28,6 +32,20 @@ use tonic::{Request, Response, Status};
 use workload_api::client::{connect, EndpointAddress, WorkloadClient};
 
 const CLIENTS: usize = 100;
+const SERVER_CORE: usize = 0;
+const CLIENT_CORE: usize = 1;
+
+/// Pins the calling thread (and the threads it starts later) to `core`.
+fn pin(core: usize) {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    match cores.iter().find(|c| c.id == core) {
+        Some(id) => assert!(
+            core_affinity::set_for_current(*id),
+            "pinning to core {core} failed"
+        ),
+        None => eprintln!("warning: core {core} not available; running unpinned"),
+    }
+}
 const OFFERED_RPS: u64 = 1_000;
 const AUDIENCE: &str = "spiffe://example.org/db";
 
@@ -42,6 +60,7 @@ fn secs() -> u64 {
 // Child processes: the agent, and the floor server.
 
 fn child_main(role: &str) {
+    pin(SERVER_CORE);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -339,6 +358,7 @@ fn main() {
     if let Ok(role) = std::env::var("SIGIL_BENCH_ROLE") {
         return child_main(&role);
     }
+    pin(CLIENT_CORE);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
