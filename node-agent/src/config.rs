@@ -6,17 +6,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use workload_api::id::{parse_trust_domain, TrustDomain};
 
-/// Why a configuration was refused. Every variant names the key.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    #[error("config file {path}: {reason}")]
-    File { path: String, reason: String },
-    #[error("config key {key}: {reason}")]
-    Invalid { key: &'static str, reason: String },
-    #[error("config key {key} is required")]
-    Missing { key: &'static str },
-}
+/// Why a configuration was refused; every variant names the key.
+pub use sigil_issuer::config::ConfigError;
 
 /// The configuration file as written.
 #[derive(Debug, Default, Clone, Deserialize)]

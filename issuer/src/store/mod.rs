@@ -107,29 +107,17 @@ impl Store {
         let columns = EntryColumns::from_fields(fields);
         // The next sequence number is taken in the insert itself; the unique
         // index refuses a concurrent duplicate rather than misordering.
-        let result = sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO entries (id, spiffe_id, parent_id, selectors, selectors_key, x509_svid_ttl, \
              jwt_svid_ttl, dns_names, hint, federates_with, admin, downstream, expires_at, revision, \
              sequence, created_at, updated_at) \
              SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, \
              COALESCE(MAX(sequence), 0) + 1, $14, $14 FROM entries",
-        )
-        .bind(&id)
-        .bind(&fields.spiffe_id)
-        .bind(&fields.parent_id)
-        .bind(&columns.selectors)
-        .bind(&columns.selectors_key)
-        .bind(fields.x509_svid_ttl)
-        .bind(fields.jwt_svid_ttl)
-        .bind(&columns.dns_names)
-        .bind(&fields.hint)
-        .bind(&columns.federates_with)
-        .bind(fields.admin)
-        .bind(fields.downstream)
-        .bind(fields.expires_at)
-        .bind(now)
-        .execute(&self.pool)
-        .await;
+        );
+        let result = bind_entry_columns(query.bind(&id), fields, &columns)
+            .bind(now)
+            .execute(&self.pool)
+            .await;
         map_unique(result, fields)?;
         self.changed();
         self.get_entry(&id).await
@@ -157,28 +145,16 @@ impl Store {
             });
         }
         let columns = EntryColumns::from_fields(fields);
-        let result = sqlx::query(
+        let query = sqlx::query(
             "UPDATE entries SET spiffe_id = $2, parent_id = $3, selectors = $4, selectors_key = $5, \
              x509_svid_ttl = $6, jwt_svid_ttl = $7, dns_names = $8, hint = $9, federates_with = $10, \
              admin = $11, downstream = $12, expires_at = $13, revision = revision + 1, updated_at = $14 \
              WHERE id = $1",
-        )
-        .bind(id)
-        .bind(&fields.spiffe_id)
-        .bind(&fields.parent_id)
-        .bind(&columns.selectors)
-        .bind(&columns.selectors_key)
-        .bind(fields.x509_svid_ttl)
-        .bind(fields.jwt_svid_ttl)
-        .bind(&columns.dns_names)
-        .bind(&fields.hint)
-        .bind(&columns.federates_with)
-        .bind(fields.admin)
-        .bind(fields.downstream)
-        .bind(fields.expires_at)
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
+        );
+        let result = bind_entry_columns(query.bind(id), fields, &columns)
+            .bind(now)
+            .execute(&mut *tx)
+            .await;
         map_unique(result, fields)?;
         tx.commit().await?;
         self.changed();
@@ -458,6 +434,30 @@ pub enum Table {
     Entries,
     Agents,
     UsedJoinTokens,
+}
+
+type EntryQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Binds an entry's fields as `$2`..`$13`, the order both the insert and the
+/// update use.
+fn bind_entry_columns<'q>(
+    query: EntryQuery<'q>,
+    fields: &'q EntryFields,
+    columns: &'q EntryColumns,
+) -> EntryQuery<'q> {
+    query
+        .bind(&fields.spiffe_id)
+        .bind(&fields.parent_id)
+        .bind(&columns.selectors)
+        .bind(&columns.selectors_key)
+        .bind(fields.x509_svid_ttl)
+        .bind(fields.jwt_svid_ttl)
+        .bind(&columns.dns_names)
+        .bind(&fields.hint)
+        .bind(&columns.federates_with)
+        .bind(fields.admin)
+        .bind(fields.downstream)
+        .bind(fields.expires_at)
 }
 
 struct EntryColumns {

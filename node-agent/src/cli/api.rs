@@ -87,6 +87,19 @@ pub enum ValidateCommand {
     },
 }
 
+/// The first message of a server stream the Workload API opened.
+async fn first_message<T>(
+    opened: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
+) -> Result<T, String> {
+    opened
+        .map_err(status)?
+        .into_inner()
+        .message()
+        .await
+        .map_err(status)?
+        .ok_or_else(|| "the Workload API closed the stream before answering".to_owned())
+}
+
 fn status(e: tonic::Status) -> String {
     format!("{} ({:?})", e.message(), e.code())
 }
@@ -132,24 +145,10 @@ pub async fn execute(command: ApiCommand) -> Result<(), String> {
         }
         ApiCommand::Fetch(FetchCommand::Bundles(socket)) => {
             let mut client = socket.connect().await?;
-            let x509 = client
-                .fetch_x509_bundles(pb::X509BundlesRequest {})
-                .await
-                .map_err(status)?
-                .into_inner()
-                .message()
-                .await
-                .map_err(status)?
-                .ok_or("the stream ended without a bundle")?;
-            let jwt = client
-                .fetch_jwt_bundles(pb::JwtBundlesRequest {})
-                .await
-                .map_err(status)?
-                .into_inner()
-                .message()
-                .await
-                .map_err(status)?
-                .ok_or("the stream ended without a bundle")?;
+            let x509 =
+                first_message(client.fetch_x509_bundles(pb::X509BundlesRequest {}).await).await?;
+            let jwt =
+                first_message(client.fetch_jwt_bundles(pb::JwtBundlesRequest {}).await).await?;
             let mut domains: Vec<_> = x509.bundles.keys().cloned().collect();
             domains.sort();
             for td in domains {
@@ -212,17 +211,8 @@ pub async fn execute(command: ApiCommand) -> Result<(), String> {
 }
 
 async fn fetch_x509(socket: &SocketArg, write: Option<&Path>) -> Result<(), String> {
-    let response = socket
-        .connect()
-        .await?
-        .fetch_x509svid(pb::X509svidRequest {})
-        .await
-        .map_err(status)?
-        .into_inner()
-        .message()
-        .await
-        .map_err(status)?
-        .ok_or("the stream ended without SVIDs")?;
+    let mut client = socket.connect().await?;
+    let response = first_message(client.fetch_x509svid(pb::X509svidRequest {}).await).await?;
     println!("Received {} svid after fetching", response.svids.len());
     for (i, svid) in response.svids.iter().enumerate() {
         println!();

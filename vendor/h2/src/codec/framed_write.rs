@@ -295,7 +295,9 @@ where
                 v.encode(self.buf.get_mut());
                 tracing::trace!("encoded priority; rem={:?}", self.buf.remaining());
                 */
-                unimplemented!();
+                // SIGIL PATCH: h2 only receives PRIORITY frames; nothing
+                // queues one for writing.
+                unreachable!("h2 never sends PRIORITY frames");
             }
             Frame::Reset(v) => {
                 v.encode(self.buf.get_mut());
