@@ -80,6 +80,7 @@ fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
 /// Starts the agent.
 pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     let config = Arc::new(config);
+    raise_open_file_limit();
     let node = Node::bootstrap(config.clone()).await?;
     let (stop, stop_rx) = watch::channel(false);
     let (entries_tx, entries_rx) = watch::channel(Arc::new(Vec::new()));
@@ -138,4 +139,18 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         stop,
         tasks,
     })
+}
+
+/// Each Workload API connection holds two descriptors (its socket and a
+/// handle on the caller's /proc directory), so the soft limit on open files,
+/// often 1024, is raised to the hard limit.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(error) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(%error, "could not raise the open-file limit");
+        }
+    }
 }

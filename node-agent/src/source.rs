@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 use tonic::Status;
-use workload_api::selector::Selector;
+use workload_api::selector::Selectors;
 use workload_api::source::{Caller, Identity, IdentitySource, Snapshot};
 
 use crate::attestor::UnixAttestor;
@@ -48,18 +48,18 @@ impl IdentitySource for AgentSource {
         self.snapshots.clone()
     }
 
-    async fn attest(&self, caller: Caller) -> Result<Vec<Selector>, Status> {
+    async fn attest(&self, caller: Caller) -> Result<Selectors, Status> {
         self.served.calls.fetch_add(1, Ordering::Relaxed);
         let refused = |e: crate::attestor::AttestError| {
             Status::permission_denied(format!("workload attestation failed: {e}"))
         };
         // Reading a few /proc files is quick enough to do in place; hashing a
         // binary seen for the first time is not, so that goes to a thread.
-        if let Some(result) = self.attestor.attest_cached(caller) {
+        if let Some(result) = self.attestor.attest_cached(&caller) {
             return result.map_err(refused);
         }
         let attestor = self.attestor.clone();
-        tokio::task::spawn_blocking(move || attestor.attest(caller))
+        tokio::task::spawn_blocking(move || attestor.attest(&caller))
             .await
             .map_err(|_| Status::internal("workload attestation panicked"))?
             .map_err(refused)

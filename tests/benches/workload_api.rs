@@ -36,14 +36,11 @@ const SERVER_CORE: usize = 0;
 const CLIENT_CORE: usize = 1;
 
 /// Pins the calling thread (and the threads it starts later) to `core`.
+/// Child processes inherit the parent's mask, so the core is named directly
+/// rather than looked up among the cores this thread may use now.
 fn pin(core: usize) {
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    match cores.iter().find(|c| c.id == core) {
-        Some(id) => assert!(
-            core_affinity::set_for_current(*id),
-            "pinning to core {core} failed"
-        ),
-        None => eprintln!("warning: core {core} not available; running unpinned"),
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+        eprintln!("warning: core {core} not available; running unpinned");
     }
 }
 const OFFERED_RPS: u64 = 1_000;

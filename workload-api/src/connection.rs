@@ -1,9 +1,12 @@
 //! Workload API connections: a unix stream with its peer credentials, a
-//! process-unique id and the moment it was accepted, so attestation can be
-//! cached per connection and recycled pids recognised.
+//! process-unique id, the moment it was accepted, and a slot where the
+//! identity source keeps what it learned about the caller for as long as the
+//! connection lives.
 
+use std::any::Any;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -18,6 +21,32 @@ pub struct ConnectionInfo {
     pub id: u64,
     pub peer: Option<tokio::net::unix::UCred>,
     pub accepted_at: Instant,
+    pub cache: Arc<ConnectionCache>,
+}
+
+/// One value of any type, kept for a connection and dropped with it (the
+/// attestor keeps its last answer here, with an open handle on the caller's
+/// process).
+#[derive(Default)]
+pub struct ConnectionCache(Mutex<Option<Box<dyn Any + Send>>>);
+
+impl ConnectionCache {
+    /// The value kept, if it is a `T`.
+    pub fn get<T: Any + Send + Clone>(&self) -> Option<T> {
+        let slot = self.0.lock().expect("connection cache");
+        slot.as_ref()?.downcast_ref::<T>().cloned()
+    }
+
+    /// Keeps `value`, replacing what was kept before.
+    pub fn set<T: Any + Send>(&self, value: T) {
+        *self.0.lock().expect("connection cache") = Some(Box::new(value));
+    }
+}
+
+impl std::fmt::Debug for ConnectionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionCache { .. }")
+    }
 }
 
 /// An accepted Workload API connection.
@@ -35,6 +64,7 @@ impl Connection {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             peer: stream.peer_cred().ok(),
             accepted_at: Instant::now(),
+            cache: Arc::default(),
         };
         Connection { stream, info }
     }

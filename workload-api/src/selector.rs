@@ -2,8 +2,13 @@
 //! entries require (`unix:uid:1000`, `k8s:ns:prod`).
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+/// A caller's selectors, shared without copying between the attestor's cache
+/// and the calls it answers.
+pub type Selectors = Arc<[Selector]>;
 
 /// One selector. The value may itself contain colons.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

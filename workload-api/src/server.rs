@@ -12,13 +12,11 @@ use std::time::{Duration, SystemTime};
 use crate::connection::ConnectionInfo;
 use proto::workload as pb;
 use proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::id::trust_domain_id;
 use crate::jwtsvid;
-use crate::selector::Selector;
+use crate::selector::{Selector, Selectors};
 use crate::source::{Caller, IdentitySource, Snapshot};
 
 /// The metadata key every Workload API request carries.
@@ -48,7 +46,7 @@ impl<S: IdentitySource> WorkloadApi<S> {
     }
 
     /// Checks the security header and attests the caller.
-    async fn admit<T>(&self, request: &Request<T>) -> Result<Vec<Selector>, Status> {
+    async fn admit<T>(&self, request: &Request<T>) -> Result<Selectors, Status> {
         check_header(request)?;
         let info = request
             .extensions()
@@ -62,7 +60,7 @@ impl<S: IdentitySource> WorkloadApi<S> {
                 pid: cred.pid(),
                 uid: cred.uid(),
                 gid: cred.gid(),
-                connection: info.id,
+                cache: info.cache.clone(),
             })
             .await
     }
@@ -72,10 +70,11 @@ impl<S: IdentitySource> WorkloadApi<S> {
     /// are still being minted; an error from the first render is returned at
     /// once. Changes are told by `fingerprint`, a hash of what the caller sees
     /// (entries, SVID serials, bundle sequences), so a stream keeps no copy
-    /// of its SVIDs and unrelated changes cost no rendering.
+    /// of its SVIDs and unrelated changes cost no rendering. The stream is
+    /// polled by the connection's own task: no task or channel per call.
     fn stream<T, R, P>(
         &self,
-        selectors: Vec<Selector>,
+        selectors: Selectors,
         render: R,
         fingerprint: P,
     ) -> Result<Stream<T>, Status>
@@ -87,48 +86,79 @@ impl<S: IdentitySource> WorkloadApi<S> {
         let mut snapshots = self.source.snapshots();
         let snapshot = snapshots.borrow_and_update().clone();
         let first = render(&snapshot, &selectors)?;
-        let mut last = first.as_ref().map(|_| fingerprint(&snapshot, &selectors));
-        let (tx, rx) = mpsc::channel(1);
-        tokio::spawn(async move {
-            if let Some(message) = first {
-                if tx.send(Ok(message)).await.is_err() {
-                    return;
+        let watch = Watch {
+            last: first.as_ref().map(|_| fingerprint(&snapshot, &selectors)),
+            first,
+            snapshots,
+            selectors,
+            render,
+            fingerprint,
+            started: tokio::time::Instant::now(),
+            ended: false,
+        };
+        Ok(Box::pin(futures_util::stream::unfold(
+            watch,
+            |mut watch| async move {
+                let item = watch.next().await?;
+                Some((item, watch))
+            },
+        )))
+    }
+}
+
+/// A stream's state between messages.
+struct Watch<T, R, P> {
+    first: Option<T>,
+    snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    selectors: Selectors,
+    render: R,
+    fingerprint: P,
+    /// The fingerprint of the last message sent; `None` before the first.
+    last: Option<u64>,
+    started: tokio::time::Instant,
+    ended: bool,
+}
+
+impl<T, R, P> Watch<T, R, P>
+where
+    R: Fn(&Snapshot, &[Selector]) -> Result<Option<T>, Status>,
+    P: Fn(&Snapshot, &[Selector]) -> u64,
+{
+    /// The next message: at once for the first, then on the next change the
+    /// caller can see. `None` ends the stream.
+    async fn next(&mut self) -> Option<Result<T, Status>> {
+        if self.ended {
+            return None;
+        }
+        if let Some(first) = self.first.take() {
+            return Some(Ok(first));
+        }
+        loop {
+            tokio::select! {
+                changed = self.snapshots.changed() => if changed.is_err() { return None },
+                _ = tokio::time::sleep(MINT_WAIT), if self.last.is_none() => {}
+            }
+            let snapshot = self.snapshots.borrow_and_update().clone();
+            let print = (self.fingerprint)(&snapshot, &self.selectors);
+            if self.last == Some(print) {
+                continue;
+            }
+            match (self.render)(&snapshot, &self.selectors) {
+                Ok(Some(message)) => {
+                    self.last = Some(print);
+                    return Some(Ok(message));
+                }
+                Ok(None) if self.last.is_none() && self.started.elapsed() > MINT_WAIT => {
+                    self.ended = true;
+                    return Some(Err(Status::unavailable("SVIDs are not minted yet; retry")));
+                }
+                Ok(None) => {}
+                Err(status) => {
+                    self.ended = true;
+                    return Some(Err(status));
                 }
             }
-            let started = tokio::time::Instant::now();
-            loop {
-                tokio::select! {
-                    changed = snapshots.changed() => if changed.is_err() { return },
-                    _ = tx.closed() => return,
-                    _ = tokio::time::sleep(MINT_WAIT), if last.is_none() => {}
-                }
-                let snapshot = snapshots.borrow_and_update().clone();
-                let print = fingerprint(&snapshot, &selectors);
-                if last == Some(print) {
-                    continue;
-                }
-                match render(&snapshot, &selectors) {
-                    Ok(Some(message)) => {
-                        last = Some(print);
-                        if tx.send(Ok(message)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) if last.is_none() && started.elapsed() > MINT_WAIT => {
-                        let _ = tx
-                            .send(Err(Status::unavailable("SVIDs are not minted yet; retry")))
-                            .await;
-                        return;
-                    }
-                    Ok(None) => {}
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Box::pin(ReceiverStream::new(rx)))
+        }
     }
 }
 

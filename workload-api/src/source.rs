@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 
 use crate::bundle::Bundle;
 use crate::id::TrustDomain;
-use crate::selector::Selector;
+use crate::selector::{Selector, Selectors};
 
 /// An X509-SVID and its private key. `Debug` never shows the key.
 pub struct X509Material {
@@ -100,13 +100,13 @@ impl Snapshot {
 }
 
 /// Who is calling, from the socket's peer credentials.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Caller {
     pub pid: Option<i32>,
     pub uid: u32,
     pub gid: u32,
-    /// The connection the call came on (unique in this process).
-    pub connection: u64,
+    /// Kept for the connection the call came on.
+    pub cache: Arc<crate::connection::ConnectionCache>,
 }
 
 /// The node-side provider behind a Workload API server.
@@ -116,7 +116,7 @@ pub trait IdentitySource: Send + Sync + 'static {
     fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>>;
 
     /// The selectors of a caller (workload attestation).
-    async fn attest(&self, caller: Caller) -> Result<Vec<Selector>, tonic::Status>;
+    async fn attest(&self, caller: Caller) -> Result<Selectors, tonic::Status>;
 
     /// A JWT-SVID for `identity` and `audience`, from cache or freshly signed.
     async fn fetch_jwt_svid(

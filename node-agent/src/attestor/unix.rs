@@ -11,10 +11,11 @@
 //! another binary's path or hash to the caller.
 
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use workload_api::selector::Selector;
+use workload_api::selector::{Selector, Selectors};
 use workload_api::source::Caller;
 
 /// Why a caller could not be attested.
@@ -54,40 +55,38 @@ struct Names {
 
 const NAMES_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A connection's last attestation. The process it describes is the one with
-/// the same pid and start time; its binary the one with the same inode and
-/// mtime.
+/// A connection's last attestation, kept with the connection. `proc_dir` is
+/// an open handle on the caller's /proc/<pid>: it stays bound to that process,
+/// so once the process exits (whoever reuses its pid) nothing resolves under it.
 #[derive(Debug, Clone)]
 struct Attested {
     pid: i32,
-    start_time: u64,
+    proc_dir: Arc<std::fs::File>,
     exe: Option<FileKey>,
-    selectors: Vec<Selector>,
+    selectors: Selectors,
     at: std::time::Instant,
 }
 
 /// What /proc says about a caller's process.
 struct ProcessFacts {
     selectors: Vec<Selector>,
-    start_time: u64,
+    proc_dir: std::fs::File,
     exe: Option<FileKey>,
 }
 
 /// How long a connection's attestation is reused while its process and
 /// binary are unchanged; group membership changes show after this.
 const ATTESTED_TTL: std::time::Duration = std::time::Duration::from_secs(2);
-const ATTESTED_LIMIT: usize = 16_384;
 
 /// The unix attestor. Hashes of executables are cached by inode and mtime;
 /// user and group names for a second; a connection's selectors while its
-/// process (pid and start time) and binary stay the same, for two seconds.
+/// process is alive and its binary unchanged, for two seconds.
 #[derive(Debug)]
 pub struct UnixAttestor {
     proc_root: PathBuf,
     etc_root: PathBuf,
     hashes: Mutex<HashMap<FileKey, String>>,
     names: Mutex<Names>,
-    attested: Mutex<HashMap<u64, Attested>>,
 }
 
 const HASH_CACHE_LIMIT: usize = 4096;
@@ -105,52 +104,23 @@ impl UnixAttestor {
             etc_root: etc_root.into(),
             hashes: Mutex::new(HashMap::new()),
             names: Mutex::new(Names::default()),
-            attested: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The connection's earlier selectors, if its process and binary are the
-    /// ones attested then. Costs two small reads of /proc instead of five.
-    fn reuse(&self, caller: Caller, pid: i32, dir: &Path) -> Option<Vec<Selector>> {
-        let cached = self
-            .attested
-            .lock()
-            .expect("attestation cache")
-            .get(&caller.connection)
-            .cloned()?;
+    /// The connection's earlier selectors, if the process attested then is
+    /// still alive and runs the same binary: one stat through the handle on
+    /// its /proc directory instead of five reads of /proc.
+    fn reuse(&self, caller: &Caller, pid: i32) -> Option<Selectors> {
+        let cached: Attested = caller.cache.get()?;
         if cached.pid != pid || cached.at.elapsed() > ATTESTED_TTL {
             return None;
         }
-        let start_time = start_time(dir).ok()?;
-        let exe = file_key(&dir.join("exe")).ok();
-        (start_time == cached.start_time && exe == cached.exe).then_some(cached.selectors)
-    }
-
-    fn remember(
-        &self,
-        caller: Caller,
-        pid: i32,
-        start_time: u64,
-        exe: Option<FileKey>,
-        selectors: &[Selector],
-    ) {
-        let mut attested = self.attested.lock().expect("attestation cache");
-        if attested.len() >= ATTESTED_LIMIT {
-            attested.retain(|_, a| a.at.elapsed() <= ATTESTED_TTL);
-            if attested.len() >= ATTESTED_LIMIT {
-                attested.clear();
-            }
-        }
-        attested.insert(
-            caller.connection,
-            Attested {
-                pid,
-                start_time,
-                exe,
-                selectors: selectors.to_vec(),
-                at: std::time::Instant::now(),
-            },
-        );
+        let dir = PathBuf::from(format!("/proc/self/fd/{}", cached.proc_dir.as_raw_fd()));
+        let alive_and_same = match &cached.exe {
+            Some(exe) => file_key(&dir.join("exe")).is_ok_and(|now| now == *exe),
+            None => std::fs::metadata(dir.join("stat")).is_ok(),
+        };
+        alive_and_same.then_some(cached.selectors)
     }
 
     /// The user and group names for `uid` and `gid`.
@@ -170,21 +140,25 @@ impl UnixAttestor {
     /// Attests without hashing a new executable: `None` when the caller's
     /// binary has not been hashed yet and [`UnixAttestor::attest`] (which may
     /// read the whole file) is needed.
-    pub fn attest_cached(&self, caller: Caller) -> Option<Result<Vec<Selector>, AttestError>> {
+    pub fn attest_cached(&self, caller: &Caller) -> Option<Result<Selectors, AttestError>> {
         self.attest_with(caller, false)
     }
 
     /// The selectors of `caller`, hashing its executable if needed.
-    pub fn attest(&self, caller: Caller) -> Result<Vec<Selector>, AttestError> {
+    pub fn attest(&self, caller: &Caller) -> Result<Selectors, AttestError> {
         self.attest_with(caller, true)
             .expect("hashing is allowed, so an answer is always given")
     }
 
     fn attest_with(
         &self,
-        caller: Caller,
+        caller: &Caller,
         may_hash: bool,
-    ) -> Option<Result<Vec<Selector>, AttestError>> {
+    ) -> Option<Result<Selectors, AttestError>> {
+        let pid = caller.pid.filter(|p| *p > 0);
+        if let Some(cached) = pid.and_then(|pid| self.reuse(caller, pid)) {
+            return Some(Ok(cached));
+        }
         let mut selectors = vec![
             Selector::new("unix", format!("uid:{}", caller.uid)),
             Selector::new("unix", format!("gid:{}", caller.gid)),
@@ -196,17 +170,20 @@ impl UnixAttestor {
         if let Some(group) = group {
             selectors.push(Selector::new("unix", format!("group:{group}")));
         }
-        let Some(pid) = caller.pid.filter(|p| *p > 0) else {
-            return Some(Ok(selectors));
+        let Some(pid) = pid else {
+            return Some(Ok(selectors.into()));
         };
-        let dir = self.proc_root.join(pid.to_string());
-        if let Some(cached) = self.reuse(caller, pid, &dir) {
-            return Some(Ok(cached));
-        }
         match self.process_selectors(pid, caller, may_hash) {
             Ok(Some(facts)) => {
                 selectors.extend(facts.selectors);
-                self.remember(caller, pid, facts.start_time, facts.exe, &selectors);
+                let selectors: Selectors = selectors.into();
+                caller.cache.set(Attested {
+                    pid,
+                    proc_dir: Arc::new(facts.proc_dir),
+                    exe: facts.exe,
+                    selectors: selectors.clone(),
+                    at: std::time::Instant::now(),
+                });
                 Some(Ok(selectors))
             }
             Ok(None) => None,
@@ -219,13 +196,18 @@ impl UnixAttestor {
     fn process_selectors(
         &self,
         pid: i32,
-        caller: Caller,
+        caller: &Caller,
         may_hash: bool,
     ) -> Result<Option<ProcessFacts>, AttestError> {
         let mut selectors = Vec::new();
         let dir = self.proc_root.join(pid.to_string());
+        let dir = dir.as_path();
         let gone = |reason: String| AttestError::ProcessGone { pid, reason };
-        let started = start_time(&dir).map_err(gone)?;
+        // Opened first: if the pid is recycled before the start-time checks
+        // below, the handle names the process that exited and the next
+        // reuse of this attestation fails.
+        let proc_dir = std::fs::File::open(dir).map_err(|e| gone(e.to_string()))?;
+        let started = start_time(dir).map_err(gone)?;
         let status =
             std::fs::read_to_string(dir.join("status")).map_err(|e| gone(e.to_string()))?;
         for (field, expected) in [("Uid:", caller.uid), ("Gid:", caller.gid)] {
@@ -257,12 +239,12 @@ impl UnixAttestor {
                 Err(error) => tracing::debug!(pid, %error, "executable not hashed"),
             }
         }
-        if start_time(&dir).map_err(gone)? != started {
+        if start_time(dir).map_err(gone)? != started {
             return Err(AttestError::PidReused { pid });
         }
         Ok(Some(ProcessFacts {
             selectors,
-            start_time: started,
+            proc_dir,
             exe,
         }))
     }
@@ -377,7 +359,7 @@ mod tests {
             pid: Some(std::process::id() as i32),
             uid: status_ids(&status, "Uid:")[0],
             gid: status_ids(&status, "Gid:")[0],
-            connection: 1,
+            cache: Default::default(),
         }
     }
 
@@ -385,7 +367,7 @@ mod tests {
     fn attests_this_process() {
         let attestor = UnixAttestor::default();
         let caller = caller_self();
-        let selectors = attestor.attest(caller).unwrap();
+        let selectors = attestor.attest(&caller).unwrap();
         let values: Vec<String> = selectors.iter().map(|s| s.to_string()).collect();
         assert!(
             values.contains(&format!("unix:uid:{}", caller.uid)),
@@ -417,13 +399,13 @@ mod tests {
         let mut caller = caller_self();
         caller.uid += 4242;
         assert!(matches!(
-            attestor.attest(caller),
+            attestor.attest(&caller),
             Err(AttestError::CredentialMismatch { .. })
         ));
         let mut gone = caller_self();
         gone.pid = Some(i32::MAX - 1);
         assert!(matches!(
-            attestor.attest(gone),
+            attestor.attest(&gone),
             Err(AttestError::ProcessGone { .. })
         ));
     }
@@ -451,14 +433,13 @@ mod tests {
         .unwrap();
         std::fs::write(root.path().join("etc/group"), "users:x:100:\n").unwrap();
         let attestor = UnixAttestor::new(root.path().join("proc"), root.path().join("etc"));
-        let selectors = attestor
-            .attest(Caller {
-                pid: Some(77),
-                uid: 1000,
-                gid: 100,
-                connection: 2,
-            })
-            .unwrap();
+        let caller = Caller {
+            pid: Some(77),
+            uid: 1000,
+            gid: 100,
+            cache: Default::default(),
+        };
+        let selectors = attestor.attest(&caller).unwrap();
         let values: Vec<String> = selectors.iter().map(|s| s.to_string()).collect();
         assert_eq!(
             values,
@@ -475,30 +456,47 @@ mod tests {
         assert_eq!(start_time(&proc_dir).unwrap(), 12345);
 
         // The same connection and process: the attestation is reused (a group
-        // change is not seen yet). Another start time means another process
-        // behind that pid: attested afresh.
-        let caller = Caller {
-            pid: Some(77),
-            uid: 1000,
-            gid: 100,
-            connection: 2,
-        };
+        // change is not seen yet). Another process behind that pid (a new
+        // /proc/77 directory) is attested afresh.
         std::fs::write(
             proc_dir.join("status"),
             "Uid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\nGroups:\t5\n",
         )
         .unwrap();
-        assert_eq!(attestor.attest(caller).unwrap(), selectors);
+        assert_eq!(attestor.attest(&caller).unwrap(), selectors);
+        let status = std::fs::read(proc_dir.join("status")).unwrap();
+        std::fs::remove_dir_all(&proc_dir).unwrap();
+        std::fs::create_dir_all(&proc_dir).unwrap();
+        std::fs::write(proc_dir.join("status"), status).unwrap();
         std::fs::write(
             proc_dir.join("stat"),
             "77 (x) S 1 77 77 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 99999 0 0\n",
         )
         .unwrap();
-        let fresh = attestor.attest(caller).unwrap();
+        let fresh = attestor.attest(&caller).unwrap();
         assert!(
             fresh.contains(&Selector::new("unix", "supplementary_gid:5")),
             "{fresh:?}"
         );
         assert!(!fresh.contains(&Selector::new("unix", "supplementary_gid:27")));
+    }
+
+    #[test]
+    fn a_connections_attestation_ends_with_its_process() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let mut caller = caller_self();
+        caller.pid = Some(child.id() as i32);
+        let attestor = UnixAttestor::default();
+        let first = attestor.attest(&caller).unwrap();
+        assert_eq!(attestor.attest_cached(&caller).unwrap().unwrap(), first);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(matches!(
+            attestor.attest_cached(&caller),
+            Some(Err(AttestError::ProcessGone { .. }))
+        ));
     }
 }
