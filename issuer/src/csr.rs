@@ -179,6 +179,10 @@ impl SubjectKey {
                     algorithm: &rcgen::PKCS_RSA_SHA256,
                 }
             }
+            PublicKey::Ed25519 { x } => SubjectKey {
+                raw: x.clone(),
+                algorithm: &rcgen::PKCS_ED25519,
+            },
         }
     }
 }

@@ -15,6 +15,8 @@ const OID_P384: const_oid::ObjectIdentifier =
     const_oid::ObjectIdentifier::new_unwrap("1.3.132.0.34");
 const OID_RSA: const_oid::ObjectIdentifier =
     const_oid::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+const OID_ED25519: const_oid::ObjectIdentifier =
+    const_oid::ObjectIdentifier::new_unwrap("1.3.101.112");
 
 /// Why a key could not be read or used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +45,8 @@ pub enum PublicKey {
     },
     /// Big-endian modulus and exponent, without leading zeros.
     Rsa { n: Vec<u8>, e: Vec<u8> },
+    /// An Ed25519 public key (RFC 8037 `OKP`), 32 bytes.
+    Ed25519 { x: Vec<u8> },
 }
 
 /// The NIST curves Sigil uses.
@@ -68,7 +72,8 @@ impl Curve {
     }
 }
 
-/// JWS algorithms (RFC 7518 section 3.1) that SPIFFE admits for SVIDs.
+/// JWS algorithms (RFC 7518 section 3.1, RFC 8037) Sigil verifies. SPIFFE
+/// admits all but `EdDSA` for SVIDs; see [`Algorithm::is_spiffe`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Algorithm {
     ES256,
@@ -79,6 +84,7 @@ pub enum Algorithm {
     PS256,
     PS384,
     PS512,
+    EdDSA,
 }
 
 impl Algorithm {
@@ -92,7 +98,13 @@ impl Algorithm {
             Algorithm::PS256 => "PS256",
             Algorithm::PS384 => "PS384",
             Algorithm::PS512 => "PS512",
+            Algorithm::EdDSA => "EdDSA",
         }
+    }
+
+    /// Whether SPIFFE (JWT-SVID, WIT-SVID) admits this algorithm.
+    pub fn is_spiffe(self) -> bool {
+        self != Algorithm::EdDSA
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
@@ -105,6 +117,7 @@ impl Algorithm {
             "PS256" => Algorithm::PS256,
             "PS384" => Algorithm::PS384,
             "PS512" => Algorithm::PS512,
+            "EdDSA" => Algorithm::EdDSA,
             _ => return None,
         })
     }
@@ -123,6 +136,7 @@ impl Algorithm {
                 | Algorithm::PS512,
                 PublicKey::Rsa { .. },
             ) => true,
+            (Algorithm::EdDSA, PublicKey::Ed25519 { .. }) => true,
             _ => false,
         }
     }
@@ -137,7 +151,33 @@ impl Algorithm {
             Algorithm::PS256 => jsonwebtoken::Algorithm::PS256,
             Algorithm::PS384 => jsonwebtoken::Algorithm::PS384,
             Algorithm::PS512 => jsonwebtoken::Algorithm::PS512,
+            Algorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
         }
+    }
+
+    /// The ring verification algorithm for EC and Ed25519 keys (called once
+    /// [`Algorithm::fits`] holds, so only ES256, ES384 and EdDSA reach it).
+    fn ring_verification(self) -> &'static dyn ring::signature::VerificationAlgorithm {
+        use ring::signature as sig;
+        match self {
+            Algorithm::ES384 => &sig::ECDSA_P384_SHA384_FIXED,
+            Algorithm::EdDSA => &sig::ED25519,
+            _ => &sig::ECDSA_P256_SHA256_FIXED,
+        }
+    }
+
+    /// The ring RSA parameters (2048 to 8192-bit moduli), for RSA algorithms.
+    fn rsa_parameters(self) -> Option<&'static ring::signature::RsaParameters> {
+        use ring::signature as sig;
+        Some(match self {
+            Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+            Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+            Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+            Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+            Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+            Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+            _ => return None,
+        })
     }
 }
 
@@ -181,7 +221,43 @@ impl PublicKey {
                     e: rsa.public_exponent.as_bytes().to_vec(),
                 })
             }
+            OID_ED25519 if key_bytes.len() == 32 => Ok(PublicKey::Ed25519 {
+                x: key_bytes.to_vec(),
+            }),
+            OID_ED25519 => Err(JwkError::MalformedSpki(
+                "Ed25519 key is not 32 bytes".into(),
+            )),
             other => Err(JwkError::UnsupportedKeyAlgorithm(other.to_string())),
+        }
+    }
+
+    /// Verifies a JWS signature (`signature` as the raw bytes RFC 7518 puts
+    /// in the third part) over `message`. False when `alg` does not fit
+    /// this key.
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        if !alg.fits(self) {
+            return false;
+        }
+        match self {
+            PublicKey::Ec { x, y, .. } => {
+                let mut point = Vec::with_capacity(1 + x.len() + y.len());
+                point.push(0x04);
+                point.extend_from_slice(x);
+                point.extend_from_slice(y);
+                ring::signature::UnparsedPublicKey::new(alg.ring_verification(), point)
+                    .verify(message, signature)
+                    .is_ok()
+            }
+            PublicKey::Rsa { n, e } => alg.rsa_parameters().is_some_and(|params| {
+                ring::signature::RsaPublicKeyComponents { n, e }
+                    .verify(params, message, signature)
+                    .is_ok()
+            }),
+            PublicKey::Ed25519 { x } => {
+                ring::signature::UnparsedPublicKey::new(alg.ring_verification(), x)
+                    .verify(message, signature)
+                    .is_ok()
+            }
         }
     }
 
@@ -219,6 +295,13 @@ impl PublicKey {
                     key.to_der().expect("RSA key encodes"),
                 )
             }
+            PublicKey::Ed25519 { x } => (
+                AlgorithmIdentifierOwned {
+                    oid: OID_ED25519,
+                    parameters: None,
+                },
+                x.clone(),
+            ),
         };
         SubjectPublicKeyInfoOwned {
             algorithm,
@@ -242,6 +325,12 @@ impl PublicKey {
                 kty: "RSA".into(),
                 n: Some(B64URL.encode(n)),
                 e: Some(B64URL.encode(e)),
+                ..Jwk::default()
+            },
+            PublicKey::Ed25519 { x } => Jwk {
+                kty: "OKP".into(),
+                crv: Some("Ed25519".into()),
+                x: Some(B64URL.encode(x)),
                 ..Jwk::default()
             },
         }
@@ -277,6 +366,19 @@ impl PublicKey {
                 n: decode("n", &jwk.n)?,
                 e: decode("e", &jwk.e)?,
             }),
+            "OKP" => match jwk.crv.as_deref() {
+                Some("Ed25519") => {
+                    let x = decode("x", &jwk.x)?;
+                    if x.len() != 32 {
+                        return Err(JwkError::BadMember { member: "x" });
+                    }
+                    Ok(PublicKey::Ed25519 { x })
+                }
+                // Ed448 and the X curves are other key types in effect:
+                // bundles skip them as they skip unknown `kty`s.
+                Some(other) => Err(JwkError::UnsupportedKeyType(format!("OKP {other}"))),
+                None => Err(JwkError::BadMember { member: "crv" }),
+            },
             other => Err(JwkError::UnsupportedKeyType(other.into())),
         }
     }
@@ -289,7 +391,15 @@ impl PublicKey {
                     .expect("base64url of our own encoding decodes")
             }
             PublicKey::Rsa { n, e } => jsonwebtoken::DecodingKey::from_rsa_raw_components(n, e),
+            PublicKey::Ed25519 { x } => {
+                jsonwebtoken::DecodingKey::from_ed_components(&B64URL.encode(x))
+                    .expect("base64url of our own encoding decodes")
+            }
         }
+    }
+
+    fn is_rsa(&self) -> bool {
+        matches!(self, PublicKey::Rsa { .. })
     }
 
     /// RFC 7638 thumbprint: SHA-256 over the required members in lexicographic order.
@@ -305,7 +415,12 @@ impl PublicKey {
                 n: Some(n),
                 e: Some(e),
                 ..
-            } => format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#),
+            } if self.is_rsa() => format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#),
+            Jwk {
+                crv: Some(crv),
+                x: Some(x),
+                ..
+            } => format!(r#"{{"crv":"{crv}","kty":"OKP","x":"{x}"}}"#),
             _ => unreachable!("to_jwk always sets the members of its key type"),
         };
         B64URL.encode(ring::digest::digest(

@@ -4,8 +4,6 @@
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::Bundle;
@@ -82,13 +80,6 @@ pub struct Claims {
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
-#[derive(Deserialize)]
-struct Header {
-    alg: Option<String>,
-    typ: Option<String>,
-    kid: Option<String>,
-}
-
 /// A JWT-SVID that passed validation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidatedJwtSvid {
@@ -111,15 +102,7 @@ pub fn sign(
     key: &jsonwebtoken::EncodingKey,
 ) -> Result<String, JwtSvidError> {
     let header = serde_json::json!({"alg": alg.name(), "kid": kid, "typ": "JWT"});
-    let signing_input = format!(
-        "{}.{}",
-        B64URL.encode(header.to_string()),
-        B64URL.encode(serde_json::to_vec(claims).expect("claims serialize"))
-    );
-    let signature =
-        jsonwebtoken::crypto::sign(signing_input.as_bytes(), key, alg.to_jsonwebtoken())
-            .map_err(|e| JwtSvidError::Signing(e.to_string()))?;
-    Ok(format!("{signing_input}.{signature}"))
+    crate::jws::sign_with(&header, claims, alg, key).map_err(JwtSvidError::Signing)
 }
 
 /// Validates a JWT-SVID for `audience` against the bundle of its subject's
@@ -134,25 +117,14 @@ pub fn validate<'b>(
     if audience.is_empty() {
         return Err(JwtSvidError::NoExpectedAudience);
     }
-    let mut parts = token.split('.');
-    let (Some(header_b64), Some(claims_b64), Some(signature), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(JwtSvidError::Malformed);
-    };
-    let header_bytes = B64URL
-        .decode(header_b64)
-        .map_err(|_| JwtSvidError::Malformed)?;
-    let claims_bytes = B64URL
-        .decode(claims_b64)
-        .map_err(|_| JwtSvidError::Malformed)?;
-    let header: Header =
-        serde_json::from_slice(&header_bytes).map_err(|e| JwtSvidError::BadJson {
-            part: "header",
-            reason: e.to_string(),
-        })?;
+    let jws = crate::jws::parse(token).map_err(|e| match e {
+        crate::jws::JwsError::BadJson { part, reason } => JwtSvidError::BadJson { part, reason },
+        _ => JwtSvidError::Malformed,
+    })?;
+    let header = jws.header.clone();
     let alg_name = header.alg.unwrap_or_default();
     let alg = Algorithm::from_name(&alg_name)
+        .filter(|alg| alg.is_spiffe())
         .ok_or(JwtSvidError::AlgorithmNotAllowed { alg: alg_name })?;
     if let Some(typ) = header.typ {
         if typ != "JWT" && typ != "JOSE" {
@@ -164,11 +136,7 @@ pub fn validate<'b>(
         .filter(|k| !k.is_empty())
         .ok_or(JwtSvidError::MissingKid)?;
 
-    let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&claims_bytes)
-        .map_err(|e| JwtSvidError::BadJson {
-            part: "claims",
-            reason: e.to_string(),
-        })?;
+    let claims = &jws.claims;
     let sub = claims
         .get("sub")
         .and_then(|v| v.as_str())
@@ -177,8 +145,12 @@ pub fn validate<'b>(
         .get("aud")
         .and_then(|v| serde_json::from_value(v.clone()).ok())
         .ok_or(JwtSvidError::MissingClaim { claim: "aud" })?;
-    let exp = numeric_date(&claims, "exp")?.ok_or(JwtSvidError::MissingClaim { claim: "exp" })?;
-    let nbf = numeric_date(&claims, "nbf")?;
+    let date = |name: &'static str| {
+        jws.numeric_date(name)
+            .map_err(|_| JwtSvidError::MissingClaim { claim: name })
+    };
+    let exp = date("exp")?.ok_or(JwtSvidError::MissingClaim { claim: "exp" })?;
+    let nbf = date("nbf")?;
     let spiffe_id = parse_spiffe_id(sub).map_err(JwtSvidError::InvalidSubject)?;
 
     let trust_domain = spiffe_id.trust_domain();
@@ -196,15 +168,7 @@ pub fn validate<'b>(
             alg: alg.name(),
         });
     }
-    let signing_input = &token[..header_b64.len() + 1 + claims_b64.len()];
-    let verified = jsonwebtoken::crypto::verify(
-        signature,
-        signing_input.as_bytes(),
-        &key.decoding_key(),
-        alg.to_jsonwebtoken(),
-    )
-    .unwrap_or(false);
-    if !verified {
+    if !jws.verifies(alg, key) {
         return Err(JwtSvidError::BadSignature);
     }
 
@@ -228,22 +192,8 @@ pub fn validate<'b>(
         spiffe_id,
         audience: audiences,
         expiry: exp,
-        claims,
+        claims: jws.claims.clone(),
     })
-}
-
-fn numeric_date(
-    claims: &serde_json::Map<String, serde_json::Value>,
-    name: &'static str,
-) -> Result<Option<u64>, JwtSvidError> {
-    match claims.get(name) {
-        None => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-            .map(Some)
-            .ok_or(JwtSvidError::MissingClaim { claim: name }),
-    }
 }
 
 #[cfg(test)]
@@ -251,6 +201,8 @@ mod tests {
     use super::*;
     use crate::bundle::JwtAuthority;
     use crate::jwk::PublicKey;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+    use base64::Engine;
     use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
     use std::time::Duration;
 

@@ -14,10 +14,13 @@ pub mod client;
 pub mod connection;
 pub mod id;
 pub mod jwk;
+pub mod jws;
 pub mod jwtsvid;
+pub mod keypair;
 pub mod selector;
 pub mod server;
 pub mod source;
+pub mod wimse;
 pub mod x509svid;
 
 pub use bundle::{Bundle, BundleError, JwtAuthority};

@@ -1,0 +1,55 @@
+//! WIMSE credentials (draft-ietf-wimse-workload-creds, draft-ietf-wimse-wpt)
+//! and their SPIFFE profile (WIT-SVID.md).
+//!
+//! - [`wit`]: Workload Identity Tokens: signing (the issuer) and validation
+//!   against the bundle of the subject's trust domain.
+//! - [`wpt`]: Workload Proof Tokens: minting (the sending workload) and the
+//!   draft's checks of one request's proof.
+//! - [`replay`]: a per-sender window of used `jti`s with bounded memory.
+//! - [`verifier`]: the receiving side put together: configured audiences,
+//!   clock skew, a cache of validated WITs, the replay window.
+
+pub mod error;
+pub mod http;
+pub mod replay;
+pub mod verifier;
+pub mod wit;
+pub mod wpt;
+
+pub use error::{Token, WimseError};
+pub use verifier::{Presented, Verified, Verifier, VerifierConfig};
+
+/// The HTTP header carrying the WIT.
+pub const WIT_HEADER: &str = "workload-identity-token";
+/// The HTTP header carrying the WPT.
+pub const WPT_HEADER: &str = "workload-proof-token";
+/// The header carrying a transaction token (bound by `tth`).
+pub const TXN_TOKEN_HEADER: &str = "txn-token";
+
+/// Which rules a WIT is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Profile {
+    /// SPIFFE WIT-SVID: `sub` a SPIFFE ID, `kid` required, RS/ES/PS only.
+    #[default]
+    Spiffe,
+    /// Generic WIMSE: `sub` any workload identifier URI; EdDSA allowed.
+    Wimse,
+}
+
+impl Profile {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "spiffe" => Some(Profile::Spiffe),
+            "wimse" => Some(Profile::Wimse),
+            _ => None,
+        }
+    }
+
+    /// Whether `alg` may sign a WIT or a WPT under this profile.
+    pub fn allows(self, alg: crate::jwk::Algorithm) -> bool {
+        match self {
+            Profile::Spiffe => alg.is_spiffe(),
+            Profile::Wimse => true,
+        }
+    }
+}

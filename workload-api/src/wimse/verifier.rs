@@ -1,0 +1,219 @@
+//! The receiving side: validates the WIT (cached), then the WPT, against
+//! this service's configuration: audiences (never taken from `Host` or
+//! `X-Forwarded-Host`), clock skew, WPT lifetime bound, the tokens it
+//! understands in `oth`, and a per-sender replay window.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::replay::{ReplayLimits, ReplayWindow};
+use super::wit::{self, ValidatedWit};
+use super::wpt::{self, Policy, RequestContext, ValidatedWpt};
+use super::{Profile, Token, WimseError};
+use crate::bundle::Bundle;
+use crate::id::{SpiffeId, TrustDomain};
+
+/// How a service checks the proofs it receives.
+#[derive(Debug, Clone)]
+pub struct VerifierConfig {
+    /// What `aud` may be. An origin (`https://svc.example.com`, no path)
+    /// also accepts itself followed by the request's path.
+    pub audiences: Vec<String>,
+    pub profile: Profile,
+    /// Tolerated clock difference, seconds.
+    pub skew_secs: u64,
+    /// How far ahead a WPT's `exp` may lie, seconds.
+    pub max_wpt_lifetime_secs: u64,
+    /// Header names (any case) this service binds through `oth`.
+    pub other_tokens: Vec<String>,
+    /// Validated WITs kept; a WIT is looked up by its SHA-256.
+    pub wit_cache_capacity: usize,
+    pub replay: ReplayLimits,
+}
+
+impl VerifierConfig {
+    pub fn new(audiences: Vec<String>) -> Self {
+        VerifierConfig {
+            audiences,
+            profile: Profile::Spiffe,
+            skew_secs: 30,
+            max_wpt_lifetime_secs: 300,
+            other_tokens: Vec::new(),
+            wit_cache_capacity: 10_000,
+            replay: ReplayLimits::default(),
+        }
+    }
+}
+
+/// What one request presents.
+#[derive(Clone, Copy)]
+pub struct Presented<'a> {
+    pub wit: &'a str,
+    pub wpt: &'a str,
+    /// The request's path, without query (for origin audiences).
+    pub path: Option<&'a str>,
+    /// The whole `Authorization` header value.
+    pub authorization: Option<&'a str>,
+    pub txn_token: Option<&'a str>,
+    /// Looks a request header up by lower-case name (for `oth`).
+    pub header: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl std::fmt::Debug for Presented<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Proofs stay out of logs: an unused WPT could still be replayed.
+        f.debug_struct("Presented")
+            .field("path", &self.path)
+            .field("wit_len", &self.wit.len())
+            .field("wpt_len", &self.wpt.len())
+            .field("authorization", &self.authorization.map(|_| "[redacted]"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request whose proof held: who sent it and what the tokens said.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    pub wit: Arc<ValidatedWit>,
+    pub wpt: ValidatedWpt,
+}
+
+impl Verified {
+    /// The sender's workload identifier.
+    pub fn subject(&self) -> &str {
+        &self.wit.subject
+    }
+
+    pub fn spiffe_id(&self) -> Option<&SpiffeId> {
+        self.wit.spiffe_id.as_ref()
+    }
+}
+
+/// Verifies WIT + WPT pairs. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Verifier {
+    config: VerifierConfig,
+    other_tokens: Vec<String>,
+    bundles: RwLock<HashMap<TrustDomain, Arc<Bundle>>>,
+    wits: Mutex<HashMap<[u8; 32], Arc<ValidatedWit>>>,
+    replay: ReplayWindow,
+}
+
+fn unix(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Verifier {
+    pub fn new(config: VerifierConfig) -> Self {
+        Verifier {
+            other_tokens: config
+                .other_tokens
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            replay: ReplayWindow::new(config.replay),
+            config,
+            bundles: RwLock::new(HashMap::new()),
+            wits: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn config(&self) -> &VerifierConfig {
+        &self.config
+    }
+
+    /// Trusts `bundle`'s WIT keys for its trust domain, replacing what was
+    /// trusted there. Cached WITs are validated afresh afterwards, so a
+    /// key dropped from the bundle stops being accepted at once.
+    pub fn set_bundle(&self, bundle: Bundle) {
+        let td = bundle.trust_domain().clone();
+        self.bundles
+            .write()
+            .expect("bundles")
+            .insert(td, Arc::new(bundle));
+        self.wits.lock().expect("WIT cache").clear();
+    }
+
+    fn bundle_for(&self, td: &TrustDomain) -> Option<Arc<Bundle>> {
+        self.bundles.read().expect("bundles").get(td).cloned()
+    }
+
+    /// Validates a WIT, from the cache when this exact token passed before.
+    pub fn validate_wit(&self, token: &str, now: u64) -> Result<Arc<ValidatedWit>, WimseError> {
+        let key: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+            .as_ref()
+            .try_into()
+            .expect("SHA-256 is 32 bytes");
+        let cached = self.wits.lock().expect("WIT cache").get(&key).cloned();
+        if let Some(wit) = cached {
+            if now >= wit.exp.saturating_add(self.config.skew_secs) {
+                return Err(WimseError::Expired {
+                    token: Token::Wit,
+                    exp: wit.exp,
+                    now,
+                });
+            }
+            return Ok(wit);
+        }
+        let wit = Arc::new(wit::validate(
+            token,
+            self.config.profile,
+            |td| self.bundle_for(td),
+            now,
+            self.config.skew_secs,
+        )?);
+        let mut cache = self.wits.lock().expect("WIT cache");
+        if cache.len() >= self.config.wit_cache_capacity {
+            let skew = self.config.skew_secs;
+            cache.retain(|_, w| now < w.exp.saturating_add(skew));
+            if cache.len() >= self.config.wit_cache_capacity {
+                cache.clear();
+            }
+        }
+        cache.insert(key, wit.clone());
+        Ok(wit)
+    }
+
+    /// Validates the WIT, then the WPT, at `now`.
+    pub fn verify(
+        &self,
+        presented: &Presented<'_>,
+        now: SystemTime,
+    ) -> Result<Verified, WimseError> {
+        let now = unix(now);
+        let wit = self.validate_wit(presented.wit, now)?;
+        let audiences = self.audiences_for(presented.path);
+        let request = RequestContext {
+            wit: presented.wit,
+            audiences: &audiences,
+            authorization: presented.authorization,
+            txn_token: presented.txn_token,
+            understood: &self.other_tokens,
+            header: presented.header,
+        };
+        let policy = Policy {
+            profile: self.config.profile,
+            skew: self.config.skew_secs,
+            max_lifetime: self.config.max_wpt_lifetime_secs,
+        };
+        let wpt = wpt::validate(presented.wpt, &wit, &request, &self.replay, policy, now)?;
+        Ok(Verified { wit, wpt })
+    }
+
+    /// The configured audiences, and each origin among them joined with
+    /// the request's path.
+    fn audiences_for(&self, path: Option<&str>) -> Vec<String> {
+        let mut accepted = self.config.audiences.clone();
+        if let Some(path) = path.map(|p| p.split(['?', '#']).next().unwrap_or_default()) {
+            for audience in &self.config.audiences {
+                let after_scheme = audience.split_once("://").map_or("", |(_, rest)| rest);
+                let has_path = after_scheme.trim_end_matches('/').contains('/');
+                if !after_scheme.is_empty() && !has_path {
+                    accepted.push(format!("{}{path}", audience.trim_end_matches('/')));
+                }
+            }
+        }
+        accepted
+    }
+}
