@@ -35,10 +35,14 @@ pub struct FileConfig {
     pub ca_ttl: Option<String>,
     pub default_x509_svid_ttl: Option<String>,
     pub default_jwt_svid_ttl: Option<String>,
+    pub default_wit_svid_ttl: Option<String>,
     pub agent_svid_ttl: Option<String>,
     pub join_token_ttl: Option<String>,
     pub ca_key_type: Option<String>,
     pub jwt_key_type: Option<String>,
+    pub wit_key_type: Option<String>,
+    /// The `iss` of WIT-SVIDs; none when unset.
+    pub wit_issuer: Option<String>,
     pub bundle_refresh_hint: Option<String>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
@@ -81,10 +85,13 @@ impl FileConfig {
                 .default_x509_svid_ttl
                 .or(fallback.default_x509_svid_ttl),
             default_jwt_svid_ttl: self.default_jwt_svid_ttl.or(fallback.default_jwt_svid_ttl),
+            default_wit_svid_ttl: self.default_wit_svid_ttl.or(fallback.default_wit_svid_ttl),
             agent_svid_ttl: self.agent_svid_ttl.or(fallback.agent_svid_ttl),
             join_token_ttl: self.join_token_ttl.or(fallback.join_token_ttl),
             ca_key_type: self.ca_key_type.or(fallback.ca_key_type),
             jwt_key_type: self.jwt_key_type.or(fallback.jwt_key_type),
+            wit_key_type: self.wit_key_type.or(fallback.wit_key_type),
+            wit_issuer: self.wit_issuer.or(fallback.wit_issuer),
             bundle_refresh_hint: self.bundle_refresh_hint.or(fallback.bundle_refresh_hint),
             log_level: self.log_level.or(fallback.log_level),
             log_format: self.log_format.or(fallback.log_format),
@@ -110,10 +117,13 @@ pub struct Config {
     pub ca_ttl: Duration,
     pub default_x509_svid_ttl: Duration,
     pub default_jwt_svid_ttl: Duration,
+    pub default_wit_svid_ttl: Duration,
     pub agent_svid_ttl: Duration,
     pub join_token_ttl: Duration,
     pub ca_key_type: KeyType,
     pub jwt_key_type: KeyType,
+    pub wit_key_type: KeyType,
+    pub wit_issuer: Option<String>,
     pub bundle_refresh_hint: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -195,6 +205,19 @@ impl Config {
             file.default_jwt_svid_ttl.as_deref(),
             Duration::from_secs(300),
         )?;
+        let default_wit_svid_ttl = duration(
+            "default_wit_svid_ttl",
+            file.default_wit_svid_ttl.as_deref(),
+            Duration::from_secs(3600),
+        )?;
+        if let Some(iss) = &file.wit_issuer {
+            if !iss.contains("://") {
+                return Err(ConfigError::Invalid {
+                    key: "wit_issuer",
+                    reason: format!("{iss:?} is not a URI"),
+                });
+            }
+        }
         let agent_svid_ttl = duration(
             "agent_svid_ttl",
             file.agent_svid_ttl.as_deref(),
@@ -237,10 +260,13 @@ impl Config {
             ca_ttl,
             default_x509_svid_ttl,
             default_jwt_svid_ttl,
+            default_wit_svid_ttl,
             agent_svid_ttl,
             join_token_ttl,
             ca_key_type: key_type("ca_key_type", file.ca_key_type.as_deref())?,
             jwt_key_type: key_type("jwt_key_type", file.jwt_key_type.as_deref())?,
+            wit_key_type: key_type("wit_key_type", file.wit_key_type.as_deref())?,
+            wit_issuer: file.wit_issuer,
             bundle_refresh_hint,
             log_level,
             log_format,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use workload_api::id::{parse_trust_domain, TrustDomain};
+use workload_api::jwk::Algorithm;
 
 /// Why a configuration was refused; every variant names the key.
 pub use sigil_issuer::config::ConfigError;
@@ -21,6 +22,8 @@ pub struct FileConfig {
     pub trust_bundle_path: Option<PathBuf>,
     pub trust_bundle_url: Option<String>,
     pub insecure_bootstrap: Option<bool>,
+    /// The algorithm of workload WIT keys: ES256 (default), ES384, RS256, PS256.
+    pub wit_key_algorithm: Option<String>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
 }
@@ -48,6 +51,7 @@ impl FileConfig {
             trust_bundle_path: self.trust_bundle_path.or(fallback.trust_bundle_path),
             trust_bundle_url: self.trust_bundle_url.or(fallback.trust_bundle_url),
             insecure_bootstrap: self.insecure_bootstrap.or(fallback.insecure_bootstrap),
+            wit_key_algorithm: self.wit_key_algorithm.or(fallback.wit_key_algorithm),
             log_level: self.log_level.or(fallback.log_level),
             log_format: self.log_format.or(fallback.log_format),
         }
@@ -69,6 +73,8 @@ pub struct AgentConfig {
     pub trust_bundle_url: Option<String>,
     /// Trust the issuer's certificate unverified on first contact.
     pub insecure_bootstrap: bool,
+    /// What workload WIT keys are and sign proofs with (`cnf.jwk.alg`).
+    pub wit_key_alg: Algorithm,
     pub log_level: String,
     pub log_format: String,
 }
@@ -87,9 +93,18 @@ impl std::fmt::Debug for AgentConfig {
             .field("trust_bundle_path", &self.trust_bundle_path)
             .field("trust_bundle_url", &self.trust_bundle_url)
             .field("insecure_bootstrap", &self.insecure_bootstrap)
+            .field("wit_key_alg", &self.wit_key_alg)
             .finish()
     }
 }
+
+/// The algorithms a workload's WIT key may use.
+pub const WIT_KEY_ALGORITHMS: [Algorithm; 4] = [
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::RS256,
+    Algorithm::PS256,
+];
 
 pub const DEFAULT_SOCKET: &str = "/tmp/sigil-agent/public/api.sock";
 pub const DEFAULT_ISSUER_ADDRESS: &str = "127.0.0.1:8081";
@@ -141,6 +156,17 @@ impl AgentConfig {
                 });
             }
         }
+        let wit_key_alg = match file.wit_key_algorithm.as_deref() {
+            None => Algorithm::ES256,
+            Some(name) => WIT_KEY_ALGORITHMS
+                .iter()
+                .copied()
+                .find(|alg| alg.name() == name)
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: "wit_key_algorithm",
+                    reason: format!("{name:?} is not one of ES256, ES384, RS256, PS256"),
+                })?,
+        };
         let log_format = file.log_format.unwrap_or_else(|| "text".into());
         if log_format != "text" && log_format != "json" {
             return Err(ConfigError::Invalid {
@@ -159,6 +185,7 @@ impl AgentConfig {
             trust_bundle_path: file.trust_bundle_path,
             trust_bundle_url: file.trust_bundle_url,
             insecure_bootstrap: file.insecure_bootstrap.unwrap_or(false),
+            wit_key_alg,
             log_level: file.log_level.unwrap_or_else(|| "info".into()),
             log_format,
         })

@@ -104,6 +104,8 @@ fn fixture() -> Fixture {
             ca_ttl: Duration::from_secs(86_400),
             x509_key_type: KeyType::EcP256,
             jwt_key_type: KeyType::EcP256,
+            wit_key_type: KeyType::EcP256,
+            wit_issuer: None,
             upstream: None,
             refresh_hint: Duration::from_secs(300),
         },

@@ -179,11 +179,24 @@ impl Bundle {
 
     /// A JWK Set holding only the JWT-SVID keys, as FetchJWTBundles serves it.
     pub fn jwt_only_jwks_json(&self) -> Vec<u8> {
-        let mut only_jwt = Bundle::new(self.trust_domain.clone());
-        only_jwt.jwt_authorities = self.jwt_authorities.clone();
-        only_jwt.sequence = self.sequence;
-        only_jwt.refresh_hint_secs = self.refresh_hint_secs;
-        only_jwt.to_jwks_json()
+        let mut only = self.without_keys();
+        only.jwt_authorities = self.jwt_authorities.clone();
+        only.to_jwks_json()
+    }
+
+    /// A JWK Set holding only the WIT-SVID keys, as FetchWITBundles serves it.
+    pub fn wit_only_jwks_json(&self) -> Vec<u8> {
+        let mut only = self.without_keys();
+        only.wit_authorities = self.wit_authorities.clone();
+        only.to_jwks_json()
+    }
+
+    /// This bundle's trust domain, sequence and refresh hint, with no keys.
+    fn without_keys(&self) -> Bundle {
+        let mut empty = Bundle::new(self.trust_domain.clone());
+        empty.sequence = self.sequence;
+        empty.refresh_hint_secs = self.refresh_hint_secs;
+        empty
     }
 
     /// Reads a SPIFFE JWK Set for `trust_domain`.

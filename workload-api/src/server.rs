@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::id::trust_domain_id;
 use crate::jwtsvid;
 use crate::selector::{Selector, Selectors};
-use crate::source::{Caller, IdentitySource, Snapshot};
+use crate::source::{Caller, Identity, IdentitySource, Snapshot};
 
 /// The metadata key every Workload API request carries.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
@@ -405,10 +405,21 @@ impl<S: IdentitySource> SpiffeWorkloadApi for WorkloadApi<S> {
         &self,
         request: Request<pb::WitsvidRequest>,
     ) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
-        check_header(&request)?;
-        Err(Status::unimplemented(
-            "the WIT-SVID profile is not served by this agent",
-        ))
+        let selectors = self.admit(&request).await?;
+        let wanted = request.into_inner().spiffe_id;
+        let filter = move |identity: &Identity| wanted.is_empty() || identity.spiffe_id == wanted;
+        let fingerprint_filter = filter.clone();
+        let render = move |snapshot: &Snapshot, selectors: &[Selector]| {
+            wit_response(snapshot, selectors, &filter)
+        };
+        let fingerprint = move |snapshot: &Snapshot, selectors: &[Selector]| {
+            wit_fingerprint(snapshot, selectors, &fingerprint_filter)
+        };
+        Ok(Response::new(self.stream(
+            selectors,
+            render,
+            fingerprint,
+        )?))
     }
 
     type FetchWITBundlesStream = Stream<pb::WitBundlesResponse>;
@@ -417,11 +428,68 @@ impl<S: IdentitySource> SpiffeWorkloadApi for WorkloadApi<S> {
         &self,
         request: Request<pb::WitBundlesRequest>,
     ) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
-        check_header(&request)?;
-        Err(Status::unimplemented(
-            "the WIT-SVID profile is not served by this agent",
-        ))
+        let selectors = self.admit(&request).await?;
+        let render = |snapshot: &Snapshot, selectors: &[Selector]| {
+            bundle_map(snapshot, selectors, |b| {
+                String::from_utf8(b.wit_only_jwks_json()).expect("JSON is UTF-8")
+            })
+            .map(|bundles| {
+                Some(pb::WitBundlesResponse {
+                    bundles,
+                    more: false,
+                })
+            })
+        };
+        Ok(Response::new(self.stream(
+            selectors,
+            render,
+            bundles_fingerprint,
+        )?))
     }
+}
+
+/// The caller's WIT-SVIDs (those `filter` keeps), once all are minted.
+fn wit_response(
+    snapshot: &Snapshot,
+    selectors: &[Selector],
+    filter: &impl Fn(&Identity) -> bool,
+) -> Result<Option<pb::WitsvidResponse>, Status> {
+    let entitled: Vec<_> = snapshot.entitled(selectors).filter(|i| filter(i)).collect();
+    if entitled.is_empty() {
+        return Err(no_identity());
+    }
+    let svids: Vec<pb::Witsvid> = entitled
+        .iter()
+        .filter_map(|identity| {
+            identity.wit.as_ref().map(|wit| pb::Witsvid {
+                spiffe_id: identity.spiffe_id.clone(),
+                wit_svid: wit.token.clone(),
+                wit_svid_key: wit.key_jwk.to_string(),
+                hint: identity.hint.clone(),
+            })
+        })
+        .collect();
+    if svids.len() < entitled.len() {
+        return Ok(None);
+    }
+    Ok(Some(pb::WitsvidResponse { svids }))
+}
+
+/// What a caller's WIT view depends on.
+fn wit_fingerprint(
+    snapshot: &Snapshot,
+    selectors: &[Selector],
+    filter: &impl Fn(&Identity) -> bool,
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for identity in snapshot.entitled(selectors).filter(|i| filter(i)) {
+        identity.entry_id.hash(&mut hasher);
+        identity.spiffe_id.hash(&mut hasher);
+        identity.hint.hash(&mut hasher);
+        identity.wit.as_ref().map(|w| w.serial).hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// JSON claims as a protobuf Struct.

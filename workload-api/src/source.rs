@@ -26,9 +26,8 @@ pub struct X509Material {
 
 impl X509Material {
     pub fn new(chain: Vec<u8>, key_pkcs8: Zeroizing<Vec<u8>>, not_after: i64) -> Self {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         X509Material {
-            serial: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            serial: next_serial(),
             chain,
             key_pkcs8,
             not_after,
@@ -46,6 +45,45 @@ impl std::fmt::Debug for X509Material {
     }
 }
 
+/// A WIT-SVID and the private key of its `cnf.jwk`. `Debug` never shows the
+/// key.
+pub struct WitMaterial {
+    /// Unique in this process, like [`X509Material::serial`].
+    pub serial: u64,
+    /// The WIT, compact JWS.
+    pub token: String,
+    /// The private key as a JWK (what FetchWITSVID hands over).
+    pub key_jwk: Zeroizing<String>,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+impl WitMaterial {
+    pub fn new(token: String, key_jwk: Zeroizing<String>, expires_at: i64) -> Self {
+        WitMaterial {
+            serial: next_serial(),
+            token,
+            key_jwk,
+            expires_at,
+        }
+    }
+}
+
+impl std::fmt::Debug for WitMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WitMaterial")
+            .field("token_bytes", &self.token.len())
+            .field("key_jwk", &"[redacted]")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+fn next_serial() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// One identity a workload may be entitled to.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -58,6 +96,8 @@ pub struct Identity {
     pub federates_with: Vec<TrustDomain>,
     /// The current X509-SVID; `None` until first minted.
     pub x509: Option<Arc<X509Material>>,
+    /// The current WIT-SVID; `None` until first minted.
+    pub wit: Option<Arc<WitMaterial>>,
 }
 
 /// Everything the node can serve at one moment.

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use workload_api::bundle::{Bundle, JwtAuthority};
 use workload_api::id::{SpiffeId, TrustDomain};
+use workload_api::jwk::Jwk;
 use workload_api::jwtsvid::{self, Audience, Claims};
+use workload_api::wimse::wit::{self, Confirmation, WitClaims};
 use zeroize::Zeroizing;
 
 use crate::clock::{from_unix_secs, unix_secs};
@@ -62,6 +64,9 @@ pub struct CaConfig {
     pub ca_ttl: Duration,
     pub x509_key_type: KeyType,
     pub jwt_key_type: KeyType,
+    pub wit_key_type: KeyType,
+    /// The `iss` claim of WIT-SVIDs.
+    pub wit_issuer: Option<String>,
     pub upstream: Option<UpstreamCa>,
     pub refresh_hint: Duration,
 }
@@ -100,6 +105,9 @@ struct Journal {
     sequence: u64,
     x509: Vec<Record>,
     jwt: Vec<Record>,
+    /// WIT signing keys; absent from journals written before WITs existed.
+    #[serde(default)]
+    wit: Vec<Record>,
 }
 
 struct X509Authority {
@@ -117,6 +125,7 @@ struct State {
     sequence: u64,
     x509: Vec<X509Authority>,
     jwt: Vec<JwtKey>,
+    wit: Vec<JwtKey>,
 }
 
 /// An X509-SVID the CA signed.
@@ -175,6 +184,7 @@ impl Ca {
             sequence: journal.sequence,
             x509: Vec::new(),
             jwt: Vec::new(),
+            wit: Vec::new(),
         };
         for record in journal.x509 {
             let key = SigningKey::load(&key_path(&config, "x509", &record.id), record.key_type)?;
@@ -193,9 +203,14 @@ impl Ca {
                 issuer,
             });
         }
-        for record in journal.jwt {
-            let key = SigningKey::load(&key_path(&config, "jwt", &record.id), record.key_type)?;
-            state.jwt.push(JwtKey { record, key });
+        for (kind, records, keys) in [
+            ("jwt", journal.jwt, &mut state.jwt),
+            ("wit", journal.wit, &mut state.wit),
+        ] {
+            for record in records {
+                let key = SigningKey::load(&key_path(&config, kind, &record.id), record.key_type)?;
+                keys.push(JwtKey { record, key });
+            }
         }
         let initial = Arc::new(Bundle::new(config.trust_domain.clone()));
         let (bundle, _) = watch::channel(initial);
@@ -232,7 +247,8 @@ impl Ca {
         {
             let mut state = self.state.write().expect("CA lock");
             changed |= self.rotate_x509(&mut state, now)?;
-            changed |= self.rotate_jwt(&mut state, now)?;
+            changed |= self.rotate_keys(&mut state.jwt, "jwt", self.config.jwt_key_type, now)?;
+            changed |= self.rotate_keys(&mut state.wit, "wit", self.config.wit_key_type, now)?;
             changed |= self.prune(&mut state, now);
             if changed {
                 state.sequence += 1;
@@ -251,9 +267,15 @@ impl Ca {
         })
     }
 
-    fn rotate_jwt(&self, state: &mut State, now: SystemTime) -> Result<bool, CaError> {
-        rotate_slots(&mut state.jwt, "jwt", now, |status| {
-            let key_type = self.config.jwt_key_type;
+    /// Rotates JWT-SVID or WIT-SVID signing keys (`kind` names the key files).
+    fn rotate_keys(
+        &self,
+        keys: &mut Vec<JwtKey>,
+        kind: &'static str,
+        key_type: KeyType,
+        now: SystemTime,
+    ) -> Result<bool, CaError> {
+        rotate_slots(keys, kind, now, |status| {
             let key = SigningKey::generate(key_type)?;
             let record = Record {
                 id: hex::encode(crate::ids::random_bytes::<16>()),
@@ -263,7 +285,7 @@ impl Ca {
                 not_after: unix_secs(now + self.config.ca_ttl),
                 certificate: None,
             };
-            key.save(&key_path(&self.config, "jwt", &record.id))?;
+            key.save(&key_path(&self.config, kind, &record.id))?;
             Ok(JwtKey { record, key })
         })
     }
@@ -272,7 +294,8 @@ impl Ca {
     fn prune(&self, state: &mut State, now: SystemTime) -> bool {
         let x509 = prune_slots(&mut state.x509, &self.config, "x509", now);
         let jwt = prune_slots(&mut state.jwt, &self.config, "jwt", now);
-        x509 || jwt
+        let wit = prune_slots(&mut state.wit, &self.config, "wit", now);
+        x509 || jwt || wit
     }
 
     fn new_x509_authority(
@@ -322,6 +345,7 @@ impl Ca {
             sequence: state.sequence,
             x509: state.x509.iter().map(|a| a.record.clone()).collect(),
             jwt: state.jwt.iter().map(|k| k.record.clone()).collect(),
+            wit: state.wit.iter().map(|k| k.record.clone()).collect(),
         };
         let path = journal_path(&self.config);
         let bytes = serde_json::to_vec_pretty(&journal).expect("journal serializes");
@@ -344,12 +368,18 @@ impl Ca {
                 .iter()
                 .for_each(|a| bundle.add_x509_authority(a.cert_der.clone())),
         }
-        for key in &state.jwt {
-            bundle.add_jwt_authority(JwtAuthority {
-                kid: key.record.id.clone(),
-                key: key.key.public_key().clone(),
-            });
-        }
+        let authority = |key: &JwtKey| JwtAuthority {
+            kid: key.record.id.clone(),
+            key: key.key.public_key().clone(),
+        };
+        state
+            .jwt
+            .iter()
+            .for_each(|key| bundle.add_jwt_authority(authority(key)));
+        state
+            .wit
+            .iter()
+            .for_each(|key| bundle.add_wit_authority(authority(key)));
         bundle.set_sequence(state.sequence);
         bundle.set_refresh_hint_secs(Some(self.config.refresh_hint.as_secs()));
         self.bundle.send_if_modified(|current| {
@@ -451,6 +481,54 @@ impl Ca {
         })
     }
 
+    /// Signs a WIT-SVID binding `cnf_jwk` (the workload's public key, with
+    /// the `alg` its proofs use) to `spiffe_id`.
+    pub fn sign_wit_svid(
+        &self,
+        spiffe_id: &SpiffeId,
+        cnf_jwk: Jwk,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<SignedJwt, CaError> {
+        let now = whole_seconds(now);
+        let state = self.state.read().expect("CA lock");
+        let key = state
+            .wit
+            .iter()
+            .find(|k| k.record.status == Status::Active)
+            .ok_or(CaError::NoActiveAuthority("wit"))?;
+        let (expires_at, shortened) =
+            rotation::capped_expiry(now, ttl, from_unix_secs(key.record.not_after));
+        if shortened {
+            tracing::warn!(
+                spiffe_id = %spiffe_id,
+                requested_ttl_secs = ttl.as_secs(),
+                "WIT-SVID lifetime shortened to the signing key's expiry"
+            );
+        }
+        let claims = WitClaims {
+            sub: spiffe_id.to_string(),
+            iss: self.config.wit_issuer.clone(),
+            iat: unix_secs(now) as u64,
+            nbf: Some(unix_secs(now) as u64),
+            exp: unix_secs(expires_at) as u64,
+            jti: base64_url(&crate::ids::random_bytes::<16>()),
+            cnf: Confirmation { jwk: cnf_jwk },
+        };
+        let token = wit::sign(
+            &claims,
+            &key.record.id,
+            key.key.key_type().jws_algorithm(),
+            key.key.jws_key(),
+        )
+        .map_err(CaError::Jwt)?;
+        Ok(SignedJwt {
+            token,
+            expires_at,
+            shortened,
+        })
+    }
+
     /// The expiry of the active X.509 CA, if any.
     pub fn active_x509_not_after(&self) -> Option<SystemTime> {
         let state = self.state.read().expect("CA lock");
@@ -468,6 +546,7 @@ impl Ca {
         for records in [
             state.x509.iter().map(|a| &a.record).collect::<Vec<_>>(),
             state.jwt.iter().map(|k| &k.record).collect::<Vec<_>>(),
+            state.wit.iter().map(|k| &k.record).collect::<Vec<_>>(),
         ] {
             let active = records.iter().find(|r| r.status == Status::Active);
             let prepared = records.iter().any(|r| r.status == Status::Prepared);
@@ -683,6 +762,11 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -691,6 +775,9 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
 
+    /// When, and the X.509 chain, JWT-SVID and WIT-SVID issued then.
+    type Issued = (SystemTime, Vec<Vec<u8>>, String, String);
+
     fn config(dir: &std::path::Path) -> CaConfig {
         CaConfig {
             trust_domain: TrustDomain::new("example.org").unwrap(),
@@ -698,6 +785,8 @@ mod tests {
             ca_ttl: 6 * HOUR,
             x509_key_type: KeyType::EcP256,
             jwt_key_type: KeyType::EcP256,
+            wit_key_type: KeyType::EcP256,
+            wit_issuer: None,
             upstream: None,
             refresh_hint: Duration::from_secs(300),
         }
@@ -722,16 +811,30 @@ mod tests {
             .token
     }
 
+    fn wit(ca: &Ca, now: SystemTime) -> String {
+        let id = SpiffeId::new("spiffe://example.org/web").unwrap();
+        let workload =
+            workload_api::keypair::KeyPair::generate(workload_api::jwk::Algorithm::ES256).unwrap();
+        ca.sign_wit_svid(&id, workload.public_jwk(), Duration::from_secs(300), now)
+            .unwrap()
+            .token
+    }
+
     /// Every credential still within its lifetime verifies against `bundle` at `now`.
-    fn assert_all_verify(
-        issued: &[(SystemTime, Vec<Vec<u8>>, String)],
-        bundle: &Bundle,
-        now: SystemTime,
-    ) {
-        for (at, chain, token) in issued {
+    fn assert_all_verify(issued: &[Issued], bundle: &Bundle, now: SystemTime) {
+        let shared = std::sync::Arc::new(bundle.clone());
+        for (at, chain, token, wit_token) in issued {
             if now < *at + Duration::from_secs(300) {
                 jwtsvid::validate(token, "db", |_| Some(bundle), now)
                     .unwrap_or_else(|e| panic!("JWT from {at:?} at {now:?}: {e}"));
+                workload_api::wimse::wit::validate(
+                    wit_token,
+                    workload_api::wimse::Profile::Spiffe,
+                    |_| Some(shared.clone()),
+                    unix_secs(now) as u64,
+                    0,
+                )
+                .unwrap_or_else(|e| panic!("WIT from {at:?} at {now:?}: {e}"));
             }
             if now < *at + HOUR {
                 x509svid::verify_chain(chain, |_| Some(bundle), now)
@@ -748,8 +851,9 @@ mod tests {
         let first = ca.bundle();
         assert_eq!(first.x509_authorities().len(), 1);
         assert_eq!(first.jwt_authorities().len(), 1);
+        assert_eq!(first.wit_authorities().len(), 1);
 
-        let mut issued = vec![(start, svid(&ca, start), jwt(&ca, start))];
+        let mut issued = vec![(start, svid(&ca, start), jwt(&ca, start), wit(&ca, start))];
         // Walk the clock in 30-minute steps across two full CA lifetimes,
         // restarting the issuer from disk halfway through.
         let mut now = start;
@@ -788,7 +892,7 @@ mod tests {
                 saw.2 = true;
             }
             assert!(n <= 2, "at most the active key and one other are published");
-            issued.push((now, svid(&ca, now), jwt(&ca, now)));
+            issued.push((now, svid(&ca, now), jwt(&ca, now), wit(&ca, now)));
             // Signed after activation by a different CA than the first?
             if issued.last().unwrap().1[0] != issued[0].1[0]
                 && !first
@@ -841,6 +945,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(keys, 2);
+        // The X.509 CA key, the JWT-SVID key and the WIT-SVID key.
+        assert_eq!(keys, 3);
     }
 }

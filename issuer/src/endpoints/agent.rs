@@ -130,6 +130,52 @@ impl AgentService {
         Ok(entries.into_iter().map(|e| (e.id.clone(), e)).collect())
     }
 
+    fn sign_one_wit(
+        &self,
+        entries: &HashMap<String, Entry>,
+        params: &pb::WitSvidParams,
+    ) -> pb::WitSvidResult {
+        let fail = |status: Status| pb::WitSvidResult {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+            entry_id: params.entry_id.clone(),
+            token: String::new(),
+            expires_at: 0,
+        };
+        let Some(entry) = entries.get(&params.entry_id) else {
+            return fail(Status::permission_denied(format!(
+                "entry {:?} does not exist or is not authorized for this agent",
+                params.entry_id
+            )));
+        };
+        let jwk = match confirmation_key(&params.public_jwk) {
+            Ok(jwk) => jwk,
+            Err(reason) => return fail(Status::invalid_argument(format!("public_jwk: {reason}"))),
+        };
+        let spiffe_id = match parse_spiffe_id(&entry.fields.spiffe_id) {
+            Ok(id) => id,
+            Err(e) => return fail(Status::internal(format!("stored entry is invalid: {e}"))),
+        };
+        let ttl = self.state.config.default_wit_svid_ttl;
+        match self
+            .state
+            .ca
+            .sign_wit_svid(&spiffe_id, jwk, ttl, self.now())
+        {
+            Ok(signed) => pb::WitSvidResult {
+                code: 0,
+                message: String::new(),
+                entry_id: entry.id.clone(),
+                token: signed.token,
+                expires_at: unix_secs(signed.expires_at),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, entry_id = %entry.id, "WIT-SVID signing failed");
+                fail(Status::internal("signing failed"))
+            }
+        }
+    }
+
     fn sign_one(
         &self,
         entries: &HashMap<String, Entry>,
@@ -308,6 +354,26 @@ impl AgentApi for AgentService {
         Ok(Response::new(pb::BatchSignX509SvidsResponse { results }))
     }
 
+    async fn batch_sign_wit_svids(
+        &self,
+        request: Request<pb::BatchSignWitSvidsRequest>,
+    ) -> Result<Response<pb::BatchSignWitSvidsResponse>, Status> {
+        let agent = self.authenticate(&request).await?;
+        let params = &request.get_ref().params;
+        if params.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "batch of {} WIT requests exceeds the limit of {MAX_BATCH}",
+                params.len()
+            )));
+        }
+        let entries = self.authorized(&agent).await?;
+        let results = params
+            .iter()
+            .map(|p| self.sign_one_wit(&entries, p))
+            .collect();
+        Ok(Response::new(pb::BatchSignWitSvidsResponse { results }))
+    }
+
     async fn sign_jwt_svid(
         &self,
         request: Request<pb::SignJwtSvidRequest>,
@@ -458,4 +524,29 @@ fn chunk(
     last.removed_ids = removed_ids;
     last.snapshot_complete = snapshot;
     messages
+}
+
+/// A workload's public key for a WIT's `cnf.jwk`: a public JWK whose `alg`
+/// the SPIFFE WIT-SVID profile allows and whose key fits it. Only the key's
+/// own members and `alg` are kept.
+fn confirmation_key(json: &str) -> Result<workload_api::jwk::Jwk, String> {
+    use workload_api::jwk::{Algorithm, Jwk, PublicKey};
+    let jwk: Jwk = serde_json::from_str(json).map_err(|e| format!("not a JWK: {e}"))?;
+    let alg_name = jwk.alg.as_deref().ok_or("member \"alg\" is missing")?;
+    let alg = Algorithm::from_name(alg_name)
+        .filter(|a| a.is_spiffe())
+        .ok_or_else(|| format!("alg {alg_name:?} is not allowed for WIT-SVIDs"))?;
+    let key = PublicKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
+    if !alg.fits(&key) {
+        return Err(format!("alg {alg_name} does not fit a {} key", jwk.kty));
+    }
+    if let PublicKey::Rsa { n, .. } = &key {
+        if n.len() < 256 {
+            return Err(format!("RSA modulus of {} bits is under 2048", n.len() * 8));
+        }
+    }
+    Ok(Jwk {
+        alg: Some(alg.name().into()),
+        ..key.to_jwk()
+    })
 }

@@ -19,7 +19,7 @@ pub struct SocketArg {
 }
 
 impl SocketArg {
-    fn address(&self) -> Result<EndpointAddress, String> {
+    pub(super) fn address(&self) -> Result<EndpointAddress, String> {
         if let Some(value) = &self.socket_path {
             return EndpointAddress::from_path_or_address(value)
                 .map_err(|e| format!("--socket-path: {e}"));
@@ -30,7 +30,7 @@ impl SocketArg {
         }
     }
 
-    async fn connect(&self) -> Result<WorkloadClient, String> {
+    pub(super) async fn connect(&self) -> Result<WorkloadClient, String> {
         client::connect(&self.address()?)
             .await
             .map_err(|e| e.to_string())
@@ -70,7 +70,18 @@ pub enum FetchCommand {
         #[command(flatten)]
         socket: SocketArg,
     },
-    /// Fetch the X.509 and JWT bundles.
+    /// Fetch WIT-SVIDs and their private keys.
+    Wit {
+        /// Only for this SPIFFE ID.
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// Write wit.jwt and wit.key.jwk (0600) here.
+        #[arg(long)]
+        write: Option<PathBuf>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Fetch the X.509, JWT and WIT bundles.
     Bundles(SocketArg),
 }
 
@@ -88,7 +99,7 @@ pub enum ValidateCommand {
 }
 
 /// The first message of a server stream the Workload API opened.
-async fn first_message<T>(
+pub(super) async fn first_message<T>(
     opened: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
 ) -> Result<T, String> {
     opened
@@ -100,7 +111,7 @@ async fn first_message<T>(
         .ok_or_else(|| "the Workload API closed the stream before answering".to_owned())
 }
 
-fn status(e: tonic::Status) -> String {
+pub(super) fn status(e: tonic::Status) -> String {
     format!("{} ({:?})", e.message(), e.code())
 }
 
@@ -143,12 +154,19 @@ pub async fn execute(command: ApiCommand) -> Result<(), String> {
             }
             Ok(())
         }
+        ApiCommand::Fetch(FetchCommand::Wit {
+            spiffe_id,
+            write,
+            socket,
+        }) => fetch_wit(&socket, spiffe_id, write.as_deref()).await,
         ApiCommand::Fetch(FetchCommand::Bundles(socket)) => {
             let mut client = socket.connect().await?;
             let x509 =
                 first_message(client.fetch_x509_bundles(pb::X509BundlesRequest {}).await).await?;
             let jwt =
                 first_message(client.fetch_jwt_bundles(pb::JwtBundlesRequest {}).await).await?;
+            let wit =
+                first_message(client.fetch_wit_bundles(pb::WitBundlesRequest {}).await).await?;
             let mut domains: Vec<_> = x509.bundles.keys().cloned().collect();
             domains.sort();
             for td in domains {
@@ -158,6 +176,9 @@ pub async fn execute(command: ApiCommand) -> Result<(), String> {
                 }
                 if let Some(jwks) = jwt.bundles.get(&td) {
                     println!("JWT bundle for {td}:\n{}", String::from_utf8_lossy(jwks));
+                }
+                if let Some(jwks) = wit.bundles.get(&td) {
+                    println!("WIT bundle for {td}:\n{jwks}");
                 }
             }
             Ok(())
@@ -237,6 +258,60 @@ async fn fetch_x509(socket: &SocketArg, write: Option<&Path>) -> Result<(), Stri
         );
     }
     Ok(())
+}
+
+async fn fetch_wit(
+    socket: &SocketArg,
+    spiffe_id: Option<String>,
+    write: Option<&Path>,
+) -> Result<(), String> {
+    let mut client = socket.connect().await?;
+    let request = pb::WitsvidRequest {
+        spiffe_id: spiffe_id.unwrap_or_default(),
+    };
+    let response = first_message(client.fetch_witsvid(request).await).await?;
+    println!("Received {} WIT-SVID(s)", response.svids.len());
+    for (i, svid) in response.svids.iter().enumerate() {
+        println!();
+        println!("SPIFFE ID:\t{}", svid.spiffe_id);
+        println!("WIT Valid Until:\t{}", wit_expiry(&svid.wit_svid));
+        if !svid.hint.is_empty() {
+            println!("Hint:\t\t{}", svid.hint);
+        }
+        println!("WIT:\t\t{}", svid.wit_svid);
+        if let Some(dir) = write {
+            let suffix = if i == 0 {
+                String::new()
+            } else {
+                format!(".{i}")
+            };
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let wit_path = dir.join(format!("wit{suffix}.jwt"));
+            std::fs::write(&wit_path, &svid.wit_svid)
+                .map_err(|e| format!("{}: {e}", wit_path.display()))?;
+            let key_path = dir.join(format!("wit{suffix}.key.jwk"));
+            sigil_issuer::ca::keys::write_private(&key_path, svid.wit_svid_key.as_bytes())
+                .map_err(|e| format!("{}: {e}", key_path.display()))?;
+        }
+    }
+    if let Some(dir) = write {
+        println!("\nWrote wit.jwt and wit.key.jwk to {}", dir.display());
+    }
+    Ok(())
+}
+
+/// The `exp` of a WIT, as RFC 3339.
+fn wit_expiry(token: &str) -> String {
+    workload_api::jws::parse(token)
+        .ok()
+        .and_then(|jws| jws.numeric_date("exp").ok().flatten())
+        .map(|exp| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp),
+            )
+            .to_string()
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn write_svid(dir: &Path, suffix: &str, svid: &pb::X509svid) -> Result<(), String> {

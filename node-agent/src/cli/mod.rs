@@ -3,6 +3,7 @@
 
 mod api;
 mod up;
+mod wpt;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +32,9 @@ enum Command {
     /// Talk to a Workload API as a workload would.
     #[command(subcommand)]
     Api(api::ApiCommand),
+    /// Mint or verify WIMSE Workload Proof Tokens.
+    #[command(subcommand)]
+    Wpt(wpt::WptCommand),
     /// Check that the agent answers on its Workload API socket.
     Healthcheck(api::SocketArg),
 }
@@ -62,6 +66,9 @@ struct RunArgs {
     /// Trust the issuer's certificate unverified on first contact.
     #[arg(long)]
     insecure_bootstrap: bool,
+    /// The algorithm of workload WIT keys: ES256 (default), ES384, RS256 or PS256.
+    #[arg(long, env = "SIGIL_WIT_KEY_ALGORITHM")]
+    wit_key_algorithm: Option<String>,
     #[arg(long, env = "SIGIL_LOG_LEVEL")]
     log_level: Option<String>,
     #[arg(long, env = "SIGIL_LOG_FORMAT")]
@@ -89,6 +96,7 @@ async fn execute(command: Command) -> Result<(), String> {
         Command::Run(args) => run(args).await,
         Command::Up(args) => up::up(args).await,
         Command::Api(command) => api::execute(command).await,
+        Command::Wpt(command) => wpt::execute(command).await,
         Command::Healthcheck(socket) => api::healthcheck(&socket).await,
     }
 }
@@ -103,6 +111,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         trust_bundle_path: args.trust_bundle,
         trust_bundle_url: args.trust_bundle_url,
         insecure_bootstrap: args.insecure_bootstrap.then_some(true),
+        wit_key_algorithm: args.wit_key_algorithm,
         log_level: args.log_level,
         log_format: args.log_format,
     };

@@ -1,8 +1,10 @@
-//! The SVID cache: an X509-SVID for every workload entry, with a key generated
-//! here, minted in batches and rotated at half its life (with jitter, so a
-//! fleet does not rotate in step); and the snapshot the Workload API serves.
+//! The SVID cache: an X509-SVID and a WIT-SVID for every workload entry, with
+//! keys generated here, minted in batches and rotated at half their life (with
+//! jitter, so a fleet does not rotate in step); and the snapshot the Workload
+//! API serves.
 
 pub mod jwt;
+pub mod wit;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,6 +65,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut minted: HashMap<String, Minted> = HashMap::new();
+    let mut wits: HashMap<String, wit::MintedWit> = HashMap::new();
     let mut bundles = node.subscribe_bundle();
     let mut retry = Duration::from_secs(1);
     loop {
@@ -70,25 +73,40 @@ pub async fn run(
         let bundle = bundles.borrow_and_update().clone();
         let now = SystemTime::now();
         minted.retain(|id, _| current.iter().any(|e| &e.id == id));
-        let due: Vec<&pb::Entry> = current
+        wits.retain(|id, _| current.iter().any(|e| &e.id == id));
+        let due = |e: &&pb::Entry, held: Option<(i64, SystemTime)>| match held {
+            None => true,
+            Some((revision, rotate_at)) => revision != e.revision || now >= rotate_at,
+        };
+        let workloads: Vec<&pb::Entry> = current.iter().filter(|e| is_workload_entry(e)).collect();
+        let due_x509: Vec<&pb::Entry> = workloads
             .iter()
-            .filter(|e| is_workload_entry(e))
-            .filter(|e| match minted.get(&e.id) {
-                None => true,
-                Some(m) => m.revision != e.revision || now >= m.rotate_at,
-            })
+            .copied()
+            .filter(|e| due(e, minted.get(&e.id).map(|m| (m.revision, m.rotate_at))))
+            .collect();
+        let due_wit: Vec<&pb::Entry> = workloads
+            .iter()
+            .copied()
+            .filter(|e| due(e, wits.get(&e.id).map(|m| (m.revision, m.rotate_at))))
             .collect();
         let mut failure = None;
-        for chunk in due.chunks(BATCH) {
+        for chunk in due_x509.chunks(BATCH) {
             if let Err(error) = mint(&node, chunk, &mut minted).await {
                 failure = Some(error);
                 break;
             }
         }
-        let identities = current
+        if failure.is_none() {
+            for chunk in due_wit.chunks(BATCH) {
+                if let Err(error) = wit::mint(&node, chunk, &mut wits).await {
+                    failure = Some(format!("WIT-SVIDs: {error}"));
+                    break;
+                }
+            }
+        }
+        let identities = workloads
             .iter()
-            .filter(|e| is_workload_entry(e))
-            .map(|e| identity(e, minted.get(&e.id)))
+            .map(|e| identity(e, minted.get(&e.id), wits.get(&e.id)))
             .collect();
         snapshots.send_if_modified(|snapshot| {
             let next = Snapshot {
@@ -103,7 +121,11 @@ pub async fn run(
                 true
             }
         });
-        let next_rotation = minted.values().map(|m| m.rotate_at).min();
+        let next_rotation = minted
+            .values()
+            .map(|m| m.rotate_at)
+            .chain(wits.values().map(|m| m.rotate_at))
+            .min();
         status.send_replace(Status {
             svids: minted.len(),
             next_rotation,
@@ -141,15 +163,20 @@ fn same(a: &Snapshot, b: &Snapshot) -> bool {
                 && x.spiffe_id == y.spiffe_id
                 && x.hint == y.hint
                 && x.selectors == y.selectors
-                && match (&x.x509, &y.x509) {
-                    (Some(p), Some(q)) => Arc::ptr_eq(p, q),
-                    (None, None) => true,
-                    _ => false,
-                }
+                && same_material(&x.x509, &y.x509)
+                && same_material(&x.wit, &y.wit)
         })
 }
 
-fn identity(entry: &pb::Entry, minted: Option<&Minted>) -> Identity {
+fn same_material<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(p), Some(q)) => Arc::ptr_eq(p, q),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+fn identity(entry: &pb::Entry, minted: Option<&Minted>, wit: Option<&wit::MintedWit>) -> Identity {
     Identity {
         entry_id: entry.id.clone(),
         spiffe_id: entry.spiffe_id.clone(),
@@ -165,6 +192,7 @@ fn identity(entry: &pb::Entry, minted: Option<&Minted>) -> Identity {
             .filter_map(|td| parse_trust_domain(td).ok())
             .collect(),
         x509: minted.map(|m| m.material.clone()),
+        wit: wit.map(|m| m.material.clone()),
     }
 }
 

@@ -195,6 +195,17 @@ pub(crate) fn allowed_alg(
         })
 }
 
+/// The trust domain a WIT claims to come from, read without validating it
+/// (to pick the bundle to validate it with).
+pub fn claimed_trust_domain(token: &str, profile: Profile) -> Result<TrustDomain, WimseError> {
+    let jws = jws::parse(token).map_err(|e| WimseError::from_jws(Token::Wit, e))?;
+    let sub = jws.str_claim("sub").ok_or(WimseError::MissingClaim {
+        token: Token::Wit,
+        claim: "sub",
+    })?;
+    Ok(subject(sub, profile)?.1)
+}
+
 /// The subject as a SPIFFE ID (required by the SPIFFE profile) or a WIMSE
 /// workload identifier `scheme://trust-domain/path`, and its trust domain.
 fn subject(sub: &str, profile: Profile) -> Result<(Option<SpiffeId>, TrustDomain), WimseError> {

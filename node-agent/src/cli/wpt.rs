@@ -1,0 +1,191 @@
+//! `sigil-agent wpt mint|verify`: Workload Proof Tokens from the command line.
+//! `mint` takes the caller's WIT and key from the Workload API; `verify`
+//! checks a WIT and WPT against a bundle file or the Workload API's bundles.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::Subcommand;
+use proto::workload as pb;
+use workload_api::keypair::KeyPair;
+use workload_api::wimse::wpt::{self, BoundTokens};
+use workload_api::wimse::{wit, Presented, Profile, Verifier, VerifierConfig};
+use workload_api::{Bundle, TrustDomain};
+
+use super::api::{first_message, SocketArg};
+
+#[derive(Debug, Subcommand)]
+pub enum WptCommand {
+    /// Mint a proof for one request and print the two headers to send.
+    Mint {
+        /// The target URI of the request, without query or fragment.
+        #[arg(long)]
+        audience: String,
+        /// The access token the request carries in Authorization (bound by ath).
+        #[arg(long)]
+        access_token: Option<String>,
+        /// The Txn-Token the request carries (bound by tth).
+        #[arg(long)]
+        txn_token: Option<String>,
+        /// How long the proof is valid, e.g. 60s.
+        #[arg(long, default_value = "60s")]
+        lifetime: String,
+        /// Use the WIT of this SPIFFE ID (default: the first).
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Verify a WIT and its WPT; print the sender or the check that failed.
+    Verify {
+        /// This service's audience (the request's target URI).
+        #[arg(long)]
+        audience: String,
+        #[arg(long)]
+        wit: String,
+        #[arg(long)]
+        wpt: String,
+        /// A SPIFFE bundle (JWK Set) of the WIT's trust domain; default: the
+        /// Workload API's WIT bundles.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// Verify as of this time (Unix seconds) instead of now.
+        #[arg(long)]
+        now: Option<u64>,
+        /// spiffe (WIT-SVID) or wimse (generic, EdDSA allowed).
+        #[arg(long, default_value = "spiffe")]
+        profile: String,
+        /// The access token the request carried in Authorization.
+        #[arg(long)]
+        access_token: Option<String>,
+        /// The Txn-Token the request carried.
+        #[arg(long)]
+        txn_token: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub async fn execute(command: WptCommand) -> Result<(), String> {
+    match command {
+        WptCommand::Mint {
+            audience,
+            access_token,
+            txn_token,
+            lifetime,
+            spiffe_id,
+            socket,
+        } => {
+            let lifetime = sigil_issuer::config::parse_duration(&lifetime)
+                .map_err(|e| format!("--lifetime: {e}"))?;
+            let mut client = socket.connect().await?;
+            let request = pb::WitsvidRequest {
+                spiffe_id: spiffe_id.unwrap_or_default(),
+            };
+            let response = first_message(client.fetch_witsvid(request).await).await?;
+            let svid = response
+                .svids
+                .first()
+                .ok_or("the Workload API returned no WIT-SVID")?;
+            let key = KeyPair::from_jwk_json(&svid.wit_svid_key)
+                .map_err(|e| format!("the WIT key from the Workload API: {e}"))?;
+            let bound = BoundTokens {
+                access_token: access_token.as_deref(),
+                txn_token: txn_token.as_deref(),
+                other: Vec::new(),
+            };
+            let proof = wpt::mint(
+                &svid.wit_svid,
+                &key,
+                &audience,
+                lifetime.as_secs(),
+                &bound,
+                unix_now(),
+            );
+            println!("Workload-Identity-Token: {}", svid.wit_svid);
+            println!("Workload-Proof-Token: {proof}");
+            Ok(())
+        }
+        WptCommand::Verify {
+            audience,
+            wit,
+            wpt,
+            bundle,
+            now,
+            profile,
+            access_token,
+            txn_token,
+            socket,
+        } => {
+            let profile = Profile::parse(&profile)
+                .ok_or_else(|| format!("--profile: {profile:?} is not spiffe or wimse"))?;
+            let mut config = VerifierConfig::new(vec![audience]);
+            config.profile = profile;
+            let verifier = Verifier::new(config);
+            match bundle {
+                Some(path) => {
+                    let td = wit::claimed_trust_domain(&wit, profile)
+                        .map_err(|e| format!("{}: {e}", e.check()))?;
+                    let json = std::fs::read(&path)
+                        .map_err(|e| format!("--bundle {}: {e}", path.display()))?;
+                    let bundle = Bundle::from_jwks_json(td, &json)
+                        .map_err(|e| format!("--bundle {}: {e}", path.display()))?;
+                    verifier.set_bundle(bundle);
+                }
+                None => {
+                    for bundle in workload_api_bundles(&socket).await? {
+                        verifier.set_bundle(bundle);
+                    }
+                }
+            }
+            let authorization = access_token.map(|t| format!("Bearer {t}"));
+            let no_headers = |_: &str| None;
+            let presented = Presented {
+                wit: &wit,
+                wpt: &wpt,
+                path: None,
+                authorization: authorization.as_deref(),
+                txn_token: txn_token.as_deref(),
+                header: &no_headers,
+            };
+            let at = UNIX_EPOCH + std::time::Duration::from_secs(now.unwrap_or_else(unix_now));
+            let verified = verifier
+                .verify(&presented, at)
+                .map_err(|e| format!("{}: {e}", e.check()))?;
+            println!("WPT is valid.");
+            println!("Subject   : {}", verified.subject());
+            println!(
+                "WIT claims: {}",
+                serde_json::Value::Object(verified.wit.claims.clone())
+            );
+            println!(
+                "WPT claims: {}",
+                serde_json::Value::Object(verified.wpt.claims.clone())
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The WIT bundles the Workload API gives this caller.
+async fn workload_api_bundles(socket: &SocketArg) -> Result<Vec<Bundle>, String> {
+    let mut client = socket.connect().await?;
+    let response = first_message(client.fetch_wit_bundles(pb::WitBundlesRequest {}).await).await?;
+    response
+        .bundles
+        .iter()
+        .map(|(id, json)| {
+            let td = id
+                .strip_prefix("spiffe://")
+                .and_then(|td| TrustDomain::new(td).ok())
+                .ok_or_else(|| format!("the Workload API sent a bundle for {id:?}"))?;
+            Bundle::from_jwks_json(td, json.as_bytes()).map_err(|e| format!("bundle {id}: {e}"))
+        })
+        .collect()
+}

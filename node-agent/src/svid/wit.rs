@@ -1,0 +1,115 @@
+//! WIT-SVIDs for every workload entry: a key generated here per WIT (its
+//! private half leaves the agent only to the workload, as a JWK), signed by
+//! the issuer in batches, rotated between 40% and 50% of its life.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use proto::issuer as pb;
+use workload_api::jwk::Algorithm;
+use workload_api::keypair::KeyPair;
+use workload_api::source::WitMaterial;
+
+use crate::node::Node;
+
+/// A WIT in the cache.
+#[derive(Debug)]
+pub struct MintedWit {
+    pub revision: i64,
+    pub material: Arc<WitMaterial>,
+    pub rotate_at: SystemTime,
+}
+
+/// A fresh workload key for `alg`. RSA keys take a while to make: callers
+/// run this off the async threads.
+fn new_key(alg: Algorithm) -> Result<KeyPair, String> {
+    match alg {
+        Algorithm::RS256 | Algorithm::PS256 => {
+            let rsa = sigil_issuer::ca::keys::SigningKey::generate(
+                sigil_issuer::ca::keys::KeyType::Rsa2048,
+            )
+            .map_err(|e| e.to_string())?;
+            KeyPair::from_pkcs8(alg, rsa.pkcs8_der()).map_err(|e| e.to_string())
+        }
+        _ => KeyPair::generate(alg).map_err(|e| e.to_string()),
+    }
+}
+
+/// Signs one batch of WITs: a fresh key per entry, one call to the issuer.
+pub async fn mint(
+    node: &Node,
+    entries: &[&pb::Entry],
+    minted: &mut HashMap<String, MintedWit>,
+) -> Result<(), String> {
+    let alg = node.config.wit_key_alg;
+    let wanted: Vec<(String, i64)> = entries.iter().map(|e| (e.id.clone(), e.revision)).collect();
+    let count = wanted.len();
+    let keys = tokio::task::spawn_blocking(move || {
+        (0..count)
+            .map(|_| new_key(alg))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|_| "WIT key generation panicked".to_owned())??;
+    let mut pending = HashMap::new();
+    let mut params = Vec::with_capacity(count);
+    for ((entry_id, revision), key) in wanted.into_iter().zip(keys) {
+        params.push(pb::WitSvidParams {
+            entry_id: entry_id.clone(),
+            public_jwk: serde_json::to_string(&key.public_jwk()).expect("a JWK serializes"),
+        });
+        pending.insert(entry_id, (key, revision));
+    }
+    let results = node
+        .client()
+        .batch_sign_wit_svids(pb::BatchSignWitSvidsRequest { params })
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner()
+        .results;
+    let received = SystemTime::now();
+    let mut failed = Vec::new();
+    for result in results {
+        let Some((key, revision)) = pending.remove(&result.entry_id) else {
+            continue;
+        };
+        if result.code != 0 {
+            failed.push(format!("{}: {}", result.entry_id, result.message));
+            continue;
+        }
+        let Some(expires_at) = expiry(&result.token) else {
+            failed.push(format!(
+                "{}: issuer returned an invalid WIT",
+                result.entry_id
+            ));
+            continue;
+        };
+        tracing::debug!(entry_id = %result.entry_id, "WIT-SVID minted");
+        minted.insert(
+            result.entry_id,
+            MintedWit {
+                revision,
+                rotate_at: super::rotate_at(received, UNIX_EPOCH + Duration::from_secs(expires_at)),
+                material: Arc::new(WitMaterial::new(
+                    result.token,
+                    key.to_jwk_json(),
+                    expires_at as i64,
+                )),
+            },
+        );
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
+    }
+}
+
+/// The `exp` of a WIT the issuer returned, if it is a well-formed WIT.
+fn expiry(token: &str) -> Option<u64> {
+    let jws = workload_api::jws::parse(token).ok()?;
+    (jws.header.typ.as_deref() == Some(workload_api::wimse::wit::WIT_TYP))
+        .then(|| jws.numeric_date("exp").ok().flatten())
+        .flatten()
+}

@@ -1,0 +1,250 @@
+//! WIMSE end to end: a real issuer signs WIT-SVIDs, a real agent serves them
+//! over the Workload API and rotates them, and the `sigil-agent` commands
+//! mint and verify proofs.
+
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use proto::workload as pb;
+use sigil_tests::*;
+use workload_api::client::{connect, EndpointAddress, WorkloadClient};
+use workload_api::keypair::KeyPair;
+use workload_api::wimse::wpt::{self, BoundTokens};
+use workload_api::wimse::{Presented, Verifier, VerifierConfig};
+use workload_api::{Bundle, TrustDomain};
+
+const WEB: &str = "spiffe://example.org/web";
+
+async fn client(node: &TestNode) -> WorkloadClient {
+    connect(&EndpointAddress::Unix(node.socket.clone()))
+        .await
+        .unwrap()
+}
+
+fn json_part(token: &str, index: usize) -> serde_json::Value {
+    let part = token.split('.').nth(index).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn the_agent_serves_wit_svids_that_verify_and_rotate() {
+    let node = TestNode::start_with(|config| {
+        config.default_wit_svid_ttl = Duration::from_secs(4);
+    })
+    .await;
+    node.register(WEB, 3600, "internal").await;
+    let mut client = client(&node).await;
+    let mut stream = client
+        .fetch_witsvid(pb::WitsvidRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.svids.len(), 1);
+    let svid = &first.svids[0];
+    assert_eq!(
+        (svid.spiffe_id.as_str(), svid.hint.as_str()),
+        (WEB, "internal")
+    );
+
+    // The WIT-SVID profile: typ, kid, alg; sub, exp, iat, jti, cnf.jwk with
+    // alg; no aud. Its cnf key is the private key handed over.
+    let header = json_part(&svid.wit_svid, 0);
+    assert_eq!(header["typ"], "wit+jwt");
+    assert_eq!(header["alg"], "ES256");
+    assert!(header["kid"].as_str().is_some_and(|k| !k.is_empty()));
+    let claims = json_part(&svid.wit_svid, 1);
+    assert_eq!(claims["sub"], WEB);
+    assert!(claims.get("aud").is_none(), "{claims}");
+    for claim in ["exp", "iat", "jti"] {
+        assert!(claims.get(claim).is_some(), "{claim} missing: {claims}");
+    }
+    let key = KeyPair::from_jwk_json(&svid.wit_svid_key).unwrap();
+    assert_eq!(
+        serde_json::to_value(key.public_jwk()).unwrap(),
+        claims["cnf"]["jwk"]
+    );
+    assert_eq!(claims["cnf"]["jwk"]["alg"], "ES256");
+
+    // The WIT bundle carries only wit-svid keys; the JWT bundle none of them.
+    let wit_bundles = client
+        .fetch_wit_bundles(pb::WitBundlesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let jwks: serde_json::Value =
+        serde_json::from_str(&wit_bundles.bundles["spiffe://example.org"]).unwrap();
+    let keys = jwks["keys"].as_array().unwrap();
+    assert!(!keys.is_empty() && keys.iter().all(|k| k["use"] == "wit-svid"));
+    let jwt_bundles = client
+        .fetch_jwt_bundles(pb::JwtBundlesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let jwt_jwks: serde_json::Value =
+        serde_json::from_slice(&jwt_bundles.bundles["spiffe://example.org"]).unwrap();
+    assert!(jwt_jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|k| k["use"] == "jwt-svid"));
+
+    // A proof made with the handed-over key verifies against that bundle.
+    let bundle = Bundle::from_jwks_json(
+        TrustDomain::new("example.org").unwrap(),
+        wit_bundles.bundles["spiffe://example.org"].as_bytes(),
+    )
+    .unwrap();
+    let verifier = Verifier::new(VerifierConfig::new(vec!["https://db.example.org".into()]));
+    verifier.set_bundle(bundle);
+    let proof = wpt::mint(
+        &svid.wit_svid,
+        &key,
+        "https://db.example.org/rows",
+        60,
+        &BoundTokens::default(),
+        unix_now(),
+    );
+    let no_headers = |_: &str| None;
+    let presented = Presented {
+        wit: &svid.wit_svid,
+        wpt: &proof,
+        path: Some("/rows"),
+        authorization: None,
+        txn_token: None,
+        header: &no_headers,
+    };
+    let verified = verifier.verify(&presented, SystemTime::now()).unwrap();
+    assert_eq!(verified.spiffe_id().unwrap().to_string(), WEB);
+
+    // Rotation at half of the 4 s life arrives on the open stream, with a
+    // new key.
+    let next = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a rotated WIT in time")
+        .unwrap()
+        .unwrap();
+    assert_ne!(next.svids[0].wit_svid, svid.wit_svid);
+    assert_ne!(next.svids[0].wit_svid_key, svid.wit_svid_key);
+
+    // Another SPIFFE ID than the caller's entries: PermissionDenied.
+    let err = client
+        .fetch_witsvid(pb::WitsvidRequest {
+            spiffe_id: "spiffe://example.org/other".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+}
+
+// draft-ietf-wimse-workload-creds / draft-ietf-wimse-wpt published examples.
+const EXAMPLE_WIT: &str = "eyJhbGciOiJFUzI1NiIsImtpZCI6Ikp1bmUgNSIsInR5cCI6IndpdCtqd3QifQ.eyJjbmYiOnsiandrIjp7ImFsZyI6IkVkRFNBIiwiY3J2IjoiRWQyNTUxOSIsImt0eSI6Ik9LUCIsIngiOiIxQ1hYdmZsTl9MVlZzSXNZWHNVdkIwM0ptbEdXZUNIcVFWdW91Q0Y5MmJnIn19LCJleHAiOjE3NDU1MTI1MTAsImlhdCI6MTc0NTUwODkxMCwianRpIjoieC1fMUNUTDJjY2EzQ1NFNGN3Yl9sIiwic3ViIjoid2ltc2U6Ly9leGFtcGxlLmNvbS9zcGVjaWZpYy13b3JrbG9hZCJ9.6KraSQUxWdl9dxFQ3Fj6dPY0Vi88OkwFwZpAIOhLeq6AbXAnLLQgOp8U9UDGcBuYF3KiNv6oKQD1ZWAzrMZOJw";
+const EXAMPLE_WPT: &str = "eyJhbGciOiJFZERTQSIsInR5cCI6IndwdCtqd3QifQ.eyJhdGgiOiJDTDR3amZwUm1OZi1iZFlJYllMblY5ZDVyTUFSR3dLWUUxMHdVd3pDMGpJIiwiYXVkIjoiaHR0cHM6Ly93b3JrbG9hZC5leGFtcGxlLmNvbS9wYXRoIiwiZXhwIjoxNzQ1NTEwMDE2LCJqdGkiOiJfX2J3YzRFU0MzYWNjMkxUQzEtX3giLCJ3dGgiOiJBYVlVZkMzNEQxZGkyRnhRTHBpSUpKN1NnOFZaNm84T0Nkd1NmOUlUb0xnIn0.PI7d9AcYhLoEgPgbJvcM132lkBKnM1NXU-5hZUzVTIyj2dRJaTLFs6e5NYv5gg6AqcV7NvkYCwfgMgWasWQzCA";
+
+#[tokio::test]
+async fn cli_fetches_mints_and_verifies() {
+    let node = TestNode::start().await;
+    node.register(WEB, 3600, "").await;
+    let endpoint = node.endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let dir_path = dir.path().to_owned();
+    let (fetched, minted, verified, wrong_audience, example, tampered) =
+        tokio::task::spawn_blocking(move || {
+            let agent = |args: &[&str]| {
+                run(Command::new(binary("sigil-agent"))
+                    .args(args)
+                    .env("SPIFFE_ENDPOINT_SOCKET", &endpoint))
+            };
+            let fetched = agent(&["api", "fetch", "wit", "--write", dir_path.to_str().unwrap()]);
+            let minted = agent(&["wpt", "mint", "--audience", "https://db.example.org/rows"]);
+            let header = |name: &str| {
+                minted
+                    .1
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            };
+            let (wit, proof) = (header("Workload-Identity-Token:"), header("Workload-Proof-Token:"));
+            let verify = |audience: &str| {
+                agent(&[
+                    "wpt", "verify", "--audience", audience, "--wit", &wit, "--wpt", &proof,
+                ])
+            };
+            let verified = verify("https://db.example.org/rows");
+            let wrong_audience = verify("https://other.example.org/rows");
+
+            // The published examples, against a bundle file holding the
+            // example issuer key, with the clock set before their exp.
+            let bundle = dir_path.join("example-bundle.json");
+            std::fs::write(
+                &bundle,
+                r#"{"keys":[{"kty":"EC","use":"wit-svid","kid":"June 5","crv":"P-256","x":"kXqnA2Op7hgd4zRMbw0iFcc_hDxUxhojxOFVGjE2gks","y":"n__VndPMR021-59UAs0b9qDTFT-EZtT6xSNs_xFskLo"}]}"#,
+            )
+            .unwrap();
+            let verify_example = |wpt: &str| {
+                agent(&[
+                    "wpt", "verify", "--profile", "wimse",
+                    "--audience", "https://workload.example.com/path",
+                    "--wit", EXAMPLE_WIT, "--wpt", wpt,
+                    "--bundle", bundle.to_str().unwrap(),
+                    "--now", "1745509900",
+                    "--access-token", "16_mAd0GiwaZokU26_0902100",
+                ])
+            };
+            let example = verify_example(EXAMPLE_WPT);
+            let mut changed = EXAMPLE_WPT.to_owned();
+            changed.replace_range(90..91, if &EXAMPLE_WPT[90..91] == "A" { "B" } else { "A" });
+            let tampered = verify_example(&changed);
+            (fetched, minted, verified, wrong_audience, example, tampered)
+        })
+        .await
+        .unwrap();
+
+    assert!(fetched.0, "fetch wit: {fetched:?}");
+    assert!(fetched.1.contains(WEB), "{}", fetched.1);
+    let key_file = dir.path().join("wit.key.jwk");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    KeyPair::from_jwk_json(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
+    assert!(minted.0, "mint: {minted:?}");
+    assert!(verified.0, "verify: {verified:?}");
+    assert!(
+        verified.1.contains(&format!("Subject   : {WEB}")),
+        "{}",
+        verified.1
+    );
+    assert!(!wrong_audience.0);
+    assert!(wrong_audience.2.contains("wpt.aud"), "{}", wrong_audience.2);
+    assert!(example.0, "example: {example:?}");
+    assert!(
+        example.1.contains("wimse://example.com/specific-workload"),
+        "{}",
+        example.1
+    );
+    assert!(!tampered.0);
+    assert!(tampered.2.contains("wpt."), "{}", tampered.2);
+}
