@@ -248,3 +248,202 @@ async fn cli_fetches_mints_and_verifies() {
     assert!(!tampered.0);
     assert!(tampered.2.contains("wpt."), "{}", tampered.2);
 }
+
+/// One HTTP/1.1 request over a fresh connection: (status, content type, body).
+async fn http_get(address: &str, path: &str, headers: &http::HeaderMap) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request =
+        format!("GET {path} HTTP/1.1\r\nHost: orders.example.org\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));
+    }
+    request.push_str("\r\n");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type:")
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_owned())
+}
+
+/// The example service, started against the node's Workload API.
+struct ExampleService {
+    child: std::process::Child,
+    address: String,
+}
+
+impl ExampleService {
+    fn start(endpoint: String) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(binary("wimse-service"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--audience",
+                "https://orders.example.org",
+            ])
+            .env("SPIFFE_ENDPOINT_SOCKET", endpoint)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        ExampleService { child, address }
+    }
+}
+
+impl Drop for ExampleService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The caller's first WIT-SVID and its key.
+async fn fetch_wit(node: &TestNode) -> (String, KeyPair) {
+    let response = client(node)
+        .await
+        .fetch_witsvid(pb::WitsvidRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let svid = &response.svids[0];
+    (
+        svid.wit_svid.clone(),
+        KeyPair::from_jwk_json(&svid.wit_svid_key).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_workload_calls_the_example_service_with_a_proof() {
+    let node = TestNode::start().await;
+    node.register(WEB, 3600, "").await;
+    let (wit, key) = fetch_wit(&node).await;
+    let endpoint = node.endpoint();
+    let service = tokio::task::spawn_blocking(move || ExampleService::start(endpoint))
+        .await
+        .unwrap();
+
+    let mut headers = http::HeaderMap::new();
+    workload_api::wimse::http::add_proof_headers(
+        &mut headers,
+        &wit,
+        &key,
+        "https://orders.example.org/orders",
+        60,
+        &[],
+        unix_now(),
+    )
+    .unwrap();
+    let (status, _, body) = http_get(&service.address, "/orders", &headers).await;
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["caller"], WEB);
+
+    // The identical request again: the proof was used.
+    let (status, content_type, body) = http_get(&service.address, "/orders", &headers).await;
+    assert_eq!(status, 400);
+    assert_eq!(content_type, "application/problem+json");
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(problem["check"], "wpt.jti", "{problem}");
+    assert_eq!(problem["status"], 400);
+    assert!(
+        problem["detail"].as_str().unwrap().contains(WEB),
+        "{problem}"
+    );
+
+    // No proof at all, and a proof for another path.
+    let (status, _, body) = http_get(&service.address, "/orders", &http::HeaderMap::new()).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("header.missing"), "{body}");
+    let mut elsewhere = http::HeaderMap::new();
+    workload_api::wimse::http::add_proof_headers(
+        &mut elsewhere,
+        &wit,
+        &key,
+        "https://orders.example.org/refunds",
+        60,
+        &[],
+        unix_now(),
+    )
+    .unwrap();
+    let (status, _, body) = http_get(&service.address, "/orders", &elsewhere).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("wpt.aud"), "{body}");
+}
+
+#[tokio::test]
+async fn python_pyjwt_verifies_a_sigil_wit_and_wpt_step_by_step() {
+    let node = TestNode::start().await;
+    node.register(WEB, 3600, "").await;
+    let (wit, key) = fetch_wit(&node).await;
+    let bundles = client(&node)
+        .await
+        .fetch_wit_bundles(pb::WitBundlesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle.json");
+    std::fs::write(&bundle, &bundles.bundles["spiffe://example.org"]).unwrap();
+    let audience = "https://orders.example.org/orders";
+    let proof = wpt::mint(
+        &wit,
+        &key,
+        audience,
+        60,
+        &BoundTokens::default(),
+        unix_now(),
+    );
+    let script = workspace_root().join("tests/python/verify_wimse.py");
+    let check = |wpt: &str| {
+        run(Command::new(python())
+            .arg(&script)
+            .arg(&bundle)
+            .args([wit.as_str(), wpt, audience]))
+    };
+    let (ok, stdout, stderr) = check(&proof);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains(&format!("verified {WEB}")), "{stdout}");
+    assert!(
+        stdout.contains("ok   WPT wth is the hash of the WIT"),
+        "{stdout}"
+    );
+    // A proof from another key does not pass the independent check.
+    let stranger = KeyPair::generate(workload_api::jwk::Algorithm::ES256).unwrap();
+    let forged = wpt::mint(
+        &wit,
+        &stranger,
+        audience,
+        60,
+        &BoundTokens::default(),
+        unix_now(),
+    );
+    let (ok, _, stderr) = check(&forged);
+    assert!(!ok);
+    assert!(stderr.contains("WPT signature"), "{stderr}");
+}

@@ -28,6 +28,8 @@ pub enum WimseError {
     DuplicateHeader { header: &'static str },
     #[error("the {header} header is not visible ASCII")]
     BadHeader { header: &'static str },
+    #[error("request URI {uri:?} is not absolute, so it cannot be a WPT audience")]
+    NotAbsoluteUri { uri: String },
     #[error("{token} is not a JWS compact serialization of three base64url parts")]
     Malformed { token: Token },
     #[error("{token} {part} is not a JSON object: {reason}")]
@@ -110,6 +112,7 @@ impl WimseError {
             MissingHeader { .. } => "header.missing",
             DuplicateHeader { .. } => "header.duplicate",
             BadHeader { .. } => "header.malformed",
+            NotAbsoluteUri { .. } => "request.uri",
             Malformed { token } => by_token(token, "wit.malformed", "wpt.malformed"),
             BadJson { token, .. } => by_token(token, "wit.malformed", "wpt.malformed"),
             WrongType { token, .. } => by_token(token, "wit.typ", "wpt.typ"),

@@ -99,3 +99,31 @@ pub fn add_proof_headers(
     headers.insert(HeaderName::from_static(WPT_HEADER), wpt_value);
     Ok(())
 }
+
+/// Adds both headers to an outgoing request, with its target URI (without
+/// query or fragment) as the WPT's audience. The URI must be absolute.
+pub fn add_proof_to_request<B>(
+    request: &mut http::Request<B>,
+    wit: &str,
+    key: &KeyPair,
+    lifetime_secs: u64,
+    other: &[&str],
+    now: u64,
+) -> Result<(), WimseError> {
+    let uri = request.uri();
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err(WimseError::NotAbsoluteUri {
+            uri: uri.to_string(),
+        });
+    };
+    let audience = format!("{scheme}://{authority}{}", uri.path());
+    add_proof_headers(
+        request.headers_mut(),
+        wit,
+        key,
+        &audience,
+        lifetime_secs,
+        other,
+        now,
+    )
+}

@@ -11,6 +11,7 @@
 
 pub mod error;
 pub mod http;
+pub mod layer;
 pub mod replay;
 pub mod verifier;
 pub mod wit;

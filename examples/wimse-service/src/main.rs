@@ -1,0 +1,133 @@
+//! An HTTP service protected by Sigil's WIMSE layer: every request must carry
+//! a `Workload-Identity-Token` and a `Workload-Proof-Token` for this
+//! service's audience. The WIT trust bundles come from the local Workload
+//! API and are kept current from its stream.
+//!
+//! ```text
+//! wimse-service --listen 127.0.0.1:8080 --audience https://orders.example.org
+//! ```
+//!
+//! `GET /orders` answers with the caller's verified identity. Refused
+//! requests get 400 and an RFC 9457 problem naming the failed check.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use clap::Parser;
+use proto::workload as pb;
+use workload_api::client::{connect, EndpointAddress, ENDPOINT_ENV};
+use workload_api::wimse::layer::WimseLayer;
+use workload_api::wimse::{Profile, Verified, Verifier, VerifierConfig};
+use workload_api::{Bundle, TrustDomain};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wimse-service",
+    about = "An example service that verifies WIMSE proofs"
+)]
+struct Args {
+    /// Address to listen on (port 0 picks one; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// This service's audience: its origin (https://host) or full URIs.
+    #[arg(long = "audience", required = true)]
+    audiences: Vec<String>,
+    /// The Workload API socket; default: $SPIFFE_ENDPOINT_SOCKET.
+    #[arg(long)]
+    socket_path: Option<String>,
+    /// spiffe (WIT-SVID) or wimse (generic).
+    #[arg(long, default_value = "spiffe")]
+    profile: String,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> Result<(), String> {
+    let profile = Profile::parse(&args.profile)
+        .ok_or_else(|| format!("--profile: {:?} is not spiffe or wimse", args.profile))?;
+    let mut config = VerifierConfig::new(args.audiences);
+    config.profile = profile;
+    let verifier = Arc::new(Verifier::new(config));
+
+    let endpoint = match &args.socket_path {
+        Some(path) => EndpointAddress::from_path_or_address(path)
+            .map_err(|e| format!("--socket-path: {e}"))?,
+        None => {
+            let value = std::env::var(ENDPOINT_ENV)
+                .map_err(|_| format!("set --socket-path or {ENDPOINT_ENV}"))?;
+            EndpointAddress::parse(&value).map_err(|e| format!("{ENDPOINT_ENV}: {e}"))?
+        }
+    };
+    let mut bundles = connect(&endpoint)
+        .await
+        .map_err(|e| e.to_string())?
+        .fetch_wit_bundles(pb::WitBundlesRequest {})
+        .await
+        .map_err(|s| format!("FetchWITBundles: {}", s.message()))?
+        .into_inner();
+    // Serve only once the first bundles are in; keep them current after.
+    let first = bundles
+        .message()
+        .await
+        .map_err(|s| format!("FetchWITBundles: {}", s.message()))?
+        .ok_or("the Workload API closed the bundle stream")?;
+    trust(&verifier, &first);
+    let updated = verifier.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(message)) = bundles.message().await {
+            trust(&updated, &message);
+        }
+        tracing::warn!("the WIT bundle stream ended; keeping the last bundles");
+    });
+
+    let app = Router::new()
+        .route("/orders", get(orders))
+        .layer(WimseLayer::new(verifier));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("--listen {}: {e}", args.listen))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("listening on http://{local}");
+    axum::serve(listener, app).await.map_err(|e| e.to_string())
+}
+
+/// Trusts every WIT bundle of a FetchWITBundles message.
+fn trust(verifier: &Verifier, message: &pb::WitBundlesResponse) {
+    for (id, json) in &message.bundles {
+        let parsed = id
+            .strip_prefix("spiffe://")
+            .and_then(|td| TrustDomain::new(td).ok())
+            .ok_or_else(|| format!("not a trust domain ID: {id:?}"))
+            .and_then(|td| Bundle::from_jwks_json(td, json.as_bytes()).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(bundle) => verifier.set_bundle(bundle),
+            Err(error) => tracing::warn!(%error, bundle = %id, "WIT bundle ignored"),
+        }
+    }
+}
+
+async fn orders(Extension(caller): Extension<Verified>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "caller": caller.subject(),
+        "wpt_jti": caller.wpt.jti,
+    }))
+}
