@@ -1,5 +1,6 @@
 //! Mutation fuzzing of every parser that takes untrusted bytes: SPIFFE IDs,
-//! bundles, JWT-SVIDs, X509-SVID chains, CSRs and DER certificate lists.
+//! bundles, JWT-SVIDs, X509-SVID chains, CSRs, DER certificate lists, WITs,
+//! WPTs (whole, and their JSON parts re-encoded) and private JWKs.
 //! Each starts from a valid input and applies many seeded random mutations;
 //! every result must be a value or a typed error, never a panic. The seed is
 //! fixed so a failure reproduces; SIGIL_FUZZ_ITERATIONS raises the count.
@@ -11,7 +12,10 @@ use sigil_issuer::ca::{Ca, CaConfig};
 use sigil_issuer::csr::{self, SubjectKey};
 use workload_api::bundle::split_der_concat;
 use workload_api::id::{parse_spiffe_id, parse_trust_domain, SpiffeId, TrustDomain};
-use workload_api::jwk::PublicKey;
+use workload_api::jwk::{Algorithm, PublicKey};
+use workload_api::keypair::KeyPair;
+use workload_api::wimse::wpt::{self, BoundTokens};
+use workload_api::wimse::{Presented, Verifier, VerifierConfig};
 use workload_api::{jwtsvid, x509svid, Bundle};
 
 /// xorshift64*: small, deterministic, good enough to pick mutations.
@@ -89,6 +93,8 @@ struct Fixture {
     bundle: Bundle,
     chain: Vec<Vec<u8>>,
     jwt: String,
+    wit: String,
+    workload: KeyPair,
     csr: Vec<u8>,
     now: SystemTime,
     _dir: tempfile::TempDir,
@@ -129,10 +135,17 @@ fn fixture() -> Fixture {
         .sign_jwt_svid(&id, &["db".into()], Duration::from_secs(300), now)
         .unwrap()
         .token;
+    let workload = KeyPair::generate(Algorithm::ES256).unwrap();
+    let wit = ca
+        .sign_wit_svid(&id, workload.public_jwk(), Duration::from_secs(3600), now)
+        .unwrap()
+        .token;
     Fixture {
         bundle: (*ca.bundle()).clone(),
         chain,
         jwt,
+        wit,
+        workload,
         csr,
         now,
         _dir: dir,
@@ -203,5 +216,99 @@ fn csrs_and_public_keys() {
             let _ = SubjectKey::new(&verified.public_key);
         }
         let _ = PublicKey::from_spki_der(input);
+    });
+}
+
+/// `token` with its `index`th part replaced by base64url of `json`.
+fn with_part(token: &str, index: usize, json: &[u8]) -> String {
+    use base64::Engine;
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    parts[index] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+    parts.join(".")
+}
+
+fn decoded_part(token: &str, index: usize) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.split('.').nth(index).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn wimse_wits_wpts_and_private_jwks() {
+    let f = fixture();
+    let now = f.now.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let verifier = Verifier::new(VerifierConfig::new(vec!["https://svc.example.org".into()]));
+    verifier.set_bundle(f.bundle.clone());
+    let wpt = wpt::mint(
+        &f.wit,
+        &f.workload,
+        "https://svc.example.org/api",
+        60,
+        &BoundTokens::default(),
+        now,
+    );
+    let no_headers = |_: &str| None;
+    let verify = |wit: &str, proof: &str| {
+        let presented = Presented {
+            wit,
+            wpt: proof,
+            path: Some("/api"),
+            authorization: None,
+            txn_token: None,
+            header: &no_headers,
+        };
+        verifier.verify(&presented, f.now)
+    };
+    // Whole tokens.
+    fuzz("wit", f.wit.as_bytes(), |input| {
+        if let Ok(token) = std::str::from_utf8(input) {
+            let result = verifier.validate_wit(token, now);
+            if token != f.wit {
+                assert!(result.is_err(), "a mutated WIT validated: {token}");
+            }
+        }
+    });
+    fuzz("wpt", wpt.as_bytes(), |input| {
+        if let Ok(token) = std::str::from_utf8(input) {
+            if token != wpt {
+                assert!(
+                    verify(&f.wit, token).is_err(),
+                    "a mutated WPT verified: {token}"
+                );
+            }
+        }
+    });
+    // The JSON inside them, re-encoded under the original signature: the
+    // claim checks before the signature see arbitrary JSON.
+    for (name, token, index) in [
+        ("wit-header", &f.wit, 0),
+        ("wit-claims", &f.wit, 1),
+        ("wpt-header", &wpt, 0),
+        ("wpt-claims", &wpt, 1),
+    ] {
+        let json = decoded_part(token, index);
+        fuzz(name, &json, |input| {
+            if input == json.as_slice() {
+                return;
+            }
+            let changed = with_part(token, index, input);
+            let result = if name.starts_with("wit") {
+                verify(&changed, &wpt)
+            } else {
+                verify(&f.wit, &changed)
+            };
+            assert!(result.is_err(), "{name}: changed JSON verified");
+        });
+    }
+    // Private JWKs, as FetchWITSVID hands them over.
+    let jwk = f.workload.to_jwk_json();
+    fuzz("private-jwk", jwk.as_bytes(), |input| {
+        if let Ok(text) = std::str::from_utf8(input) {
+            if let Ok(key) = KeyPair::from_jwk_json(text) {
+                let signature = key.sign(b"m");
+                assert!(key.public_key().verify(key.algorithm(), b"m", &signature));
+            }
+        }
     });
 }

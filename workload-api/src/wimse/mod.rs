@@ -11,6 +11,7 @@
 
 pub mod error;
 pub mod http;
+pub mod httpsig;
 pub mod layer;
 pub mod replay;
 pub mod verifier;
