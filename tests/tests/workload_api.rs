@@ -161,11 +161,18 @@ async fn entitlement_and_header_rules() {
         .await
         .unwrap_err();
     assert_eq!(garbage.code(), Code::InvalidArgument);
-    let wit = client
+    let wit_not_mine = client
+        .fetch_witsvid(pb::WitsvidRequest {
+            spiffe_id: ADMIN.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(wit_not_mine.code(), Code::PermissionDenied);
+    let wit_missing_header = raw
         .fetch_witsvid(pb::WitsvidRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(wit.code(), Code::Unimplemented);
+    assert_eq!(wit_missing_header.code(), Code::InvalidArgument);
 
     // A caller with another uid is entitled to nothing.
     let socket = node.socket.clone();
