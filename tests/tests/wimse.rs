@@ -249,30 +249,72 @@ async fn cli_fetches_mints_and_verifies() {
     assert!(tampered.2.contains("wpt."), "{}", tampered.2);
 }
 
-/// One HTTP/1.1 request over a fresh connection: (status, content type, body).
-async fn http_get(address: &str, path: &str, headers: &http::HeaderMap) -> (u16, String, String) {
+/// What came back from [`http_call`].
+struct Answer {
+    status: u16,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn content_type(&self) -> &str {
+        self.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection.
+async fn http_call(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Answer {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut request =
-        format!("GET {path} HTTP/1.1\r\nHost: orders.example.org\r\nConnection: close\r\n");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: orders.example.org\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (name, value) in headers {
         request.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));
     }
     request.push_str("\r\n");
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type:")
-                .map(|v| v.trim().to_owned())
-        })
-        .unwrap_or_default();
-    (status, content_type, body.to_owned())
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut headers = http::HeaderMap::new();
+    for line in lines {
+        let (name, value) = line.split_once(':').unwrap();
+        headers.append(
+            http::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+            value.trim().parse().unwrap(),
+        );
+    }
+    Answer {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+async fn http_get(address: &str, path: &str, headers: &http::HeaderMap) -> (u16, String, String) {
+    let answer = http_call(address, "GET", path, headers, b"").await;
+    (answer.status, answer.content_type().to_owned(), answer.body)
 }
 
 /// The example service, started against the node's Workload API.
@@ -446,4 +488,125 @@ async fn python_pyjwt_verifies_a_sigil_wit_and_wpt_step_by_step() {
     let (ok, _, stderr) = check(&forged);
     assert!(!ok);
     assert!(stderr.contains("WPT signature"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_workload_calls_the_example_service_with_a_signed_request_and_gets_a_signed_answer() {
+    use workload_api::wimse::httpsig::{RequestSigning, RequestView, ResponseView};
+    let node = TestNode::start().await;
+    node.register(WEB, 3600, "").await;
+    let (wit, key) = fetch_wit(&node).await;
+    let endpoint = node.endpoint();
+    let service = tokio::task::spawn_blocking(move || ExampleService::start(endpoint))
+        .await
+        .unwrap();
+
+    let body = br#"{"item":"ice cream","flavor":"vanilla"}"#;
+    let mut headers = http::HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().unwrap());
+    let signing = RequestSigning {
+        audience: "https://orders.example.org/orders".into(),
+        lifetime_secs: 60,
+        sign_response: true,
+        now: unix_now(),
+    };
+    let nonce = workload_api::wimse::http::sign_http_request(
+        "POST",
+        "/orders",
+        &mut headers,
+        body,
+        &wit,
+        &key,
+        &signing,
+    )
+    .unwrap();
+    let answer = http_call(&service.address, "POST", "/orders", &headers, body).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let json: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(json["caller"], WEB);
+    assert_eq!(json["proof"], "http-signature");
+    assert_eq!(json["accepted"]["flavor"], "vanilla");
+
+    // The answer is signed by the service's own WIT, for this request.
+    let bundles = client(&node)
+        .await
+        .fetch_wit_bundles(pb::WitBundlesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let verifier = Verifier::new(VerifierConfig::new(vec![
+        "https://orders.example.org".into()
+    ]));
+    verifier.set_bundle(
+        Bundle::from_jwks_json(
+            TrustDomain::new("example.org").unwrap(),
+            bundles.bundles["spiffe://example.org"].as_bytes(),
+        )
+        .unwrap(),
+    );
+    let response_wit = answer.headers["workload-identity-token"].to_str().unwrap();
+    let request_view = RequestView {
+        method: "POST",
+        target: "/orders",
+        headers: &headers,
+    };
+    let response = ResponseView {
+        status: answer.status,
+        headers: &answer.headers,
+        request: request_view,
+    };
+    let responder = verifier
+        .verify_signed_response(
+            response_wit,
+            &response,
+            answer.body.as_bytes(),
+            &nonce,
+            SystemTime::now(),
+        )
+        .unwrap();
+    assert_eq!(responder.subject, WEB);
+    let err = verifier
+        .verify_signed_response(response_wit, &response, b"{}", &nonce, SystemTime::now())
+        .unwrap_err();
+    assert_eq!(err.check(), "httpsig.digest");
+    let err = verifier
+        .verify_signed_response(
+            response_wit,
+            &response,
+            answer.body.as_bytes(),
+            "other",
+            SystemTime::now(),
+        )
+        .unwrap_err();
+    assert_eq!(err.check(), "httpsig.req_nonce");
+
+    // The same signed request again: its nonce was used.
+    let again = http_call(&service.address, "POST", "/orders", &headers, body).await;
+    assert_eq!(again.status, 400);
+    assert!(again.body.contains("httpsig.nonce"), "{}", again.body);
+    // A fresh signature but a body that is not the one digested.
+    let mut fresh = http::HeaderMap::new();
+    fresh.insert("content-type", "application/json".parse().unwrap());
+    workload_api::wimse::http::sign_http_request(
+        "POST", "/orders", &mut fresh, body, &wit, &key, &signing,
+    )
+    .unwrap();
+    let tampered = http_call(
+        &service.address,
+        "POST",
+        "/orders",
+        &fresh,
+        br#"{"item":"ice cream","flavor":"pistachio"}"#,
+    )
+    .await;
+    assert_eq!(tampered.status, 400);
+    assert!(
+        tampered.body.contains("httpsig.digest"),
+        "{}",
+        tampered.body
+    );
 }

@@ -1,14 +1,16 @@
 //! An HTTP service protected by Sigil's WIMSE layer: every request must carry
-//! a `Workload-Identity-Token` and a `Workload-Proof-Token` for this
-//! service's audience. The WIT trust bundles come from the local Workload
-//! API and are kept current from its stream.
+//! a `Workload-Identity-Token` and either a `Workload-Proof-Token` or an HTTP
+//! Message Signature for this service's audience. The WIT trust bundles and
+//! the service's own WIT (to sign responses when asked) come from the local
+//! Workload API and are kept current from its streams.
 //!
 //! ```text
 //! wimse-service --listen 127.0.0.1:8080 --audience https://orders.example.org
 //! ```
 //!
-//! `GET /orders` answers with the caller's verified identity. Refused
-//! requests get 400 and an RFC 9457 problem naming the failed check.
+//! `GET /orders` and `POST /orders` answer with the caller's verified
+//! identity. Refused requests get 400 and an RFC 9457 problem naming the
+//! failed check.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -19,8 +21,9 @@ use axum::{Extension, Json, Router};
 use clap::Parser;
 use proto::workload as pb;
 use workload_api::client::{connect, EndpointAddress, ENDPOINT_ENV};
-use workload_api::wimse::layer::WimseLayer;
-use workload_api::wimse::{Profile, Verified, Verifier, VerifierConfig};
+use workload_api::keypair::KeyPair;
+use workload_api::wimse::layer::{ServiceIdentity, WimseLayer};
+use workload_api::wimse::{Profile, Proof, Verified, Verifier, VerifierConfig};
 use workload_api::{Bundle, TrustDomain};
 
 #[derive(Debug, Parser)]
@@ -77,9 +80,8 @@ async fn serve(args: Args) -> Result<(), String> {
             EndpointAddress::parse(&value).map_err(|e| format!("{ENDPOINT_ENV}: {e}"))?
         }
     };
-    let mut bundles = connect(&endpoint)
-        .await
-        .map_err(|e| e.to_string())?
+    let mut client = connect(&endpoint).await.map_err(|e| e.to_string())?;
+    let mut bundles = client
         .fetch_wit_bundles(pb::WitBundlesRequest {})
         .await
         .map_err(|s| format!("FetchWITBundles: {}", s.message()))?
@@ -99,9 +101,31 @@ async fn serve(args: Args) -> Result<(), String> {
         tracing::warn!("the WIT bundle stream ended; keeping the last bundles");
     });
 
+    // Its own WIT, to sign responses with; the service works without one
+    // (signed responses are then refused with 501).
+    let identity = Arc::new(ServiceIdentity::default());
+    match client.fetch_witsvid(pb::WitsvidRequest::default()).await {
+        Ok(stream) => {
+            let mut stream = stream.into_inner();
+            if let Ok(Some(first)) = stream.message().await {
+                keep_identity(&identity, &first);
+            }
+            let kept = identity.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(message)) = stream.message().await {
+                    keep_identity(&kept, &message);
+                }
+            });
+        }
+        Err(status) => tracing::warn!(
+            error = status.message(),
+            "no WIT of its own: responses cannot be signed"
+        ),
+    }
+
     let app = Router::new()
-        .route("/orders", get(orders))
-        .layer(WimseLayer::new(verifier));
+        .route("/orders", get(orders).post(place_order))
+        .layer(WimseLayer::new(verifier).signing_responses_as(identity));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("--listen {}: {e}", args.listen))?;
@@ -125,9 +149,38 @@ fn trust(verifier: &Verifier, message: &pb::WitBundlesResponse) {
     }
 }
 
+/// Keeps the first WIT-SVID of a FetchWITSVID message.
+fn keep_identity(identity: &ServiceIdentity, message: &pb::WitsvidResponse) {
+    let Some(svid) = message.svids.first() else {
+        return;
+    };
+    match KeyPair::from_jwk_json(&svid.wit_svid_key) {
+        Ok(key) => identity.set(svid.wit_svid.clone(), key),
+        Err(error) => tracing::warn!(%error, "WIT key from the Workload API refused"),
+    }
+}
+
+fn proof_kind(caller: &Verified) -> &'static str {
+    match caller.proof {
+        Proof::Wpt(_) => "wpt",
+        Proof::HttpSignature(_) => "http-signature",
+    }
+}
+
 async fn orders(Extension(caller): Extension<Verified>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "caller": caller.subject(),
-        "wpt_jti": caller.wpt.jti,
+        "proof": proof_kind(&caller),
+    }))
+}
+
+async fn place_order(
+    Extension(caller): Extension<Verified>,
+    Json(order): Json<serde_json::Value>,
+) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "caller": caller.subject(),
+        "proof": proof_kind(&caller),
+        "accepted": order,
     }))
 }

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use proto::workload as pb;
 use workload_api::keypair::KeyPair;
 use workload_api::wimse::wpt::{self, BoundTokens};
-use workload_api::wimse::{wit, Presented, Profile, Verifier, VerifierConfig};
+use workload_api::wimse::{wit, Presented, Profile, Proof, Verifier, VerifierConfig};
 use workload_api::{Bundle, TrustDomain};
 
 use super::api::{first_message, SocketArg};
@@ -164,10 +164,12 @@ pub async fn execute(command: WptCommand) -> Result<(), String> {
                 "WIT claims: {}",
                 serde_json::Value::Object(verified.wit.claims.clone())
             );
-            println!(
-                "WPT claims: {}",
-                serde_json::Value::Object(verified.wpt.claims.clone())
-            );
+            if let Proof::Wpt(wpt) = &verified.proof {
+                println!(
+                    "WPT claims: {}",
+                    serde_json::Value::Object(wpt.claims.clone())
+                );
+            }
             Ok(())
         }
     }

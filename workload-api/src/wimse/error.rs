@@ -98,6 +98,10 @@ pub enum WimseError {
     MissingOth { name: String },
     #[error("WPT oth hash for {name:?} does not match that header")]
     OthMismatch { name: String },
+    #[error(transparent)]
+    HttpSignature(#[from] super::httpsig::HttpSigError),
+    #[error("HTTP signature nonce {nonce:?} was already used by {sender}")]
+    ReplayedNonce { nonce: String, sender: String },
 }
 
 impl WimseError {
@@ -135,6 +139,8 @@ impl WimseError {
             MissingAth | AthMismatch => "wpt.ath",
             MissingTth | TthMismatch => "wpt.tth",
             UnknownOth { .. } | MissingOth { .. } | OthMismatch { .. } => "wpt.oth",
+            HttpSignature(error) => error.check(),
+            ReplayedNonce { .. } => "httpsig.nonce",
         }
     }
 

@@ -127,3 +127,35 @@ pub fn add_proof_to_request<B>(
         now,
     )
 }
+
+/// Signs an outgoing request with HTTP Message Signatures: sets the
+/// `Workload-Identity-Token` header, a Content-Digest when there is
+/// `content`, then `Signature-Input` and `Signature`. Returns the nonce a
+/// signed response must echo.
+pub fn sign_http_request(
+    method: &str,
+    target: &str,
+    headers: &mut HeaderMap,
+    content: &[u8],
+    wit: &str,
+    key: &KeyPair,
+    signing: &super::httpsig::RequestSigning,
+) -> Result<String, WimseError> {
+    let value = |text: &str, header| {
+        HeaderValue::from_str(text).map_err(|_| WimseError::BadHeader { header })
+    };
+    headers.insert(
+        HeaderName::from_static(WIT_HEADER),
+        value(wit, "workload-identity-token")?,
+    );
+    if !content.is_empty() {
+        let digest = super::httpsig::content_digest(content);
+        headers.insert(
+            HeaderName::from_static("content-digest"),
+            value(&digest, "content-digest")?,
+        );
+    }
+    Ok(super::httpsig::sign_request(
+        method, target, headers, key, signing,
+    )?)
+}

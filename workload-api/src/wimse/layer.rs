@@ -1,33 +1,74 @@
-//! A tower [`Layer`] that lets through only requests whose WIT and WPT
-//! verify. Refusals are 400 with an RFC 9457 problem naming the failed
-//! check; accepted requests carry the [`Verified`] sender in their
-//! extensions. Audiences come from the verifier's configuration and the
-//! request path, never from `Host` or `X-Forwarded-Host`.
+//! A tower [`Layer`] that lets through only requests that prove a workload
+//! identity: a WIT with a WPT, or a WIT with an HTTP Message Signature.
+//! Refusals are 400 with an RFC 9457 problem naming the failed check;
+//! accepted requests carry the [`Verified`] sender in their extensions.
+//! Audiences come from the verifier's configuration and the request path,
+//! never from `Host` or `X-Forwarded-Host`. When a signed request asks for
+//! a signed response, the layer signs it with the service's own WIT.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::future::{Either, Ready};
-use http::{header, Request, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use tower::{Layer, Service};
 
-use super::http::{header_text, request_tokens};
-use super::{Presented, Verified, Verifier, WimseError};
+use super::http::{header_text, request_tokens, single};
+use super::httpsig::{self, RequestView};
+use super::{Presented, Proof, SignedRequest, Verified, Verifier, WimseError, WIT_HEADER};
+use crate::keypair::KeyPair;
 
 /// The media type of RFC 9457 problem details.
 pub const PROBLEM_JSON: &str = "application/problem+json";
+/// The largest request or response body the layer reads to check or make a
+/// Content-Digest.
+pub const MAX_SIGNED_BODY: usize = 4 << 20;
+/// How long a response signature is valid.
+const RESPONSE_SIGNATURE_SECS: u64 = 60;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The service's own WIT and key, for signing responses. The service keeps
+/// it current (from its FetchWITSVID stream).
+#[derive(Debug, Default)]
+pub struct ServiceIdentity {
+    current: RwLock<Option<(String, Arc<KeyPair>)>>,
+}
+
+impl ServiceIdentity {
+    pub fn set(&self, wit: String, key: KeyPair) {
+        *self.current.write().expect("service identity") = Some((wit, Arc::new(key)));
+    }
+
+    fn get(&self) -> Option<(String, Arc<KeyPair>)> {
+        self.current.read().expect("service identity").clone()
+    }
+}
 
 /// Wraps services with WIMSE proof verification.
 #[derive(Debug, Clone)]
 pub struct WimseLayer {
     verifier: Arc<Verifier>,
+    identity: Option<Arc<ServiceIdentity>>,
 }
 
 impl WimseLayer {
     pub fn new(verifier: Arc<Verifier>) -> Self {
-        WimseLayer { verifier }
+        WimseLayer {
+            verifier,
+            identity: None,
+        }
+    }
+
+    /// Signs responses with `identity` when a signed request asks for it.
+    /// Without one, such requests are answered 501.
+    pub fn signing_responses_as(mut self, identity: Arc<ServiceIdentity>) -> Self {
+        self.identity = Some(identity);
+        self
     }
 }
 
@@ -38,6 +79,7 @@ impl<S> Layer<S> for WimseLayer {
         WimseService {
             inner,
             verifier: self.verifier.clone(),
+            identity: self.identity.clone(),
         }
     }
 }
@@ -47,33 +89,201 @@ impl<S> Layer<S> for WimseLayer {
 pub struct WimseService<S> {
     inner: S,
     verifier: Arc<Verifier>,
+    identity: Option<Arc<ServiceIdentity>>,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for WimseService<S>
 where
-    S: Service<Request<B>, Response = Response<ResBody>>,
-    ResBody: From<Bytes>,
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    B: http_body::Body + From<Bytes> + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    ResBody: http_body::Body + From<Bytes> + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = Either<Ready<Result<Response<ResBody>, S::Error>>, S::Future>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResBody>, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        match verify_request(&self.verifier, &request) {
-            Ok(verified) => {
-                request.extensions_mut().insert(verified);
-                Either::Right(self.inner.call(request))
-            }
-            Err(error) => {
-                tracing::info!(check = error.check(), %error, "WIMSE proof refused");
-                Either::Left(futures_util::future::ready(Ok(problem(&error))))
-            }
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        // The clone is the one made ready; the one kept waits for the next
+        // poll_ready (tower's usual hand-over).
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let verifier = self.verifier.clone();
+        let identity = self.identity.clone();
+        let signed = request.headers().contains_key("signature-input")
+            && !request.headers().contains_key(super::WPT_HEADER);
+        if signed {
+            Box::pin(handle_signed(inner, verifier, identity, request))
+        } else {
+            Box::pin(handle_wpt(inner, verifier, request))
         }
     }
+}
+
+async fn handle_wpt<S, B, ResBody>(
+    mut inner: S,
+    verifier: Arc<Verifier>,
+    mut request: Request<B>,
+) -> Result<Response<ResBody>, S::Error>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
+{
+    match verify_request(&verifier, &request) {
+        Ok(verified) => {
+            request.extensions_mut().insert(verified);
+            inner.call(request).await
+        }
+        Err(error) => Ok(refused(&error)),
+    }
+}
+
+async fn handle_signed<S, B, ResBody>(
+    mut inner: S,
+    verifier: Arc<Verifier>,
+    identity: Option<Arc<ServiceIdentity>>,
+    request: Request<B>,
+) -> Result<Response<ResBody>, S::Error>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    B: http_body::Body + From<Bytes>,
+    B::Error: Into<BoxError>,
+    ResBody: http_body::Body + From<Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let (parts, body) = request.into_parts();
+    let content = match read_body(body).await {
+        Ok(content) => content,
+        Err(reason) => return Ok(problem(StatusCode::PAYLOAD_TOO_LARGE, "body", &reason)),
+    };
+    let wit = match single(&parts.headers, WIT_HEADER) {
+        Ok(Some(wit)) => wit.to_owned(),
+        Ok(None) => {
+            return Ok(refused(&WimseError::MissingHeader {
+                header: "Workload-Identity-Token",
+            }))
+        }
+        Err(error) => return Ok(refused(&error)),
+    };
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    let view = RequestView {
+        method: parts.method.as_str(),
+        target: &target,
+        headers: &parts.headers,
+    };
+    let signed = SignedRequest {
+        wit: &wit,
+        request: view,
+        content: &content,
+    };
+    let verified = match verifier.verify_signed(&signed, SystemTime::now()) {
+        Ok(verified) => verified,
+        Err(error) => return Ok(refused(&error)),
+    };
+    let respond_signed = match &verified.proof {
+        Proof::HttpSignature(checked) if checked.sign_response => Some(checked.nonce.clone()),
+        _ => None,
+    };
+    let signer =
+        match (&respond_signed, identity.as_ref().and_then(|i| i.get())) {
+            (None, _) => None,
+            (Some(nonce), Some((wit, key))) => Some((nonce.clone(), wit, key)),
+            (Some(_), None) => return Ok(problem(
+                StatusCode::NOT_IMPLEMENTED,
+                "httpsig.response",
+                "the request asks for a signed response, but this service has no WIT to sign with",
+            )),
+        };
+    let method = parts.method.to_string();
+    let request_headers = parts.headers.clone();
+    let mut request = Request::from_parts(parts, B::from(content));
+    request.extensions_mut().insert(verified);
+    let response = inner.call(request).await?;
+    let Some((nonce, wit, key)) = signer else {
+        return Ok(response);
+    };
+    let view = RequestView {
+        method: &method,
+        target: &target,
+        headers: &request_headers,
+    };
+    Ok(sign_response(response, view, &nonce, &wit, &key)
+        .await
+        .unwrap_or_else(|reason| {
+            problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "httpsig.response",
+                &reason,
+            )
+        }))
+}
+
+/// The whole body, up to [`MAX_SIGNED_BODY`].
+async fn read_body<B>(body: B) -> Result<Bytes, String>
+where
+    B: http_body::Body,
+    B::Error: Into<BoxError>,
+{
+    http_body_util::Limited::new(body, MAX_SIGNED_BODY)
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .map_err(|e| {
+            format!("the message body could not be read (limit {MAX_SIGNED_BODY} bytes): {e}")
+        })
+}
+
+/// Adds Content-Digest, the WIT and the signature to a response.
+async fn sign_response<ResBody>(
+    response: Response<ResBody>,
+    request: RequestView<'_>,
+    request_nonce: &str,
+    wit: &str,
+    key: &KeyPair,
+) -> Result<Response<ResBody>, String>
+where
+    ResBody: http_body::Body + From<Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let (mut parts, body) = response.into_parts();
+    let content = read_body(body).await?;
+    let value = |text: &str| HeaderValue::from_str(text).map_err(|e| e.to_string());
+    parts
+        .headers
+        .insert(HeaderName::from_static(WIT_HEADER), value(wit)?);
+    if !content.is_empty() {
+        parts.headers.insert(
+            HeaderName::from_static("content-digest"),
+            value(&httpsig::content_digest(&content))?,
+        );
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    httpsig::sign_response(
+        parts.status.as_u16(),
+        &mut parts.headers,
+        request,
+        request_nonce,
+        key,
+        RESPONSE_SIGNATURE_SECS,
+        now,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Response::from_parts(parts, ResBody::from(content)))
 }
 
 /// Verifies the WIT and WPT a request carries.
@@ -95,18 +305,27 @@ pub fn verify_request<B>(
     verifier.verify(&presented, SystemTime::now())
 }
 
-/// The 400 answer for `error` (draft-ietf-wimse-workload-creds: 400, not
-/// 401), as problem details with the failed check in `check`.
-pub fn problem<ResBody: From<Bytes>>(error: &WimseError) -> Response<ResBody> {
+fn refused<ResBody: From<Bytes>>(error: &WimseError) -> Response<ResBody> {
+    tracing::info!(check = error.check(), %error, "WIMSE proof refused");
+    problem(StatusCode::BAD_REQUEST, error.check(), &error.to_string())
+}
+
+/// An RFC 9457 problem; `check` names what failed (400 for refused proofs,
+/// per draft-ietf-wimse-workload-creds, not 401).
+pub fn problem<ResBody: From<Bytes>>(
+    status: StatusCode,
+    check: &str,
+    detail: &str,
+) -> Response<ResBody> {
     let body = serde_json::json!({
-        "type": format!("urn:sigil:wimse:{}", error.check()),
+        "type": format!("urn:sigil:wimse:{check}"),
         "title": "WIMSE proof rejected",
-        "status": 400,
-        "detail": error.to_string(),
-        "check": error.check(),
+        "status": status.as_u16(),
+        "detail": detail,
+        "check": check,
     });
     Response::builder()
-        .status(StatusCode::BAD_REQUEST)
+        .status(status)
         .header(header::CONTENT_TYPE, PROBLEM_JSON)
         .body(ResBody::from(Bytes::from(body.to_string())))
         .expect("a static response builds")

@@ -19,7 +19,7 @@ pub mod wit;
 pub mod wpt;
 
 pub use error::{Token, WimseError};
-pub use verifier::{Presented, Verified, Verifier, VerifierConfig};
+pub use verifier::{Presented, Proof, SignedRequest, Verified, Verifier, VerifierConfig};
 
 /// The HTTP header carrying the WIT.
 pub const WIT_HEADER: &str = "workload-identity-token";

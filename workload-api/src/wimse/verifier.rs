@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::replay::{ReplayLimits, ReplayWindow};
+use super::httpsig::{self, CheckedSignature, RequestView, ResponseView, TimePolicy};
+use super::replay::{Admission, ReplayLimits, ReplayWindow};
 use super::wit::{self, ValidatedWit};
 use super::wpt::{self, Policy, RequestContext, ValidatedWpt};
 use super::{Profile, Token, WimseError};
@@ -72,11 +73,29 @@ impl std::fmt::Debug for Presented<'_> {
     }
 }
 
-/// A request whose proof held: who sent it and what the tokens said.
+/// A request whose proof held: who sent it and how it proved it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verified {
     pub wit: Arc<ValidatedWit>,
-    pub wpt: ValidatedWpt,
+    pub proof: Proof,
+}
+
+/// The proof of possession a request carried.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Proof {
+    /// A Workload Proof Token.
+    Wpt(ValidatedWpt),
+    /// An HTTP Message Signature.
+    HttpSignature(CheckedSignature),
+}
+
+/// A request signed with HTTP Message Signatures, as received.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedRequest<'a> {
+    pub wit: &'a str,
+    pub request: RequestView<'a>,
+    /// The request content, checked against Content-Digest.
+    pub content: &'a [u8],
 }
 
 impl Verified {
@@ -198,7 +217,76 @@ impl Verifier {
             max_lifetime: self.config.max_wpt_lifetime_secs,
         };
         let wpt = wpt::validate(presented.wpt, &wit, &request, &self.replay, policy, now)?;
-        Ok(Verified { wit, wpt })
+        Ok(Verified {
+            wit,
+            proof: Proof::Wpt(wpt),
+        })
+    }
+
+    /// Validates the WIT, then the request's HTTP Message Signature with the
+    /// WIT's key, its Content-Digest, and that its nonce is new.
+    pub fn verify_signed(
+        &self,
+        signed: &SignedRequest<'_>,
+        now: SystemTime,
+    ) -> Result<Verified, WimseError> {
+        let now = unix(now);
+        let wit = self.validate_wit(signed.wit, now)?;
+        let path = signed.request.target.split('?').next();
+        let audiences = self.audiences_for(path);
+        let time = TimePolicy {
+            now,
+            skew: self.config.skew_secs,
+            max_lifetime: self.config.max_wpt_lifetime_secs,
+        };
+        let checked =
+            httpsig::verify_request(&signed.request, &wit.cnf, wit.cnf_alg, &audiences, time)?;
+        httpsig::check_content_digest(signed.request.headers, signed.content)?;
+        let expires = checked.expires.saturating_add(self.config.skew_secs);
+        match self
+            .replay
+            .admit(&wit.subject, &checked.nonce, expires, now)
+        {
+            Admission::Fresh => {}
+            Admission::Replayed => {
+                return Err(WimseError::ReplayedNonce {
+                    nonce: checked.nonce,
+                    sender: wit.subject.clone(),
+                })
+            }
+            Admission::Full => {
+                return Err(WimseError::ReplayWindowFull {
+                    sender: wit.subject.clone(),
+                })
+            }
+        }
+        Ok(Verified {
+            wit,
+            proof: Proof::HttpSignature(checked),
+        })
+    }
+
+    /// Validates a signed response's WIT, its signature and Content-Digest,
+    /// and that it answers the request whose signature had `request_nonce`.
+    /// Returns the responder's validated WIT.
+    pub fn verify_signed_response(
+        &self,
+        wit: &str,
+        response: &ResponseView<'_>,
+        content: &[u8],
+        request_nonce: &str,
+        now: SystemTime,
+    ) -> Result<Arc<ValidatedWit>, WimseError> {
+        let now = unix(now);
+        let wit = self.validate_wit(wit, now)?;
+        let time = TimePolicy {
+            now,
+            skew: self.config.skew_secs,
+            max_lifetime: self.config.max_wpt_lifetime_secs,
+        };
+        httpsig::verify_response(response, &wit.cnf, wit.cnf_alg, request_nonce, time)?;
+        httpsig::check_content_digest(response.headers, content)?;
+        Ok(wit)
     }
 
     /// The configured audiences, and each origin among them joined with
