@@ -380,3 +380,16 @@ pub async fn register_at(
     };
     create_at(socket, fields).await
 }
+
+/// The first message of a Workload API stream the server opened.
+pub async fn first_message<T>(
+    opened: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
+) -> T {
+    opened
+        .expect("the stream opens")
+        .into_inner()
+        .message()
+        .await
+        .expect("the first message arrives")
+        .expect("the stream has a first message")
+}

@@ -78,28 +78,12 @@ async fn the_agent_serves_wit_svids_that_verify_and_rotate() {
     assert_eq!(claims["cnf"]["jwk"]["alg"], "ES256");
 
     // The WIT bundle carries only wit-svid keys; the JWT bundle none of them.
-    let wit_bundles = client
-        .fetch_wit_bundles(pb::WitBundlesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .message()
-        .await
-        .unwrap()
-        .unwrap();
+    let wit_bundles = first_message(client.fetch_wit_bundles(pb::WitBundlesRequest {}).await).await;
     let jwks: serde_json::Value =
         serde_json::from_str(&wit_bundles.bundles["spiffe://example.org"]).unwrap();
     let keys = jwks["keys"].as_array().unwrap();
     assert!(!keys.is_empty() && keys.iter().all(|k| k["use"] == "wit-svid"));
-    let jwt_bundles = client
-        .fetch_jwt_bundles(pb::JwtBundlesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .message()
-        .await
-        .unwrap()
-        .unwrap();
+    let jwt_bundles = first_message(client.fetch_jwt_bundles(pb::JwtBundlesRequest {}).await).await;
     let jwt_jwks: serde_json::Value =
         serde_json::from_slice(&jwt_bundles.bundles["spiffe://example.org"]).unwrap();
     assert!(jwt_jwks["keys"]
@@ -359,16 +343,13 @@ impl Drop for ExampleService {
 
 /// The caller's first WIT-SVID and its key.
 async fn fetch_wit(node: &TestNode) -> (String, KeyPair) {
-    let response = client(node)
-        .await
-        .fetch_witsvid(pb::WitsvidRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .message()
-        .await
-        .unwrap()
-        .unwrap();
+    let response = first_message(
+        client(node)
+            .await
+            .fetch_witsvid(pb::WitsvidRequest::default())
+            .await,
+    )
+    .await;
     let svid = &response.svids[0];
     (
         svid.wit_svid.clone(),
@@ -439,16 +420,13 @@ async fn python_pyjwt_verifies_a_sigil_wit_and_wpt_step_by_step() {
     let node = TestNode::start().await;
     node.register(WEB, 3600, "").await;
     let (wit, key) = fetch_wit(&node).await;
-    let bundles = client(&node)
-        .await
-        .fetch_wit_bundles(pb::WitBundlesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .message()
-        .await
-        .unwrap()
-        .unwrap();
+    let bundles = first_message(
+        client(&node)
+            .await
+            .fetch_wit_bundles(pb::WitBundlesRequest {})
+            .await,
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("bundle.json");
     std::fs::write(&bundle, &bundles.bundles["spiffe://example.org"]).unwrap();
@@ -528,16 +506,13 @@ async fn a_workload_calls_the_example_service_with_a_signed_request_and_gets_a_s
     assert_eq!(json["accepted"]["flavor"], "vanilla");
 
     // The answer is signed by the service's own WIT, for this request.
-    let bundles = client(&node)
-        .await
-        .fetch_wit_bundles(pb::WitBundlesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .message()
-        .await
-        .unwrap()
-        .unwrap();
+    let bundles = first_message(
+        client(&node)
+            .await
+            .fetch_wit_bundles(pb::WitBundlesRequest {})
+            .await,
+    )
+    .await;
     let verifier = Verifier::new(VerifierConfig::new(vec![
         "https://orders.example.org".into()
     ]));

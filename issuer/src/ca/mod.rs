@@ -446,20 +446,7 @@ impl Ca {
     ) -> Result<SignedJwt, CaError> {
         let now = whole_seconds(now);
         let state = self.state.read().expect("CA lock");
-        let key = state
-            .jwt
-            .iter()
-            .find(|k| k.record.status == Status::Active)
-            .ok_or(CaError::NoActiveAuthority("jwt"))?;
-        let (expires_at, shortened) =
-            rotation::capped_expiry(now, ttl, from_unix_secs(key.record.not_after));
-        if shortened {
-            tracing::warn!(
-                spiffe_id = %spiffe_id,
-                requested_ttl_secs = ttl.as_secs(),
-                "JWT-SVID lifetime shortened to the signing key's expiry"
-            );
-        }
+        let (key, expires_at, shortened) = active_key(&state.jwt, "JWT-SVID", spiffe_id, ttl, now)?;
         let claims = Claims {
             sub: spiffe_id.to_string(),
             aud: Audience::Many(audience.to_vec()),
@@ -492,20 +479,7 @@ impl Ca {
     ) -> Result<SignedJwt, CaError> {
         let now = whole_seconds(now);
         let state = self.state.read().expect("CA lock");
-        let key = state
-            .wit
-            .iter()
-            .find(|k| k.record.status == Status::Active)
-            .ok_or(CaError::NoActiveAuthority("wit"))?;
-        let (expires_at, shortened) =
-            rotation::capped_expiry(now, ttl, from_unix_secs(key.record.not_after));
-        if shortened {
-            tracing::warn!(
-                spiffe_id = %spiffe_id,
-                requested_ttl_secs = ttl.as_secs(),
-                "WIT-SVID lifetime shortened to the signing key's expiry"
-            );
-        }
+        let (key, expires_at, shortened) = active_key(&state.wit, "WIT-SVID", spiffe_id, ttl, now)?;
         let claims = WitClaims {
             sub: spiffe_id.to_string(),
             iss: self.config.wit_issuer.clone(),
@@ -562,6 +536,32 @@ impl Ca {
         }
         times.into_iter().min()
     }
+}
+
+/// The active key of `keys` and the expiry of a token it signs now for
+/// `ttl`: capped to the key's own expiry, with a warning naming the SPIFFE
+/// ID when it is.
+fn active_key<'k>(
+    keys: &'k [JwtKey],
+    what: &'static str,
+    spiffe_id: &SpiffeId,
+    ttl: Duration,
+    now: SystemTime,
+) -> Result<(&'k JwtKey, SystemTime, bool), CaError> {
+    let key = keys
+        .iter()
+        .find(|k| k.record.status == Status::Active)
+        .ok_or(CaError::NoActiveAuthority(what))?;
+    let (expires_at, shortened) =
+        rotation::capped_expiry(now, ttl, from_unix_secs(key.record.not_after));
+    if shortened {
+        tracing::warn!(
+            spiffe_id = %spiffe_id,
+            requested_ttl_secs = ttl.as_secs(),
+            "{what} lifetime shortened to the signing key's expiry"
+        );
+    }
+    Ok((key, expires_at, shortened))
 }
 
 /// A journaled key: an X.509 authority or a JWT key.
