@@ -211,6 +211,14 @@ mod tests {
         };
         let err = AgentConfig::from_file(bad_address.or(base.clone())).unwrap_err();
         assert!(err.to_string().contains("issuer_address"), "{err}");
+        for alg in ["EdDSA", "HS256", "es256"] {
+            let bad_alg = FileConfig {
+                wit_key_algorithm: Some(alg.into()),
+                ..FileConfig::default()
+            };
+            let err = AgentConfig::from_file(bad_alg.or(base.clone())).unwrap_err();
+            assert!(err.to_string().contains("wit_key_algorithm"), "{err}");
+        }
         let config = AgentConfig::from_file(FileConfig {
             join_token: Some("s3cr3t".into()),
             ..base

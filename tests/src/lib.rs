@@ -326,6 +326,19 @@ impl TestNode {
         self.agent = Some(agent);
     }
 
+    /// Restarts the agent (on its stored SVID) with its configuration adjusted.
+    pub async fn restart_agent_with(
+        &mut self,
+        customize: impl FnOnce(&mut sigil_agent::config::AgentConfig),
+    ) {
+        self.stop_agent().await;
+        let mut config = self.agent_config(None);
+        customize(&mut config);
+        let agent = sigil_agent::agent::start(config).await.unwrap();
+        self.agent_id = agent.node.svid().spiffe_id.to_string();
+        self.agent = Some(agent);
+    }
+
     pub async fn stop_agent(&mut self) {
         if let Some(agent) = self.agent.take() {
             agent.shutdown().await;

@@ -585,3 +585,68 @@ async fn a_workload_calls_the_example_service_with_a_signed_request_and_gets_a_s
         tampered.body
     );
 }
+
+#[tokio::test]
+async fn wit_key_algorithms_and_the_issuer_claim_are_configurable() {
+    use sigil_issuer::ca::keys::KeyType;
+    use workload_api::jwk::Algorithm;
+    let mut node = TestNode::start_with(|config| {
+        config.wit_issuer = Some("https://sigil.example.org".into());
+        config.wit_key_type = KeyType::Rsa2048;
+    })
+    .await;
+    node.register(WEB, 3600, "").await;
+    for (alg, kty) in [
+        (Algorithm::PS256, "RSA"),
+        (Algorithm::RS256, "RSA"),
+        (Algorithm::ES384, "EC"),
+    ] {
+        node.restart_agent_with(|config| config.wit_key_alg = alg)
+            .await;
+        node.wait_for_svids(1).await;
+        let (wit, key) = fetch_wit(&node).await;
+        // The issuer signs with its RSA WIT key and sets the configured iss.
+        assert_eq!(json_part(&wit, 0)["alg"], "RS256");
+        let claims = json_part(&wit, 1);
+        assert_eq!(claims["iss"], "https://sigil.example.org");
+        assert_eq!(claims["cnf"]["jwk"]["alg"], alg.name());
+        assert_eq!(claims["cnf"]["jwk"]["kty"], kty);
+        assert_eq!(key.algorithm(), alg);
+
+        let bundles = first_message(
+            client(&node)
+                .await
+                .fetch_wit_bundles(pb::WitBundlesRequest {})
+                .await,
+        )
+        .await;
+        let verifier = Verifier::new(VerifierConfig::new(vec!["https://db.example.org".into()]));
+        verifier.set_bundle(
+            Bundle::from_jwks_json(
+                TrustDomain::new("example.org").unwrap(),
+                bundles.bundles["spiffe://example.org"].as_bytes(),
+            )
+            .unwrap(),
+        );
+        let proof = wpt::mint(
+            &wit,
+            &key,
+            "https://db.example.org/rows",
+            60,
+            &BoundTokens::default(),
+            unix_now(),
+        );
+        assert_eq!(json_part(&proof, 0)["alg"], alg.name());
+        let no_headers = |_: &str| None;
+        let presented = Presented {
+            wit: &wit,
+            wpt: &proof,
+            path: Some("/rows"),
+            authorization: None,
+            txn_token: None,
+            header: &no_headers,
+        };
+        let verified = verifier.verify(&presented, SystemTime::now()).unwrap();
+        assert_eq!(verified.subject(), WEB, "{alg:?}");
+    }
+}
