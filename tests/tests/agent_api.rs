@@ -278,6 +278,71 @@ async fn rejections_carry_their_own_status_and_write_nothing() {
         .unwrap_err();
     assert_eq!(no_aud.code(), Code::InvalidArgument);
 
+    // WITs: each refused key says what is wrong with it; the good one is signed.
+    let es256 = workload_api::keypair::KeyPair::generate(workload_api::jwk::Algorithm::ES256)
+        .unwrap()
+        .public_jwk();
+    let jwk = |alg: &str| {
+        let mut jwk = es256.clone();
+        jwk.alg = Some(alg.into());
+        serde_json::to_string(&jwk).unwrap()
+    };
+    let ed25519 = workload_api::keypair::KeyPair::generate(workload_api::jwk::Algorithm::EdDSA)
+        .unwrap()
+        .public_jwk();
+    let wit_cases = [
+        (
+            foreign.id.clone(),
+            jwk("ES256"),
+            Code::PermissionDenied,
+            "not authorized",
+        ),
+        (
+            entry.id.clone(),
+            "{not json".into(),
+            Code::InvalidArgument,
+            "not a JWK",
+        ),
+        (
+            entry.id.clone(),
+            jwk("HS256"),
+            Code::InvalidArgument,
+            "\"HS256\" is not allowed",
+        ),
+        (
+            entry.id.clone(),
+            serde_json::to_string(&ed25519).unwrap(),
+            Code::InvalidArgument,
+            "\"EdDSA\" is not allowed",
+        ),
+        (
+            entry.id.clone(),
+            jwk("RS256"),
+            Code::InvalidArgument,
+            "does not fit a EC key",
+        ),
+        (entry.id.clone(), jwk("ES256"), Code::Ok, ""),
+    ];
+    let params = wit_cases
+        .iter()
+        .map(|(entry_id, public_jwk, _, _)| pb::WitSvidParams {
+            entry_id: entry_id.clone(),
+            public_jwk: public_jwk.clone(),
+        })
+        .collect();
+    let results = agent
+        .client
+        .batch_sign_wit_svids(pb::BatchSignWitSvidsRequest { params })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    for ((_, _, code, message), result) in wit_cases.iter().zip(&results) {
+        assert_eq!(Code::from_i32(result.code), *code, "{result:?}");
+        assert!(result.message.contains(message), "{result:?}");
+        assert_eq!(result.token.is_empty(), *code != Code::Ok, "{result:?}");
+    }
+
     // Without a client certificate, only attestation is allowed.
     let anonymous_sign = anonymous
         .batch_sign_x509_svids(sign_params(&entry.id, new_key_and_csr(None).1))
