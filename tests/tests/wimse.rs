@@ -341,6 +341,23 @@ impl Drop for ExampleService {
     }
 }
 
+/// A verifier for `audience` trusting the WIT bundles the Workload API gives.
+async fn verifier_for(node: &TestNode, audience: &str) -> Verifier {
+    let bundles = first_message(
+        client(node)
+            .await
+            .fetch_wit_bundles(pb::WitBundlesRequest {})
+            .await,
+    )
+    .await;
+    let verifier = Verifier::new(VerifierConfig::new(vec![audience.into()]));
+    for (id, json) in &bundles.bundles {
+        let td = TrustDomain::new(id.strip_prefix("spiffe://").unwrap()).unwrap();
+        verifier.set_bundle(Bundle::from_jwks_json(td, json.as_bytes()).unwrap());
+    }
+    verifier
+}
+
 /// The caller's first WIT-SVID and its key.
 async fn fetch_wit(node: &TestNode) -> (String, KeyPair) {
     let response = first_message(
@@ -506,23 +523,7 @@ async fn a_workload_calls_the_example_service_with_a_signed_request_and_gets_a_s
     assert_eq!(json["accepted"]["flavor"], "vanilla");
 
     // The answer is signed by the service's own WIT, for this request.
-    let bundles = first_message(
-        client(&node)
-            .await
-            .fetch_wit_bundles(pb::WitBundlesRequest {})
-            .await,
-    )
-    .await;
-    let verifier = Verifier::new(VerifierConfig::new(vec![
-        "https://orders.example.org".into()
-    ]));
-    verifier.set_bundle(
-        Bundle::from_jwks_json(
-            TrustDomain::new("example.org").unwrap(),
-            bundles.bundles["spiffe://example.org"].as_bytes(),
-        )
-        .unwrap(),
-    );
+    let verifier = verifier_for(&node, "https://orders.example.org").await;
     let response_wit = answer.headers["workload-identity-token"].to_str().unwrap();
     let request_view = RequestView {
         method: "POST",
@@ -613,21 +614,7 @@ async fn wit_key_algorithms_and_the_issuer_claim_are_configurable() {
         assert_eq!(claims["cnf"]["jwk"]["kty"], kty);
         assert_eq!(key.algorithm(), alg);
 
-        let bundles = first_message(
-            client(&node)
-                .await
-                .fetch_wit_bundles(pb::WitBundlesRequest {})
-                .await,
-        )
-        .await;
-        let verifier = Verifier::new(VerifierConfig::new(vec!["https://db.example.org".into()]));
-        verifier.set_bundle(
-            Bundle::from_jwks_json(
-                TrustDomain::new("example.org").unwrap(),
-                bundles.bundles["spiffe://example.org"].as_bytes(),
-            )
-            .unwrap(),
-        );
+        let verifier = verifier_for(&node, "https://db.example.org").await;
         let proof = wpt::mint(
             &wit,
             &key,
