@@ -361,7 +361,7 @@ fn http_message_signature_fields() {
                 &request,
                 f.workload.public_key(),
                 Algorithm::ES256,
-                &audiences,
+                |aud: &str| audiences.contains(&aud.to_owned()),
                 time,
             )
             .and_then(|_| httpsig::check_content_digest(&changed, b"{}"));

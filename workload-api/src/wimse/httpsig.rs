@@ -589,18 +589,19 @@ fn verify_signature(
 }
 
 /// Verifies the WIMSE signature of a request with the sender's `cnf` key
-/// and algorithm (from its validated WIT), for one of `audiences`.
+/// and algorithm (from its validated WIT), for a `wimse-aud` that `accepts`
+/// admits.
 pub fn verify_request(
     request: &RequestView<'_>,
     key: &PublicKey,
     alg: Algorithm,
-    audiences: &[String],
+    accepts: impl Fn(&str) -> bool,
     time: TimePolicy,
 ) -> Result<CheckedSignature, HttpSigError> {
     let found = find_wimse_signature(request.headers)?;
     let checked = check_params(&found.list.params, time)?;
     let aud = string_param(&found.list.params, "wimse-aud")?;
-    if !audiences.iter().any(|a| a == aud) {
+    if !accepts(aud) {
         return Err(HttpSigError::WrongAudience {
             actual: aud.to_owned(),
         });

@@ -4,6 +4,8 @@
 //! understands in `oth`, and a per-sender replay window.
 
 use std::collections::HashMap;
+
+use base64::Engine;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -113,6 +115,7 @@ impl Verified {
 #[derive(Debug)]
 pub struct Verifier {
     config: VerifierConfig,
+    audiences: AudienceSet,
     other_tokens: Vec<String>,
     bundles: RwLock<HashMap<TrustDomain, Arc<Bundle>>>,
     wits: Mutex<HashMap<[u8; 32], Arc<ValidatedWit>>>,
@@ -126,6 +129,7 @@ fn unix(now: SystemTime) -> u64 {
 impl Verifier {
     pub fn new(config: VerifierConfig) -> Self {
         Verifier {
+            audiences: AudienceSet::new(&config.audiences),
             other_tokens: config
                 .other_tokens
                 .iter()
@@ -160,11 +164,17 @@ impl Verifier {
 
     /// Validates a WIT, from the cache when this exact token passed before.
     pub fn validate_wit(&self, token: &str, now: u64) -> Result<Arc<ValidatedWit>, WimseError> {
-        let key: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
-            .as_ref()
-            .try_into()
-            .expect("SHA-256 is 32 bytes");
-        let cached = self.wits.lock().expect("WIT cache").get(&key).cloned();
+        self.validate_wit_with_digest(token, &sha256(token), now)
+    }
+
+    /// [`Verifier::validate_wit`] for a token whose SHA-256 is known.
+    fn validate_wit_with_digest(
+        &self,
+        token: &str,
+        digest: &[u8; 32],
+        now: u64,
+    ) -> Result<Arc<ValidatedWit>, WimseError> {
+        let cached = self.wits.lock().expect("WIT cache").get(digest).cloned();
         if let Some(wit) = cached {
             if now >= wit.exp.saturating_add(self.config.skew_secs) {
                 return Err(WimseError::Expired {
@@ -190,7 +200,7 @@ impl Verifier {
                 cache.clear();
             }
         }
-        cache.insert(key, wit.clone());
+        cache.insert(*digest, wit.clone());
         Ok(wit)
     }
 
@@ -201,11 +211,14 @@ impl Verifier {
         now: SystemTime,
     ) -> Result<Verified, WimseError> {
         let now = unix(now);
-        let wit = self.validate_wit(presented.wit, now)?;
-        let audiences = self.audiences_for(presented.path);
+        // One digest serves as the cache key and, encoded, as the `wth`.
+        let digest = sha256(presented.wit);
+        let wit = self.validate_wit_with_digest(presented.wit, &digest, now)?;
+        let wth = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
+        let accepts = |aud: &str| self.audiences.accepts(aud, presented.path);
         let request = RequestContext {
-            wit: presented.wit,
-            audiences: &audiences,
+            wth: &wth,
+            accepts: &accepts,
             authorization: presented.authorization,
             txn_token: presented.txn_token,
             understood: &self.other_tokens,
@@ -233,14 +246,14 @@ impl Verifier {
         let now = unix(now);
         let wit = self.validate_wit(signed.wit, now)?;
         let path = signed.request.target.split('?').next();
-        let audiences = self.audiences_for(path);
+        let accepts = |aud: &str| self.audiences.accepts(aud, path);
         let time = TimePolicy {
             now,
             skew: self.config.skew_secs,
             max_lifetime: self.config.max_wpt_lifetime_secs,
         };
         let checked =
-            httpsig::verify_request(&signed.request, &wit.cnf, wit.cnf_alg, &audiences, time)?;
+            httpsig::verify_request(&signed.request, &wit.cnf, wit.cnf_alg, accepts, time)?;
         httpsig::check_content_digest(signed.request.headers, signed.content)?;
         let expires = checked.expires.saturating_add(self.config.skew_secs);
         match self
@@ -288,20 +301,49 @@ impl Verifier {
         httpsig::check_content_digest(response.headers, content)?;
         Ok(wit)
     }
+}
 
-    /// The configured audiences, and each origin among them joined with
-    /// the request's path.
-    fn audiences_for(&self, path: Option<&str>) -> Vec<String> {
-        let mut accepted = self.config.audiences.clone();
-        if let Some(path) = path.map(|p| p.split(['?', '#']).next().unwrap_or_default()) {
-            for audience in &self.config.audiences {
-                let after_scheme = audience.split_once("://").map_or("", |(_, rest)| rest);
-                let has_path = after_scheme.trim_end_matches('/').contains('/');
-                if !after_scheme.is_empty() && !has_path {
-                    accepted.push(format!("{}{path}", audience.trim_end_matches('/')));
-                }
-            }
+fn sha256(text: &str) -> [u8; 32] {
+    ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
+}
+
+/// The audiences a service accepts: each configured value, and each
+/// configured origin (no path) joined with the request's path. Matching
+/// allocates nothing.
+#[derive(Debug, Clone)]
+struct AudienceSet {
+    exact: Vec<String>,
+    origins: Vec<String>,
+}
+
+impl AudienceSet {
+    fn new(configured: &[String]) -> Self {
+        let origins = configured
+            .iter()
+            .filter(|a| {
+                let after_scheme = a.split_once("://").map_or("", |(_, rest)| rest);
+                !after_scheme.is_empty() && !after_scheme.trim_end_matches('/').contains('/')
+            })
+            .map(|a| a.trim_end_matches('/').to_owned())
+            .collect();
+        AudienceSet {
+            exact: configured.to_vec(),
+            origins,
         }
-        accepted
+    }
+
+    fn accepts(&self, aud: &str, path: Option<&str>) -> bool {
+        if self.exact.iter().any(|a| a == aud) {
+            return true;
+        }
+        let Some(path) = path.map(|p| p.split(['?', '#']).next().unwrap_or_default()) else {
+            return false;
+        };
+        self.origins
+            .iter()
+            .any(|origin| aud.strip_prefix(origin.as_str()) == Some(path))
     }
 }

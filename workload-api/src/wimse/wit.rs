@@ -82,7 +82,7 @@ pub fn validate(
     now: u64,
     skew: u64,
 ) -> Result<ValidatedWit, WimseError> {
-    let jws = jws::parse(token).map_err(|e| WimseError::from_jws(Token::Wit, e))?;
+    let mut jws = jws::parse(token).map_err(|e| WimseError::from_jws(Token::Wit, e))?;
     if !typ_is(jws.header.typ.as_deref(), WIT_TYP) {
         return Err(WimseError::WrongType {
             token: Token::Wit,
@@ -163,15 +163,17 @@ pub fn validate(
             cnf_jwk.kty
         )));
     }
+    let subject = sub.to_owned();
+    let jti = jws.str_claim("jti").map(str::to_owned);
     Ok(ValidatedWit {
-        subject: sub.to_owned(),
+        subject,
         spiffe_id,
         trust_domain,
         cnf,
         cnf_alg,
         exp,
-        jti: jws.str_claim("jti").map(str::to_owned),
-        claims: jws.claims.clone(),
+        jti,
+        claims: std::mem::take(&mut jws.claims),
     })
 }
 

@@ -65,10 +65,10 @@ pub fn mint(
 /// What the receiver knows of the request a WPT came with.
 #[derive(Clone, Copy)]
 pub struct RequestContext<'a> {
-    /// The WIT exactly as presented (for `wth`).
-    pub wit: &'a str,
-    /// Values `aud` may take for this request (from configuration).
-    pub audiences: &'a [String],
+    /// base64url(SHA-256) of the WIT as presented: what `wth` must be.
+    pub wth: &'a str,
+    /// Whether `aud` may take a value for this request (from configuration).
+    pub accepts: &'a dyn Fn(&str) -> bool,
     /// The whole `Authorization` header value, if present.
     pub authorization: Option<&'a str>,
     pub txn_token: Option<&'a str>,
@@ -81,7 +81,6 @@ pub struct RequestContext<'a> {
 impl std::fmt::Debug for RequestContext<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestContext")
-            .field("audiences", &self.audiences)
             .field("authorization", &self.authorization.map(|_| "[redacted]"))
             .field("txn_token", &self.txn_token.map(|_| "[redacted]"))
             .field("understood", &self.understood)
@@ -120,7 +119,7 @@ pub fn validate(
     policy: Policy,
     now: u64,
 ) -> Result<ValidatedWpt, WimseError> {
-    let jws = jws::parse(wpt).map_err(|e| WimseError::from_jws(Token::Wpt, e))?;
+    let mut jws = jws::parse(wpt).map_err(|e| WimseError::from_jws(Token::Wpt, e))?;
     let alg = allowed_alg(Token::Wpt, jws.header.alg.as_deref(), policy.profile)?;
     if alg != wit.cnf_alg {
         return Err(WimseError::AlgorithmMismatch {
@@ -143,23 +142,23 @@ pub fn validate(
         claim,
     };
 
-    let aud: Vec<String> = match jws.claims.get("aud") {
-        Some(serde_json::Value::String(one)) => vec![one.clone()],
+    // `aud` is one string or an array of them (RFC 7519 4.1.3).
+    let aud: Vec<&str> = match jws.claims.get("aud") {
+        Some(serde_json::Value::String(one)) => vec![one.as_str()],
         Some(serde_json::Value::Array(many)) => many
             .iter()
-            .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| missing("aud")))
+            .map(|v| v.as_str().ok_or_else(|| missing("aud")))
             .collect::<Result<_, _>>()?,
         _ => return Err(missing("aud")),
     };
     let matches = aud.iter().any(|a| {
         let without_query = a.split(['?', '#']).next().unwrap_or_default();
-        request
-            .audiences
-            .iter()
-            .any(|accepted| accepted == without_query)
+        (request.accepts)(without_query)
     });
     if !matches {
-        return Err(WimseError::WrongAudience { actual: aud });
+        return Err(WimseError::WrongAudience {
+            actual: aud.iter().map(|a| a.to_string()).collect(),
+        });
     }
 
     let exp = jws
@@ -182,7 +181,7 @@ pub fn validate(
     }
 
     let wth = jws.str_claim("wth").ok_or_else(|| missing("wth"))?;
-    if wth != token_hash(request.wit) {
+    if wth != request.wth {
         return Err(WimseError::WthMismatch);
     }
 
@@ -205,11 +204,12 @@ pub fn validate(
         }
     }
 
+    let jti = jti.to_owned();
     check_bound(&jws, request)?;
     Ok(ValidatedWpt {
-        jti: jti.to_owned(),
+        jti,
         exp,
-        claims: jws.claims.clone(),
+        claims: std::mem::take(&mut jws.claims),
     })
 }
 
