@@ -57,16 +57,31 @@ pub struct UpstreamCaFile {
     pub bundle_file: Option<PathBuf>,
 }
 
+/// Reads a TOML configuration file; errors name the file and, for unknown
+/// or mistyped keys, the key.
+pub fn load_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let failed = |reason: String| ConfigError::File {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+    toml::from_str(&text).map_err(|e: toml::de::Error| failed(e.message().to_owned()))
+}
+
+/// The required `trust_domain` key, validated.
+pub fn required_trust_domain(value: Option<&str>) -> Result<TrustDomain, ConfigError> {
+    let value = value.ok_or(ConfigError::Missing {
+        key: "trust_domain",
+    })?;
+    parse_trust_domain(value).map_err(|e| ConfigError::Invalid {
+        key: "trust_domain",
+        reason: e.to_string(),
+    })
+}
+
 impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        Self::parse(&text).map_err(|reason| ConfigError::File {
-            path: path.display().to_string(),
-            reason,
-        })
+        load_toml(path)
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -172,13 +187,7 @@ fn key_type(key: &'static str, value: Option<&str>) -> Result<KeyType, ConfigErr
 impl Config {
     /// Validates a merged file configuration.
     pub fn from_file(file: FileConfig) -> Result<Self, ConfigError> {
-        let trust_domain = file.trust_domain.as_deref().ok_or(ConfigError::Missing {
-            key: "trust_domain",
-        })?;
-        let trust_domain = parse_trust_domain(trust_domain).map_err(|e| ConfigError::Invalid {
-            key: "trust_domain",
-            reason: e.to_string(),
-        })?;
+        let trust_domain = required_trust_domain(file.trust_domain.as_deref())?;
         let data_dir = file
             .data_dir
             .ok_or(ConfigError::Missing { key: "data_dir" })?;

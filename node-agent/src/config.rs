@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use workload_api::id::{parse_trust_domain, TrustDomain};
+use workload_api::id::TrustDomain;
 use workload_api::jwk::Algorithm;
 
 /// Why a configuration was refused; every variant names the key.
@@ -30,14 +30,7 @@ pub struct FileConfig {
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        toml::from_str(&text).map_err(|e: toml::de::Error| ConfigError::File {
-            path: path.display().to_string(),
-            reason: e.message().to_owned(),
-        })
+        sigil_issuer::config::load_toml(path)
     }
 
     /// Keeps `self`'s values where set, otherwise takes `fallback`'s.
@@ -111,13 +104,8 @@ pub const DEFAULT_ISSUER_ADDRESS: &str = "127.0.0.1:8081";
 
 impl AgentConfig {
     pub fn from_file(file: FileConfig) -> Result<Self, ConfigError> {
-        let td = file.trust_domain.as_deref().ok_or(ConfigError::Missing {
-            key: "trust_domain",
-        })?;
-        let trust_domain = parse_trust_domain(td).map_err(|e| ConfigError::Invalid {
-            key: "trust_domain",
-            reason: e.to_string(),
-        })?;
+        let trust_domain =
+            sigil_issuer::config::required_trust_domain(file.trust_domain.as_deref())?;
         let issuer_address = file
             .issuer_address
             .unwrap_or_else(|| DEFAULT_ISSUER_ADDRESS.into());
