@@ -383,21 +383,6 @@ impl PublicKey {
         }
     }
 
-    /// A jsonwebtoken verification key for this public key.
-    pub fn decoding_key(&self) -> jsonwebtoken::DecodingKey {
-        match self {
-            PublicKey::Ec { x, y, .. } => {
-                jsonwebtoken::DecodingKey::from_ec_components(&B64URL.encode(x), &B64URL.encode(y))
-                    .expect("base64url of our own encoding decodes")
-            }
-            PublicKey::Rsa { n, e } => jsonwebtoken::DecodingKey::from_rsa_raw_components(n, e),
-            PublicKey::Ed25519 { x } => {
-                jsonwebtoken::DecodingKey::from_ed_components(&B64URL.encode(x))
-                    .expect("base64url of our own encoding decodes")
-            }
-        }
-    }
-
     fn is_rsa(&self) -> bool {
         matches!(self, PublicKey::Rsa { .. })
     }
