@@ -374,8 +374,9 @@ async fn fetch_wit(node: &TestNode) -> (String, KeyPair) {
     )
 }
 
-#[tokio::test]
-async fn a_workload_calls_the_example_service_with_a_proof() {
+/// A node with WEB registered for this process, its WIT and key, and the
+/// example service running against the node's Workload API.
+async fn node_and_service() -> (TestNode, String, KeyPair, ExampleService) {
     let node = TestNode::start().await;
     node.register(WEB, 3600, "").await;
     let (wit, key) = fetch_wit(&node).await;
@@ -383,6 +384,12 @@ async fn a_workload_calls_the_example_service_with_a_proof() {
     let service = tokio::task::spawn_blocking(move || ExampleService::start(endpoint))
         .await
         .unwrap();
+    (node, wit, key, service)
+}
+
+#[tokio::test]
+async fn a_workload_calls_the_example_service_with_a_proof() {
+    let (_node, wit, key, service) = node_and_service().await;
 
     let mut headers = http::HeaderMap::new();
     workload_api::wimse::http::add_proof_headers(
@@ -488,13 +495,7 @@ async fn python_pyjwt_verifies_a_sigil_wit_and_wpt_step_by_step() {
 #[tokio::test]
 async fn a_workload_calls_the_example_service_with_a_signed_request_and_gets_a_signed_answer() {
     use workload_api::wimse::httpsig::{RequestSigning, RequestView, ResponseView};
-    let node = TestNode::start().await;
-    node.register(WEB, 3600, "").await;
-    let (wit, key) = fetch_wit(&node).await;
-    let endpoint = node.endpoint();
-    let service = tokio::task::spawn_blocking(move || ExampleService::start(endpoint))
-        .await
-        .unwrap();
+    let (node, wit, key, service) = node_and_service().await;
 
     let body = br#"{"item":"ice cream","flavor":"vanilla"}"#;
     let mut headers = http::HeaderMap::new();

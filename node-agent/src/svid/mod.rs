@@ -220,29 +220,15 @@ async fn mint(
         .into_inner()
         .results;
     let received = SystemTime::now();
-    let mut failed = Vec::new();
-    for result in results {
-        let Some((key, revision)) = keys.remove(&result.entry_id) else {
-            continue;
-        };
-        if result.code != 0 {
-            failed.push(format!("{}: {}", result.entry_id, result.message));
-            continue;
-        }
+    settle(keys, results, |result, key, revision| {
         let leaf = workload_api::bundle::split_der_concat(&result.cert_chain)
             .ok()
             .and_then(|chain| {
                 chain
                     .first()
                     .and_then(|leaf| workload_api::x509svid::check_leaf(leaf).ok())
-            });
-        let Some(leaf) = leaf else {
-            failed.push(format!(
-                "{}: issuer returned an invalid SVID",
-                result.entry_id
-            ));
-            continue;
-        };
+            })
+            .ok_or("issuer returned an invalid SVID")?;
         tracing::debug!(entry_id = %result.entry_id, spiffe_id = %leaf.spiffe_id, "X509-SVID minted");
         minted.insert(
             result.entry_id,
@@ -258,6 +244,64 @@ async fn mint(
                 )),
             },
         );
+        Ok(())
+    })
+}
+
+/// One item of a batch signing answer.
+trait SignedItem {
+    fn entry_id(&self) -> &str;
+    /// A google.rpc.Code value; 0 when signed.
+    fn code(&self) -> i32;
+    fn message(&self) -> &str;
+}
+
+impl SignedItem for pb::X509SvidResult {
+    fn entry_id(&self) -> &str {
+        &self.entry_id
+    }
+    fn code(&self) -> i32 {
+        self.code
+    }
+    fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl SignedItem for pb::WitSvidResult {
+    fn entry_id(&self) -> &str {
+        &self.entry_id
+    }
+    fn code(&self) -> i32 {
+        self.code
+    }
+    fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// Matches a batch's results to the keys made for them (with their entry
+/// revisions): each signed item goes to `accept`, which says why it is
+/// unusable if it is; refused and unusable items are reported together as
+/// `<entry>: <why>`.
+fn settle<K, R: SignedItem>(
+    mut pending: HashMap<String, (K, i64)>,
+    results: Vec<R>,
+    mut accept: impl FnMut(R, K, i64) -> Result<(), &'static str>,
+) -> Result<(), String> {
+    let mut failed = Vec::new();
+    for result in results {
+        let Some((key, revision)) = pending.remove(result.entry_id()) else {
+            continue;
+        };
+        if result.code() != 0 {
+            failed.push(format!("{}: {}", result.entry_id(), result.message()));
+            continue;
+        }
+        let entry_id = result.entry_id().to_owned();
+        if let Err(why) = accept(result, key, revision) {
+            failed.push(format!("{entry_id}: {why}"));
+        }
     }
     if failed.is_empty() {
         Ok(())

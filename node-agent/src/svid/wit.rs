@@ -69,22 +69,8 @@ pub async fn mint(
         .into_inner()
         .results;
     let received = SystemTime::now();
-    let mut failed = Vec::new();
-    for result in results {
-        let Some((key, revision)) = pending.remove(&result.entry_id) else {
-            continue;
-        };
-        if result.code != 0 {
-            failed.push(format!("{}: {}", result.entry_id, result.message));
-            continue;
-        }
-        let Some(expires_at) = expiry(&result.token) else {
-            failed.push(format!(
-                "{}: issuer returned an invalid WIT",
-                result.entry_id
-            ));
-            continue;
-        };
+    super::settle(pending, results, |result, key, revision| {
+        let expires_at = expiry(&result.token).ok_or("issuer returned an invalid WIT")?;
         tracing::debug!(entry_id = %result.entry_id, "WIT-SVID minted");
         minted.insert(
             result.entry_id,
@@ -98,12 +84,8 @@ pub async fn mint(
                 )),
             },
         );
-    }
-    if failed.is_empty() {
         Ok(())
-    } else {
-        Err(failed.join("; "))
-    }
+    })
 }
 
 /// The `exp` of a WIT the issuer returned, if it is a well-formed WIT.
