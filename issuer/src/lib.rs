@@ -16,6 +16,7 @@ pub mod config;
 pub mod csr;
 pub mod endpoints;
 pub mod ids;
+pub mod limits;
 pub mod registration;
 pub mod server;
 pub mod state;

@@ -1,18 +1,22 @@
 //! The admin API: registration entries, join tokens, agents, the bundle and
 //! health. Served only on a local unix socket in a 0700 directory, so access is
-//! governed by the file system.
+//! governed by the file system. Every argument is checked against
+//! [`crate::registration`] and [`crate::limits`] before the store sees it;
+//! a refusal is `INVALID_ARGUMENT` naming the field, and writes nothing.
 
 use proto::admin as pb;
 use proto::admin::admin_server::Admin;
 use proto::issuer::Entry as EntryMessage;
 use tonic::{Request, Response, Status};
-use workload_api::id::parse_member;
 
 use super::convert::{agent_to_proto, entry_to_proto, fields_from_proto};
 use super::store_status;
 use crate::attestation;
 use crate::clock::unix_secs;
-use crate::registration::validate_entry;
+use crate::registration::{
+    check_entry_id, check_entry_spiffe_id, check_id_filter, check_join_token_ttl, check_member,
+    validate_entry, FieldError,
+};
 use crate::state::IssuerState;
 use crate::store::{EntryFields, Selector};
 
@@ -32,17 +36,35 @@ impl AdminService {
     }
 
     fn checked_fields(&self, fields: Option<&pb::EntryFields>) -> Result<EntryFields, Status> {
-        let fields = fields.ok_or_else(|| Status::invalid_argument("entry: missing"))?;
+        let fields = fields.ok_or(FieldError::Missing { field: "entry" })?;
         let fields = fields_from_proto(fields);
-        validate_entry(&fields, &self.state.config.trust_domain)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        validate_entry(&fields, &self.state.config.trust_domain)?;
         Ok(fields)
     }
 
     fn agent_id(&self, id: &str) -> Result<String, Status> {
-        parse_member(id, &self.state.config.trust_domain)
-            .map(|id| id.to_string())
-            .map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))
+        Ok(check_member("spiffe_id", id, &self.state.config.trust_domain)?.to_string())
+    }
+}
+
+impl From<FieldError> for Status {
+    fn from(error: FieldError) -> Self {
+        Status::invalid_argument(error.to_string())
+    }
+}
+
+/// The entry that gives the agent of join token `token_id` the SPIFFE ID
+/// `alias`: parented by the agent and selecting it by its ID.
+fn node_alias(alias: String, td: &workload_api::id::TrustDomain, token_id: &str) -> EntryFields {
+    let agent_id = attestation::join_token_agent_id(td, token_id).to_string();
+    EntryFields {
+        spiffe_id: alias,
+        parent_id: agent_id.clone(),
+        selectors: vec![Selector {
+            kind: "spiffe_id".into(),
+            value: agent_id,
+        }],
+        ..EntryFields::default()
     }
 }
 
@@ -68,6 +90,7 @@ impl Admin for AdminService {
         request: Request<pb::UpdateEntryRequest>,
     ) -> Result<Response<EntryMessage>, Status> {
         let request = request.into_inner();
+        check_entry_id(&request.id)?;
         let fields = self.checked_fields(request.entry.as_ref())?;
         let entry = self
             .state
@@ -84,6 +107,7 @@ impl Admin for AdminService {
         request: Request<pb::EntryId>,
     ) -> Result<Response<pb::DeleteEntryResponse>, Status> {
         let id = &request.get_ref().id;
+        check_entry_id(id)?;
         self.state
             .store
             .delete_entry(id)
@@ -97,12 +121,9 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::EntryId>,
     ) -> Result<Response<EntryMessage>, Status> {
-        let entry = self
-            .state
-            .store
-            .get_entry(&request.get_ref().id)
-            .await
-            .map_err(store_status)?;
+        let id = &request.get_ref().id;
+        check_entry_id(id)?;
+        let entry = self.state.store.get_entry(id).await.map_err(store_status)?;
         Ok(Response::new(entry_to_proto(&entry)))
     }
 
@@ -111,6 +132,8 @@ impl Admin for AdminService {
         request: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<pb::ListEntriesResponse>, Status> {
         let r = request.get_ref();
+        check_id_filter("spiffe_id", &r.spiffe_id)?;
+        check_id_filter("parent_id", &r.parent_id)?;
         let filter = |s: &String| (!s.is_empty()).then(|| s.clone());
         let entries = self
             .state
@@ -131,38 +154,29 @@ impl Admin for AdminService {
         request: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<pb::JoinToken>, Status> {
         let request = request.into_inner();
-        if request.ttl < 0 {
-            return Err(Status::invalid_argument("ttl: must not be negative"));
-        }
+        let td = &self.state.config.trust_domain;
+        check_join_token_ttl(request.ttl)?;
+        // The alias entry is checked in full before the token is written, so
+        // a refusal leaves nothing behind. Every join token agent ID has the
+        // same form, so a stand-in token id checks the same rules.
         let alias = (!request.spiffe_id.is_empty())
             .then(|| {
-                parse_member(&request.spiffe_id, &self.state.config.trust_domain)
-                    .map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))
+                let alias = check_entry_spiffe_id("spiffe_id", &request.spiffe_id, td)?;
+                let fields = node_alias(alias.to_string(), td, "0000000000000000");
+                validate_entry(&fields, td)?;
+                Ok::<_, FieldError>(alias)
             })
             .transpose()?;
         let ttl = match request.ttl {
             0 => self.state.config.join_token_ttl,
-            secs => std::time::Duration::from_secs(secs as u64),
+            secs => std::time::Duration::from_secs(secs.unsigned_abs()),
         };
         let now = self.state.clock.now();
         let token = attestation::generate_join_token(&self.state.store, ttl, now)
             .await
             .map_err(store_status)?;
         if let Some(alias) = alias {
-            let agent_id =
-                attestation::join_token_agent_id(&self.state.config.trust_domain, &token.id)
-                    .to_string();
-            let fields = EntryFields {
-                spiffe_id: alias.to_string(),
-                parent_id: agent_id.clone(),
-                selectors: vec![Selector {
-                    kind: "spiffe_id".into(),
-                    value: agent_id,
-                }],
-                ..EntryFields::default()
-            };
-            validate_entry(&fields, &self.state.config.trust_domain)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let fields = node_alias(alias.to_string(), td, &token.id);
             self.state
                 .store
                 .create_entry(&fields, unix_secs(now))
