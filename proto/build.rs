@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/workload.proto",
         "proto/issuer.proto",
         "proto/admin.proto",
+        "proto/agent.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

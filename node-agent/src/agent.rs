@@ -1,20 +1,23 @@
 //! Starting and running the agent: bootstrap, entry sync, the SVID cache,
 //! renewal, and the Workload API on its unix socket.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use proto::agent::agent_health_server::AgentHealthServer;
 use proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use workload_api::files::BoundSocket;
 use workload_api::server::WorkloadApi;
 use workload_api::source::Snapshot;
 
 use crate::config::AgentConfig;
 use crate::node::{Node, NodeError};
 use crate::source::{AgentSource, Served};
+use crate::svid::health::IssuerHealth;
 use crate::svid::Status;
 
 /// How long shutdown waits for open streams before cutting them.
@@ -41,6 +44,9 @@ pub struct RunningAgent {
     pub status: watch::Receiver<Status>,
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     pub served: Arc<Served>,
+    /// Whether the issuer is answering minting and signing calls.
+    pub health: Arc<IssuerHealth>,
+    socket: BoundSocket,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -57,24 +63,8 @@ impl RunningAgent {
                 task.abort();
             }
         }
-        let _ = std::fs::remove_file(&self.socket_path);
+        self.socket.remove();
     }
-}
-
-/// Binds the Workload API socket. Its directory is created if needed; any
-/// local process may connect, and callers are told apart by peer credentials.
-fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
-    Ok(listener)
 }
 
 /// Starts the agent.
@@ -84,36 +74,58 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     let node = Node::bootstrap(config.clone()).await?;
     let (stop, stop_rx) = watch::channel(false);
     let (entries_tx, entries_rx) = watch::channel(Arc::new(Vec::new()));
-    let (snapshot_tx, snapshot_rx) =
-        watch::channel(Arc::new(Snapshot::empty((*node.bundle()).clone())));
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::awaiting_entries(
+        (*node.bundle()).clone(),
+    )));
     let (status_tx, status_rx) = watch::channel(Status::default());
+    let health = Arc::new(IssuerHealth::default());
 
-    let listener = bind_socket(&config.socket_path).map_err(|source| AgentError::Socket {
+    let socket_error = |source| AgentError::Socket {
         path: config.socket_path.display().to_string(),
         source,
-    })?;
+    };
+    // Any local process may connect; callers are told apart by their peer
+    // credentials. A socket another live agent serves is never taken over.
+    let (listener, socket) = BoundSocket::bind(&config.socket_path, 0o777).map_err(socket_error)?;
+    let listener = UnixListener::from_std(listener).map_err(socket_error)?;
     let mut tasks = vec![
         tokio::spawn(node.clone().run_renewal(stop_rx.clone())),
-        tokio::spawn(crate::sync::run(node.clone(), entries_tx, stop_rx.clone())),
+        tokio::spawn(crate::sync::run(
+            node.clone(),
+            entries_tx,
+            health.clone(),
+            stop_rx.clone(),
+        )),
         tokio::spawn(crate::svid::run(
             node.clone(),
             entries_rx,
             snapshot_tx,
             status_tx,
+            health.clone(),
             stop_rx.clone(),
         )),
     ];
-    let source = Arc::new(AgentSource::new(node.clone(), snapshot_rx.clone()));
+    let source = Arc::new(AgentSource::new(
+        node.clone(),
+        snapshot_rx.clone(),
+        health.clone(),
+    ));
     let served = source.served.clone();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::WORKLOAD_DESCRIPTOR_SET)
         .build_v1()
         .expect("the embedded descriptor set is valid");
+    let probe = crate::probe::Probe {
+        node: node.clone(),
+        health: health.clone(),
+        snapshots: snapshot_rx.clone(),
+    };
     let mut shutdown = stop_rx.clone();
     tasks.push(tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .add_service(SpiffeWorkloadApiServer::new(WorkloadApi::new(source)))
             .add_service(reflection)
+            .add_service(AgentHealthServer::new(probe))
             .serve_with_incoming_shutdown(
                 workload_api::connection::incoming(listener),
                 async move {
@@ -136,6 +148,8 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         status: status_rx,
         snapshots: snapshot_rx,
         served,
+        health,
+        socket,
         stop,
         tasks,
     })

@@ -84,9 +84,9 @@ impl ServerCertVerifier for IssuerVerifier {
             |td| (td == bundle.trust_domain()).then_some(bundle),
             now,
         )
-        .map_err(|e| rustls::Error::General(format!("issuer certificate: {e}")))?;
+        .map_err(|e| rejected(format!("issuer certificate: {e}")))?;
         if leaf.spiffe_id != *expected {
-            return Err(rustls::Error::General(format!(
+            return Err(rejected(format!(
                 "issuer presented {}, expected {expected}",
                 leaf.spiffe_id
             )));
@@ -127,6 +127,44 @@ impl ServerCertVerifier for IssuerVerifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// Why the issuer's certificate was not accepted.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct CertificateRejected(String);
+
+fn rejected(reason: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+        Arc::new(CertificateRejected(reason)),
+    )))
+}
+
+/// Why the issuer's certificate failed verification, when that is what
+/// `error` (or anything that caused it) says. This is the one connection
+/// failure that re-bootstrapping mends; refused or timed-out connections
+/// are outages to wait out.
+pub fn certificate_rejected(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        let tls = error.downcast_ref::<rustls::Error>().or_else(|| {
+            error
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(tls) = tls {
+            return match tls {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+                    Some(other.0.to_string())
+                }
+                rustls::Error::InvalidCertificate(other) => Some(format!("{other:?}")),
+                _ => None,
+            };
+        }
+        current = error.source();
+    }
+    None
 }
 
 /// How the agent decides to trust the issuer's certificate.
@@ -176,6 +214,20 @@ pub fn client_config(
     Ok(config)
 }
 
+/// A gRPC channel to the issuer's agent API at `address` (`host:port`),
+/// trusting it by `bundle`. It connects on first use and reconnects by
+/// itself, so an agent with a stored SVID starts while the issuer is down.
+pub fn connect_lazy(
+    address: impl std::fmt::Display,
+    bundle: &Bundle,
+    identity: Option<&ClientIdentity>,
+) -> Result<AgentApiClient<Channel>, ConnectError> {
+    let (endpoint, connector) =
+        endpoint(address.to_string(), ServerTrust::Bundle(bundle), identity)?;
+    let channel = endpoint.connect_with_connector_lazy(connector);
+    Ok(AgentApiClient::new(channel).max_decoding_message_size(MAX_MESSAGE))
+}
+
 /// Opens a gRPC channel to the issuer's agent API at `address` (`host:port`),
 /// trusting it by `bundle`.
 pub async fn connect(
@@ -193,24 +245,65 @@ pub async fn connect_with(
     identity: Option<&ClientIdentity>,
 ) -> Result<AgentApiClient<Channel>, ConnectError> {
     let address = address.to_string();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(trust, identity)?));
-    let target = address.clone();
-    let channel = Endpoint::from_shared("http://sigil-issuer".to_owned())
-        .expect("static URI is valid")
-        .connect_timeout(Duration::from_secs(10))
-        .connect_with_connector(tower::service_fn(move |_| {
-            let connector = connector.clone();
-            let target = target.clone();
-            async move {
-                let tcp = TcpStream::connect(target.as_str()).await?;
-                tcp.set_nodelay(true)?;
-                // The name is not checked: the verifier checks the SPIFFE ID.
-                let name = ServerName::try_from("sigil-issuer").expect("static name is valid");
-                let tls = connector.connect(name, tcp).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        }))
+    let (endpoint, connector) = endpoint(address.clone(), trust, identity)?;
+    let channel = endpoint
+        .connect_with_connector(connector)
         .await
         .map_err(|source| ConnectError::Transport { address, source })?;
-    Ok(AgentApiClient::new(channel).max_decoding_message_size(16 * 1024 * 1024))
+    Ok(AgentApiClient::new(channel).max_decoding_message_size(MAX_MESSAGE))
+}
+
+/// The largest message the agent accepts from the issuer (entry snapshots
+/// come in chunks well below it).
+const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// Dials the issuer: TCP, then TLS checked by the issuer verifier.
+#[derive(Clone)]
+struct IssuerConnector {
+    tls: tokio_rustls::TlsConnector,
+    target: Arc<str>,
+}
+
+type Dialed = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+
+impl tower::Service<tonic::codegen::http::Uri> for IssuerConnector {
+    type Response = Dialed;
+    type Error = std::io::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Dialed>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::codegen::http::Uri) -> Self::Future {
+        let tls = self.tls.clone();
+        let target = self.target.clone();
+        Box::pin(async move {
+            let tcp = TcpStream::connect(&*target).await?;
+            tcp.set_nodelay(true)?;
+            // The name is not checked: the verifier checks the SPIFFE ID.
+            let name = ServerName::try_from("sigil-issuer").expect("static name is valid");
+            Ok(TokioIo::new(tls.connect(name, tcp).await?))
+        })
+    }
+}
+
+/// The endpoint and the TLS connector for the issuer at `address`.
+fn endpoint(
+    address: String,
+    trust: ServerTrust<'_>,
+    identity: Option<&ClientIdentity>,
+) -> Result<(Endpoint, IssuerConnector), ConnectError> {
+    let connector = IssuerConnector {
+        tls: tokio_rustls::TlsConnector::from(Arc::new(client_config(trust, identity)?)),
+        target: address.into(),
+    };
+    let endpoint = Endpoint::from_shared("http://sigil-issuer".to_owned())
+        .expect("static URI is valid")
+        .connect_timeout(Duration::from_secs(10));
+    Ok((endpoint, connector))
 }

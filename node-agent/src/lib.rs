@@ -5,6 +5,7 @@
 //! - [`svid`]: workload X509-SVIDs (minted and rotated here) and JWT-SVIDs.
 //! - [`attestor`]: workload attestation from the socket's peer credentials.
 //! - [`source`], [`agent`]: the Workload API served from all of the above.
+//! - [`probe`]: the agent's health, for `sigil-agent healthcheck`.
 //! - [`cli`]: the `sigil-agent` command line, including `up`.
 
 pub mod agent;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod issuer_client;
 pub mod keys;
 pub mod node;
+pub mod probe;
 pub mod source;
 pub mod svid;
 pub mod sync;

@@ -1,16 +1,19 @@
 //! The agent as the Workload API's identity source: attests callers with the
-//! unix attestor and signs JWT-SVIDs through the cache.
+//! unix attestor, signs JWT-SVIDs through the cache, and reports the issuer
+//! outage the SVID cache and the JWT-SVID cache have seen.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tokio::sync::watch;
 use tonic::Status;
 use workload_api::selector::Selectors;
-use workload_api::source::{Caller, Identity, IdentitySource, Snapshot};
+use workload_api::source::{Caller, Identity, IdentitySource, IssuerOutage, Snapshot};
 
 use crate::attestor::UnixAttestor;
 use crate::node::Node;
+use crate::svid::health::IssuerHealth;
 use crate::svid::jwt::JwtCache;
 
 /// Counters shown in the agent's status.
@@ -27,16 +30,23 @@ pub struct AgentSource {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     attestor: Arc<UnixAttestor>,
     jwt: JwtCache,
+    health: Arc<IssuerHealth>,
     pub served: Arc<Served>,
 }
 
 impl AgentSource {
-    pub fn new(node: Arc<Node>, snapshots: watch::Receiver<Arc<Snapshot>>) -> Self {
+    /// A source serving `snapshots`; `health` is shared with the SVID cache.
+    pub fn new(
+        node: Arc<Node>,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        health: Arc<IssuerHealth>,
+    ) -> Self {
         AgentSource {
             node,
             snapshots,
             attestor: Arc::new(UnixAttestor::default()),
             jwt: JwtCache::default(),
+            health,
             served: Arc::default(),
         }
     }
@@ -69,12 +79,17 @@ impl IdentitySource for AgentSource {
         &self,
         identity: &Identity,
         audience: &[String],
+        now: SystemTime,
     ) -> Result<String, Status> {
         let token = self
             .jwt
-            .fetch(&self.node, &identity.entry_id, audience)
+            .fetch(&self.node, &self.health, &identity.entry_id, audience, now)
             .await?;
         self.served.jwt_svids.fetch_add(1, Ordering::Relaxed);
         Ok(token)
+    }
+
+    fn issuer_outage(&self) -> Option<IssuerOutage> {
+        self.health.outage()
     }
 }

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use workload_api::Bundle;
 
 use crate::node::Node;
+use crate::svid::health::IssuerHealth;
 
 /// The entries an agent holds, in registration order.
 pub type Entries = Arc<Vec<pb::Entry>>;
@@ -26,6 +27,7 @@ fn ordered(map: &BTreeMap<String, pb::Entry>) -> Entries {
 pub async fn run(
     node: Arc<Node>,
     entries: watch::Sender<Entries>,
+    health: Arc<IssuerHealth>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut current: BTreeMap<String, pb::Entry> = entries
@@ -36,13 +38,37 @@ pub async fn run(
     let mut backoff = Duration::from_millis(250);
     loop {
         let result = tokio::select! {
-            result = follow(&node, &mut current, &entries) => result,
+            result = follow(&node, &mut current, &entries, &health) => result,
             _ = stop.wait_for(|s| *s) => return,
         };
         match result {
             Ok(()) => tracing::info!("entry stream ended; reopening"),
+            Err(status) if status.code() == tonic::Code::PermissionDenied => {
+                node.refused(&status).await;
+                if node.standing() != crate::node::Standing::Good {
+                    // A refused agent serves nothing: its entries go, and
+                    // with them every SVID it holds.
+                    current.clear();
+                    entries.send_replace(Arc::new(Vec::new()));
+                }
+            }
             Err(status) => {
-                tracing::warn!(code = ?status.code(), error = %status.message(), "entry stream failed; reopening")
+                health.failed(
+                    std::time::SystemTime::now(),
+                    &format!("{:?}: {}", status.code(), status.message()),
+                );
+                match crate::issuer_client::certificate_rejected(&status) {
+                    Some(reason) => tracing::error!(
+                        %reason,
+                        bundle = %node.dir.bundle_path().display(),
+                        "the issuer's certificate does not verify against the stored bundle; \
+                         if its CA was replaced, re-bootstrap: remove the bundle and start \
+                         with a new trust bundle and join token"
+                    ),
+                    None => {
+                        tracing::warn!(code = ?status.code(), error = %status.message(), "entry stream failed; reopening")
+                    }
+                }
             }
         }
         tokio::select! {
@@ -57,6 +83,7 @@ async fn follow(
     node: &Node,
     current: &mut BTreeMap<String, pb::Entry>,
     entries: &watch::Sender<Entries>,
+    health: &IssuerHealth,
 ) -> Result<(), tonic::Status> {
     let mut stream = node
         .client()
@@ -79,6 +106,7 @@ async fn follow(
                 building.insert(entry.id.clone(), entry);
             }
             if message.snapshot_complete {
+                health.succeeded();
                 *current = snapshot.take().unwrap_or_default();
                 entries.send_replace(ordered(current));
                 tracing::debug!(entries = current.len(), "entry snapshot received");

@@ -21,12 +21,25 @@ pub mod sigil {
             tonic::include_proto!("sigil.admin.v1");
         }
     }
+    pub mod agent {
+        pub mod v1 {
+            tonic::include_proto!("sigil.agent.v1");
+        }
+    }
 }
+
+/// The agent's health service, on the Workload API socket.
+pub use sigil::agent::v1 as agent;
 
 /// Issuer admin API.
 pub use sigil::admin::v1 as admin;
 /// Agent <-> issuer API.
 pub use sigil::issuer::v1 as issuer;
+
+/// Metadata key on a PERMISSION_DENIED from the agent API that says why the
+/// agent lost its standing: `banned` or `evicted`. The message says it to
+/// people; this says it to the agent.
+pub const AGENT_STANDING_KEY: &str = "sigil-agent-standing";
 
 /// The encoded file descriptor set of the Workload API (with its imports), for
 /// gRPC reflection.

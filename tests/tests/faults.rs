@@ -54,12 +54,14 @@ async fn issuer_outage_keeps_workloads_served_and_rotation_resumes() {
     .await
     .unwrap();
     let agent_id = agent.node.svid().spiffe_id.to_string();
-    // A 12 s SVID rotates after 5-6 s: inside the outage below.
+    // A 20 s SVID rotates after 8-10 s: inside the outage below (3 s of
+    // issuer shutdown, then 7 s), and expires after it: an expired SVID
+    // would no longer be served.
     register_at(
         &config.admin_socket_path,
         &agent_id,
         "spiffe://example.org/web",
-        12,
+        20,
         "",
     )
     .await;
@@ -117,6 +119,10 @@ async fn issuer_outage_keeps_workloads_served_and_rotation_resumes() {
         agent.status.borrow().last_error.is_some(),
         "the agent knows minting fails"
     );
+    assert!(
+        agent.status.borrow().issuer_unreachable_since.is_some(),
+        "the agent knows since when"
+    );
 
     let issuer = sigil_issuer::server::start(config, Arc::new(SystemClock))
         .await
@@ -128,6 +134,11 @@ async fn issuer_outage_keeps_workloads_served_and_rotation_resumes() {
         .unwrap()
         .unwrap();
     assert_ne!(leaf_of(&rotated), first);
+    assert_eq!(
+        agent.status.borrow().issuer_unreachable_since,
+        None,
+        "the outage is over once minting succeeds"
+    );
     eprintln!(
         "outage {:?}; rotated SVID delivered {:?} after the issuer came back",
         back - outage_started,

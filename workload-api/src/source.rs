@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use zeroize::Zeroizing;
@@ -32,6 +33,17 @@ impl X509Material {
             key_pkcs8,
             not_after,
         }
+    }
+
+    /// Whether the SVID is still valid at `now`: strictly before its
+    /// notAfter, so that no certificate is handed out in its last instant.
+    pub fn valid_at(&self, now: SystemTime) -> bool {
+        now < unix_time(self.not_after)
+    }
+
+    /// The notAfter as a time.
+    pub fn expires_at(&self) -> SystemTime {
+        unix_time(self.not_after)
     }
 }
 
@@ -67,6 +79,17 @@ impl WitMaterial {
             expires_at,
         }
     }
+
+    /// Whether the WIT is still valid at `now` (before its `exp`, RFC 7519
+    /// section 4.1.4).
+    pub fn valid_at(&self, now: SystemTime) -> bool {
+        now < unix_time(self.expires_at)
+    }
+
+    /// The `exp` as a time.
+    pub fn expires_at(&self) -> SystemTime {
+        unix_time(self.expires_at)
+    }
 }
 
 impl std::fmt::Debug for WitMaterial {
@@ -77,6 +100,11 @@ impl std::fmt::Debug for WitMaterial {
             .field("expires_at", &self.expires_at)
             .finish()
     }
+}
+
+/// Unix seconds as a time; negative values are the epoch (long expired).
+pub fn unix_time(secs: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64)
 }
 
 fn next_serial() -> u64 {
@@ -109,6 +137,12 @@ pub struct Snapshot {
     pub federated: BTreeMap<TrustDomain, Arc<Bundle>>,
     /// In registration order: the first one a caller matches is its default.
     pub identities: Vec<Identity>,
+    /// True until the node has received its registration entries once: an
+    /// empty view then says nothing about what a caller is entitled to.
+    pub awaiting_entries: bool,
+    /// Why this node may serve nothing (its issuer banned or evicted it),
+    /// which every call and open stream is told with PERMISSION_DENIED.
+    pub refused: Option<Arc<str>>,
 }
 
 impl Snapshot {
@@ -117,6 +151,16 @@ impl Snapshot {
             bundle: Arc::new(bundle),
             federated: BTreeMap::new(),
             identities: Vec::new(),
+            awaiting_entries: false,
+            refused: None,
+        }
+    }
+
+    /// The snapshot of a node that has not received its entries yet.
+    pub fn awaiting_entries(bundle: Bundle) -> Self {
+        Snapshot {
+            awaiting_entries: true,
+            ..Snapshot::empty(bundle)
         }
     }
 
@@ -139,6 +183,22 @@ impl Snapshot {
     }
 }
 
+/// The node's issuer is failing: since when (the first failed call after
+/// the last success) and with what error. Lets the Workload API tell a
+/// workload whose credentials all expired why no new ones came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerOutage {
+    pub since: SystemTime,
+    pub last_error: String,
+}
+
+impl IssuerOutage {
+    /// How long the outage has lasted at `now` (zero if the clock went back).
+    pub fn lasted(&self, now: SystemTime) -> Duration {
+        now.duration_since(self.since).unwrap_or_default()
+    }
+}
+
 /// Who is calling, from the socket's peer credentials.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -158,10 +218,15 @@ pub trait IdentitySource: Send + Sync + 'static {
     /// The selectors of a caller (workload attestation).
     async fn attest(&self, caller: Caller) -> Result<Selectors, tonic::Status>;
 
-    /// A JWT-SVID for `identity` and `audience`, from cache or freshly signed.
+    /// A JWT-SVID for `identity` and `audience`, from cache or freshly
+    /// signed, valid at `now`.
     async fn fetch_jwt_svid(
         &self,
         identity: &Identity,
         audience: &[String],
+        now: SystemTime,
     ) -> Result<String, tonic::Status>;
+
+    /// Whether the issuer behind this source is failing, and since when.
+    fn issuer_outage(&self) -> Option<IssuerOutage>;
 }

@@ -1,5 +1,8 @@
 //! The agent API: node attestation, agent SVID renewal, the entry stream, and
-//! signing of workload X509-SVIDs and JWT-SVIDs for authorised entries.
+//! signing of workload X509-SVIDs, JWT-SVIDs and WIT-SVIDs for authorised
+//! entries. The credentials follow X509-SVID.md, JWT-SVID.md and
+//! draft-ietf-wimse-workload-creds with SPIFFE WIT-SVID.md (`cnf.jwk` with
+//! its `alg`); the API itself is Sigil's own.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -72,14 +75,12 @@ impl AgentService {
         let agent = match self.state.store.get_agent(&id.to_string()).await {
             Ok(agent) => agent,
             Err(crate::store::StoreError::AgentNotFound(_)) => {
-                return Err(Status::permission_denied(format!(
-                    "agent {id} is not attested (it may have been evicted); attest again"
-                )))
+                return Err(evicted(&id.to_string()))
             }
             Err(e) => return Err(store_status(e)),
         };
         if agent.banned {
-            return Err(Status::permission_denied(format!("agent {id} is banned")));
+            return Err(banned(&id.to_string()));
         }
         if leaf.serial_hex == agent.new_serial {
             self.state
@@ -441,16 +442,15 @@ impl AgentService {
             store_changes.mark_unchanged();
             let bundle = bundle_changes.borrow_and_update().clone();
             let agent_id = agent.id.to_string();
-            match self.state.store.get_agent(&agent_id).await {
-                Ok(a) if !a.banned => {}
-                _ => {
-                    let _ = tx
-                        .send(Err(Status::permission_denied(format!(
-                            "agent {agent_id} was evicted or banned"
-                        ))))
-                        .await;
-                    return;
-                }
+            let refusal = match self.state.store.get_agent(&agent_id).await {
+                Ok(a) if !a.banned => None,
+                Ok(_) => Some(banned(&agent_id)),
+                Err(crate::store::StoreError::AgentNotFound(_)) => Some(evicted(&agent_id)),
+                Err(e) => Some(store_status(e)),
+            };
+            if let Some(status) = refusal {
+                let _ = tx.send(Err(status)).await;
+                return;
             }
             let entries = match self.authorized(&agent).await {
                 Ok(entries) => entries,
@@ -549,4 +549,26 @@ fn confirmation_key(json: &str) -> Result<workload_api::jwk::Jwk, String> {
         alg: Some(alg.name().into()),
         ..key.to_jwk()
     })
+}
+
+/// PERMISSION_DENIED for an agent that lost its standing, saying why to
+/// people (the message) and to the agent (the standing metadata).
+fn refused(standing: &'static str, message: String) -> Status {
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert(
+        proto::AGENT_STANDING_KEY,
+        tonic::metadata::MetadataValue::from_static(standing),
+    );
+    Status::with_metadata(tonic::Code::PermissionDenied, message, metadata)
+}
+
+fn banned(agent_id: &str) -> Status {
+    refused("banned", format!("agent {agent_id} is banned"))
+}
+
+fn evicted(agent_id: &str) -> Status {
+    refused(
+        "evicted",
+        format!("agent {agent_id} is not attested (it may have been evicted); attest again"),
+    )
 }

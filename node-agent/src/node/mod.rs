@@ -2,14 +2,20 @@
 //! SVID or a join token attestation), the mTLS connection, and renewal of the
 //! agent SVID at half its lifetime.
 //!
+//! An agent with a stored SVID and bundle starts without the issuer: its
+//! connection is made on first use and remade by itself, so an issuer outage
+//! at start is waited out like any other.
+//!
 //! Re-bootstrap: if the issuer's CA was replaced (its data lost, say), the
-//! stored bundle no longer authenticates it and the agent says so. Remove
-//! `<data_dir>/agent/bundle.json` and start the agent with the new trust bundle
-//! (`trust_bundle_path`) or `insecure_bootstrap`, and a new join token.
+//! stored bundle no longer authenticates it and the agent says so, and only
+//! then. Remove `<data_dir>/agent/bundle.json` and start the agent with the
+//! new trust bundle (`trust_bundle_path`) or `insecure_bootstrap`, and a new
+//! join token.
 
 pub mod bundle_url;
 pub mod identity;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -42,11 +48,14 @@ pub enum NodeError {
     NeedJoinToken,
     #[error("attestation refused by the issuer: {0}")]
     AttestationRefused(String),
+    #[error("cannot reach the issuer at {address}: {reason}")]
+    Unreachable { address: String, reason: String },
     #[error(
-        "cannot reach the issuer at {address}: {reason}. If the issuer's CA was replaced, \
-         re-bootstrap: remove {bundle} and start with a new trust bundle and join token"
+        "the issuer at {address} is not the one the trust bundle names: {reason}. If the \
+         issuer's CA was replaced, re-bootstrap: remove {bundle} and start with a new trust \
+         bundle and join token"
     )]
-    Unreachable {
+    IssuerNotTrusted {
         address: String,
         reason: String,
         bundle: String,
@@ -63,7 +72,25 @@ pub struct Node {
     svid: watch::Sender<Arc<AgentSvid>>,
     bundle: watch::Sender<Arc<Bundle>>,
     client: RwLock<AgentApiClient<Channel>>,
+    standing: watch::Sender<Standing>,
+    /// Set once the configured join token has been tried after a refusal:
+    /// a token is single use, so it is not tried again.
+    token_tried: AtomicBool,
 }
+
+/// Whether the issuer still accepts this agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Standing {
+    #[default]
+    Good,
+    /// Banned, or evicted with no way to attest again: the agent serves
+    /// nothing until it attests anew. `reason` says what to do.
+    Refused { banned: bool, reason: String },
+}
+
+/// The longest the renewal loop sleeps before looking at the wall clock
+/// again: renewal times are wall-clock times, sleeps are monotonic.
+const MAX_RENEWAL_SLEEP: Duration = Duration::from_secs(5);
 
 /// Reads a trust bundle file: a SPIFFE bundle (JWK Set) or PEM CA certificates.
 pub fn read_trust_bundle(
@@ -89,7 +116,7 @@ pub fn parse_trust_bundle(
         return Bundle::from_jwks_json(trust_domain.clone(), bytes).map_err(|e| e.to_string());
     }
     let text = std::str::from_utf8(bytes).map_err(|_| "neither JSON nor PEM".to_owned())?;
-    let certs = sigil_issuer::ca::pem_blocks(text, "CERTIFICATE");
+    let certs = workload_api::pem::blocks(text, "CERTIFICATE");
     if certs.is_empty() {
         return Err("no CERTIFICATE blocks".into());
     }
@@ -150,7 +177,7 @@ impl Node {
         };
         dir.save_bundle(&bundle)
             .map_err(|e| NodeError::DataDir(e.to_string()))?;
-        let client = connect(&config, &dir, &bundle, &svid).await?;
+        let client = connect(&config, &bundle, &svid)?;
         let (svid, _) = watch::channel(Arc::new(svid));
         let (bundle, _) = watch::channel(Arc::new(bundle));
         Ok(Arc::new(Node {
@@ -159,6 +186,8 @@ impl Node {
             svid,
             bundle,
             client: RwLock::new(client),
+            standing: watch::channel(Standing::Good).0,
+            token_tried: AtomicBool::new(false),
         }))
     }
 
@@ -173,6 +202,10 @@ impl Node {
 
     pub fn bundle(&self) -> Arc<Bundle> {
         self.bundle.borrow().clone()
+    }
+
+    pub fn standing(&self) -> Standing {
+        self.standing.borrow().clone()
     }
 
     pub fn subscribe_bundle(&self) -> watch::Receiver<Arc<Bundle>> {
@@ -194,7 +227,7 @@ impl Node {
     }
 
     async fn reconnect(&self) {
-        match connect(&self.config, &self.dir, &self.bundle(), &self.svid()).await {
+        match connect(&self.config, &self.bundle(), &self.svid()) {
             Ok(client) => *self.client.write().expect("client lock") = client,
             Err(error) => tracing::warn!(%error, "reconnecting to the issuer failed"),
         }
@@ -210,8 +243,11 @@ impl Node {
                 .duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO);
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(wait.min(MAX_RENEWAL_SLEEP)) => {}
                 _ = stop.wait_for(|s| *s) => return,
+            }
+            if wait > MAX_RENEWAL_SLEEP {
+                continue;
             }
             match self.renew().await {
                 Ok(()) => backoff = Duration::from_secs(1),
@@ -252,28 +288,63 @@ impl Node {
     /// Says what is needed when renewal fails, and re-attests where possible.
     async fn cannot_renew(&self, status: &tonic::Status) {
         let expired = SystemTime::now() >= self.svid().not_after;
-        if status.code() != tonic::Code::PermissionDenied && !expired {
+        if status.code() == tonic::Code::PermissionDenied || expired {
+            self.refused(status).await;
+        } else {
             tracing::warn!(error = %status.message(), "agent SVID renewal failed; retrying");
-            return;
         }
+    }
+
+    /// The issuer refused this agent (`status` is its PERMISSION_DENIED, or
+    /// the SVID expired). Attests again with the configured join token where
+    /// it can, once per token; otherwise records the refusal, which stops
+    /// the Workload API from serving anything.
+    pub async fn refused(&self, status: &tonic::Status) {
+        let banned = status
+            .metadata()
+            .get(proto::AGENT_STANDING_KEY)
+            .is_some_and(|standing| standing == "banned");
         if let Some(token) = self.config.join_token.as_deref() {
-            let bundle = self.bundle();
-            match attest(&self.config, &self.dir, ServerTrust::Bundle(&bundle), token).await {
-                Ok((svid, bundle)) => {
-                    tracing::info!(agent_id = %svid.spiffe_id, "agent re-attested");
-                    self.svid.send_replace(Arc::new(svid));
-                    self.bundle.send_replace(Arc::new(bundle));
-                    self.reconnect().await;
-                    return;
+            if !self.token_tried.swap(true, Ordering::SeqCst) {
+                let bundle = self.bundle();
+                match attest(&self.config, &self.dir, ServerTrust::Bundle(&bundle), token).await {
+                    Ok((svid, bundle)) => {
+                        tracing::info!(agent_id = %svid.spiffe_id, "agent attested anew with the configured join token");
+                        self.svid.send_replace(Arc::new(svid));
+                        self.bundle.send_replace(Arc::new(bundle));
+                        self.reconnect().await;
+                        self.standing.send_replace(Standing::Good);
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "attesting anew with the configured join token failed")
+                    }
                 }
-                Err(error) => tracing::error!(%error, "re-attestation failed"),
             }
         }
-        tracing::error!(
-            error = %status.message(),
-            "the agent SVID can no longer be renewed; a new join token is needed: \
-             sigil-issuer token generate, then restart the agent with --join-token"
-        );
+        let agent_id = &self.svid().spiffe_id;
+        let reason = if banned {
+            format!(
+                "agent {agent_id} is banned by the issuer; it serves nothing. To serve again as a \
+                 new agent: sigil-issuer token generate, then sigil-agent run --join-token <token>"
+            )
+        } else {
+            format!(
+                "agent {agent_id} is no longer accepted by the issuer ({}); a new join token is \
+                 needed: sigil-issuer token generate, then sigil-agent run --join-token <token>",
+                status.message()
+            )
+        };
+        if self.standing.borrow().clone()
+            != (Standing::Refused {
+                banned,
+                reason: reason.clone(),
+            })
+        {
+            tracing::error!(%reason, "the issuer refused this agent");
+        }
+        self.standing
+            .send_replace(Standing::Refused { banned, reason });
     }
 }
 
@@ -283,20 +354,25 @@ async fn attest(
     trust: ServerTrust<'_>,
     token: &str,
 ) -> Result<(AgentSvid, Bundle), NodeError> {
-    let unreachable = |reason: String| NodeError::Unreachable {
-        address: config.issuer_address.clone(),
-        reason,
-        bundle: config
-            .data_dir
-            .join("agent/bundle.json")
-            .display()
-            .to_string(),
+    let unreachable = |error: &(dyn std::error::Error + 'static)| {
+        let address = config.issuer_address.clone();
+        match issuer_client::certificate_rejected(error) {
+            Some(reason) => NodeError::IssuerNotTrusted {
+                address,
+                reason,
+                bundle: dir.bundle_path().display().to_string(),
+            },
+            None => NodeError::Unreachable {
+                address,
+                reason: error.to_string(),
+            },
+        }
     };
     let (key, csr): (Zeroizing<Vec<u8>>, Vec<u8>) =
         new_key_and_csr(None).map_err(NodeError::BadResponse)?;
     let mut client = issuer_client::connect_with(&config.issuer_address, trust, None)
         .await
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| unreachable(&e))?;
     let response = client
         .attest_agent(pb::AttestAgentRequest {
             method: Some(pb::attest_agent_request::Method::JoinToken(
@@ -308,9 +384,7 @@ async fn attest(
         })
         .await
         .map_err(|status| match status.code() {
-            tonic::Code::Unavailable | tonic::Code::Unknown => {
-                unreachable(status.message().to_owned())
-            }
+            tonic::Code::Unavailable | tonic::Code::Unknown => unreachable(&status),
             _ => NodeError::AttestationRefused(status.message().to_owned()),
         })?
         .into_inner();
@@ -328,26 +402,19 @@ async fn attest(
     Ok((svid, bundle))
 }
 
-async fn connect(
+/// The agent's channel to the issuer, made on first use.
+fn connect(
     config: &AgentConfig,
-    dir: &IdentityDir,
     bundle: &Bundle,
     svid: &AgentSvid,
 ) -> Result<AgentApiClient<Channel>, NodeError> {
-    let _ = dir;
-    issuer_client::connect(
+    issuer_client::connect_lazy(
         &config.issuer_address,
         bundle,
         Some(&svid.client_identity()),
     )
-    .await
     .map_err(|e| NodeError::Unreachable {
         address: config.issuer_address.clone(),
         reason: e.to_string(),
-        bundle: config
-            .data_dir
-            .join("agent/bundle.json")
-            .display()
-            .to_string(),
     })
 }

@@ -1,9 +1,13 @@
 //! The SVID cache: an X509-SVID and a WIT-SVID for every workload entry, with
-//! keys generated here, minted in batches and rotated at half their life (with
-//! jitter, so a fleet does not rotate in step); and the snapshot the Workload
-//! API serves.
+//! keys generated here, minted in batches and rotated at 40-50% of their life
+//! (see [`schedule`] for the timetable); and the snapshot the Workload API
+//! serves. Expired credentials stay in the snapshot, marked by their expiry,
+//! so the Workload API can tell "expired" from "not minted yet" and leave
+//! them out; the loop republishes when one expires so open streams look again.
 
+pub mod health;
 pub mod jwt;
+pub mod schedule;
 pub mod wit;
 
 use std::collections::HashMap;
@@ -12,27 +16,71 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto::issuer as pb;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use workload_api::id::parse_trust_domain;
 use workload_api::selector::Selector;
 use workload_api::source::{Identity, Snapshot, X509Material};
 
 use crate::keys::new_key_and_csr;
-use crate::node::Node;
+use crate::node::{Node, Standing};
 use crate::sync::Entries;
+use health::IssuerHealth;
+use schedule::Held;
 
 /// CSRs per signing call.
 const BATCH: usize = 500;
+/// The first wait before minting again after a failure.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// The longest wait between minting attempts while the issuer is unreachable.
 const MAX_RETRY: Duration = Duration::from_secs(5);
-/// Rotation happens between 40% and 50% of an SVID's life.
-const JITTER_PERCENT: u64 = 10;
 
 /// What the cache shows about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Status {
     pub svids: usize,
+    /// The next rotation not yet due; never in the past when published.
     pub next_rotation: Option<SystemTime>,
     pub last_error: Option<String>,
+    /// Since when the issuer has failed every call, if it has.
+    pub issuer_unreachable_since: Option<SystemTime>,
+}
+
+/// Why a batch could not be minted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MintError {
+    /// The signing call failed as a whole: the issuer is down, unreachable
+    /// or refusing this agent.
+    #[error("{what}: {code:?}: {message}")]
+    Call {
+        what: &'static str,
+        code: tonic::Code,
+        message: String,
+    },
+    /// The issuer answered but refused or botched some items, reported as
+    /// `<entry>: <why>`.
+    #[error("{what}: {failed}")]
+    Items { what: &'static str, failed: String },
+    /// A key or CSR could not be made here.
+    #[error("{what}: key generation: {reason}")]
+    Key { what: &'static str, reason: String },
+}
+
+impl MintError {
+    fn call(what: &'static str, status: &tonic::Status) -> Self {
+        MintError::Call {
+            what,
+            code: status.code(),
+            message: status.message().to_owned(),
+        }
+    }
+}
+
+/// The two credentials the cache holds per workload entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    X509,
+    Wit,
 }
 
 struct Minted {
@@ -41,66 +89,118 @@ struct Minted {
     rotate_at: SystemTime,
 }
 
+impl Minted {
+    fn held(&self) -> Held {
+        Held {
+            revision: self.revision,
+            rotate_at: self.rotate_at,
+            expires_at: self.material.expires_at(),
+        }
+    }
+}
+
 /// Whether an entry is a workload's: node alias entries (selected by the
 /// agent's own SPIFFE ID) identify nodes, not workloads.
 fn is_workload_entry(entry: &pb::Entry) -> bool {
     !entry.selectors.is_empty() && entry.selectors.iter().all(|s| s.r#type != "spiffe_id")
 }
 
-/// When to replace an SVID received at `received`: between 40% and 50% of the
-/// life it had left then. (Its notBefore is backdated for clock skew, so the
-/// receipt time is the honest start.)
-fn rotate_at(received: SystemTime, not_after: SystemTime) -> SystemTime {
-    let life = not_after.duration_since(received).unwrap_or_default();
-    let jitter = u64::from(crate::jitter_byte()) * JITTER_PERCENT / 255;
-    received + life * (50 - jitter as u32) / 100
+/// When to replace a credential received now, with fresh jitter.
+fn rotate_at(received: SystemTime, expires_at: SystemTime) -> SystemTime {
+    schedule::rotate_at(received, expires_at, crate::jitter_byte())
+}
+
+/// The cache's plan at `now`: an X509-SVID and a WIT per workload entry.
+fn plan_cache(
+    workloads: &[&pb::Entry],
+    minted: &HashMap<String, Minted>,
+    wits: &HashMap<String, wit::MintedWit>,
+    now: SystemTime,
+) -> schedule::Plan<(Kind, usize)> {
+    let wanted = workloads.iter().enumerate().flat_map(|(index, entry)| {
+        [
+            (
+                (Kind::X509, index),
+                entry.revision,
+                minted.get(&entry.id).map(Minted::held),
+            ),
+            (
+                (Kind::Wit, index),
+                entry.revision,
+                wits.get(&entry.id).map(wit::MintedWit::held),
+            ),
+        ]
+    });
+    schedule::plan(wanted, now)
 }
 
 /// Keeps SVIDs fresh for the current entries and publishes snapshots.
+/// `health` hears of every minting call's outcome.
 pub async fn run(
     node: Arc<Node>,
     mut entries: watch::Receiver<Entries>,
     snapshots: watch::Sender<Arc<Snapshot>>,
     status: watch::Sender<Status>,
+    health: Arc<IssuerHealth>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut minted: HashMap<String, Minted> = HashMap::new();
+    let mut awaiting_entries = true;
     let mut wits: HashMap<String, wit::MintedWit> = HashMap::new();
     let mut bundles = node.subscribe_bundle();
-    let mut retry = Duration::from_secs(1);
+    let mut backoff = FIRST_RETRY;
+    // After a failure, minting waits until then (monotonic, so a clock step
+    // neither cuts the wait short nor stretches it).
+    let mut retry_at: Option<Instant> = None;
+    let mut last_error: Option<String> = None;
+    // The earliest expiry in the last snapshot published.
+    let mut watched_expiry: Option<SystemTime> = None;
     loop {
+        // The channel's first value is a placeholder until sync delivers; a
+        // delivery is seen here or, while the loop waits, below.
+        awaiting_entries &= !entries.has_changed().unwrap_or(false);
         let current = entries.borrow_and_update().clone();
         let bundle = bundles.borrow_and_update().clone();
-        let now = SystemTime::now();
         minted.retain(|id, _| current.iter().any(|e| &e.id == id));
         wits.retain(|id, _| current.iter().any(|e| &e.id == id));
-        let due = |e: &&pb::Entry, held: Option<(i64, SystemTime)>| match held {
-            None => true,
-            Some((revision, rotate_at)) => revision != e.revision || now >= rotate_at,
-        };
         let workloads: Vec<&pb::Entry> = current.iter().filter(|e| is_workload_entry(e)).collect();
-        let due_x509: Vec<&pb::Entry> = workloads
-            .iter()
-            .copied()
-            .filter(|e| due(e, minted.get(&e.id).map(|m| (m.revision, m.rotate_at))))
-            .collect();
-        let due_wit: Vec<&pb::Entry> = workloads
-            .iter()
-            .copied()
-            .filter(|e| due(e, wits.get(&e.id).map(|m| (m.revision, m.rotate_at))))
-            .collect();
-        let mut failure = None;
-        for chunk in due_x509.chunks(BATCH) {
-            if let Err(error) = mint(&node, chunk, &mut minted).await {
-                failure = Some(error);
-                break;
-            }
-        }
-        if failure.is_none() {
-            for chunk in due_wit.chunks(BATCH) {
-                if let Err(error) = wit::mint(&node, chunk, &mut wits).await {
-                    failure = Some(format!("WIT-SVIDs: {error}"));
-                    break;
+        let plan = plan_cache(&workloads, &minted, &wits, SystemTime::now());
+        let held_back = retry_at.is_some_and(|at| Instant::now() < at);
+        if !plan.due.is_empty() && !held_back {
+            let due = |kind| -> Vec<&pb::Entry> {
+                plan.due
+                    .iter()
+                    .filter(|(k, _)| *k == kind)
+                    .map(|&(_, index)| workloads[index])
+                    .collect()
+            };
+            match mint_due(
+                &node,
+                &due(Kind::X509),
+                &due(Kind::Wit),
+                &mut minted,
+                &mut wits,
+            )
+            .await
+            {
+                Ok(()) => {
+                    health.succeeded();
+                    backoff = FIRST_RETRY;
+                    retry_at = None;
+                    last_error = None;
+                }
+                Err(error) => {
+                    match &error {
+                        MintError::Call { .. } => {
+                            health.failed(SystemTime::now(), &error.to_string())
+                        }
+                        MintError::Items { .. } => health.succeeded(),
+                        MintError::Key { .. } => {}
+                    }
+                    tracing::warn!(%error, "minting SVIDs failed; cached SVIDs stay in use until they expire");
+                    retry_at = Some(Instant::now() + crate::with_jitter(backoff));
+                    backoff = (backoff * 2).min(MAX_RETRY);
+                    last_error = Some(error.to_string());
                 }
             }
         }
@@ -108,11 +208,17 @@ pub async fn run(
             .iter()
             .map(|e| identity(e, minted.get(&e.id), wits.get(&e.id)))
             .collect();
-        snapshots.send_if_modified(|snapshot| {
+        let now = SystemTime::now();
+        let modified = snapshots.send_if_modified(|snapshot| {
             let next = Snapshot {
                 bundle: bundle.clone(),
                 federated: Default::default(),
                 identities,
+                awaiting_entries,
+                refused: match node.standing() {
+                    Standing::Good => None,
+                    Standing::Refused { reason, .. } => Some(reason.into()),
+                },
             };
             if same(snapshot, &next) {
                 false
@@ -121,32 +227,31 @@ pub async fn run(
                 true
             }
         });
-        let next_rotation = minted
-            .values()
-            .map(|m| m.rotate_at)
-            .chain(wits.values().map(|m| m.rotate_at))
-            .min();
+        if !modified && watched_expiry.is_some_and(|at| now >= at) {
+            // Nothing new to serve, but something served has expired: open
+            // streams look again and drop it.
+            snapshots.send_modify(|_| {});
+        }
+        let after = plan_cache(&workloads, &minted, &wits, now);
+        watched_expiry = after.next_expiry;
         status.send_replace(Status {
             svids: minted.len(),
-            next_rotation,
-            last_error: failure.clone(),
+            next_rotation: after.next_rotation,
+            last_error: last_error.clone(),
+            issuer_unreachable_since: health.outage().map(|o| o.since),
         });
-        let wait = match &failure {
-            Some(error) => {
-                tracing::warn!(%error, "minting SVIDs failed; cached SVIDs stay in use");
-                let wait = crate::with_jitter(retry);
-                retry = (retry * 2).min(MAX_RETRY);
-                wait
-            }
-            None => {
-                retry = Duration::from_secs(1);
-                next_rotation
-                    .and_then(|t| t.duration_since(SystemTime::now()).ok())
-                    .unwrap_or(Duration::from_secs(3600))
-            }
-        };
+        let retry_in = retry_at.map(|at| at.saturating_duration_since(Instant::now()));
+        let wait = schedule::sleep_for(&after, now, retry_in);
         tokio::select! {
-            changed = entries.changed() => if changed.is_err() { return },
+            changed = entries.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // New or changed entries are minted at once, not after the
+                // backoff of an earlier failure.
+                retry_at = None;
+                awaiting_entries = false;
+            }
             changed = bundles.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
@@ -154,9 +259,29 @@ pub async fn run(
     }
 }
 
+/// Mints the due X509-SVIDs, then the due WITs, in batches; stops at the
+/// first failure.
+async fn mint_due(
+    node: &Node,
+    x509: &[&pb::Entry],
+    wits: &[&pb::Entry],
+    minted: &mut HashMap<String, Minted>,
+    minted_wits: &mut HashMap<String, wit::MintedWit>,
+) -> Result<(), MintError> {
+    for chunk in x509.chunks(BATCH) {
+        mint(node, chunk, minted).await?;
+    }
+    for chunk in wits.chunks(BATCH) {
+        wit::mint(node, chunk, minted_wits).await?;
+    }
+    Ok(())
+}
+
 /// Snapshots differ when any identity, SVID or the bundle differs.
 fn same(a: &Snapshot, b: &Snapshot) -> bool {
     Arc::ptr_eq(&a.bundle, &b.bundle)
+        && a.awaiting_entries == b.awaiting_entries
+        && a.refused == b.refused
         && a.identities.len() == b.identities.len()
         && a.identities.iter().zip(&b.identities).all(|(x, y)| {
             x.entry_id == y.entry_id
@@ -201,11 +326,13 @@ async fn mint(
     node: &Node,
     entries: &[&pb::Entry],
     minted: &mut HashMap<String, Minted>,
-) -> Result<(), String> {
+) -> Result<(), MintError> {
+    const WHAT: &str = "X509-SVIDs";
     let mut keys = HashMap::new();
     let mut params = Vec::with_capacity(entries.len());
     for entry in entries {
-        let (key, csr) = new_key_and_csr(Some(&entry.spiffe_id))?;
+        let (key, csr) = new_key_and_csr(Some(&entry.spiffe_id))
+            .map_err(|reason| MintError::Key { what: WHAT, reason })?;
         keys.insert(entry.id.clone(), (key, entry.revision));
         params.push(pb::X509SvidParams {
             entry_id: entry.id.clone(),
@@ -216,11 +343,11 @@ async fn mint(
         .client()
         .batch_sign_x509_svids(pb::BatchSignX509SvidsRequest { params })
         .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .map_err(|s| MintError::call(WHAT, &s))?
         .into_inner()
         .results;
     let received = SystemTime::now();
-    settle(keys, results, |result, key, revision| {
+    settle(WHAT, keys, results, |result, key, revision| {
         let leaf = workload_api::bundle::split_der_concat(&result.cert_chain)
             .ok()
             .and_then(|chain| {
@@ -285,10 +412,11 @@ impl SignedItem for pb::WitSvidResult {
 /// unusable if it is; refused and unusable items are reported together as
 /// `<entry>: <why>`.
 fn settle<K, R: SignedItem>(
+    what: &'static str,
     mut pending: HashMap<String, (K, i64)>,
     results: Vec<R>,
     mut accept: impl FnMut(R, K, i64) -> Result<(), &'static str>,
-) -> Result<(), String> {
+) -> Result<(), MintError> {
     let mut failed = Vec::new();
     for result in results {
         let Some((key, revision)) = pending.remove(result.entry_id()) else {
@@ -306,6 +434,9 @@ fn settle<K, R: SignedItem>(
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(failed.join("; "))
+        Err(MintError::Items {
+            what,
+            failed: failed.join("; "),
+        })
     }
 }

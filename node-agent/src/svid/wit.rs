@@ -1,6 +1,7 @@
 //! WIT-SVIDs for every workload entry: a key generated here per WIT (its
 //! private half leaves the agent only to the workload, as a JWK), signed by
-//! the issuer in batches, rotated between 40% and 50% of its life.
+//! the issuer in batches, rotated between 40% and 50% of its life (the
+//! timetable is [`super::schedule`]'s).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +12,8 @@ use workload_api::jwk::Algorithm;
 use workload_api::keypair::KeyPair;
 use workload_api::source::WitMaterial;
 
+use super::schedule::Held;
+use super::MintError;
 use crate::node::Node;
 
 /// A WIT in the cache.
@@ -21,19 +24,21 @@ pub struct MintedWit {
     pub rotate_at: SystemTime,
 }
 
+impl MintedWit {
+    /// Its timing, for the schedule.
+    pub fn held(&self) -> Held {
+        Held {
+            revision: self.revision,
+            rotate_at: self.rotate_at,
+            expires_at: self.material.expires_at(),
+        }
+    }
+}
+
 /// A fresh workload key for `alg`. RSA keys take a while to make: callers
 /// run this off the async threads.
 fn new_key(alg: Algorithm) -> Result<KeyPair, String> {
-    match alg {
-        Algorithm::RS256 | Algorithm::PS256 => {
-            let rsa = sigil_issuer::ca::keys::SigningKey::generate(
-                sigil_issuer::ca::keys::KeyType::Rsa2048,
-            )
-            .map_err(|e| e.to_string())?;
-            KeyPair::from_pkcs8(alg, rsa.pkcs8_der()).map_err(|e| e.to_string())
-        }
-        _ => KeyPair::generate(alg).map_err(|e| e.to_string()),
-    }
+    KeyPair::generate(alg).map_err(|e| e.to_string())
 }
 
 /// Signs one batch of WITs: a fresh key per entry, one call to the issuer.
@@ -41,7 +46,8 @@ pub async fn mint(
     node: &Node,
     entries: &[&pb::Entry],
     minted: &mut HashMap<String, MintedWit>,
-) -> Result<(), String> {
+) -> Result<(), MintError> {
+    const WHAT: &str = "WIT-SVIDs";
     let alg = node.config.wit_key_alg;
     let wanted: Vec<(String, i64)> = entries.iter().map(|e| (e.id.clone(), e.revision)).collect();
     let count = wanted.len();
@@ -51,7 +57,11 @@ pub async fn mint(
             .collect::<Result<Vec<_>, _>>()
     })
     .await
-    .map_err(|_| "WIT key generation panicked".to_owned())??;
+    .map_err(|_| MintError::Key {
+        what: WHAT,
+        reason: "key generation panicked".to_owned(),
+    })?
+    .map_err(|reason| MintError::Key { what: WHAT, reason })?;
     let mut pending = HashMap::new();
     let mut params = Vec::with_capacity(count);
     for ((entry_id, revision), key) in wanted.into_iter().zip(keys) {
@@ -65,11 +75,11 @@ pub async fn mint(
         .client()
         .batch_sign_wit_svids(pb::BatchSignWitSvidsRequest { params })
         .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .map_err(|s| MintError::call(WHAT, &s))?
         .into_inner()
         .results;
     let received = SystemTime::now();
-    super::settle(pending, results, |result, key, revision| {
+    super::settle(WHAT, pending, results, |result, key, revision| {
         let expires_at = expiry(&result.token).ok_or("issuer returned an invalid WIT")?;
         tracing::debug!(entry_id = %result.entry_id, "WIT-SVID minted");
         minted.insert(
