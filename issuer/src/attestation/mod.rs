@@ -1,6 +1,8 @@
 //! Node attestation. Join tokens: single-use, expiring secrets handed to an
 //! agent out of band. Only a SHA-256 of each secret is stored, and the agent's
-//! SPIFFE ID names the token's id, never its secret.
+//! SPIFFE ID names the token's id, never its secret. No SPIFFE standard covers
+//! node attestation; this follows SPIRE's `join_token` attestor, with agent IDs
+//! `spiffe://<td>/agent/join_token/<id>` (SPIFFE-ID.md section 2 path rules).
 
 use std::time::{Duration, SystemTime};
 

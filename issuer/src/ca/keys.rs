@@ -1,8 +1,10 @@
 //! Signing keys: generation, storage on disk (0600), and the views the signers
 //! need (rcgen for certificates, jsonwebtoken for JWS, the public JWK).
+//! The key types sign with ES256, ES384 and RS256, all among the algorithms
+//! JWT-SVID.md section 2.1 allows.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ring::rand::SystemRandom;
 use ring::signature::{
@@ -65,16 +67,16 @@ impl KeyType {
 pub enum KeyError {
     #[error("generating a {0} key failed")]
     Generate(&'static str),
-    #[error("key {path} could not be read or written: {source}")]
+    #[error("key {} could not be read or written: {source}", .path.display())]
     Io {
-        path: String,
+        path: PathBuf,
         source: std::io::Error,
     },
     #[error("not a valid {key_type} PKCS#8 key")]
     Rejected { key_type: &'static str },
-    #[error("key {path} is not a valid {key_type} PKCS#8 key")]
+    #[error("key {} is not a valid {key_type} PKCS#8 key", .path.display())]
     Invalid {
-        path: String,
+        path: PathBuf,
         key_type: &'static str,
     },
 }
@@ -112,16 +114,9 @@ impl SigningKey {
                 .map_err(|_| KeyError::Generate("ec-p384"))?
                 .as_ref()
                 .to_vec(),
-            KeyType::Rsa2048 => {
-                // ring cannot generate RSA keys; the rsa crate does, and ring signs.
-                use rsa::pkcs8::EncodePrivateKey;
-                let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048)
-                    .map_err(|_| KeyError::Generate("rsa-2048"))?;
-                key.to_pkcs8_der()
-                    .map_err(|_| KeyError::Generate("rsa-2048"))?
-                    .as_bytes()
-                    .to_vec()
-            }
+            KeyType::Rsa2048 => workload_api::keypair::rsa_2048_pkcs8()
+                .map_err(|_| KeyError::Generate("rsa-2048"))?
+                .to_vec(),
         };
         Self::from_pkcs8(key_type, Zeroizing::new(pkcs8))
             .map_err(|_| KeyError::Generate(key_type.name()))
@@ -170,19 +165,19 @@ impl SigningKey {
 
     pub fn load(path: &Path, key_type: KeyType) -> Result<Self, KeyError> {
         let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| KeyError::Io {
-            path: path.display().to_string(),
+            path: path.to_path_buf(),
             source,
         })?);
         Self::from_pkcs8(key_type, bytes).map_err(|_| KeyError::Invalid {
-            path: path.display().to_string(),
+            path: path.to_path_buf(),
             key_type: key_type.name(),
         })
     }
 
     /// Writes the key as PKCS#8 DER, readable by the owner only.
     pub fn save(&self, path: &Path) -> Result<(), KeyError> {
-        write_private(path, &self.pkcs8).map_err(|source| KeyError::Io {
-            path: path.display().to_string(),
+        workload_api::files::write_private(path, &self.pkcs8).map_err(|source| KeyError::Io {
+            path: path.to_path_buf(),
             source,
         })
     }
@@ -203,22 +198,6 @@ impl SigningKey {
     pub fn pkcs8_der(&self) -> &[u8] {
         &self.pkcs8
     }
-}
-
-/// Writes secret bytes to `path` with mode 0600, atomically.
-pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Extracts the PKCS#1 RSAPrivateKey from a PKCS#8 wrapper.

@@ -5,6 +5,8 @@
 //! its lifetime, *activated* once the active key has lived five sixths of it,
 //! and the previous key is kept in the bundle until its own expiry, which is
 //! after everything it signed has expired because nothing outlives its signer.
+//! Publishing well ahead of use follows SPIFFE_Trust_Domain_and_Bundle.md
+//! section 6.2 and appendix A: consumers only refresh every refresh hint.
 
 use std::time::{Duration, SystemTime};
 

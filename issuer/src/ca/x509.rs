@@ -1,5 +1,6 @@
-//! Certificate templates: the CA certificate and the X509-SVID leaf
-//! (X509-SVID.md section 4; RFC 5280 profile).
+//! Certificate templates: the signing (CA) certificate and the X509-SVID leaf
+//! (X509-SVID.md section 2 for the URI SAN, 3 for leaf and signing
+//! certificates, 4 for basic constraints and key usage; RFC 5280 profile).
 
 use std::time::SystemTime;
 
@@ -10,18 +11,14 @@ use rcgen::{
 use rustls_pki_types::CertificateDer;
 use workload_api::id::{SpiffeId, TrustDomain};
 
+use super::error::CaError;
 use super::keys::SigningKey;
-use super::CaError;
 
 /// How far certificates are backdated, to absorb small clock differences.
 const BACKDATE: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn cert_err(e: impl std::fmt::Display) -> CaError {
-    CaError::Certificate(e.to_string())
-}
-
 fn uri_san(uri: &str) -> Result<SanType, CaError> {
-    Ok(SanType::URI(uri.try_into().map_err(cert_err)?))
+    Ok(SanType::URI(uri.try_into()?))
 }
 
 /// A signing CA for `trust_domain`: cA=true, keyCertSign and cRLSign, the
@@ -80,9 +77,7 @@ pub fn svid_params(
     ];
     let mut sans = vec![uri_san(&spiffe_id.to_string())?];
     for name in dns_names {
-        sans.push(SanType::DnsName(
-            name.as_str().try_into().map_err(cert_err)?,
-        ));
+        sans.push(SanType::DnsName(name.as_str().try_into()?));
     }
     params.subject_alt_names = sans;
     params.not_before = (now - BACKDATE).into();
@@ -99,19 +94,24 @@ pub fn issuer_for(
     let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
         &rustls_pki_types::PrivatePkcs8KeyDer::from(key.pkcs8_der()),
         rcgen::PublicKeyData::algorithm(key.rcgen()),
-    )
-    .map_err(cert_err)?;
-    rcgen::Issuer::from_ca_cert_der(&CertificateDer::from(cert_der), key_pair).map_err(cert_err)
+    )?;
+    Ok(rcgen::Issuer::from_ca_cert_der(
+        &CertificateDer::from(cert_der),
+        key_pair,
+    )?)
 }
 
+/// The end of a certificate's validity, to cap what it signs.
 pub fn not_after(cert_der: &[u8]) -> Result<SystemTime, CaError> {
     use der::Decode;
-    let cert = x509_cert::Certificate::from_der(cert_der).map_err(cert_err)?;
+    let cert = x509_cert::Certificate::from_der(cert_der)?;
     Ok(cert.tbs_certificate.validity.not_after.to_system_time())
 }
 
+/// Whether a certificate names itself as issuer: how the roots of an
+/// upstream chain are told apart from its intermediates.
 pub fn is_self_signed(cert_der: &[u8]) -> Result<bool, CaError> {
     use der::Decode;
-    let cert = x509_cert::Certificate::from_der(cert_der).map_err(cert_err)?;
+    let cert = x509_cert::Certificate::from_der(cert_der)?;
     Ok(cert.tbs_certificate.issuer == cert.tbs_certificate.subject)
 }

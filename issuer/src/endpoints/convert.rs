@@ -1,4 +1,5 @@
-//! Conversions between wire messages and the store's types.
+//! Conversions between wire messages and the store's types, so generated
+//! proto types stop at the endpoints.
 
 use proto::issuer as pb;
 

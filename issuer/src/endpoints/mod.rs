@@ -1,5 +1,6 @@
 //! The issuer's network endpoints: the agent API (gRPC over mTLS on TCP) and
-//! the admin API (gRPC on a local unix socket).
+//! the admin API (gRPC on a local unix socket). Both are Sigil's own protocols
+//! (`proto/`), not the SPIFFE Workload API, which the agent serves.
 
 pub mod admin;
 pub mod agent;

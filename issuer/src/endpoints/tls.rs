@@ -3,7 +3,9 @@
 //! certificate: attestation happens before an agent has one, and every other
 //! RPC checks for it. The configuration is rebuilt whenever the bundle changes
 //! or the server SVID passes half its life, and each new connection takes the
-//! latest one.
+//! latest one. Client certificates get RFC 5280 path validation against the
+//! local bundle (X509-SVID.md section 5.1); the agent API checks the leaf
+//! (section 5.2).
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};

@@ -1,0 +1,131 @@
+//! Attested agents: their SPIFFE IDs, the serials of their current and
+//! renewed X509-SVIDs (an SVID that is no longer current is refused), bans
+//! and evictions.
+
+use sqlx::Row;
+
+use super::{Agent, Store, StoreError};
+
+impl Store {
+    pub async fn upsert_agent(&self, agent: &Agent, now: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO agents (spiffe_id, attestation_type, serial, new_serial, expires_at, banned, \
+             attested_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (spiffe_id) DO UPDATE SET attestation_type = $2, serial = $3, \
+             new_serial = $4, expires_at = $5, banned = $6, attested_at = $7, updated_at = $8",
+        )
+        .bind(&agent.spiffe_id)
+        .bind(&agent.attestation_type)
+        .bind(&agent.serial)
+        .bind(&agent.new_serial)
+        .bind(agent.expires_at)
+        .bind(agent.banned)
+        .bind(agent.attested_at)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        self.changed();
+        Ok(())
+    }
+
+    /// Records the serial of a renewed agent SVID as the next accepted one.
+    pub async fn set_agent_new_serial(
+        &self,
+        spiffe_id: &str,
+        new_serial: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE agents SET new_serial = $2, expires_at = $3, updated_at = $4 WHERE spiffe_id = $1",
+        )
+        .bind(spiffe_id)
+        .bind(new_serial)
+        .bind(expires_at)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::AgentNotFound(spiffe_id.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Promotes the renewed serial once the agent has used it.
+    pub async fn promote_agent_serial(&self, spiffe_id: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE agents SET serial = new_serial, new_serial = '', updated_at = $2 \
+             WHERE spiffe_id = $1 AND new_serial <> ''",
+        )
+        .bind(spiffe_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_agent(&self, spiffe_id: &str) -> Result<Agent, StoreError> {
+        let row = sqlx::query(
+            "SELECT spiffe_id, attestation_type, serial, new_serial, expires_at, banned, attested_at \
+             FROM agents WHERE spiffe_id = $1",
+        )
+        .bind(spiffe_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::AgentNotFound(spiffe_id.to_owned()))?;
+        agent_from_row(&row)
+    }
+
+    pub async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT spiffe_id, attestation_type, serial, new_serial, expires_at, banned, attested_at \
+             FROM agents ORDER BY attested_at, spiffe_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    /// Forgets an agent: it must attest again.
+    pub async fn delete_agent(&self, spiffe_id: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM agents WHERE spiffe_id = $1")
+            .bind(spiffe_id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::AgentNotFound(spiffe_id.to_owned()));
+        }
+        self.changed();
+        Ok(())
+    }
+
+    /// Bans an agent: it is refused until the ban is lifted by eviction.
+    pub async fn ban_agent(&self, spiffe_id: &str, now: i64) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE agents SET banned = $2, serial = '', new_serial = '', updated_at = $3 \
+             WHERE spiffe_id = $1",
+        )
+        .bind(spiffe_id)
+        .bind(true)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::AgentNotFound(spiffe_id.to_owned()));
+        }
+        self.changed();
+        Ok(())
+    }
+}
+
+fn agent_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Agent, StoreError> {
+    Ok(Agent {
+        spiffe_id: row.try_get("spiffe_id")?,
+        attestation_type: row.try_get("attestation_type")?,
+        serial: row.try_get("serial")?,
+        new_serial: row.try_get("new_serial")?,
+        expires_at: row.try_get("expires_at")?,
+        banned: row.try_get("banned")?,
+        attested_at: row.try_get("attested_at")?,
+    })
+}
