@@ -7,22 +7,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use workload_api::id::{parse_trust_domain, TrustDomain};
+use workload_api::config_file::{load_toml, parse_duration, required_trust_domain};
+use workload_api::id::TrustDomain;
+use workload_api::logging::{self, LogFormat};
+
+pub use workload_api::config_file::ConfigError;
 
 use crate::ca::keys::KeyType;
 use crate::ca::UpstreamCa;
-
-/// Why a configuration was refused. Every variant names the offending key.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    #[error("config file {path}: {reason}")]
-    File { path: String, reason: String },
-    #[error("config key {key}: {reason}")]
-    Invalid { key: &'static str, reason: String },
-    #[error("config key {key} is required")]
-    Missing { key: &'static str },
-}
 
 /// The configuration file as written. Every key is optional so flags can fill in.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -55,28 +47,6 @@ pub struct UpstreamCaFile {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     pub bundle_file: Option<PathBuf>,
-}
-
-/// Reads a TOML configuration file; errors name the file and, for unknown
-/// or mistyped keys, the key.
-pub fn load_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let failed = |reason: String| ConfigError::File {
-        path: path.display().to_string(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
-    toml::from_str(&text).map_err(|e: toml::de::Error| failed(e.message().to_owned()))
-}
-
-/// The required `trust_domain` key, validated.
-pub fn required_trust_domain(value: Option<&str>) -> Result<TrustDomain, ConfigError> {
-    let value = value.ok_or(ConfigError::Missing {
-        key: "trust_domain",
-    })?;
-    parse_trust_domain(value).map_err(|e| ConfigError::Invalid {
-        key: "trust_domain",
-        reason: e.to_string(),
-    })
 }
 
 impl FileConfig {
@@ -115,13 +85,6 @@ impl FileConfig {
     }
 }
 
-/// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 /// The validated issuer configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -147,14 +110,6 @@ pub struct Config {
 
 pub const DEFAULT_AGENT_API_ADDRESS: &str = "0.0.0.0:8081";
 pub const DEFAULT_ADMIN_SOCKET: &str = "/tmp/sigil-issuer/private/admin.sock";
-
-/// Parses `1h`, `90s`, `5m` or a plain number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    if let Ok(secs) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration: {e}"))
-}
 
 fn duration(
     key: &'static str,
@@ -242,23 +197,8 @@ impl Config {
             file.bundle_refresh_hint.as_deref(),
             Duration::from_secs(300),
         )?;
-        let log_format = match file.log_format.as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    key: "log_format",
-                    reason: format!("{other:?} is not text or json"),
-                })
-            }
-        };
-        let log_level = file.log_level.unwrap_or_else(|| "info".into());
-        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-            return Err(ConfigError::Invalid {
-                key: "log_level",
-                reason: format!("{log_level:?} is not a log level or filter"),
-            });
-        }
+        let log_format = LogFormat::parse(file.log_format.as_deref())?;
+        let log_level = logging::parse_level(file.log_level.as_deref(), "info")?;
         Ok(Config {
             trust_domain,
             admin_socket_path: file

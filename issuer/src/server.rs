@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use workload_api::files::{BoundSocket, DirLock, LockError};
 
 use crate::ca::{Ca, CaConfig};
 use crate::clock::Clock;
@@ -32,6 +33,8 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error(transparent)]
+    Locked(#[from] LockError),
+    #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Ca(#[from] crate::ca::CaError),
@@ -45,6 +48,8 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error("admin socket directory: {0}")]
+    AdminSocketDir(#[from] workload_api::files::NotPrivate),
     #[error("server TLS: {0}")]
     Tls(String),
 }
@@ -58,16 +63,13 @@ pub struct RunningIssuer {
     pub state: IssuerState,
     pub agent_api_address: SocketAddr,
     pub admin_socket_path: PathBuf,
+    admin_socket: BoundSocket,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    _lock: DirLock,
 }
 
 impl RunningIssuer {
-    /// The issuer's shared state, for embedding (`sigil-agent up`).
-    pub fn running_state(&self) -> IssuerState {
-        self.state.clone()
-    }
-
     /// Stops every endpoint and background task. Open connections get a few
     /// seconds to finish before they are cut.
     pub async fn shutdown(self) {
@@ -80,16 +82,13 @@ impl RunningIssuer {
                 task.abort();
             }
         }
-        let _ = std::fs::remove_file(&self.admin_socket_path);
+        self.admin_socket.remove();
     }
 }
 
-/// Opens the issuer's state from its configuration.
-pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<IssuerState, StartError> {
-    create_private_dir(&config.data_dir).map_err(|source| StartError::DataDir {
-        path: config.data_dir.display().to_string(),
-        source,
-    })?;
+/// Opens the issuer's state from its configuration, in a data directory
+/// that exists and that this process holds the lock on.
+async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<IssuerState, StartError> {
     let store = Store::open_sqlite(&config.data_dir.join("sigil.db")).await?;
     let ca = Ca::open(
         CaConfig {
@@ -113,8 +112,16 @@ pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<IssuerState, 
     })
 }
 
-/// Starts the issuer: binds both APIs and spawns the rotation loop.
+/// Starts the issuer: locks its data directory, binds both APIs and spawns
+/// the rotation loop.
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssuer, StartError> {
+    workload_api::files::create_private_dir(&config.data_dir).map_err(|source| {
+        StartError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        }
+    })?;
+    let lock = DirLock::acquire(&config.data_dir)?;
     let state = open(config, clock).await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -138,11 +145,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
     )));
 
     let admin_socket_path = state.config.admin_socket_path.clone();
-    let admin_listener =
-        bind_admin_socket(&admin_socket_path).map_err(|source| StartError::AdminSocket {
-            path: admin_socket_path.display().to_string(),
-            source,
-        })?;
+    let (admin_listener, admin_socket) = bind_admin_socket(&admin_socket_path)?;
     tasks.push(tokio::spawn(serve_admin_api(
         admin_listener,
         AdminService::new(state.clone()),
@@ -160,8 +163,10 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
         state,
         agent_api_address,
         admin_socket_path,
+        admin_socket,
         shutdown,
         tasks,
+        _lock: lock,
     })
 }
 
@@ -169,12 +174,20 @@ async fn wait_for(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
+/// Serves the agent API on `listener`. A connection must complete TLS and
+/// then send the HTTP/2 preface, each within its timeout in
+/// [`crate::limits`]; after that, keep-alive pings it must answer stop a
+/// vanished or stalled peer from holding it open.
 async fn serve_agent_api(
     listener: TcpListener,
     tls: Arc<ServerTls>,
     service: AgentService,
     shutdown: watch::Receiver<bool>,
 ) {
+    use crate::limits::{
+        PrefaceDeadline, HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT, HTTP2_PREFACE_TIMEOUT,
+        TLS_HANDSHAKE_TIMEOUT,
+    };
     let (tx, rx) = mpsc::channel(64);
     let accept_shutdown = shutdown.clone();
     let accept = tokio::spawn(async move {
@@ -193,8 +206,10 @@ async fn serve_agent_api(
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
+                        // h2 waits for the preface with no timer of its own.
+                        let stream = PrefaceDeadline::new(stream, HTTP2_PREFACE_TIMEOUT);
                         let _ = tx.send(Ok::<_, std::io::Error>(stream)).await;
                     }
                     Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
@@ -204,6 +219,8 @@ async fn serve_agent_api(
         }
     });
     let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .add_service(AgentApiServer::new(service))
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), wait_for(shutdown))
         .await;
@@ -213,23 +230,23 @@ async fn serve_agent_api(
     accept.abort();
 }
 
-/// Binds the admin socket inside a directory only the issuer's user can enter.
-fn bind_admin_socket(path: &std::path::Path) -> std::io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        create_private_dir(dir)?;
-    }
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    UnixListener::bind(path)
-}
-
-/// Creates `dir` (and parents) and sets it to 0700.
-pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+/// Binds the admin socket inside a directory only the issuer's user can
+/// enter: one it creates, or an existing one that is already private. A
+/// shared directory is refused rather than changed.
+fn bind_admin_socket(path: &std::path::Path) -> Result<(UnixListener, BoundSocket), StartError> {
+    let failed = |source| StartError::AdminSocket {
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    workload_api::files::create_private_dir(dir).map_err(failed)?;
+    let uid = workload_api::files::current_uid().map_err(failed)?;
+    workload_api::files::check_private_dir(dir, uid)?;
+    let (listener, bound) = BoundSocket::bind(path, 0o600).map_err(failed)?;
+    Ok((UnixListener::from_std(listener).map_err(failed)?, bound))
 }
 
 async fn serve_admin_api(

@@ -4,11 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use workload_api::config_file::{load_toml, required_trust_domain};
 use workload_api::id::TrustDomain;
 use workload_api::jwk::Algorithm;
+use workload_api::logging::{self, LogFormat};
 
 /// Why a configuration was refused; every variant names the key.
-pub use sigil_issuer::config::ConfigError;
+pub use workload_api::config_file::ConfigError;
 
 /// The configuration file as written.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -30,7 +32,7 @@ pub struct FileConfig {
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        sigil_issuer::config::load_toml(path)
+        load_toml(path)
     }
 
     /// Keeps `self`'s values where set, otherwise takes `fallback`'s.
@@ -69,7 +71,7 @@ pub struct AgentConfig {
     /// What workload WIT keys are and sign proofs with (`cnf.jwk.alg`).
     pub wit_key_alg: Algorithm,
     pub log_level: String,
-    pub log_format: String,
+    pub log_format: LogFormat,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -104,8 +106,7 @@ pub const DEFAULT_ISSUER_ADDRESS: &str = "127.0.0.1:8081";
 
 impl AgentConfig {
     pub fn from_file(file: FileConfig) -> Result<Self, ConfigError> {
-        let trust_domain =
-            sigil_issuer::config::required_trust_domain(file.trust_domain.as_deref())?;
+        let trust_domain = required_trust_domain(file.trust_domain.as_deref())?;
         let issuer_address = file
             .issuer_address
             .unwrap_or_else(|| DEFAULT_ISSUER_ADDRESS.into());
@@ -155,13 +156,8 @@ impl AgentConfig {
                     reason: format!("{name:?} is not one of ES256, ES384, RS256, PS256"),
                 })?,
         };
-        let log_format = file.log_format.unwrap_or_else(|| "text".into());
-        if log_format != "text" && log_format != "json" {
-            return Err(ConfigError::Invalid {
-                key: "log_format",
-                reason: format!("{log_format:?} is not text or json"),
-            });
-        }
+        let log_format = LogFormat::parse(file.log_format.as_deref())?;
+        let log_level = logging::parse_level(file.log_level.as_deref(), "info")?;
         Ok(AgentConfig {
             trust_domain,
             issuer_address,
@@ -174,7 +170,7 @@ impl AgentConfig {
             trust_bundle_url: file.trust_bundle_url,
             insecure_bootstrap: file.insecure_bootstrap.unwrap_or(false),
             wit_key_alg,
-            log_level: file.log_level.unwrap_or_else(|| "info".into()),
+            log_level,
             log_format,
         })
     }

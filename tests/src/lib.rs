@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use proto::admin::admin_client::AdminClient;
 use proto::issuer as pb;
@@ -250,20 +250,84 @@ pub fn now() -> SystemTime {
 pub fn write_pem(path: &Path, ders: &[Vec<u8>]) {
     let text: String = ders
         .iter()
-        .map(|d| workload_api::bundle::pem_certificate(d))
+        .map(|d| workload_api::pem::certificate(d))
         .collect();
     std::fs::write(path, text).unwrap();
 }
 
 /// The uid of this test process.
 pub fn current_uid() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
+    workload_api::files::current_uid().unwrap()
+}
+
+/// A `sigil-agent up` process, its stdout read line by line.
+#[allow(missing_debug_implementations)]
+pub struct UpProcess {
+    pub child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl UpProcess {
+    /// Starts `sigil-agent up --trust-domain example.org --data-dir DIR ARGS`.
+    pub fn start(data_dir: &Path, args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(binary("sigil-agent"))
+            .args(["up", "--trust-domain", "example.org", "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        UpProcess { child, lines }
+    }
+
+    /// Collects output lines until one contains `needle`.
+    pub fn wait_for(&self, needle: &str) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                let done = line.contains(needle);
+                seen.push(line);
+                if done {
+                    return seen;
+                }
+            }
+        }
+        panic!("no line with {needle:?}; saw {seen:?}");
+    }
+
+    /// Sends SIGINT and waits for the exit.
+    pub fn interrupt(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sigil-agent up did not stop on Ctrl-C"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// An issuer and an agent, both in this process, with the Workload API on a

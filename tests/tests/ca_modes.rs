@@ -93,7 +93,7 @@ async fn upstream_ca_makes_sigil_an_intermediate() {
         TestIssuer::start_with(Arc::new(SystemClock), |c| c.upstream_ca = Some(upstream)).await;
     let bundle = issuer.bundle();
     let upstream_der =
-        sigil_issuer::ca::pem_blocks(&std::fs::read_to_string(&cert).unwrap(), "CERTIFICATE");
+        workload_api::pem::blocks(&std::fs::read_to_string(&cert).unwrap(), "CERTIFICATE");
     assert_eq!(
         bundle.x509_authorities(),
         upstream_der.as_slice(),

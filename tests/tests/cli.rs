@@ -262,9 +262,30 @@ fn tokens_agents_bundle_and_health() {
         ],
     ));
     assert!(ok, "{stderr}");
-    let token = stdout.trim().strip_prefix("Token: ").unwrap();
+    let mut lines = stdout.lines();
+    let token = lines.next().unwrap().strip_prefix("Token: ").unwrap();
     assert_eq!(token.len(), 40);
+    let expires = lines.next().unwrap().strip_prefix("Expires at: ").unwrap();
+    assert!(
+        humantime::parse_rfc3339(expires).is_ok(),
+        "times print as RFC 3339: {expires}"
+    );
+    let (ok, stdout, stderr) = run(&mut admin(s, &["token", "generate", "--json"]));
+    assert!(ok, "{stderr}");
+    let generated: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        generated["expires_at"].is_i64(),
+        "--json keeps Unix seconds"
+    );
     assert_eq!(entry_count(s), 1, "the node alias entry");
+    let (ok, list, _) = run(&mut admin(s, &["entry", "list", "--json"]));
+    assert!(ok);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(
+        list.as_array().map(Vec::len),
+        Some(1),
+        "a list of one is still an array: {list}"
+    );
 
     let (ok, stdout, _) = run(&mut admin(s, &["agent", "list"]));
     assert!(ok);
@@ -337,4 +358,114 @@ fn config_file_unknown_key_is_named() {
         .arg(dir.path().join("data")));
     assert!(!ok);
     assert!(stderr.contains("log_format"), "{stderr}");
+}
+
+/// Every flag of both binaries says what it is for in `--help`.
+#[test]
+fn every_flag_has_a_help_line() {
+    use clap::CommandFactory;
+    fn undocumented(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+            if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                out.push(format!("{path} --{}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            undocumented(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+    let mut missing = Vec::new();
+    undocumented(
+        &sigil_issuer::cli::Cli::command(),
+        "sigil-issuer",
+        &mut missing,
+    );
+    undocumented(
+        &sigil_agent::cli::Cli::command(),
+        "sigil-agent",
+        &mut missing,
+    );
+    assert!(
+        missing.is_empty(),
+        "flags without a help line: {missing:#?}"
+    );
+}
+
+/// An admin socket asked for in a shared directory (mode 1777, as the system
+/// temporary directory) is refused, naming the directory, and the directory
+/// keeps its mode. A second issuer on a data directory in use is refused,
+/// naming the holder, and the first one's socket is left alone. Unknown log
+/// levels are refused with the accepted ones.
+#[test]
+fn shared_directories_and_busy_data_directories_are_left_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let issuer = |data: &Path, socket: &Path, extra: &[&str]| {
+        run(Command::new(binary("sigil-issuer"))
+            .args(["run", "--trust-domain", "example.org"])
+            .args(["--agent-api-address", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .arg("--admin-socket-path")
+            .arg(socket)
+            .args(extra))
+    };
+    let (ok, _, stderr) = issuer(&dir.path().join("data"), &shared.join("admin.sock"), &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&shared.display().to_string()) && stderr.contains("other users"),
+        "{stderr}"
+    );
+    let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o1777, "the shared directory keeps its mode");
+    assert!(!shared.join("admin.sock").exists());
+
+    let (ok, _, stderr) = issuer(
+        &dir.path().join("data"),
+        &dir.path().join("private/admin.sock"),
+        &["--log-level", "loud"],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("log_level") && stderr.contains("off, error, warn, info, debug, trace"),
+        "{stderr}"
+    );
+
+    let running = start_issuer();
+    let data = running._dir.path().join("data");
+    let (ok, _, stderr) = issuer(&data, &dir.path().join("second/admin.sock"), &[]);
+    assert!(
+        !ok,
+        "a second issuer on the same data directory must not start"
+    );
+    assert!(
+        stderr.contains("in use") && stderr.contains(&running.child.id().to_string()),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = issuer(&dir.path().join("other"), &running.socket, &[]);
+    assert!(!ok, "a live admin socket is not taken over");
+    assert!(stderr.contains("in use"), "{stderr}");
+    assert!(run(&mut admin(&running.socket, &["healthcheck"])).0);
+}
+
+/// A command whose reader has gone (`| head`) ends quietly with the status
+/// of a process stopped by SIGPIPE, not with a panic.
+#[test]
+fn a_closed_output_pipe_ends_a_command_quietly() {
+    let issuer = start_issuer();
+    for args in [&["entry", "list"][..], &["bundle", "show"][..]] {
+        let mut child = admin(&issuer.socket, args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
 }

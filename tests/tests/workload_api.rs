@@ -103,7 +103,7 @@ async fn raw_client(
     node: &TestNode,
 ) -> pb::spiffe_workload_api_client::SpiffeWorkloadApiClient<tonic::transport::Channel> {
     pb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(
-        sigil_issuer::admin_client::unix_channel(&node.socket)
+        workload_api::client::unix_channel(&node.socket)
             .await
             .unwrap(),
     )
@@ -340,7 +340,7 @@ async fn grpc_reflection_lists_and_describes_the_workload_api() {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let node = TestNode::start().await;
-    let channel = sigil_issuer::admin_client::unix_channel(&node.socket)
+    let channel = workload_api::client::unix_channel(&node.socket)
         .await
         .unwrap();
     let mut client = ServerReflectionClient::new(channel);

@@ -143,7 +143,7 @@ impl Bundle {
     pub fn x509_pem(&self) -> String {
         self.x509_authorities
             .iter()
-            .map(|der| pem_certificate(der))
+            .map(|der| crate::pem::certificate(der))
             .collect()
     }
 
@@ -297,18 +297,6 @@ pub fn certificate_public_key(der: &[u8]) -> Result<PublicKey, String> {
         .to_der()
         .map_err(|e| e.to_string())?;
     PublicKey::from_spki_der(&spki).map_err(|e| e.to_string())
-}
-
-/// One certificate as a PEM block.
-pub fn pem_certificate(der: &[u8]) -> String {
-    let body = B64.encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in body.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
 }
 
 /// Splits concatenated DER certificates (as the Workload API carries them).

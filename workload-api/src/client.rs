@@ -2,7 +2,7 @@
 //! them (SPIFFE_Workload_Endpoint.md section 4) and a channel that adds the
 //! security header to every call.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
 use proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
@@ -28,6 +28,71 @@ pub enum ClientError {
         address: String,
         source: tonic::transport::Error,
     },
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+}
+
+/// Why a unix socket could not be reached, in the words a person can act on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SocketError {
+    #[error("{path}: no such file; is the agent running, and is this the socket it printed?")]
+    Missing { path: PathBuf },
+    #[error(
+        "{path}: permission denied; this user may not reach the socket or a directory above it"
+    )]
+    PermissionDenied { path: PathBuf },
+    #[error("{path} is not a socket")]
+    NotASocket { path: PathBuf },
+    #[error("{path}: nothing is listening on this socket; the process that made it has stopped")]
+    NotListening { path: PathBuf },
+    #[error("{path}: {source}")]
+    Other {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl SocketError {
+    /// Names the cause of a failed connect to `path`.
+    pub fn classify(path: &Path, error: std::io::Error) -> Self {
+        use std::io::ErrorKind;
+        use std::os::unix::fs::FileTypeExt;
+        let path = path.to_owned();
+        match error.kind() {
+            ErrorKind::NotFound => SocketError::Missing { path },
+            ErrorKind::PermissionDenied => SocketError::PermissionDenied { path },
+            ErrorKind::ConnectionRefused => match std::fs::metadata(&path) {
+                Ok(meta) if !meta.file_type().is_socket() => SocketError::NotASocket { path },
+                _ => SocketError::NotListening { path },
+            },
+            ErrorKind::NotADirectory => SocketError::NotASocket { path },
+            _ => SocketError::Other {
+                path,
+                source: error,
+            },
+        }
+    }
+}
+
+/// A gRPC channel over the unix socket at `path`. The socket is tried once
+/// first, so a failure names its cause rather than a bare transport error.
+pub async fn unix_channel(path: &Path) -> Result<Channel, ClientError> {
+    UnixStream::connect(path)
+        .await
+        .map_err(|e| SocketError::classify(path, e))?;
+    let owned = path.to_owned();
+    // The URI is required by the API but unused: the connector picks the socket.
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = owned.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .map_err(|source| ClientError::Connect {
+            address: path.display().to_string(),
+            source,
+        })
 }
 
 /// A parsed Workload API endpoint.
@@ -95,33 +160,26 @@ pub type WorkloadClient = SpiffeWorkloadApiClient<InterceptedService<Channel, Se
 
 /// Connects to a Workload API endpoint.
 pub async fn connect(address: &EndpointAddress) -> Result<WorkloadClient, ClientError> {
-    let channel = match address {
-        EndpointAddress::Unix(path) => {
-            let path = path.clone();
-            Endpoint::from_static("http://localhost")
-                .connect_with_connector(tower::service_fn(move |_| {
-                    let path = path.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
-                    }
-                }))
-                .await
-        }
-        EndpointAddress::Tcp(addr) => {
-            Endpoint::from_shared(format!("http://{addr}"))
-                .expect("socket address forms a URI")
-                .connect()
-                .await
-        }
-    }
-    .map_err(|source| ClientError::Connect {
-        address: format!("{address:?}"),
-        source,
-    })?;
     Ok(SpiffeWorkloadApiClient::with_interceptor(
-        channel,
+        channel(address).await?,
         SecurityHeader,
     ))
+}
+
+/// A plain gRPC channel to an endpoint, for the services beside the
+/// Workload API on its socket.
+pub async fn channel(address: &EndpointAddress) -> Result<Channel, ClientError> {
+    Ok(match address {
+        EndpointAddress::Unix(path) => unix_channel(path).await?,
+        EndpointAddress::Tcp(addr) => Endpoint::from_shared(format!("http://{addr}"))
+            .expect("socket address forms a URI")
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect {
+                address: addr.to_string(),
+                source,
+            })?,
+    })
 }
 
 #[cfg(test)]

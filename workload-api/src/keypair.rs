@@ -17,8 +17,6 @@ use crate::jwk::{Algorithm, Curve, Jwk, PublicKey};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyPairError {
-    #[error("{alg} keys cannot be generated here; load one from PKCS#8")]
-    CannotGenerate { alg: &'static str },
     #[error("generating a {alg} key failed")]
     Generate { alg: &'static str },
     #[error("the private key is not a valid {alg} key: {reason}")]
@@ -126,9 +124,19 @@ fn rejected(alg: Algorithm, reason: impl ToString) -> KeyPairError {
     }
 }
 
+/// A fresh RSA-2048 private key as PKCS#8 DER. ring cannot generate RSA
+/// keys; the rsa crate does, and ring signs with them.
+pub fn rsa_2048_pkcs8() -> Result<Zeroizing<Vec<u8>>, KeyPairError> {
+    use rsa::pkcs8::EncodePrivateKey;
+    let failed = || KeyPairError::Generate { alg: "RSA-2048" };
+    let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048).map_err(|_| failed())?;
+    let der = key.to_pkcs8_der().map_err(|_| failed())?;
+    Ok(Zeroizing::new(der.as_bytes().to_vec()))
+}
+
 impl KeyPair {
-    /// A fresh key for `alg`. EC and Ed25519 keys only: RSA keys are made
-    /// elsewhere and loaded with [`KeyPair::from_pkcs8`].
+    /// A fresh key for `alg`; RSA keys are 2048 bits and take a while to
+    /// make, so async callers run this off their executor's threads.
     pub fn generate(alg: Algorithm) -> Result<Self, KeyPairError> {
         let rng = SystemRandom::new();
         let failed = || KeyPairError::Generate { alg: alg.name() };
@@ -148,7 +156,8 @@ impl KeyPair {
                 private: Private::Ed25519 { pair, seed },
             });
         }
-        Err(KeyPairError::CannotGenerate { alg: alg.name() })
+        let pkcs8 = rsa_2048_pkcs8().map_err(|_| failed())?;
+        Self::from_pkcs8(alg, &pkcs8)
     }
 
     /// Loads a PKCS#8 DER private key (EC or RSA) that will sign with `alg`.
@@ -406,10 +415,10 @@ mod tests {
                 .public_key()
                 .verify(alg, b"other", &again.sign(b"other")));
         }
-        assert_eq!(
-            KeyPair::generate(Algorithm::RS256).unwrap_err(),
-            KeyPairError::CannotGenerate { alg: "RS256" }
-        );
+        let rsa = KeyPair::generate(Algorithm::PS256).unwrap();
+        assert!(rsa
+            .public_key()
+            .verify(Algorithm::PS256, b"message", &rsa.sign(b"message")));
     }
 
     #[test]

@@ -8,18 +8,30 @@
 //! - [`jwtsvid`]: JWT-SVID validation (JWT-SVID.md).
 //! - [`selector`]: the properties entries require of workloads and nodes.
 //! - [`source`], [`server`], [`client`]: the SPIFFE Workload API.
+//! - [`keypair`], [`jws`], [`wimse`]: signing keys, JWS, WIMSE tokens and proofs.
+//! - [`files`], [`pem`]: private files and directories, PEM text.
+//! - [`config_file`], [`logging`], [`stdout`] (feature `daemon`): what Sigil's
+//!   binaries share.
 
 pub mod bundle;
 pub mod client;
+#[cfg(feature = "daemon")]
+pub mod config_file;
 pub mod connection;
+pub mod files;
 pub mod id;
 pub mod jwk;
 pub mod jws;
 pub mod jwtsvid;
 pub mod keypair;
+#[cfg(feature = "daemon")]
+pub mod logging;
+pub mod pem;
 pub mod selector;
 pub mod server;
 pub mod source;
+#[cfg(feature = "daemon")]
+pub mod stdout;
 pub mod wimse;
 pub mod x509svid;
 

@@ -10,8 +10,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use proto::admin as pb;
 use proto::issuer::Selector as SelectorMessage;
 
-use crate::config::{parse_duration, Config, FileConfig, LogFormat, DEFAULT_ADMIN_SOCKET};
+use crate::config::{Config, FileConfig, DEFAULT_ADMIN_SOCKET};
 use crate::store::Selector;
+use workload_api::config_file::parse_duration;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -49,16 +50,22 @@ struct RunArgs {
     /// TOML configuration file.
     #[arg(long, env = "SIGIL_ISSUER_CONFIG")]
     config: Option<PathBuf>,
+    /// The trust domain this issuer signs for, e.g. example.org.
     #[arg(long, env = "SIGIL_TRUST_DOMAIN")]
     trust_domain: Option<String>,
+    /// Where the CA keys, journal and database live.
     #[arg(long, env = "SIGIL_ISSUER_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// host:port the agent API (mTLS) listens on.
     #[arg(long, env = "SIGIL_ISSUER_AGENT_API_ADDRESS")]
     agent_api_address: Option<String>,
-    #[arg(long, env = "SIGIL_ISSUER_ADMIN_SOCKET")]
+    /// Path of the admin socket; its directory must be private to this user.
+    #[arg(long, env = "SIGIL_ADMIN_SOCKET")]
     admin_socket_path: Option<PathBuf>,
+    /// off, error, warn, info (default), debug, trace, or target=level directives.
     #[arg(long, env = "SIGIL_LOG_LEVEL")]
     log_level: Option<String>,
+    /// text (default) or json.
     #[arg(long, env = "SIGIL_LOG_FORMAT")]
     log_format: Option<String>,
 }
@@ -66,7 +73,7 @@ struct RunArgs {
 #[derive(Debug, Clone, Args)]
 struct SocketArg {
     /// Path of the issuer's admin socket.
-    #[arg(long, env = "SIGIL_ISSUER_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    #[arg(long, env = "SIGIL_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
     socket_path: PathBuf,
 }
 
@@ -96,10 +103,6 @@ struct EntryFieldArgs {
     /// Trust domain whose bundle the workload receives; repeat for several.
     #[arg(long = "federates-with")]
     federates_with: Vec<String>,
-    #[arg(long)]
-    admin: bool,
-    #[arg(long)]
-    downstream: bool,
     /// Unix time after which the entry no longer applies.
     #[arg(long, default_value_t = 0)]
     expires_at: i64,
@@ -123,8 +126,8 @@ impl EntryFieldArgs {
             dns_names: self.dns_names.clone(),
             hint: self.hint.clone(),
             federates_with: self.federates_with.clone(),
-            admin: self.admin,
-            downstream: self.downstream,
+            admin: false,
+            downstream: false,
             expires_at: self.expires_at,
         }
     }
@@ -136,6 +139,7 @@ enum EntryCommand {
     Create {
         #[command(flatten)]
         fields: EntryFieldArgs,
+        /// Print JSON (times as Unix seconds) instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -143,6 +147,7 @@ enum EntryCommand {
     },
     /// Replace every field of an entry.
     Update {
+        /// The entry's id, as `entry list` shows it.
         #[arg(long)]
         entry_id: String,
         /// Refuse the update unless the entry is at this revision.
@@ -150,6 +155,7 @@ enum EntryCommand {
         revision: i64,
         #[command(flatten)]
         fields: EntryFieldArgs,
+        /// Print JSON (times as Unix seconds) instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -157,6 +163,7 @@ enum EntryCommand {
     },
     /// Delete an entry.
     Delete {
+        /// The entry's id, as `entry list` shows it.
         #[arg(long)]
         entry_id: String,
         #[command(flatten)]
@@ -164,8 +171,10 @@ enum EntryCommand {
     },
     /// Show one entry.
     Show {
+        /// The entry's id, as `entry list` shows it.
         #[arg(long)]
         entry_id: String,
+        /// Print JSON (times as Unix seconds) instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -173,10 +182,13 @@ enum EntryCommand {
     },
     /// List entries.
     List {
+        /// Only entries issuing this SPIFFE ID.
         #[arg(long, value_parser = spiffe_id_arg)]
         spiffe_id: Option<String>,
+        /// Only entries with this parent.
         #[arg(long, value_parser = spiffe_id_arg)]
         parent_id: Option<String>,
+        /// Print JSON (times as Unix seconds) instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -194,6 +206,9 @@ enum TokenCommand {
         /// How long the token stays valid (e.g. 10m); default: the issuer's.
         #[arg(long, value_parser = ttl_arg)]
         ttl: Option<i64>,
+        /// Print JSON (times as Unix seconds) instead of text.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -203,13 +218,20 @@ enum TokenCommand {
 enum AgentCommand {
     /// List attested agents.
     List {
+        /// Print JSON (times as Unix seconds) instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         socket: SocketArg,
     },
     /// Show one agent.
-    Show(AgentIdArgs),
+    Show {
+        #[command(flatten)]
+        agent: AgentIdArgs,
+        /// Print JSON (times as Unix seconds) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Forget an agent; it must attest again.
     Evict(AgentIdArgs),
     /// Refuse an agent from now on.
@@ -218,6 +240,7 @@ enum AgentCommand {
 
 #[derive(Debug, Args)]
 struct AgentIdArgs {
+    /// The agent's SPIFFE ID, as `agent list` shows it.
     #[arg(long, value_parser = spiffe_id_arg)]
     spiffe_id: String,
     #[command(flatten)]
@@ -234,6 +257,7 @@ enum BundleFormat {
 enum BundleCommand {
     /// Print the trust bundle.
     Show {
+        /// pem (X.509 authorities) or spiffe (the JWK Set with every key).
         #[arg(long, value_enum, default_value = "pem")]
         format: BundleFormat,
         #[command(flatten)]
@@ -280,12 +304,7 @@ async fn admin(
 ) -> Result<proto::admin::admin_client::AdminClient<tonic::transport::Channel>, String> {
     crate::admin_client::connect(&socket.socket_path)
         .await
-        .map_err(|e| {
-            format!(
-                "cannot reach the issuer at {}: {e}",
-                socket.socket_path.display()
-            )
-        })
+        .map_err(|e| format!("cannot reach the issuer's admin API: {e}"))
 }
 
 fn status(e: tonic::Status) -> String {
@@ -299,6 +318,7 @@ async fn execute(command: Command) -> Result<(), String> {
         Command::Token(TokenCommand::Generate {
             spiffe_id,
             ttl,
+            json,
             socket,
         }) => {
             let token = admin(&socket)
@@ -310,7 +330,7 @@ async fn execute(command: Command) -> Result<(), String> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            println!("Token: {}", token.token);
+            output::join_token(&token, json);
             Ok(())
         }
         Command::Agent(command) => agent(command).await,
@@ -322,8 +342,10 @@ async fn execute(command: Command) -> Result<(), String> {
                 .map_err(status)?
                 .into_inner();
             match format {
-                BundleFormat::Pem => print!("{}", bundle.pem),
-                BundleFormat::Spiffe => println!("{}", String::from_utf8_lossy(&bundle.jwks)),
+                BundleFormat::Pem => workload_api::out!("{}", bundle.pem),
+                BundleFormat::Spiffe => {
+                    workload_api::outln!("{}", String::from_utf8_lossy(&bundle.jwks))
+                }
             }
             Ok(())
         }
@@ -334,9 +356,10 @@ async fn execute(command: Command) -> Result<(), String> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            println!(
+            workload_api::outln!(
                 "Issuer is healthy ({}, trust domain {})",
-                health.status, health.trust_domain
+                health.status,
+                health.trust_domain
             );
             Ok(())
         }
@@ -358,7 +381,7 @@ async fn entry(command: EntryCommand) -> Result<(), String> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            output::entries(&[entry], json);
+            output::entry(&entry, json);
         }
         EntryCommand::Update {
             entry_id,
@@ -377,7 +400,7 @@ async fn entry(command: EntryCommand) -> Result<(), String> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            output::entries(&[entry], json);
+            output::entry(&entry, json);
         }
         EntryCommand::Delete { entry_id, socket } => {
             admin(&socket)
@@ -387,7 +410,7 @@ async fn entry(command: EntryCommand) -> Result<(), String> {
                 })
                 .await
                 .map_err(status)?;
-            println!("Deleted entry {entry_id}");
+            workload_api::outln!("Deleted entry {entry_id}");
         }
         EntryCommand::Show {
             entry_id,
@@ -400,7 +423,7 @@ async fn entry(command: EntryCommand) -> Result<(), String> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            output::entries(&[entry], json);
+            output::entry(&entry, json);
         }
         EntryCommand::List {
             spiffe_id,
@@ -434,7 +457,7 @@ async fn agent(command: AgentCommand) -> Result<(), String> {
                 .into_inner();
             output::agents(&list.agents, json);
         }
-        AgentCommand::Show(args) => {
+        AgentCommand::Show { agent: args, json } => {
             let agent = admin(&args.socket)
                 .await?
                 .get_agent(pb::AgentId {
@@ -443,7 +466,7 @@ async fn agent(command: AgentCommand) -> Result<(), String> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            output::agents(&[agent], false);
+            output::agent(&agent, json);
         }
         AgentCommand::Evict(args) => {
             admin(&args.socket)
@@ -453,7 +476,7 @@ async fn agent(command: AgentCommand) -> Result<(), String> {
                 })
                 .await
                 .map_err(status)?;
-            println!("Evicted agent {}", args.spiffe_id);
+            workload_api::outln!("Evicted agent {}", args.spiffe_id);
         }
         AgentCommand::Ban(args) => {
             admin(&args.socket)
@@ -463,7 +486,7 @@ async fn agent(command: AgentCommand) -> Result<(), String> {
                 })
                 .await
                 .map_err(status)?;
-            println!("Banned agent {}", args.spiffe_id);
+            workload_api::outln!("Banned agent {}", args.spiffe_id);
         }
     }
     Ok(())
@@ -484,7 +507,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         None => FileConfig::default(),
     };
     let config = Config::from_file(flags.or(file)).map_err(|e| e.to_string())?;
-    init_logging(&config.log_level, config.log_format);
+    workload_api::logging::init(&config.log_level, config.log_format);
     let issuer = crate::server::start(config, std::sync::Arc::new(crate::clock::SystemClock))
         .await
         .map_err(|e| e.to_string())?;
@@ -492,20 +515,6 @@ async fn run(args: RunArgs) -> Result<(), String> {
     tracing::info!("shutting down");
     issuer.shutdown().await;
     Ok(())
-}
-
-/// Installs the global tracing subscriber, to stderr.
-pub fn init_logging(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }
 
 async fn shutdown_signal() {

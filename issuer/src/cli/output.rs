@@ -1,7 +1,22 @@
-//! How admin command results are printed: aligned text, or JSON with `--json`.
+//! How admin command results are printed: aligned text with RFC 3339 dates,
+//! or JSON with `--json` (times as Unix seconds). A list is always a JSON
+//! array of the objects that the matching `show --json` prints.
 
-use proto::admin::Agent;
+use proto::admin::{Agent, JoinToken};
 use proto::issuer::Entry;
+
+/// Unix seconds as an RFC 3339 date.
+fn date(secs: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+fn print_json(value: &serde_json::Value) {
+    workload_api::outln!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON prints")
+    );
+}
 
 fn ttl(secs: i64) -> String {
     if secs == 0 {
@@ -30,89 +45,114 @@ fn entry_json(e: &Entry) -> serde_json::Value {
     })
 }
 
+/// One entry (`create`, `update`, `show`).
+pub fn entry(entry: &Entry, json: bool) {
+    if json {
+        return print_json(&entry_json(entry));
+    }
+    entries_text(std::slice::from_ref(entry));
+}
+
+/// `entry list`.
 pub fn entries(entries: &[Entry], json: bool) {
     if json {
-        let value: Vec<_> = entries.iter().map(entry_json).collect();
-        let value = if value.len() == 1 {
-            value[0].clone()
-        } else {
-            serde_json::Value::Array(value)
-        };
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).expect("JSON prints")
-        );
-        return;
+        return print_json(&entries.iter().map(entry_json).collect());
     }
+    entries_text(entries);
+}
+
+fn entries_text(entries: &[Entry]) {
     if entries.is_empty() {
-        println!("Found 0 entries");
+        workload_api::outln!("Found 0 entries");
     }
     for (i, e) in entries.iter().enumerate() {
         if i > 0 {
-            println!();
+            workload_api::outln!();
         }
-        println!("Entry ID         : {}", e.id);
-        println!("SPIFFE ID        : {}", e.spiffe_id);
-        println!("Parent ID        : {}", e.parent_id);
-        println!("Revision         : {}", e.revision);
-        println!("X509-SVID TTL    : {}", ttl(e.x509_svid_ttl));
-        println!("JWT-SVID TTL     : {}", ttl(e.jwt_svid_ttl));
+        workload_api::outln!("Entry ID         : {}", e.id);
+        workload_api::outln!("SPIFFE ID        : {}", e.spiffe_id);
+        workload_api::outln!("Parent ID        : {}", e.parent_id);
+        workload_api::outln!("Revision         : {}", e.revision);
+        workload_api::outln!("X509-SVID TTL    : {}", ttl(e.x509_svid_ttl));
+        workload_api::outln!("JWT-SVID TTL     : {}", ttl(e.jwt_svid_ttl));
         for s in &e.selectors {
-            println!("Selector         : {}:{}", s.r#type, s.value);
+            workload_api::outln!("Selector         : {}:{}", s.r#type, s.value);
         }
         for name in &e.dns_names {
-            println!("DNS name         : {name}");
+            workload_api::outln!("DNS name         : {name}");
         }
         for td in &e.federates_with {
-            println!("FederatesWith    : {td}");
+            workload_api::outln!("FederatesWith    : {td}");
         }
         if !e.hint.is_empty() {
-            println!("Hint             : {}", e.hint);
+            workload_api::outln!("Hint             : {}", e.hint);
         }
         if e.admin {
-            println!("Admin            : true");
+            workload_api::outln!("Admin            : true");
         }
         if e.downstream {
-            println!("Downstream       : true");
+            workload_api::outln!("Downstream       : true");
         }
         if e.expires_at != 0 {
-            println!("Expires at       : {}", e.expires_at);
+            workload_api::outln!("Expires at       : {}", date(e.expires_at));
         }
+        workload_api::outln!("Created at       : {}", date(e.created_at));
     }
 }
 
+fn agent_json(a: &Agent) -> serde_json::Value {
+    serde_json::json!({
+        "spiffe_id": a.spiffe_id,
+        "attestation_type": a.attestation_type,
+        "serial": a.serial,
+        "expires_at": a.expires_at,
+        "banned": a.banned,
+        "attested_at": a.attested_at,
+    })
+}
+
+/// `agent show`.
+pub fn agent(agent: &Agent, json: bool) {
+    if json {
+        return print_json(&agent_json(agent));
+    }
+    agents_text(std::slice::from_ref(agent));
+}
+
+/// `agent list`.
 pub fn agents(agents: &[Agent], json: bool) {
     if json {
-        let value: Vec<_> = agents
-            .iter()
-            .map(|a| {
-                serde_json::json!({
-                    "spiffe_id": a.spiffe_id,
-                    "attestation_type": a.attestation_type,
-                    "serial": a.serial,
-                    "expires_at": a.expires_at,
-                    "banned": a.banned,
-                    "attested_at": a.attested_at,
-                })
-            })
-            .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).expect("JSON prints")
-        );
-        return;
+        return print_json(&agents.iter().map(agent_json).collect());
     }
+    agents_text(agents);
+}
+
+/// `token generate`. The token is the one secret this CLI prints: it is what
+/// the operator asked for.
+pub fn join_token(token: &JoinToken, json: bool) {
+    if json {
+        return print_json(&serde_json::json!({
+            "token": token.token,
+            "expires_at": token.expires_at,
+        }));
+    }
+    workload_api::outln!("Token: {}", token.token);
+    workload_api::outln!("Expires at: {}", date(token.expires_at));
+}
+
+fn agents_text(agents: &[Agent]) {
     if agents.is_empty() {
-        println!("Found 0 attested agents");
+        workload_api::outln!("Found 0 attested agents");
     }
     for (i, a) in agents.iter().enumerate() {
         if i > 0 {
-            println!();
+            workload_api::outln!();
         }
-        println!("SPIFFE ID        : {}", a.spiffe_id);
-        println!("Attestation type : {}", a.attestation_type);
-        println!("SVID serial      : {}", a.serial);
-        println!("Expires at       : {}", a.expires_at);
-        println!("Banned           : {}", a.banned);
+        workload_api::outln!("SPIFFE ID        : {}", a.spiffe_id);
+        workload_api::outln!("Attestation type : {}", a.attestation_type);
+        workload_api::outln!("SVID serial      : {}", a.serial);
+        workload_api::outln!("Attested at      : {}", date(a.attested_at));
+        workload_api::outln!("Expires at       : {}", date(a.expires_at));
+        workload_api::outln!("Banned           : {}", a.banned);
     }
 }

@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
 use clap::{Args, Subcommand};
 use proto::workload as pb;
-use workload_api::bundle::{pem_certificate, split_der_concat};
+use workload_api::bundle::split_der_concat;
 use workload_api::client::{self, EndpointAddress, WorkloadClient, ENDPOINT_ENV};
+use workload_api::pem;
 
 use crate::config::DEFAULT_SOCKET;
 
@@ -89,8 +89,10 @@ pub enum FetchCommand {
 pub enum ValidateCommand {
     /// Validate a JWT-SVID for an audience.
     Jwt {
+        /// The audience the token must name.
         #[arg(long)]
         audience: String,
+        /// The JWT-SVID, compact serialization.
         #[arg(long)]
         token: String,
         #[command(flatten)]
@@ -147,9 +149,9 @@ pub async fn execute(command: ApiCommand) -> Result<(), String> {
                 .map_err(status)?
                 .into_inner();
             for svid in response.svids {
-                println!("token({}):\n\t{}", svid.spiffe_id, svid.svid);
+                workload_api::outln!("token({}):\n\t{}", svid.spiffe_id, svid.svid);
                 if !svid.hint.is_empty() {
-                    println!("hint:\n\t{}", svid.hint);
+                    workload_api::outln!("hint:\n\t{}", svid.hint);
                 }
             }
             Ok(())
@@ -170,15 +172,15 @@ pub async fn execute(command: ApiCommand) -> Result<(), String> {
             let mut domains: Vec<_> = x509.bundles.keys().cloned().collect();
             domains.sort();
             for td in domains {
-                println!("X.509 bundle for {td}:");
+                workload_api::outln!("X.509 bundle for {td}:");
                 for cert in split_der_concat(&x509.bundles[&td]).map_err(|e| e.to_string())? {
-                    print!("{}", pem_certificate(&cert));
+                    workload_api::out!("{}", pem::certificate(&cert));
                 }
                 if let Some(jwks) = jwt.bundles.get(&td) {
-                    println!("JWT bundle for {td}:\n{}", String::from_utf8_lossy(jwks));
+                    workload_api::outln!("JWT bundle for {td}:\n{}", String::from_utf8_lossy(jwks));
                 }
                 if let Some(jwks) = wit.bundles.get(&td) {
-                    println!("WIT bundle for {td}:\n{jwks}");
+                    workload_api::outln!("WIT bundle for {td}:\n{jwks}");
                 }
             }
             Ok(())
@@ -198,10 +200,10 @@ pub async fn execute(command: ApiCommand) -> Result<(), String> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            println!("SVID is valid.");
-            println!("SPIFFE ID : {}", response.spiffe_id);
+            workload_api::outln!("SVID is valid.");
+            workload_api::outln!("SPIFFE ID : {}", response.spiffe_id);
             if let Some(claims) = response.claims {
-                println!("Claims    : {}", struct_json(&claims));
+                workload_api::outln!("Claims    : {}", struct_json(&claims));
             }
             Ok(())
         }
@@ -219,7 +221,7 @@ pub async fn execute(command: ApiCommand) -> Result<(), String> {
                     .iter()
                     .map(|s| format!("{} (expires {})", s.spiffe_id, expiry(&s.x509_svid)))
                     .collect();
-                println!(
+                workload_api::outln!(
                     "{} received {} SVID(s): {}",
                     humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
                     update.svids.len(),
@@ -234,13 +236,13 @@ pub async fn execute(command: ApiCommand) -> Result<(), String> {
 async fn fetch_x509(socket: &SocketArg, write: Option<&Path>) -> Result<(), String> {
     let mut client = socket.connect().await?;
     let response = first_message(client.fetch_x509svid(pb::X509svidRequest {}).await).await?;
-    println!("Received {} svid after fetching", response.svids.len());
+    workload_api::outln!("Received {} svid after fetching", response.svids.len());
     for (i, svid) in response.svids.iter().enumerate() {
-        println!();
-        println!("SPIFFE ID:\t{}", svid.spiffe_id);
-        println!("SVID Valid Until:\t{}", expiry(&svid.x509_svid));
+        workload_api::outln!();
+        workload_api::outln!("SPIFFE ID:\t{}", svid.spiffe_id);
+        workload_api::outln!("SVID Valid Until:\t{}", expiry(&svid.x509_svid));
         if !svid.hint.is_empty() {
-            println!("Hint:\t\t{}", svid.hint);
+            workload_api::outln!("Hint:\t\t{}", svid.hint);
         }
         if let Some(dir) = write {
             let suffix = if i == 0 {
@@ -252,7 +254,7 @@ async fn fetch_x509(socket: &SocketArg, write: Option<&Path>) -> Result<(), Stri
         }
     }
     if let Some(dir) = write {
-        println!(
+        workload_api::outln!(
             "\nWrote svid.pem, svid.key and bundle.pem to {}",
             dir.display()
         );
@@ -270,15 +272,15 @@ async fn fetch_wit(
         spiffe_id: spiffe_id.unwrap_or_default(),
     };
     let response = first_message(client.fetch_witsvid(request).await).await?;
-    println!("Received {} WIT-SVID(s)", response.svids.len());
+    workload_api::outln!("Received {} WIT-SVID(s)", response.svids.len());
     for (i, svid) in response.svids.iter().enumerate() {
-        println!();
-        println!("SPIFFE ID:\t{}", svid.spiffe_id);
-        println!("WIT Valid Until:\t{}", wit_expiry(&svid.wit_svid));
+        workload_api::outln!();
+        workload_api::outln!("SPIFFE ID:\t{}", svid.spiffe_id);
+        workload_api::outln!("WIT Valid Until:\t{}", wit_expiry(&svid.wit_svid));
         if !svid.hint.is_empty() {
-            println!("Hint:\t\t{}", svid.hint);
+            workload_api::outln!("Hint:\t\t{}", svid.hint);
         }
-        println!("WIT:\t\t{}", svid.wit_svid);
+        workload_api::outln!("WIT:\t\t{}", svid.wit_svid);
         if let Some(dir) = write {
             let suffix = if i == 0 {
                 String::new()
@@ -290,12 +292,12 @@ async fn fetch_wit(
             std::fs::write(&wit_path, &svid.wit_svid)
                 .map_err(|e| format!("{}: {e}", wit_path.display()))?;
             let key_path = dir.join(format!("wit{suffix}.key.jwk"));
-            sigil_issuer::ca::keys::write_private(&key_path, svid.wit_svid_key.as_bytes())
+            workload_api::files::write_private(&key_path, svid.wit_svid_key.as_bytes())
                 .map_err(|e| format!("{}: {e}", key_path.display()))?;
         }
     }
     if let Some(dir) = write {
-        println!("\nWrote wit.jwt and wit.key.jwk to {}", dir.display());
+        workload_api::outln!("\nWrote wit.jwt and wit.key.jwk to {}", dir.display());
     }
     Ok(())
 }
@@ -319,14 +321,14 @@ fn write_svid(dir: &Path, suffix: &str, svid: &pb::X509svid) -> Result<(), Strin
     let pems = |der: &[u8]| -> Result<String, String> {
         Ok(split_der_concat(der)?
             .iter()
-            .map(|c| pem_certificate(c))
+            .map(|c| pem::certificate(c))
             .collect())
     };
-    let key_pem = pem_block("PRIVATE KEY", &svid.x509_svid_key);
+    let key_pem = pem::encode("PRIVATE KEY", &svid.x509_svid_key);
     let write = |name: &str, bytes: &[u8], private: bool| -> Result<(), String> {
         let path = dir.join(name);
         if private {
-            sigil_issuer::ca::keys::write_private(&path, bytes)
+            workload_api::files::write_private(&path, bytes)
         } else {
             std::fs::write(&path, bytes)
         }
@@ -343,17 +345,6 @@ fn write_svid(dir: &Path, suffix: &str, svid: &pb::X509svid) -> Result<(), Strin
         pems(&svid.bundle)?.as_bytes(),
         false,
     )
-}
-
-fn pem_block(label: &str, der: &[u8]) -> String {
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in body.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 fn struct_json(s: &prost_types::Struct) -> String {
@@ -386,13 +377,52 @@ fn struct_json(s: &prost_types::Struct) -> String {
 }
 
 /// Healthy when the Workload API answers, even if it has nothing for us.
-pub async fn healthcheck(socket: &SocketArg) -> Result<(), String> {
-    let mut client = socket.connect().await?;
-    match client.fetch_jwt_bundles(pb::JwtBundlesRequest {}).await {
-        Ok(_) => {}
-        Err(s) if s.code() == tonic::Code::PermissionDenied => {}
-        Err(s) => return Err(format!("agent is unhealthy: {}", status(s))),
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Print JSON (times as Unix seconds) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn healthcheck(args: &HealthcheckArgs) -> Result<(), String> {
+    use proto::agent::health_response::State;
+    let channel = client::channel(&args.socket.address()?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer = proto::agent::agent_health_client::AgentHealthClient::new(channel)
+        .check(proto::agent::HealthRequest {})
+        .await
+        .map_err(|s| format!("agent is unhealthy: {}", status(s)))?
+        .into_inner();
+    let state = match answer.state() {
+        State::Healthy => "healthy",
+        State::Degraded => "degraded",
+        State::Failed | State::Unspecified => "failed",
+    };
+    if args.json {
+        workload_api::outln!(
+            "{}",
+            serde_json::json!({
+                "state": state,
+                "reason": answer.reason,
+                "issuer_unreachable_since": answer.issuer_unreachable_since,
+                "svids": answer.svids,
+                "agent_id": answer.agent_id,
+            })
+        );
+    } else if state == "healthy" {
+        workload_api::outln!(
+            "Agent is healthy: {} ({} SVIDs valid).",
+            answer.agent_id,
+            answer.svids
+        );
+    } else {
+        workload_api::outln!("Agent is {state}: {}", answer.reason);
     }
-    println!("Agent is healthy.");
+    if state == "failed" {
+        return Err(format!("agent has failed: {}", answer.reason));
+    }
     Ok(())
 }

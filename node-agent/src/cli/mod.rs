@@ -2,6 +2,7 @@
 //! one process for a single machine), the `api` client commands, `healthcheck`.
 
 mod api;
+#[cfg(feature = "embedded-issuer")]
 mod up;
 mod wpt;
 
@@ -28,6 +29,7 @@ enum Command {
     /// Run the agent against an issuer.
     Run(RunArgs),
     /// Run an issuer and an agent in this process: identities for this machine at once.
+    #[cfg(feature = "embedded-issuer")]
     Up(up::UpArgs),
     /// Talk to a Workload API as a workload would.
     #[command(subcommand)]
@@ -35,8 +37,9 @@ enum Command {
     /// Mint or verify WIMSE Workload Proof Tokens.
     #[command(subcommand)]
     Wpt(wpt::WptCommand),
-    /// Check that the agent answers on its Workload API socket.
-    Healthcheck(api::SocketArg),
+    /// Report the agent's health: healthy, degraded (issuer unreachable,
+    /// valid SVIDs still served; exit 0) or failed (exit 1).
+    Healthcheck(api::HealthcheckArgs),
 }
 
 #[derive(Debug, Args)]
@@ -44,11 +47,13 @@ struct RunArgs {
     /// TOML configuration file.
     #[arg(long, env = "SIGIL_AGENT_CONFIG")]
     config: Option<PathBuf>,
+    /// The trust domain the agent belongs to, e.g. example.org.
     #[arg(long, env = "SIGIL_TRUST_DOMAIN")]
     trust_domain: Option<String>,
     /// host:port of the issuer's agent API.
     #[arg(long, env = "SIGIL_ISSUER_ADDRESS")]
     issuer_address: Option<String>,
+    /// Where the agent keeps its SVID, key and trust bundle.
     #[arg(long, env = "SIGIL_AGENT_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Where to serve the Workload API.
@@ -69,8 +74,10 @@ struct RunArgs {
     /// The algorithm of workload WIT keys: ES256 (default), ES384, RS256 or PS256.
     #[arg(long, env = "SIGIL_WIT_KEY_ALGORITHM")]
     wit_key_algorithm: Option<String>,
+    /// off, error, warn, info (default), debug, trace, or target=level directives.
     #[arg(long, env = "SIGIL_LOG_LEVEL")]
     log_level: Option<String>,
+    /// text (default) or json.
     #[arg(long, env = "SIGIL_LOG_FORMAT")]
     log_format: Option<String>,
 }
@@ -94,10 +101,11 @@ pub fn main() -> ExitCode {
 async fn execute(command: Command) -> Result<(), String> {
     match command {
         Command::Run(args) => run(args).await,
-        Command::Up(args) => up::up(args).await,
+        #[cfg(feature = "embedded-issuer")]
+        Command::Up(args) => up::up(args).await.map_err(|e| e.to_string()),
         Command::Api(command) => api::execute(command).await,
         Command::Wpt(command) => wpt::execute(command).await,
-        Command::Healthcheck(socket) => api::healthcheck(&socket).await,
+        Command::Healthcheck(args) => api::healthcheck(&args).await,
     }
 }
 
@@ -120,12 +128,12 @@ async fn run(args: RunArgs) -> Result<(), String> {
         None => FileConfig::default(),
     };
     let config = AgentConfig::from_file(flags.or(file)).map_err(|e| e.to_string())?;
-    let format = if config.log_format == "json" {
-        sigil_issuer::config::LogFormat::Json
-    } else {
-        sigil_issuer::config::LogFormat::Text
-    };
-    sigil_issuer::cli::init_logging(&config.log_level, format);
+    workload_api::logging::init(&config.log_level, config.log_format);
+    workload_api::files::create_private_dir(&config.data_dir)
+        .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
+    // One agent per data directory: a second would rotate the same SVID.
+    let _lock =
+        workload_api::files::DirLock::acquire(&config.data_dir).map_err(|e| e.to_string())?;
     let agent = crate::agent::start(config)
         .await
         .map_err(|e| e.to_string())?;

@@ -41,8 +41,10 @@ pub enum WptCommand {
         /// This service's audience (the request's target URI).
         #[arg(long)]
         audience: String,
+        /// The Workload-Identity-Token header's value.
         #[arg(long)]
         wit: String,
+        /// The Workload-Proof-Token header's value.
         #[arg(long)]
         wpt: String,
         /// A SPIFFE bundle (JWK Set) of the WIT's trust domain; default: the
@@ -82,7 +84,7 @@ pub async fn execute(command: WptCommand) -> Result<(), String> {
             spiffe_id,
             socket,
         } => {
-            let lifetime = sigil_issuer::config::parse_duration(&lifetime)
+            let lifetime = workload_api::config_file::parse_duration(&lifetime)
                 .map_err(|e| format!("--lifetime: {e}"))?;
             let mut client = socket.connect().await?;
             let request = pb::WitsvidRequest {
@@ -108,8 +110,8 @@ pub async fn execute(command: WptCommand) -> Result<(), String> {
                 &bound,
                 unix_now(),
             );
-            println!("Workload-Identity-Token: {}", svid.wit_svid);
-            println!("Workload-Proof-Token: {proof}");
+            workload_api::outln!("Workload-Identity-Token: {}", svid.wit_svid);
+            workload_api::outln!("Workload-Proof-Token: {proof}");
             Ok(())
         }
         WptCommand::Verify {
@@ -158,14 +160,14 @@ pub async fn execute(command: WptCommand) -> Result<(), String> {
             let verified = verifier
                 .verify(&presented, at)
                 .map_err(|e| format!("{}: {e}", e.check()))?;
-            println!("WPT is valid.");
-            println!("Subject   : {}", verified.subject());
-            println!(
+            workload_api::outln!("WPT is valid.");
+            workload_api::outln!("Subject   : {}", verified.subject());
+            workload_api::outln!(
                 "WIT claims: {}",
                 serde_json::Value::Object(verified.wit.claims.clone())
             );
             if let Proof::Wpt(wpt) = &verified.proof {
-                println!(
+                workload_api::outln!(
                     "WPT claims: {}",
                     serde_json::Value::Object(wpt.claims.clone())
                 );

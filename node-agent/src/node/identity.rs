@@ -86,7 +86,7 @@ pub struct IdentityDir(PathBuf);
 impl IdentityDir {
     pub fn new(data_dir: &Path) -> std::io::Result<Self> {
         let dir = data_dir.join("agent");
-        sigil_issuer::server::create_private_dir(&dir)?;
+        workload_api::files::create_private_dir(&dir)?;
         Ok(IdentityDir(dir))
     }
 
@@ -96,7 +96,8 @@ impl IdentityDir {
     fn key_path(&self) -> PathBuf {
         self.0.join("svid.key")
     }
-    fn bundle_path(&self) -> PathBuf {
+    /// The stored trust bundle; removing it is how an agent re-bootstraps.
+    pub fn bundle_path(&self) -> PathBuf {
         self.0.join("bundle.json")
     }
 
@@ -115,7 +116,7 @@ impl IdentityDir {
     }
 
     pub fn save_bundle(&self, bundle: &Bundle) -> std::io::Result<()> {
-        sigil_issuer::ca::keys::write_private(&self.bundle_path(), &bundle.to_jwks_json())
+        workload_api::files::write_private(&self.bundle_path(), &bundle.to_jwks_json())
     }
 
     /// The stored SVID, if present and still valid against `bundle`.
@@ -141,8 +142,8 @@ impl IdentityDir {
 
     /// Stores the SVID and key (key first, both 0600, each replaced atomically).
     pub fn save_svid(&self, svid: &AgentSvid) -> std::io::Result<()> {
-        sigil_issuer::ca::keys::write_private(&self.key_path(), &svid.key_pkcs8)?;
-        sigil_issuer::ca::keys::write_private(&self.svid_path(), &svid.chain.concat())
+        workload_api::files::write_private(&self.key_path(), &svid.key_pkcs8)?;
+        workload_api::files::write_private(&self.svid_path(), &svid.chain.concat())
     }
 
     /// Forgets the SVID, so the next start attests again.
