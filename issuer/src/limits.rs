@@ -20,7 +20,7 @@ use tonic::transport::server::Connected;
 /// Longest SPIFFE ID in any field: `spiffe_id`, `parent_id`, `spiffe_id`
 /// selector values, list filters and agent IDs. SPIFFE-ID.md section 2.3
 /// requires accepting IDs up to this length and no more is needed.
-pub const MAX_SPIFFE_ID_BYTES: usize = 2048;
+pub use workload_api::id::MAX_SPIFFE_ID_BYTES;
 
 /// Longest trust domain name in `federates_with` (SPIFFE-ID.md section 2.1),
 /// not counting a `spiffe://` prefix.

@@ -21,6 +21,9 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub socket_path: Option<PathBuf>,
     pub join_token: Option<String>,
+    /// A file holding the join token, so it need not appear in the process
+    /// list or the configuration.
+    pub join_token_file: Option<PathBuf>,
     pub trust_bundle_path: Option<PathBuf>,
     pub trust_bundle_url: Option<String>,
     pub insecure_bootstrap: Option<bool>,
@@ -43,6 +46,7 @@ impl FileConfig {
             data_dir: self.data_dir.or(fallback.data_dir),
             socket_path: self.socket_path.or(fallback.socket_path),
             join_token: self.join_token.or(fallback.join_token),
+            join_token_file: self.join_token_file.or(fallback.join_token_file),
             trust_bundle_path: self.trust_bundle_path.or(fallback.trust_bundle_path),
             trust_bundle_url: self.trust_bundle_url.or(fallback.trust_bundle_url),
             insecure_bootstrap: self.insecure_bootstrap.or(fallback.insecure_bootstrap),
@@ -123,13 +127,29 @@ impl AgentConfig {
         let data_dir = file
             .data_dir
             .ok_or(ConfigError::Missing { key: "data_dir" })?;
-        if let Some(token) = &file.join_token {
-            if token.is_empty() {
+        let join_token = match (file.join_token, &file.join_token_file) {
+            (Some(_), Some(_)) => {
                 return Err(ConfigError::Invalid {
-                    key: "join_token",
-                    reason: "empty".into(),
-                });
+                    key: "join_token_file",
+                    reason: "set join_token or join_token_file, not both".into(),
+                })
             }
+            (token, None) => token,
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::Invalid {
+                        key: "join_token_file",
+                        reason: format!("{}: {e}", path.display()),
+                    })?
+                    .trim()
+                    .to_owned(),
+            ),
+        };
+        if join_token.as_deref() == Some("") {
+            return Err(ConfigError::Invalid {
+                key: "join_token",
+                reason: "empty".into(),
+            });
         }
         if let Some(url) = &file.trust_bundle_url {
             if !url.starts_with("https://") {
@@ -165,7 +185,7 @@ impl AgentConfig {
             socket_path: file
                 .socket_path
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
-            join_token: file.join_token,
+            join_token,
             trust_bundle_path: file.trust_bundle_path,
             trust_bundle_url: file.trust_bundle_url,
             insecure_bootstrap: file.insecure_bootstrap.unwrap_or(false),
@@ -205,9 +225,44 @@ mod tests {
         }
         let config = AgentConfig::from_file(FileConfig {
             join_token: Some("s3cr3t".into()),
-            ..base
+            ..base.clone()
         })
         .unwrap();
         assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn a_join_token_can_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "f1le-t0ken\n").unwrap();
+        let base = FileConfig {
+            trust_domain: Some("example.org".into()),
+            data_dir: Some("/tmp/x".into()),
+            join_token_file: Some(path.clone()),
+            ..FileConfig::default()
+        };
+        let config = AgentConfig::from_file(base.clone()).unwrap();
+        assert_eq!(config.join_token.as_deref(), Some("f1le-t0ken"));
+        let both = FileConfig {
+            join_token: Some("other".into()),
+            ..base.clone()
+        };
+        let err = AgentConfig::from_file(both).unwrap_err().to_string();
+        assert!(err.contains("not both"), "{err}");
+        std::fs::write(&path, "  \n").unwrap();
+        let err = AgentConfig::from_file(base.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("join_token: empty"), "{err}");
+        let missing = FileConfig {
+            join_token_file: Some(dir.path().join("absent")),
+            ..base
+        };
+        let err = AgentConfig::from_file(missing).unwrap_err().to_string();
+        assert!(
+            err.contains("join_token_file") && err.contains("absent"),
+            "{err}"
+        );
     }
 }

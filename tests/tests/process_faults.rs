@@ -347,3 +347,41 @@ fn an_evicted_agent_attests_anew_with_a_new_token_and_no_files_deleted() {
         "attested anew under a new agent ID: {healthy}"
     );
 }
+
+#[test]
+fn refused_attestations_are_logged_with_peer_and_cause_never_the_token() {
+    let deployment = Deployment::new();
+    let issuer = deployment.start_issuer();
+    let token = deployment.join_token();
+    let mut first = deployment.start_agent(Some(&token));
+    deployment.agent_id();
+    first.kill();
+    let bogus = "0123456789abcdef0123456789abcdef01234567";
+    for (secret, data_dir) in [(bogus, "bogus"), (token.as_str(), "reused")] {
+        let (ok, _, stderr) = run(Command::new(binary("sigil-agent"))
+            .args(["run", "--trust-domain", TRUST_DOMAIN])
+            .arg("--issuer-address")
+            .arg(format!("127.0.0.1:{}", deployment.port))
+            .arg("--data-dir")
+            .arg(deployment.dir.path().join(data_dir))
+            .arg("--socket-path")
+            .arg(deployment.dir.path().join(data_dir).join("api.sock"))
+            .arg("--trust-bundle")
+            .arg(deployment.dir.path().join("bootstrap.json"))
+            .env("SIGIL_JOIN_TOKEN", secret));
+        assert!(!ok, "{data_dir}: attestation must be refused");
+        assert!(stderr.contains("attestation refused"), "{stderr}");
+    }
+    let log = issuer.stderr();
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("node attestation refused"))
+        .collect();
+    assert_eq!(refusals.len(), 2, "{log}");
+    assert!(refusals
+        .iter()
+        .all(|l| l.contains("WARN") && l.contains("127.0.0.1:")));
+    assert!(refusals[0].contains("unknown"), "{}", refusals[0]);
+    assert!(refusals[1].contains("already used"), "{}", refusals[1]);
+    assert!(!log.contains(bogus) && !log.contains(&token), "{log}");
+}

@@ -174,6 +174,49 @@ async fn entitlement_and_header_rules() {
         .unwrap_err();
     assert_eq!(wit_missing_header.code(), Code::InvalidArgument);
 
+    // Audiences are bounded in count and size; at the limits a token comes.
+    let jwt = |audience: Vec<String>| {
+        let mut client = client.clone();
+        async move {
+            client
+                .fetch_jwtsvid(pb::JwtsvidRequest {
+                    audience,
+                    spiffe_id: String::new(),
+                })
+                .await
+        }
+    };
+    let max = workload_api::server::MAX_AUDIENCE_BYTES;
+    let widest = (0..workload_api::server::MAX_AUDIENCES)
+        .map(|i| format!("{i:0>max$}"))
+        .collect::<Vec<_>>();
+    let signed = jwt(widest.clone()).await.unwrap().into_inner();
+    assert_eq!(signed.svids.len(), 1);
+    let mut too_many = widest;
+    too_many.push("one more".into());
+    let refused = jwt(too_many).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(refused.message(), "audience: 33 audiences; at most 32");
+    let refused = jwt(vec!["a".repeat(max + 1)]).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(
+        refused.message(),
+        "audience: 2049 bytes; at most 2048 per audience"
+    );
+    let refused = client
+        .validate_jwtsvid(pb::ValidateJwtsvidRequest {
+            audience: "a".into(),
+            svid: "x".repeat(workload_api::server::MAX_JWT_BYTES + 1),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().starts_with("svid: "),
+        "{}",
+        refused.message()
+    );
+
     // A caller with another uid is entitled to nothing.
     let socket = node.socket.clone();
     let (ok, _, stderr) = tokio::task::spawn_blocking(move || {

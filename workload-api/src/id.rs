@@ -10,6 +10,10 @@ use spiffe::SpiffeIdError;
 
 const SCHEME_PREFIX: &str = "spiffe://";
 
+/// The longest SPIFFE ID Sigil accepts or issues: SPIFFE-ID.md section 2.3
+/// asks that implementations support 2,048 bytes and not generate longer.
+pub const MAX_SPIFFE_ID_BYTES: usize = 2048;
+
 /// Why a string is not a SPIFFE ID or trust domain.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]

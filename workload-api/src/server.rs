@@ -399,6 +399,34 @@ pub fn check_header<T>(request: &Request<T>) -> Result<(), Status> {
     }
 }
 
+/// Audiences one JWT-SVID request may name. Each is signed into the token
+/// and cached by the agent, so both are bounded.
+pub const MAX_AUDIENCES: usize = 32;
+/// Bytes of one audience.
+pub const MAX_AUDIENCE_BYTES: usize = 2048;
+/// Bytes of a JWT-SVID given to ValidateJWTSVID: room for every audience.
+pub const MAX_JWT_BYTES: usize = 128 * 1024;
+
+/// Refuses audience lists that are empty, too long or too large.
+pub fn check_audiences(audience: &[String]) -> Result<(), Status> {
+    if audience.is_empty() || audience.iter().any(String::is_empty) {
+        return Err(Status::invalid_argument("audience must be specified"));
+    }
+    if audience.len() > MAX_AUDIENCES {
+        return Err(Status::invalid_argument(format!(
+            "audience: {} audiences; at most {MAX_AUDIENCES}",
+            audience.len()
+        )));
+    }
+    if let Some(long) = audience.iter().find(|a| a.len() > MAX_AUDIENCE_BYTES) {
+        return Err(Status::invalid_argument(format!(
+            "audience: {} bytes; at most {MAX_AUDIENCE_BYTES} per audience",
+            long.len()
+        )));
+    }
+    Ok(())
+}
+
 fn no_identity() -> Status {
     Status::permission_denied("no identity issued")
 }
@@ -517,8 +545,13 @@ impl<S: IdentitySource> SpiffeWorkloadApi for WorkloadApi<S> {
     ) -> Result<Response<pb::JwtsvidResponse>, Status> {
         let selectors = self.admit(&request).await?;
         let request = request.into_inner();
-        if request.audience.is_empty() || request.audience.iter().any(String::is_empty) {
-            return Err(Status::invalid_argument("audience must be specified"));
+        check_audiences(&request.audience)?;
+        if request.spiffe_id.len() > crate::id::MAX_SPIFFE_ID_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "spiffe_id: {} bytes; at most {}",
+                request.spiffe_id.len(),
+                crate::id::MAX_SPIFFE_ID_BYTES
+            )));
         }
         let snapshot = self.source.snapshots().borrow().clone();
         let identities: Vec<_> = snapshot
@@ -563,11 +596,15 @@ impl<S: IdentitySource> SpiffeWorkloadApi for WorkloadApi<S> {
     ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
         check_header(&request)?;
         let request = request.into_inner();
-        if request.audience.is_empty() {
-            return Err(Status::invalid_argument("audience must be specified"));
-        }
+        check_audiences(std::slice::from_ref(&request.audience))?;
         if request.svid.is_empty() {
             return Err(Status::invalid_argument("svid must be specified"));
+        }
+        if request.svid.len() > MAX_JWT_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "svid: {} bytes; at most {MAX_JWT_BYTES}",
+                request.svid.len()
+            )));
         }
         let snapshot = self.source.snapshots().borrow().clone();
         let validated = jwtsvid::validate(

@@ -252,21 +252,32 @@ impl AgentApi for AgentService {
         &self,
         request: Request<pb::AttestAgentRequest>,
     ) -> Result<Response<pb::AttestAgentResponse>, Status> {
+        let peer = request
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|info| info.get_ref().remote_addr());
+        // Operators see every refused attestation with its cause and where
+        // it came from; the token itself never reaches a log.
+        let refused = |status: Status| {
+            tracing::warn!(peer = ?peer, cause = %status.message(), "node attestation refused");
+            status
+        };
         let request = request.into_inner();
         let Some(pb::attest_agent_request::Method::JoinToken(join)) = request.method else {
-            return Err(Status::invalid_argument(
+            return Err(refused(Status::invalid_argument(
                 "attestation method is missing; send a join token",
-            ));
+            )));
         };
         if join.token.is_empty() {
-            return Err(Status::invalid_argument("join token is empty"));
+            return Err(refused(Status::invalid_argument("join token is empty")));
         }
         // Check the CSR before claiming the token so a bad request costs nothing.
-        csr::verify(&request.csr).map_err(|e| Status::invalid_argument(format!("csr: {e}")))?;
+        csr::verify(&request.csr)
+            .map_err(|e| refused(Status::invalid_argument(format!("csr: {e}"))))?;
         let now = self.now();
         let token_id = attestation::redeem_join_token(&self.state.store, &join.token, now)
             .await
-            .map_err(store_status)?;
+            .map_err(|e| refused(store_status(e)))?;
         let id = attestation::join_token_agent_id(&self.state.config.trust_domain, &token_id);
         let signed = match self.sign_agent_svid(&id, &request.csr) {
             Ok(signed) => signed,
@@ -381,11 +392,8 @@ impl AgentApi for AgentService {
     ) -> Result<Response<pb::SignJwtSvidResponse>, Status> {
         let agent = self.authenticate(&request).await?;
         let request = request.into_inner();
-        if request.audience.is_empty() || request.audience.iter().any(String::is_empty) {
-            return Err(Status::invalid_argument(
-                "audience: at least one non-empty audience is required",
-            ));
-        }
+        // The same bounds the agent's Workload API applies.
+        workload_api::server::check_audiences(&request.audience)?;
         let entries = self.authorized(&agent).await?;
         let entry = entries.get(&request.entry_id).ok_or_else(|| {
             Status::permission_denied(format!(

@@ -59,9 +59,13 @@ struct RunArgs {
     /// Where to serve the Workload API.
     #[arg(long, env = "SIGIL_AGENT_SOCKET")]
     socket_path: Option<PathBuf>,
-    /// A join token from `sigil-issuer token generate`.
+    /// A join token from `sigil-issuer token generate` (visible in the
+    /// process list: prefer SIGIL_JOIN_TOKEN or --join-token-file).
     #[arg(long, env = "SIGIL_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
+    /// A file holding the join token.
+    #[arg(long, env = "SIGIL_JOIN_TOKEN_FILE")]
+    join_token_file: Option<PathBuf>,
     /// The issuer's trust bundle: PEM CA certificates or a SPIFFE bundle.
     #[arg(long)]
     trust_bundle: Option<PathBuf>,
@@ -116,6 +120,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         data_dir: args.data_dir,
         socket_path: args.socket_path,
         join_token: args.join_token,
+        join_token_file: args.join_token_file,
         trust_bundle_path: args.trust_bundle,
         trust_bundle_url: args.trust_bundle_url,
         insecure_bootstrap: args.insecure_bootstrap.then_some(true),

@@ -4,7 +4,6 @@
 //! expired token is never served. Decisions are pure functions of the token
 //! and the time passed in; an overdue refresh is due now.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -13,10 +12,15 @@ use tonic::Status;
 use workload_api::source::unix_time;
 
 use super::health::IssuerHealth;
+use super::lru::Lru;
 use crate::node::Node;
 
-/// Cached tokens above this count are pruned (expired first, then all).
-const CACHE_LIMIT: usize = 10_000;
+/// The bytes of tokens and their keys the cache keeps at most; least
+/// recently used tokens go first. Audiences come from workloads, so the
+/// cache is bounded by what they weigh, not by how many there are.
+pub const CACHE_BUDGET_BYTES: usize = 4 * 1024 * 1024;
+/// What a cached token costs beyond its bytes (map slots, times, order).
+const ENTRY_OVERHEAD_BYTES: usize = 128;
 
 #[derive(Debug, Clone)]
 struct Cached {
@@ -73,9 +77,17 @@ fn is_outage(code: tonic::Code) -> bool {
 type Key = (String, Vec<String>);
 
 /// The JWT-SVID cache.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct JwtCache {
-    tokens: Mutex<HashMap<Key, Cached>>,
+    tokens: Mutex<Lru<Key, Cached>>,
+}
+
+impl Default for JwtCache {
+    fn default() -> Self {
+        JwtCache {
+            tokens: Mutex::new(Lru::new(CACHE_BUDGET_BYTES)),
+        }
+    }
 }
 
 impl JwtCache {
@@ -108,7 +120,7 @@ impl JwtCache {
                 health.succeeded();
                 let response = response.into_inner();
                 let fresh = Cached::new(response.token, now, unix_time(response.expires_at));
-                self.store(key, fresh.clone(), now);
+                self.store(key, fresh.clone());
                 if fresh.valid_at(now) {
                     Ok(fresh.token)
                 } else {
@@ -140,15 +152,20 @@ impl JwtCache {
         }
     }
 
-    fn store(&self, key: Key, token: Cached, now: SystemTime) {
-        let mut tokens = self.tokens.lock().expect("jwt cache");
-        if tokens.len() >= CACHE_LIMIT {
-            tokens.retain(|_, c| c.valid_at(now));
-            if tokens.len() >= CACHE_LIMIT {
-                tokens.clear();
-            }
-        }
-        tokens.insert(key, token);
+    fn store(&self, key: Key, token: Cached) {
+        let weight = ENTRY_OVERHEAD_BYTES
+            + key.0.len()
+            + key.1.iter().map(String::len).sum::<usize>()
+            + token.token.len();
+        self.tokens
+            .lock()
+            .expect("jwt cache")
+            .insert(key, token, weight);
+    }
+
+    /// Bytes the cache holds, by its own accounting.
+    pub fn bytes(&self) -> usize {
+        self.tokens.lock().expect("jwt cache").bytes()
     }
 }
 
@@ -216,24 +233,21 @@ mod tests {
     }
 
     #[test]
-    fn pruning_keeps_the_valid_tokens() {
+    fn the_cache_is_bounded_in_bytes_whatever_the_audiences() {
         let cache = JwtCache::default();
-        let now = at(1000);
-        for i in 0..CACHE_LIMIT {
-            let expires = if i % 2 == 0 { at(10) } else { at(5000) };
+        let audience = "a".repeat(2048);
+        for i in 0..4000 {
             cache.store(
-                cache_key(&i.to_string(), &["a".into()]),
-                Cached::new("t".into(), at(0), expires),
-                now,
+                cache_key(&i.to_string(), std::slice::from_ref(&audience)),
+                Cached::new("t".repeat(3000), at(0), at(5000)),
             );
+            assert!(cache.bytes() <= CACHE_BUDGET_BYTES);
         }
-        cache.store(
-            cache_key("new", &["a".into()]),
-            Cached::new("t".into(), now, at(5000)),
-            now,
-        );
-        let tokens = cache.tokens.lock().unwrap();
-        assert_eq!(tokens.len(), CACHE_LIMIT / 2 + 1);
-        assert!(tokens.values().all(|c| c.valid_at(now)));
+        let held = cache.tokens.lock().unwrap().len();
+        assert!(held > 100 && held < 4000, "{held} tokens held");
+        let newest = cache_key("3999", std::slice::from_ref(&audience));
+        assert!(cache.tokens.lock().unwrap().get(&newest).is_some());
+        let oldest = cache_key("0", std::slice::from_ref(&audience));
+        assert!(cache.tokens.lock().unwrap().get(&oldest).is_none());
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod health;
 pub mod jwt;
+pub mod lru;
 pub mod schedule;
 pub mod wit;
 
