@@ -26,7 +26,6 @@ struct Process {
 impl Process {
     fn spawn(command: &mut Command, stderr: PathBuf) -> Self {
         let child = command
-            .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
@@ -74,6 +73,7 @@ impl Deployment {
     fn start_issuer(&self) -> Process {
         let process = Process::spawn(
             Command::new(binary("sigil-issuer"))
+                .stdout(Stdio::null())
                 .args(["run", "--trust-domain", TRUST_DOMAIN])
                 .arg("--agent-api-address")
                 .arg(format!("127.0.0.1:{}", self.port))
@@ -108,6 +108,7 @@ impl Deployment {
         }
         let mut command = Command::new(binary("sigil-agent"));
         command
+            .stdout(Stdio::null())
             .args(["run", "--trust-domain", TRUST_DOMAIN])
             .arg("--issuer-address")
             .arg(format!("127.0.0.1:{}", self.port))
@@ -384,4 +385,96 @@ fn refused_attestations_are_logged_with_peer_and_cause_never_the_token() {
     assert!(refusals[0].contains("unknown"), "{}", refusals[0]);
     assert!(refusals[1].contains("already used"), "{}", refusals[1]);
     assert!(!log.contains(bogus) && !log.contains(&token), "{log}");
+}
+
+#[test]
+fn an_issuer_killed_again_and_again_never_makes_the_agent_serve_an_expired_svid() {
+    let deployment = Deployment::new();
+    let mut issuer = deployment.start_issuer();
+    let _agent = deployment.start_agent(Some(&deployment.join_token()));
+    let agent_id = deployment.agent_id();
+    let selector = format!("unix:uid:{}", current_uid());
+    // An 8 s SVID rotates every 3-4 s: across the kills below.
+    let (ok, _, stderr) = deployment.admin(&[
+        "entry",
+        "create",
+        "--parent-id",
+        &agent_id,
+        "--spiffe-id",
+        "spiffe://example.org/churn",
+        "--selector",
+        &selector,
+        "--x509-svid-ttl",
+        "8",
+    ]);
+    assert!(ok, "{stderr}");
+    fetch_until(&deployment, Duration::from_secs(20), Result::is_ok).unwrap();
+    let watch_log = deployment.dir.path().join("watch.out");
+    let mut watch = Process::spawn(
+        Command::new(binary("sigil-agent"))
+            .args(["api", "watch", "--socket-path"])
+            .arg(deployment.api_socket())
+            .stdout(std::fs::File::create(&watch_log).unwrap()),
+        deployment.dir.path().join("watch.err"),
+    );
+
+    let mut served = std::collections::BTreeSet::new();
+    let mut refusals = 0;
+    let mut fetch_for = |how_long: Duration| {
+        let until = Instant::now() + how_long;
+        while Instant::now() < until {
+            let asked = SystemTime::now();
+            match deployment.fetch_x509() {
+                Ok(not_after) => {
+                    assert!(not_after > asked, "an expired X509-SVID was served");
+                    served.insert(not_after);
+                }
+                Err(error) => {
+                    assert!(error.contains("Unavailable"), "unnamed failure: {error}");
+                    refusals += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    for _ in 0..5 {
+        fetch_for(Duration::from_millis(1500));
+        issuer.kill();
+        fetch_for(Duration::from_millis(800));
+        issuer = deployment.start_issuer();
+    }
+    fetch_for(Duration::from_secs(5));
+    assert!(
+        served.len() >= 3,
+        "rotation carried on across the kills: {served:?}"
+    );
+    println!(
+        "{} distinct SVIDs served, {refusals} refusals",
+        served.len()
+    );
+
+    assert!(
+        watch.child.try_wait().unwrap().is_none(),
+        "the open stream survived every kill: {}",
+        watch.stderr()
+    );
+    watch.kill();
+    let updates = std::fs::read_to_string(&watch_log).unwrap();
+    let mut lines = 0;
+    for line in updates.lines() {
+        let (received, rest) = line.split_once(" received ").unwrap();
+        let received = humantime::parse_rfc3339(received).unwrap();
+        let expires = rest
+            .split("(expires ")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches(')');
+        let expires = humantime::parse_rfc3339(expires).unwrap();
+        assert!(
+            expires > received,
+            "the stream sent an expired SVID: {line}"
+        );
+        lines += 1;
+    }
+    assert!(lines >= 3, "the stream saw the rotations: {updates}");
 }
