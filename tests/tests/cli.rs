@@ -163,6 +163,41 @@ fn entry_commands_round_trip() {
     assert!(!ok);
     assert!(stderr.contains("revision"), "{stderr}");
 
+    // An update changes only the fields it is given.
+    let (ok, stdout, stderr) = run(&mut admin(
+        s,
+        &[
+            "entry",
+            "update",
+            "--entry-id",
+            &id,
+            "--hint",
+            "edge",
+            "--json",
+        ],
+    ));
+    assert!(ok, "{stderr}");
+    let hinted: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(hinted["hint"], "edge");
+    assert_eq!(hinted["revision"], 3);
+    for kept in [
+        "spiffe_id",
+        "parent_id",
+        "selectors",
+        "x509_svid_ttl",
+        "jwt_svid_ttl",
+        "dns_names",
+        "federates_with",
+    ] {
+        assert_eq!(hinted[kept], updated[kept], "{kept} is kept");
+    }
+    let (ok, _, stderr) = run(&mut admin(
+        s,
+        &["entry", "create", "--spiffe-id", "spiffe://example.org/x"],
+    ));
+    assert!(!ok);
+    assert!(stderr.contains("--parent-id is required"), "{stderr}");
+
     let (ok, stdout, _) = run(&mut admin(s, &["entry", "delete", "--entry-id", &id]));
     assert!(ok, "{stdout}");
     assert_eq!(entry_count(s), 0);

@@ -77,58 +77,88 @@ struct SocketArg {
     socket_path: PathBuf,
 }
 
+/// An entry's fields as flags. `entry create` needs `--spiffe-id`,
+/// `--parent-id` and a `--selector`; `entry update` changes only the fields
+/// it is given (a repeated flag replaces the whole list).
 #[derive(Debug, Args)]
 struct EntryFieldArgs {
     /// The SPIFFE ID the entry issues.
     #[arg(long, value_parser = spiffe_id_arg)]
-    spiffe_id: String,
+    spiffe_id: Option<String>,
     /// The SPIFFE ID of the agent (or node alias) that may mint it.
     #[arg(long, value_parser = spiffe_id_arg)]
-    parent_id: String,
+    parent_id: Option<String>,
     /// TYPE:VALUE; repeat for several. All must match.
-    #[arg(long = "selector", required = true, value_parser = selector_arg)]
+    #[arg(long = "selector", value_parser = selector_arg)]
     selectors: Vec<Selector>,
-    /// X509-SVID lifetime (e.g. 1h or seconds); default: the issuer's.
+    /// X509-SVID lifetime (e.g. 1h or seconds); 0: the issuer's default.
     #[arg(long, value_parser = ttl_arg)]
     x509_svid_ttl: Option<i64>,
-    /// JWT-SVID lifetime (e.g. 5m or seconds); default: the issuer's.
+    /// JWT-SVID lifetime (e.g. 5m or seconds); 0: the issuer's default.
     #[arg(long, value_parser = ttl_arg)]
     jwt_svid_ttl: Option<i64>,
     /// DNS SAN for the X509-SVID; repeat for several.
     #[arg(long = "dns-name")]
     dns_names: Vec<String>,
     /// Guidance for workloads holding several SVIDs.
-    #[arg(long, default_value = "")]
-    hint: String,
+    #[arg(long)]
+    hint: Option<String>,
     /// Trust domain whose bundle the workload receives; repeat for several.
     #[arg(long = "federates-with")]
     federates_with: Vec<String>,
-    /// Unix time after which the entry no longer applies.
-    #[arg(long, default_value_t = 0)]
-    expires_at: i64,
+    /// Unix time after which the entry no longer applies; 0: never.
+    #[arg(long)]
+    expires_at: Option<i64>,
 }
 
 impl EntryFieldArgs {
-    fn to_proto(&self) -> pb::EntryFields {
+    /// The fields of a new entry.
+    fn to_new(&self) -> Result<pb::EntryFields, String> {
+        let required = |value: &Option<String>, flag: &str| {
+            value.clone().ok_or_else(|| format!("{flag} is required"))
+        };
+        let spiffe_id = required(&self.spiffe_id, "--spiffe-id")?;
+        let parent_id = required(&self.parent_id, "--parent-id")?;
+        if self.selectors.is_empty() {
+            return Err("--selector is required (TYPE:VALUE, repeat for several)".into());
+        }
+        Ok(self.apply(pb::EntryFields {
+            spiffe_id,
+            parent_id,
+            ..pb::EntryFields::default()
+        }))
+    }
+
+    /// `current` with the fields given on the command line replaced.
+    fn apply(&self, current: pb::EntryFields) -> pb::EntryFields {
+        let list = |given: &[String], current: Vec<String>| {
+            if given.is_empty() {
+                current
+            } else {
+                given.to_vec()
+            }
+        };
         pb::EntryFields {
-            spiffe_id: self.spiffe_id.clone(),
-            parent_id: self.parent_id.clone(),
-            selectors: self
-                .selectors
-                .iter()
-                .map(|s| SelectorMessage {
-                    r#type: s.kind.clone(),
-                    value: s.value.clone(),
-                })
-                .collect(),
-            x509_svid_ttl: self.x509_svid_ttl.unwrap_or(0),
-            jwt_svid_ttl: self.jwt_svid_ttl.unwrap_or(0),
-            dns_names: self.dns_names.clone(),
-            hint: self.hint.clone(),
-            federates_with: self.federates_with.clone(),
-            admin: false,
-            downstream: false,
-            expires_at: self.expires_at,
+            spiffe_id: self.spiffe_id.clone().unwrap_or(current.spiffe_id),
+            parent_id: self.parent_id.clone().unwrap_or(current.parent_id),
+            selectors: if self.selectors.is_empty() {
+                current.selectors
+            } else {
+                self.selectors
+                    .iter()
+                    .map(|s| SelectorMessage {
+                        r#type: s.kind.clone(),
+                        value: s.value.clone(),
+                    })
+                    .collect()
+            },
+            x509_svid_ttl: self.x509_svid_ttl.unwrap_or(current.x509_svid_ttl),
+            jwt_svid_ttl: self.jwt_svid_ttl.unwrap_or(current.jwt_svid_ttl),
+            dns_names: list(&self.dns_names, current.dns_names),
+            hint: self.hint.clone().unwrap_or(current.hint),
+            federates_with: list(&self.federates_with, current.federates_with),
+            expires_at: self.expires_at.unwrap_or(current.expires_at),
+            ..current
         }
     }
 }
@@ -145,14 +175,15 @@ enum EntryCommand {
         #[command(flatten)]
         socket: SocketArg,
     },
-    /// Replace every field of an entry.
+    /// Change the fields given; the others keep their values.
     Update {
         /// The entry's id, as `entry list` shows it.
         #[arg(long)]
         entry_id: String,
-        /// Refuse the update unless the entry is at this revision.
-        #[arg(long, default_value_t = 0)]
-        revision: i64,
+        /// Refuse the update unless the entry is at this revision (default:
+        /// the revision read just before, so a concurrent edit is not lost).
+        #[arg(long)]
+        revision: Option<i64>,
         #[command(flatten)]
         fields: EntryFieldArgs,
         /// Print JSON (times as Unix seconds) instead of text.
@@ -366,6 +397,23 @@ async fn execute(command: Command) -> Result<(), String> {
     }
 }
 
+/// The fields of a stored entry, as an update request carries them.
+fn fields_of(entry: proto::issuer::Entry) -> pb::EntryFields {
+    pb::EntryFields {
+        spiffe_id: entry.spiffe_id,
+        parent_id: entry.parent_id,
+        selectors: entry.selectors,
+        x509_svid_ttl: entry.x509_svid_ttl,
+        jwt_svid_ttl: entry.jwt_svid_ttl,
+        dns_names: entry.dns_names,
+        hint: entry.hint,
+        federates_with: entry.federates_with,
+        admin: entry.admin,
+        downstream: entry.downstream,
+        expires_at: entry.expires_at,
+    }
+}
+
 async fn entry(command: EntryCommand) -> Result<(), String> {
     match command {
         EntryCommand::Create {
@@ -373,10 +421,11 @@ async fn entry(command: EntryCommand) -> Result<(), String> {
             json,
             socket,
         } => {
+            let fields = fields.to_new()?;
             let entry = admin(&socket)
                 .await?
                 .create_entry(pb::CreateEntryRequest {
-                    entry: Some(fields.to_proto()),
+                    entry: Some(fields),
                 })
                 .await
                 .map_err(status)?
@@ -390,12 +439,19 @@ async fn entry(command: EntryCommand) -> Result<(), String> {
             json,
             socket,
         } => {
-            let entry = admin(&socket)
-                .await?
+            let mut admin = admin(&socket).await?;
+            let current = admin
+                .get_entry(pb::EntryId {
+                    id: entry_id.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let entry = admin
                 .update_entry(pb::UpdateEntryRequest {
                     id: entry_id,
-                    entry: Some(fields.to_proto()),
-                    revision,
+                    revision: revision.unwrap_or(current.revision),
+                    entry: Some(fields.apply(fields_of(current))),
                 })
                 .await
                 .map_err(status)?
