@@ -49,6 +49,11 @@ pub fn unix_secs(t: SystemTime) -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// Unix seconds as an RFC 3339 date, as logs and CLI text show times.
+pub fn rfc3339(secs: i64) -> String {
+    humantime::format_rfc3339_seconds(from_unix_secs(secs)).to_string()
+}
+
 /// The time `secs` seconds after the Unix epoch.
 pub fn from_unix_secs(secs: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64)

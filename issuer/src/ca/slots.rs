@@ -182,12 +182,12 @@ fn rotate_slot<T: Journaled>(
         Step::Bootstrap => {
             retire(slot.iter_mut().map(|k| k.record_mut()));
             let key = create(Status::Active)?;
-            tracing::info!(kind, id = %key.record().id, not_after = key.record().not_after, "key created and active");
+            tracing::info!(kind, id = %key.record().id, not_after = %crate::clock::rfc3339(key.record().not_after), "key created and active");
             slot.push(key);
         }
         Step::Prepare => {
             let key = create(Status::Prepared)?;
-            tracing::info!(kind, id = %key.record().id, not_after = key.record().not_after, "key prepared and published");
+            tracing::info!(kind, id = %key.record().id, not_after = %crate::clock::rfc3339(key.record().not_after), "key prepared and published");
             slot.push(key);
         }
         Step::Activate => {

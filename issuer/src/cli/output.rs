@@ -5,11 +5,7 @@
 use proto::admin::{Agent, JoinToken};
 use proto::issuer::Entry;
 
-/// Unix seconds as an RFC 3339 date.
-fn date(secs: i64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
-    humantime::format_rfc3339_seconds(at).to_string()
-}
+use crate::clock::rfc3339 as date;
 
 fn print_json(value: &serde_json::Value) {
     workload_api::outln!(

@@ -43,7 +43,7 @@ pub enum StoreError {
     TokenUnknown,
     #[error("join token was already used")]
     TokenUsed,
-    #[error("join token expired at {expires_at}")]
+    #[error("join token expired at {}", crate::clock::rfc3339(*.expires_at))]
     TokenExpired { expires_at: i64 },
     #[error("stored data is corrupt: {column}: {source}")]
     Corrupt {

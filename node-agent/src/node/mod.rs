@@ -279,7 +279,7 @@ impl Node {
         self.dir
             .save_svid(&svid)
             .map_err(|e| tonic::Status::internal(e.to_string()))?;
-        tracing::info!(agent_id = %svid.spiffe_id, not_after = ?svid.not_after, "agent SVID renewed");
+        tracing::info!(agent_id = %svid.spiffe_id, not_after = %humantime::format_rfc3339_seconds(svid.not_after), "agent SVID renewed");
         self.svid.send_replace(Arc::new(svid));
         self.reconnect().await;
         Ok(())
