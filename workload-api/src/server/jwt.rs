@@ -1,0 +1,111 @@
+//! FetchJWTSVID's answer: a token per entitled identity, fetched side by
+//! side, expired ones never returned, and the failure that names its cause.
+
+use super::outage::format_lasted;
+use super::*;
+
+/// JWT-SVIDs for each of `identities`, fetched side by side: those that can
+/// be had (cached and unexpired, or freshly signed) are returned, in order;
+/// the call fails only if none can.
+pub(super) async fn jwt_response<S: IdentitySource>(
+    source: &Arc<S>,
+    identities: Vec<Identity>,
+    audience: Vec<String>,
+    now: SystemTime,
+) -> Result<pb::JwtsvidResponse, Status> {
+    let audience = Arc::new(audience);
+    let mut fetches = tokio::task::JoinSet::new();
+    for (index, identity) in identities.iter().cloned().enumerate() {
+        let (source, audience) = (source.clone(), audience.clone());
+        fetches.spawn(async move {
+            let fetched = source.fetch_jwt_svid(&identity, &audience, now).await;
+            (index, fetched.and_then(|token| unexpired_jwt(token, now)))
+        });
+    }
+    let mut fetched: Vec<Option<Result<String, Status>>> = vec![None; identities.len()];
+    while let Some(joined) = fetches.join_next().await {
+        let (index, result) = joined.map_err(|_| Status::internal("JWT-SVID fetch panicked"))?;
+        fetched[index] = Some(result);
+    }
+    let mut svids = Vec::with_capacity(identities.len());
+    let mut refusals = Vec::new();
+    for (identity, result) in identities.into_iter().zip(fetched) {
+        match result.expect("every fetch was joined") {
+            Ok(svid) => svids.push(pb::Jwtsvid {
+                spiffe_id: identity.spiffe_id,
+                svid,
+                hint: identity.hint,
+            }),
+            Err(status) => {
+                tracing::debug!(spiffe_id = %identity.spiffe_id, error = %status.message(), "JWT-SVID unavailable");
+                refusals.push(status);
+            }
+        }
+    }
+    if svids.is_empty() {
+        return Err(no_jwt_svid(refusals, source.issuer_outage(), now));
+    }
+    Ok(pb::JwtsvidResponse { svids })
+}
+
+/// `token` if its `exp` is after `now` (RFC 7519 section 4.1.4).
+pub(super) fn unexpired_jwt(token: String, now: SystemTime) -> Result<String, Status> {
+    let exp = crate::jws::parse(&token)
+        .ok()
+        .and_then(|jws| jws.numeric_date("exp").ok().flatten())
+        .ok_or_else(|| Status::internal("the JWT-SVID has no valid exp claim"))?;
+    if now < crate::source::unix_time(i64::try_from(exp).unwrap_or(i64::MAX)) {
+        Ok(token)
+    } else {
+        Err(Status::unavailable(
+            "the JWT-SVID expired before it could be served",
+        ))
+    }
+}
+
+/// Why no JWT-SVID could be had. Refusals that are the caller's to fix
+/// (audience, entitlement) are passed on; otherwise the issuer is at fault,
+/// and the answer says for how long it has been.
+pub(super) fn no_jwt_svid(
+    refusals: Vec<Status>,
+    outage: Option<IssuerOutage>,
+    now: SystemTime,
+) -> Status {
+    let unavailable = refusals
+        .iter()
+        .position(|s| s.code() == tonic::Code::Unavailable);
+    match (unavailable, outage) {
+        (None, _) => refusals
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Status::internal("no JWT-SVID and no reason")),
+        (Some(_), Some(outage)) => Status::unavailable(format!(
+            "no JWT-SVID can be served for this workload; the issuer has been unreachable for {}: {}",
+            format_lasted(outage.lasted(now)),
+            outage.last_error
+        )),
+        (Some(index), None) => refusals.into_iter().nth(index).expect("found above"),
+    }
+}
+
+/// JSON claims as a protobuf Struct.
+pub(super) fn to_struct(map: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map.into_iter().map(|(k, v)| (k, to_value(v))).collect(),
+    }
+}
+
+pub(super) fn to_value(value: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.into_iter().map(to_value).collect(),
+        }),
+        serde_json::Value::Object(map) => Kind::StructValue(to_struct(map)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}

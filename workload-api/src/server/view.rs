@@ -1,0 +1,230 @@
+//! What a caller sees at one moment: its X509-SVIDs, WIT-SVIDs and bundles
+//! rendered with the time they are sent (expired credentials left out), and
+//! the fingerprints that tell a stream whether that view changed.
+
+use super::*;
+
+/// Sorts the caller's identities by the state of one credential at a
+/// moment (`valid`: `None` when not minted, else whether still valid). The
+/// view waits while any is not minted, unless none left is valid and some
+/// have expired: then nothing can be served now.
+pub(super) fn sort_by_validity<'a>(
+    entitled: &[&'a Identity],
+    valid: impl Fn(&Identity) -> Option<bool>,
+) -> View<Vec<&'a Identity>> {
+    let mut ready = Vec::with_capacity(entitled.len());
+    let (mut pending, mut expired) = (false, false);
+    for identity in entitled {
+        match valid(identity) {
+            None => pending = true,
+            Some(true) => ready.push(*identity),
+            Some(false) => expired = true,
+        }
+    }
+    if ready.is_empty() && expired {
+        View::Expired
+    } else if pending {
+        View::Pending
+    } else {
+        View::Ready(ready)
+    }
+}
+
+/// Hashes one credential's state at a moment: absent, valid (with its
+/// serial, noting its expiry), or expired.
+pub(super) fn credential_into(
+    hasher: &mut impl std::hash::Hasher,
+    next_expiry: &mut Option<SystemTime>,
+    credential: Option<(u64, SystemTime)>,
+    now: SystemTime,
+) {
+    use std::hash::Hash;
+    match credential {
+        None => 0u8.hash(hasher),
+        Some((serial, expires_at)) if now < expires_at => {
+            1u8.hash(hasher);
+            serial.hash(hasher);
+            *next_expiry = Some(next_expiry.map_or(expires_at, |t| t.min(expires_at)));
+        }
+        Some(_) => 2u8.hash(hasher),
+    }
+}
+
+/// What a caller's X.509 view depends on at `now`.
+pub(super) fn x509_fingerprint(
+    snapshot: &Snapshot,
+    selectors: &[Selector],
+    now: SystemTime,
+) -> Fingerprint {
+    use std::hash::Hash;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut next_expiry = None;
+    bundles_fingerprint_into(&mut hasher, snapshot, selectors);
+    for identity in snapshot.entitled(selectors) {
+        identity.entry_id.hash(&mut hasher);
+        identity.spiffe_id.hash(&mut hasher);
+        identity.hint.hash(&mut hasher);
+        let x509 = identity.x509.as_ref().map(|x| (x.serial, x.expires_at()));
+        credential_into(&mut hasher, &mut next_expiry, x509, now);
+    }
+    Fingerprint {
+        next_expiry,
+        ..Fingerprint::of(hasher)
+    }
+}
+
+/// What a caller's bundle view depends on.
+pub(super) fn bundles_fingerprint(
+    snapshot: &Snapshot,
+    selectors: &[Selector],
+    _: SystemTime,
+) -> Fingerprint {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bundles_fingerprint_into(&mut hasher, snapshot, selectors);
+    Fingerprint::of(hasher)
+}
+
+pub(super) fn bundles_fingerprint_into(
+    hasher: &mut impl std::hash::Hasher,
+    snapshot: &Snapshot,
+    selectors: &[Selector],
+) {
+    use std::hash::Hash;
+    snapshot.bundle.sequence().hash(hasher);
+    snapshot.bundle.x509_authorities().len().hash(hasher);
+    snapshot.bundle.jwt_authorities().len().hash(hasher);
+    for identity in snapshot.entitled(selectors) {
+        for td in &identity.federates_with {
+            td.as_str().hash(hasher);
+            snapshot
+                .federated
+                .get(td)
+                .map(|b| b.sequence())
+                .hash(hasher);
+        }
+    }
+}
+
+/// The caller's X509-SVIDs valid at `now`, once all are minted. Expired ones
+/// are left out (X509-SVID.md section 4.3 has validators reject them anyway).
+pub(super) fn x509_response(
+    snapshot: &Snapshot,
+    selectors: &[Selector],
+    now: SystemTime,
+) -> Result<View<pb::X509svidResponse>, Status> {
+    let entitled: Vec<_> = snapshot.entitled(selectors).collect();
+    if entitled.is_empty() {
+        return Err(no_identity());
+    }
+    let ready = match sort_by_validity(&entitled, |i| i.x509.as_ref().map(|x| x.valid_at(now))) {
+        View::Ready(ready) => ready,
+        View::Pending => return Ok(View::Pending),
+        View::Expired => return Ok(View::Expired),
+    };
+    let bundle = snapshot.bundle.x509_der_concat();
+    let svids: Vec<pb::X509svid> = ready
+        .iter()
+        .filter_map(|identity| {
+            identity.x509.as_ref().map(|x509| pb::X509svid {
+                spiffe_id: identity.spiffe_id.clone(),
+                x509_svid: x509.chain.clone(),
+                x509_svid_key: x509.key_pkcs8.to_vec(),
+                bundle: bundle.clone(),
+                hint: identity.hint.clone(),
+            })
+        })
+        .collect();
+    let mut federated_bundles = std::collections::HashMap::new();
+    for identity in &entitled {
+        for td in &identity.federates_with {
+            if let Some(b) = snapshot.federated.get(td) {
+                federated_bundles.insert(trust_domain_id(td), b.x509_der_concat());
+            }
+        }
+    }
+    Ok(View::Ready(pb::X509svidResponse {
+        svids,
+        crl: Vec::new(),
+        federated_bundles,
+    }))
+}
+
+/// The bundles a caller receives: its own trust domain's and those its
+/// identities federate with.
+pub(super) fn bundle_map<V>(
+    snapshot: &Snapshot,
+    selectors: &[Selector],
+    encode: impl Fn(&crate::Bundle) -> V,
+) -> Result<std::collections::HashMap<String, V>, Status> {
+    let entitled: Vec<_> = snapshot.entitled(selectors).collect();
+    if entitled.is_empty() {
+        return Err(no_identity());
+    }
+    let mut map = std::collections::HashMap::new();
+    map.insert(
+        trust_domain_id(snapshot.bundle.trust_domain()),
+        encode(&snapshot.bundle),
+    );
+    for identity in entitled {
+        for td in &identity.federates_with {
+            if let Some(b) = snapshot.federated.get(td) {
+                map.insert(trust_domain_id(td), encode(b));
+            }
+        }
+    }
+    Ok(map)
+}
+
+/// The caller's WIT-SVIDs (those `filter` keeps) valid at `now`, once all
+/// are minted.
+pub(super) fn wit_response(
+    snapshot: &Snapshot,
+    selectors: &[Selector],
+    now: SystemTime,
+    filter: &impl Fn(&Identity) -> bool,
+) -> Result<View<pb::WitsvidResponse>, Status> {
+    let entitled: Vec<_> = snapshot.entitled(selectors).filter(|i| filter(i)).collect();
+    if entitled.is_empty() {
+        return Err(no_identity());
+    }
+    let ready = match sort_by_validity(&entitled, |i| i.wit.as_ref().map(|w| w.valid_at(now))) {
+        View::Ready(ready) => ready,
+        View::Pending => return Ok(View::Pending),
+        View::Expired => return Ok(View::Expired),
+    };
+    let svids: Vec<pb::Witsvid> = ready
+        .iter()
+        .filter_map(|identity| {
+            identity.wit.as_ref().map(|wit| pb::Witsvid {
+                spiffe_id: identity.spiffe_id.clone(),
+                wit_svid: wit.token.clone(),
+                wit_svid_key: wit.key_jwk.to_string(),
+                hint: identity.hint.clone(),
+            })
+        })
+        .collect();
+    Ok(View::Ready(pb::WitsvidResponse { svids }))
+}
+
+/// What a caller's WIT view depends on at `now`.
+pub(super) fn wit_fingerprint(
+    snapshot: &Snapshot,
+    selectors: &[Selector],
+    now: SystemTime,
+    filter: &impl Fn(&Identity) -> bool,
+) -> Fingerprint {
+    use std::hash::Hash;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut next_expiry = None;
+    for identity in snapshot.entitled(selectors).filter(|i| filter(i)) {
+        identity.entry_id.hash(&mut hasher);
+        identity.spiffe_id.hash(&mut hasher);
+        identity.hint.hash(&mut hasher);
+        let wit = identity.wit.as_ref().map(|w| (w.serial, w.expires_at()));
+        credential_into(&mut hasher, &mut next_expiry, wit, now);
+    }
+    Fingerprint {
+        next_expiry,
+        ..Fingerprint::of(hasher)
+    }
+}
