@@ -255,6 +255,15 @@ pub fn write_pem(path: &Path, ders: &[Vec<u8>]) {
     std::fs::write(path, text).unwrap();
 }
 
+/// A TCP port on loopback free at the moment of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The uid of this test process.
 pub fn current_uid() -> u32 {
     workload_api::files::current_uid().unwrap()

@@ -12,14 +12,6 @@ use sigil_tests::*;
 use workload_api::client::{connect, EndpointAddress};
 use workload_api::id::TrustDomain;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn leaf_of(response: &pb::X509svidResponse) -> Vec<u8> {
     workload_api::bundle::split_der_concat(&response.svids[0].x509_svid).unwrap()[0].clone()
 }

@@ -9,14 +9,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sigil_tests::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A child process killed when dropped; its stderr goes to a file.
 struct Process {
     child: Child,

@@ -1,7 +1,7 @@
 //! FetchJWTSVID's answer: a token per entitled identity, fetched side by
 //! side, expired ones never returned, and the failure that names its cause.
 
-use super::outage::format_lasted;
+use super::outage::unreachable_for;
 use super::*;
 
 /// JWT-SVIDs for each of `identities`, fetched side by side: those that can
@@ -80,9 +80,8 @@ pub(super) fn no_jwt_svid(
             .next()
             .unwrap_or_else(|| Status::internal("no JWT-SVID and no reason")),
         (Some(_), Some(outage)) => Status::unavailable(format!(
-            "no JWT-SVID can be served for this workload; the issuer has been unreachable for {}: {}",
-            format_lasted(outage.lasted(now)),
-            outage.last_error
+            "no JWT-SVID can be served for this workload; {}",
+            unreachable_for(&outage, now)
         )),
         (Some(index), None) => refusals.into_iter().nth(index).expect("found above"),
     }
