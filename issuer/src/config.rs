@@ -54,8 +54,8 @@ impl FileConfig {
         load_toml(path)
     }
 
-    pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.message().to_owned())
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::TomlText { source })
     }
 
     /// Keeps `self`'s values where set, otherwise takes `fallback`'s.
@@ -119,7 +119,10 @@ fn duration(
     let Some(value) = value else {
         return Ok(default);
     };
-    let parsed = parse_duration(value).map_err(|reason| ConfigError::Invalid { key, reason })?;
+    let parsed = parse_duration(value).map_err(|e| ConfigError::Invalid {
+        key,
+        reason: e.to_string(),
+    })?;
     if parsed < Duration::from_secs(1) {
         return Err(ConfigError::Invalid {
             key,
@@ -244,12 +247,14 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let err =
-            FileConfig::parse("trust_domain = \"example.org\"\nca_tll = \"1h\"\n").unwrap_err();
+        let err = FileConfig::parse("trust_domain = \"example.org\"\nca_tll = \"1h\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ca_tll"), "{err}");
         let err =
             FileConfig::parse("[upstream_ca]\ncert_file = \"a\"\nkey_file = \"b\"\nbogus = 1\n")
-                .unwrap_err();
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("bogus"), "{err}");
     }
 

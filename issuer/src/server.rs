@@ -51,7 +51,7 @@ pub enum StartError {
     #[error("admin socket directory: {0}")]
     AdminSocketDir(#[from] workload_api::files::NotPrivate),
     #[error("server TLS: {0}")]
-    Tls(String),
+    Tls(#[source] crate::endpoints::tls::TlsError),
 }
 
 /// How long shutdown waits for open connections to finish.

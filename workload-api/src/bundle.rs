@@ -28,14 +28,45 @@ pub enum BundleError {
     X5cCount { index: usize, count: usize },
     #[error("bundle key {index}: x5c is not base64 DER")]
     X5cEncoding { index: usize },
-    #[error("bundle key {index}: x5c certificate does not parse: {reason}")]
-    X5cCertificate { index: usize, reason: String },
+    #[error("bundle key {index}: x5c certificate does not parse: {source}")]
+    X5cCertificate { index: usize, source: der::Error },
+    #[error("bundle key {index}: x5c certificate key is unusable: {source}")]
+    X5cKey { index: usize, source: JwkError },
     #[error("bundle key {index}: {use_} keys require a non-empty kid")]
     MissingKid { index: usize, use_: &'static str },
     #[error("bundle key {index}: duplicate kid {kid:?}")]
     DuplicateKid { index: usize, kid: String },
     #[error("bundle key {index}: {source}")]
     Key { index: usize, source: JwkError },
+    /// Bootstrap bundles may be PEM text instead of a JWK Set.
+    #[error("bundle is neither JSON nor PEM text")]
+    NotPem,
+    #[error("bundle has no CERTIFICATE blocks")]
+    NoCertificates,
+    #[error("certificate does not parse: {0}")]
+    Certificate(#[source] der::Error),
+    #[error("certificate key is unusable: {0}")]
+    CertificateKey(#[source] JwkError),
+    /// Concatenated DER (as the Workload API carries chains and bundles).
+    #[error("certificate {index} of the concatenated DER does not parse: {source}")]
+    ConcatenatedDer { index: usize, source: der::Error },
+    #[error("certificate {index} of the concatenated DER is truncated: {length} bytes announced, {remaining} left")]
+    Truncated {
+        index: usize,
+        length: usize,
+        remaining: usize,
+    },
+}
+
+impl BundleError {
+    /// A [`certificate_public_key`] error as one of bundle key `index`.
+    fn at_key(self, index: usize) -> Self {
+        match self {
+            BundleError::Certificate(source) => BundleError::X5cCertificate { index, source },
+            BundleError::CertificateKey(source) => BundleError::X5cKey { index, source },
+            other => other,
+        }
+    }
 }
 
 /// A JWT or WIT signing authority: a public key under its key id.
@@ -225,8 +256,7 @@ impl Bundle {
                     let der = B64
                         .decode(&certs[0])
                         .map_err(|_| BundleError::X5cEncoding { index })?;
-                    certificate_public_key(&der)
-                        .map_err(|reason| BundleError::X5cCertificate { index, reason })?;
+                    certificate_public_key(&der).map_err(|e| e.at_key(index))?;
                     bundle.add_x509_authority(der);
                 }
                 Some(USE_JWT_SVID) => {
@@ -287,29 +317,37 @@ fn read_keyed(
     }
 }
 
-/// The public key of a DER certificate.
-pub fn certificate_public_key(der: &[u8]) -> Result<PublicKey, String> {
+/// The public key of a DER certificate: [`BundleError::Certificate`] or
+/// [`BundleError::CertificateKey`] when there is none Sigil can use.
+pub fn certificate_public_key(der: &[u8]) -> Result<PublicKey, BundleError> {
     use der::{Decode, Encode};
-    let cert = x509_cert::Certificate::from_der(der).map_err(|e| e.to_string())?;
+    let cert = x509_cert::Certificate::from_der(der).map_err(BundleError::Certificate)?;
     let spki = cert
         .tbs_certificate
         .subject_public_key_info
         .to_der()
-        .map_err(|e| e.to_string())?;
-    PublicKey::from_spki_der(&spki).map_err(|e| e.to_string())
+        .map_err(BundleError::Certificate)?;
+    PublicKey::from_spki_der(&spki).map_err(BundleError::CertificateKey)
 }
 
 /// Splits concatenated DER certificates (as the Workload API carries them).
-pub fn split_der_concat(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+/// Only the outer DER header of each is read.
+pub fn split_der_concat(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, BundleError> {
     use der::{Decode, Reader, SliceReader};
     let mut certs = Vec::new();
     while !bytes.is_empty() {
-        let mut reader = SliceReader::new(bytes).map_err(|e| e.to_string())?;
-        let header = der::Header::decode(&mut reader).map_err(|e| e.to_string())?;
-        let total = (reader.position() + header.length).map_err(|e| e.to_string())?;
-        let total = usize::try_from(total).map_err(|e| e.to_string())?;
+        let index = certs.len();
+        let failed = |source| BundleError::ConcatenatedDer { index, source };
+        let mut reader = SliceReader::new(bytes).map_err(failed)?;
+        let header = der::Header::decode(&mut reader).map_err(failed)?;
+        let total = (reader.position() + header.length).map_err(failed)?;
+        let total = usize::try_from(total).map_err(failed)?;
         if total > bytes.len() {
-            return Err("truncated certificate".into());
+            return Err(BundleError::Truncated {
+                index,
+                length: total,
+                remaining: bytes.len(),
+            });
         }
         certs.push(bytes[..total].to_vec());
         bytes = &bytes[total..];
@@ -478,6 +516,18 @@ mod tests {
         let (a, b) = (ca_der(), ca_der());
         let joined = [a.clone(), b.clone()].concat();
         assert_eq!(split_der_concat(&joined).unwrap(), vec![a.clone(), b]);
-        assert!(split_der_concat(&a[..a.len() - 1]).is_err());
+        let truncated = [a.clone(), a[..a.len() - 1].to_vec()].concat();
+        assert_eq!(
+            split_der_concat(&truncated).unwrap_err(),
+            BundleError::Truncated {
+                index: 1,
+                length: a.len(),
+                remaining: a.len() - 1
+            }
+        );
+        assert!(matches!(
+            split_der_concat(&[0x30, 0x84, 0xff]).unwrap_err(),
+            BundleError::ConcatenatedDer { index: 0, .. }
+        ));
     }
 }

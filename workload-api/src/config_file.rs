@@ -2,32 +2,52 @@
 //! refused by the callers' `deny_unknown_fields`, and named here), durations,
 //! and the errors that name the key at fault.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::id::{parse_trust_domain, TrustDomain};
 
-/// Why a configuration was refused. Every variant names the file or the key.
+/// Why a configuration was refused. Every variant names the file, the key
+/// or the value at fault.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    #[error("config file {path}: {reason}")]
-    File { path: String, reason: String },
+    #[error("config file {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Not TOML, or an unknown or mistyped key (which the message names).
+    #[error("config file {}: {}", .path.display(), .source.message())]
+    Toml {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    /// As [`ConfigError::Toml`], for configuration given as text.
+    #[error("config: {}", .source.message())]
+    TomlText { source: toml::de::Error },
     #[error("config key {key}: {reason}")]
     Invalid { key: &'static str, reason: String },
     #[error("config key {key} is required")]
     Missing { key: &'static str },
+    #[error("{text:?} is not a duration: {source}")]
+    Duration {
+        text: String,
+        source: humantime::DurationError,
+    },
 }
 
 /// Reads a TOML configuration file; errors name the file and, for unknown
 /// or mistyped keys, the key.
 pub fn load_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let failed = |reason: String| ConfigError::File {
-        path: path.display().to_string(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
-    toml::from_str(&text).map_err(|e: toml::de::Error| failed(e.message().to_owned()))
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Toml {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// The required `trust_domain` key, validated.
@@ -42,11 +62,14 @@ pub fn required_trust_domain(value: Option<&str>) -> Result<TrustDomain, ConfigE
 }
 
 /// Parses `1h`, `90s`, `5m` or a plain number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, ConfigError> {
     if let Ok(secs) = text.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration: {e}"))
+    humantime::parse_duration(text).map_err(|source| ConfigError::Duration {
+        text: text.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -57,7 +80,40 @@ mod tests {
     fn durations_in_seconds_or_units() {
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert!(parse_duration("soon").unwrap_err().contains("\"soon\""));
+        let error = parse_duration("soon").unwrap_err();
+        assert!(
+            matches!(&error, ConfigError::Duration { text, .. } if text == "soon"),
+            "{error:?}"
+        );
+        assert!(error
+            .to_string()
+            .starts_with("\"soon\" is not a duration: "));
+    }
+
+    #[test]
+    fn files_name_what_is_wrong() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct File {
+            known: Option<String>,
+        }
+        let missing = Path::new("/nonexistent/sigil.toml");
+        let error = load_toml::<File>(missing).unwrap_err();
+        assert!(
+            matches!(&error, ConfigError::Read { path, .. } if path == missing),
+            "{error:?}"
+        );
+        assert!(error
+            .to_string()
+            .starts_with("config file /nonexistent/sigil.toml: "));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sigil.toml");
+        std::fs::write(&path, "unknwon = 1\n").unwrap();
+        let error = load_toml::<File>(&path).unwrap_err().to_string();
+        assert!(error.starts_with("config file "), "{error}");
+        assert!(error.contains("unknwon"), "{error}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::jwk::Algorithm;
 
-/// Why a token is not a well-formed compact JWS.
+/// Why a token is not a well-formed compact JWS, or could not be signed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum JwsError {
@@ -16,6 +16,16 @@ pub enum JwsError {
     Malformed,
     #[error("{part} is not a JSON object: {reason}")]
     BadJson { part: &'static str, reason: String },
+    /// The claims do not serialize as JSON. jsonwebtoken's error carries the
+    /// `serde_json` one and, unlike it, keeps this enum `Clone` and `Eq`.
+    #[error("claims do not serialize: {source}")]
+    Claims { source: jsonwebtoken::errors::Error },
+    /// The key cannot sign with `alg` (a key of another type), or signing failed.
+    #[error("cannot sign with {}: {source}", .alg.name())]
+    Signing {
+        alg: Algorithm,
+        source: jsonwebtoken::errors::Error,
+    },
 }
 
 /// A date claim that is not a non-negative number.
@@ -100,15 +110,16 @@ pub fn sign_with(
     claims: &impl Serialize,
     alg: Algorithm,
     key: &jsonwebtoken::EncodingKey,
-) -> Result<String, String> {
+) -> Result<String, JwsError> {
+    let claims = serde_json::to_vec(claims).map_err(|e| JwsError::Claims { source: e.into() })?;
     let signing_input = format!(
         "{}.{}",
         B64URL.encode(header.to_string()),
-        B64URL.encode(serde_json::to_vec(claims).map_err(|e| e.to_string())?)
+        B64URL.encode(claims)
     );
     let signature =
         jsonwebtoken::crypto::sign(signing_input.as_bytes(), key, alg.to_jsonwebtoken())
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| JwsError::Signing { alg, source })?;
     Ok(format!("{signing_input}.{signature}"))
 }
 
@@ -144,6 +155,32 @@ mod tests {
         let ok = parse("e30.eyJhIjoxfQ.AA").unwrap();
         assert_eq!(ok.signing_input, "e30.eyJhIjoxfQ");
         assert_eq!(ok.numeric_date("a"), Ok(Some(1)));
+    }
+
+    #[test]
+    fn signing_failures_name_the_algorithm() {
+        let not_an_ec_key = jsonwebtoken::EncodingKey::from_secret(b"secret");
+        let error = sign_with(
+            &serde_json::json!({"alg": "ES256"}),
+            &serde_json::json!({"sub": "x"}),
+            Algorithm::ES256,
+            &not_an_ec_key,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                JwsError::Signing {
+                    alg: Algorithm::ES256,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(
+            error.to_string().starts_with("cannot sign with ES256: "),
+            "{error}"
+        );
     }
 
     #[test]

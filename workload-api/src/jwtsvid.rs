@@ -48,7 +48,7 @@ pub enum JwtSvidError {
         actual: Vec<String>,
     },
     #[error("signing failed: {0}")]
-    Signing(String),
+    Signing(#[source] crate::jws::JwsError),
 }
 
 /// `aud` as a single string or an array (RFC 7519 section 4.1.3).

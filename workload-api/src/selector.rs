@@ -10,6 +10,14 @@ use serde::{Deserialize, Serialize};
 /// and the calls it answers.
 pub type Selectors = Arc<[Selector]>;
 
+/// Why text is not a selector.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SelectorError {
+    #[error("selector {selector:?} is not of the form TYPE:VALUE")]
+    Malformed { selector: String },
+}
+
 /// One selector. The value may itself contain colons.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Selector {
@@ -27,12 +35,14 @@ impl Selector {
     }
 
     /// Parses `TYPE:VALUE`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, SelectorError> {
         match s.split_once(':') {
             Some((kind, value)) if !kind.is_empty() && !value.is_empty() => {
                 Ok(Selector::new(kind, value))
             }
-            _ => Err(format!("selector {s:?} is not of the form TYPE:VALUE")),
+            _ => Err(SelectorError::Malformed {
+                selector: s.to_owned(),
+            }),
         }
     }
 }
@@ -57,7 +67,10 @@ mod tests {
         let s = Selector::parse("unix:uid:1000").unwrap();
         assert_eq!((s.kind.as_str(), s.value.as_str()), ("unix", "uid:1000"));
         assert_eq!(s.to_string(), "unix:uid:1000");
-        assert!(Selector::parse("unix").is_err());
+        assert_eq!(
+            Selector::parse("unix").unwrap_err().to_string(),
+            "selector \"unix\" is not of the form TYPE:VALUE"
+        );
         assert!(Selector::parse(":x").is_err());
         assert!(Selector::parse("x:").is_err());
         let present = [s.clone(), Selector::parse("unix:gid:1").unwrap()];

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use workload_api::jws::JwsError;
 use workload_api::jwtsvid::JwtSvidError;
 
 use super::keys::KeyError;
@@ -49,7 +50,6 @@ pub enum CaError {
     NoActiveAuthority(&'static str),
     #[error("JWT signing failed: {0}")]
     Jwt(#[from] JwtSvidError),
-    /// `workload_api::wimse::wit::sign` reports its failure as text only.
-    #[error("JWT signing failed: {reason}")]
-    Wit { reason: String },
+    #[error("WIT signing failed: {0}")]
+    Wit(#[source] JwsError),
 }

@@ -132,7 +132,7 @@ pub(super) fn wit_svid(
         key.key.key_type().jws_algorithm(),
         key.key.jws_key(),
     )
-    .map_err(|reason| CaError::Wit { reason })?;
+    .map_err(CaError::Wit)?;
     Ok(SignedJwt {
         token,
         expires_at,

@@ -303,11 +303,11 @@ fn spiffe_id_arg(value: &str) -> Result<String, String> {
 }
 
 fn selector_arg(value: &str) -> Result<Selector, String> {
-    Selector::parse(value)
+    Selector::parse(value).map_err(|e| e.to_string())
 }
 
 fn ttl_arg(value: &str) -> Result<i64, String> {
-    let duration = parse_duration(value)?;
+    let duration = parse_duration(value).map_err(|e| e.to_string())?;
     if duration.as_secs() == 0 {
         return Err(format!("{value:?} must be at least one second"));
     }

@@ -534,23 +534,46 @@ fn chunk(
     messages
 }
 
+/// Why a workload's public JWK cannot be a WIT's `cnf.jwk`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+enum ConfirmationKeyError {
+    #[error("not a JWK: {0}")]
+    NotJwk(#[source] serde_json::Error),
+    #[error("member \"alg\" is missing")]
+    MissingAlg,
+    #[error("alg {alg:?} is not allowed for WIT-SVIDs")]
+    AlgNotAllowed { alg: String },
+    #[error(transparent)]
+    Key(#[from] workload_api::jwk::JwkError),
+    #[error("alg {} does not fit a {kty} key", .alg.name())]
+    AlgDoesNotFit {
+        alg: workload_api::jwk::Algorithm,
+        kty: String,
+    },
+    #[error("RSA modulus of {bits} bits is under 2048")]
+    RsaTooShort { bits: usize },
+}
+
 /// A workload's public key for a WIT's `cnf.jwk`: a public JWK whose `alg`
 /// the SPIFFE WIT-SVID profile allows and whose key fits it. Only the key's
 /// own members and `alg` are kept.
-fn confirmation_key(json: &str) -> Result<workload_api::jwk::Jwk, String> {
+fn confirmation_key(json: &str) -> Result<workload_api::jwk::Jwk, ConfirmationKeyError> {
     use workload_api::jwk::{Algorithm, Jwk, PublicKey};
-    let jwk: Jwk = serde_json::from_str(json).map_err(|e| format!("not a JWK: {e}"))?;
-    let alg_name = jwk.alg.as_deref().ok_or("member \"alg\" is missing")?;
+    let jwk: Jwk = serde_json::from_str(json).map_err(ConfirmationKeyError::NotJwk)?;
+    let alg_name = jwk.alg.as_deref().ok_or(ConfirmationKeyError::MissingAlg)?;
     let alg = Algorithm::from_name(alg_name)
         .filter(|a| a.is_spiffe())
-        .ok_or_else(|| format!("alg {alg_name:?} is not allowed for WIT-SVIDs"))?;
-    let key = PublicKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
+        .ok_or_else(|| ConfirmationKeyError::AlgNotAllowed {
+            alg: alg_name.to_owned(),
+        })?;
+    let key = PublicKey::from_jwk(&jwk)?;
     if !alg.fits(&key) {
-        return Err(format!("alg {alg_name} does not fit a {} key", jwk.kty));
+        return Err(ConfirmationKeyError::AlgDoesNotFit { alg, kty: jwk.kty });
     }
     if let PublicKey::Rsa { n, .. } = &key {
         if n.len() < 256 {
-            return Err(format!("RSA modulus of {} bits is under 2048", n.len() * 8));
+            return Err(ConfirmationKeyError::RsaTooShort { bits: n.len() * 8 });
         }
     }
     Ok(Jwk {

@@ -16,9 +16,27 @@ use rustls::{RootCertStore, ServerConfig};
 use workload_api::id::SpiffeId;
 use workload_api::Bundle;
 
-use crate::ca::keys::{KeyType, SigningKey};
+use crate::ca::keys::{KeyError, KeyType, SigningKey};
+use crate::ca::CaError;
 use crate::csr::SubjectKey;
 use crate::state::IssuerState;
+
+/// Why the agent API's TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    #[error("server key: {0}")]
+    Key(#[from] KeyError),
+    #[error("server SVID {spiffe_id}: {source}")]
+    Svid {
+        spiffe_id: SpiffeId,
+        source: CaError,
+    },
+    #[error("client certificate verifier: {0}")]
+    ClientVerifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("server configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
 
 /// The SPIFFE ID the issuer presents to agents.
 pub fn issuer_spiffe_id(state: &IssuerState) -> SpiffeId {
@@ -60,7 +78,7 @@ impl std::fmt::Debug for ServerTls {
 }
 
 impl ServerTls {
-    pub fn new(state: IssuerState) -> Result<Self, String> {
+    pub fn new(state: IssuerState) -> Result<Self, TlsError> {
         let current = build(&state)?;
         Ok(ServerTls {
             state,
@@ -103,21 +121,22 @@ impl rustls::time_provider::TimeProvider for ClockTime {
     }
 }
 
-fn build(state: &IssuerState) -> Result<Current, String> {
+fn build(state: &IssuerState) -> Result<Current, TlsError> {
     let now = state.clock.now();
     let bundle = state.ca.bundle();
-    let key = SigningKey::generate(KeyType::EcP256).map_err(|e| e.to_string())?;
+    let key = SigningKey::generate(KeyType::EcP256)?;
     let ttl = state.config.default_x509_svid_ttl;
+    let spiffe_id = issuer_spiffe_id(state);
     let signed = state
         .ca
         .sign_x509_svid(
             &SubjectKey::new(key.public_key()),
-            &issuer_spiffe_id(state),
+            &spiffe_id,
             &[],
             ttl,
             now,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| TlsError::Svid { spiffe_id, source })?;
     let chain = signed
         .chain
         .into_iter()
@@ -127,15 +146,12 @@ fn build(state: &IssuerState) -> Result<Current, String> {
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(&bundle)), provider())
             .allow_unauthenticated()
-            .build()
-            .map_err(|e| e.to_string())?;
+            .build()?;
     let time = Arc::new(ClockTime(state.clock.clone()));
     let mut config = ServerConfig::builder_with_details(provider(), time)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, private)
-        .map_err(|e| e.to_string())?;
+        .with_single_cert(chain, private)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     let lifetime = signed
         .not_after

@@ -319,7 +319,8 @@ fn wit_expiry(token: &str) -> String {
 fn write_svid(dir: &Path, suffix: &str, svid: &pb::X509svid) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let pems = |der: &[u8]| -> Result<String, String> {
-        Ok(split_der_concat(der)?
+        Ok(split_der_concat(der)
+            .map_err(|e| e.to_string())?
             .iter()
             .map(|c| pem::certificate(c))
             .collect())

@@ -7,11 +7,34 @@ use std::time::SystemTime;
 
 use workload_api::bundle::split_der_concat;
 use workload_api::id::SpiffeId;
-use workload_api::x509svid;
-use workload_api::Bundle;
+use workload_api::x509svid::{self, X509SvidError};
+use workload_api::{Bundle, BundleError};
 use zeroize::Zeroizing;
 
 use crate::issuer_client::ClientIdentity;
+
+/// Why the identity directory could not be read or written. Each names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    #[error("{}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", .path.display())]
+    Bundle { path: PathBuf, source: BundleError },
+}
+
+impl IdentityError {
+    /// For `map_err`: an I/O error on `path`.
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| IdentityError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
 
 /// The agent's SVID and key. `Debug` hides the key.
 #[derive(Clone)]
@@ -44,13 +67,12 @@ impl AgentSvid {
         key_pkcs8: Zeroizing<Vec<u8>>,
         bundle: &Bundle,
         now: SystemTime,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, X509SvidError> {
         let leaf = x509svid::verify_chain(
             &chain,
             |td| (td == bundle.trust_domain()).then_some(bundle),
             now,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         Ok(AgentSvid {
             spiffe_id: leaf.spiffe_id,
             chain,
@@ -84,9 +106,9 @@ impl AgentSvid {
 pub struct IdentityDir(PathBuf);
 
 impl IdentityDir {
-    pub fn new(data_dir: &Path) -> std::io::Result<Self> {
+    pub fn new(data_dir: &Path) -> Result<Self, IdentityError> {
         let dir = data_dir.join("agent");
-        workload_api::files::create_private_dir(&dir)?;
+        workload_api::files::create_private_dir(&dir).map_err(IdentityError::io(&dir))?;
         Ok(IdentityDir(dir))
     }
 
@@ -105,18 +127,22 @@ impl IdentityDir {
     pub fn load_bundle(
         &self,
         trust_domain: &workload_api::TrustDomain,
-    ) -> Result<Option<Bundle>, String> {
-        match std::fs::read(self.bundle_path()) {
-            Ok(bytes) => Bundle::from_jwks_json(trust_domain.clone(), &bytes)
-                .map(Some)
-                .map_err(|e| format!("{}: {e}", self.bundle_path().display())),
+    ) -> Result<Option<Bundle>, IdentityError> {
+        let path = self.bundle_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => match Bundle::from_jwks_json(trust_domain.clone(), &bytes) {
+                Ok(bundle) => Ok(Some(bundle)),
+                Err(source) => Err(IdentityError::Bundle { path, source }),
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", self.bundle_path().display())),
+            Err(source) => Err(IdentityError::Io { path, source }),
         }
     }
 
-    pub fn save_bundle(&self, bundle: &Bundle) -> std::io::Result<()> {
-        workload_api::files::write_private(&self.bundle_path(), &bundle.to_jwks_json())
+    pub fn save_bundle(&self, bundle: &Bundle) -> Result<(), IdentityError> {
+        let path = self.bundle_path();
+        workload_api::files::write_private(&path, &bundle.to_jwks_json())
+            .map_err(IdentityError::io(&path))
     }
 
     /// The stored SVID, if present and still valid against `bundle`.
@@ -141,14 +167,46 @@ impl IdentityDir {
     }
 
     /// Stores the SVID and key (key first, both 0600, each replaced atomically).
-    pub fn save_svid(&self, svid: &AgentSvid) -> std::io::Result<()> {
-        workload_api::files::write_private(&self.key_path(), &svid.key_pkcs8)?;
-        workload_api::files::write_private(&self.svid_path(), &svid.chain.concat())
+    pub fn save_svid(&self, svid: &AgentSvid) -> Result<(), IdentityError> {
+        let (key_path, svid_path) = (self.key_path(), self.svid_path());
+        workload_api::files::write_private(&key_path, &svid.key_pkcs8)
+            .map_err(IdentityError::io(&key_path))?;
+        workload_api::files::write_private(&svid_path, &svid.chain.concat())
+            .map_err(IdentityError::io(&svid_path))
     }
 
     /// Forgets the SVID, so the next start attests again.
     pub fn remove_svid(&self) {
         let _ = std::fs::remove_file(self.svid_path());
         let _ = std::fs::remove_file(self.key_path());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_bundle_that_does_not_parse_is_named() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = IdentityDir::new(data.path()).unwrap();
+        let td = workload_api::TrustDomain::new("example.org").unwrap();
+        assert!(dir.load_bundle(&td).unwrap().is_none());
+
+        std::fs::write(dir.bundle_path(), "[]").unwrap();
+        let error = dir.load_bundle(&td).unwrap_err();
+        assert!(
+            matches!(&error, IdentityError::Bundle { path, source: BundleError::Json(_) }
+                if *path == dir.bundle_path()),
+            "{error:?}"
+        );
+        assert!(error.to_string().starts_with(&format!(
+            "{}: bundle is not a JSON object",
+            dir.bundle_path().display()
+        )));
+
+        let bundle = Bundle::new(td.clone());
+        dir.save_bundle(&bundle).unwrap();
+        assert_eq!(dir.load_bundle(&td).unwrap(), Some(bundle));
     }
 }

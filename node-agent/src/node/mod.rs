@@ -24,30 +24,42 @@ use proto::issuer::agent_api_client::AgentApiClient;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use workload_api::bundle::split_der_concat;
-use workload_api::Bundle;
+use workload_api::x509svid::X509SvidError;
+use workload_api::{Bundle, BundleError};
 use zeroize::Zeroizing;
 
 use crate::config::AgentConfig;
 use crate::issuer_client::{self, ServerTrust};
-use crate::keys::new_key_and_csr;
-use identity::{AgentSvid, IdentityDir};
+use crate::keys::{new_key_and_csr, KeyError};
+use identity::{AgentSvid, IdentityDir, IdentityError};
 
 /// Why the agent could not establish itself.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NodeError {
     #[error("agent data directory: {0}")]
-    DataDir(String),
+    DataDir(#[from] IdentityError),
     #[error(
         "no trust bundle: set trust_bundle_path (--trust-bundle) or, knowingly, insecure_bootstrap"
     )]
     NoTrustBundle,
-    #[error("trust bundle {path}: {reason}")]
-    TrustBundle { path: String, reason: String },
+    #[error("trust bundle {}: {source}", .path.display())]
+    TrustBundleRead {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// [`bundle_url::fetch`] reports its failure as text.
+    #[error("trust bundle {url}: {reason}")]
+    TrustBundleFetch { url: String, reason: String },
+    /// `origin` is the file or URL the bundle came from.
+    #[error("trust bundle {origin}: {source}")]
+    TrustBundle { origin: String, source: BundleError },
     #[error("the agent has no usable SVID and no join token: pass --join-token (sigil-issuer token generate)")]
     NeedJoinToken,
-    #[error("attestation refused by the issuer: {0}")]
-    AttestationRefused(String),
+    #[error("agent key: {0}")]
+    Key(#[from] KeyError),
+    #[error("attestation refused by the issuer: {}", .0.message())]
+    AttestationRefused(#[source] tonic::Status),
     #[error("cannot reach the issuer at {address}: {reason}")]
     Unreachable { address: String, reason: String },
     #[error(
@@ -60,8 +72,14 @@ pub enum NodeError {
         reason: String,
         bundle: String,
     },
+    #[error("the issuer's answer was invalid: bundle: {0}")]
+    BadBundle(#[source] BundleError),
+    #[error("the issuer's answer was invalid: no SVID")]
+    NoSvid,
     #[error("the issuer's answer was invalid: {0}")]
-    BadResponse(String),
+    BadChain(#[source] BundleError),
+    #[error("the issuer's answer was invalid: {0}")]
+    BadSvid(#[source] X509SvidError),
 }
 
 /// The agent's current SVID, bundle and issuer connection.
@@ -97,13 +115,13 @@ pub fn read_trust_bundle(
     path: &std::path::Path,
     trust_domain: &workload_api::TrustDomain,
 ) -> Result<Bundle, NodeError> {
-    let bytes = std::fs::read(path).map_err(|e| NodeError::TrustBundle {
-        path: path.display().to_string(),
-        reason: e.to_string(),
+    let bytes = std::fs::read(path).map_err(|source| NodeError::TrustBundleRead {
+        path: path.to_owned(),
+        source,
     })?;
-    parse_trust_bundle(&bytes, trust_domain).map_err(|reason| NodeError::TrustBundle {
-        path: path.display().to_string(),
-        reason,
+    parse_trust_bundle(&bytes, trust_domain).map_err(|source| NodeError::TrustBundle {
+        origin: path.display().to_string(),
+        source,
     })
 }
 
@@ -111,14 +129,14 @@ pub fn read_trust_bundle(
 pub fn parse_trust_bundle(
     bytes: &[u8],
     trust_domain: &workload_api::TrustDomain,
-) -> Result<Bundle, String> {
+) -> Result<Bundle, BundleError> {
     if bytes.trim_ascii_start().starts_with(b"{") {
-        return Bundle::from_jwks_json(trust_domain.clone(), bytes).map_err(|e| e.to_string());
+        return Bundle::from_jwks_json(trust_domain.clone(), bytes);
     }
-    let text = std::str::from_utf8(bytes).map_err(|_| "neither JSON nor PEM".to_owned())?;
+    let text = std::str::from_utf8(bytes).map_err(|_| BundleError::NotPem)?;
     let certs = workload_api::pem::blocks(text, "CERTIFICATE");
     if certs.is_empty() {
-        return Err("no CERTIFICATE blocks".into());
+        return Err(BundleError::NoCertificates);
     }
     let mut bundle = Bundle::new(trust_domain.clone());
     certs.into_iter().for_each(|c| bundle.add_x509_authority(c));
@@ -128,10 +146,9 @@ pub fn parse_trust_bundle(
 impl Node {
     /// Loads or obtains the agent's identity and connects to the issuer.
     pub async fn bootstrap(config: Arc<AgentConfig>) -> Result<Arc<Node>, NodeError> {
-        let dir =
-            IdentityDir::new(&config.data_dir).map_err(|e| NodeError::DataDir(e.to_string()))?;
+        let dir = IdentityDir::new(&config.data_dir)?;
         let td = &config.trust_domain;
-        let mut bundle = dir.load_bundle(td).map_err(NodeError::DataDir)?;
+        let mut bundle = dir.load_bundle(td)?;
         if bundle.is_none() {
             if let Some(path) = &config.trust_bundle_path {
                 bundle = Some(read_trust_bundle(path, td)?);
@@ -139,14 +156,14 @@ impl Node {
                 let bytes =
                     bundle_url::fetch(url)
                         .await
-                        .map_err(|reason| NodeError::TrustBundle {
-                            path: url.clone(),
+                        .map_err(|reason| NodeError::TrustBundleFetch {
+                            url: url.clone(),
                             reason,
                         })?;
                 let fetched =
-                    parse_trust_bundle(&bytes, td).map_err(|reason| NodeError::TrustBundle {
-                        path: url.clone(),
-                        reason,
+                    parse_trust_bundle(&bytes, td).map_err(|source| NodeError::TrustBundle {
+                        origin: url.clone(),
+                        source,
                     })?;
                 tracing::info!(%url, "trust bundle fetched");
                 bundle = Some(fetched);
@@ -175,8 +192,7 @@ impl Node {
                 attest(&config, &dir, trust, token).await?
             }
         };
-        dir.save_bundle(&bundle)
-            .map_err(|e| NodeError::DataDir(e.to_string()))?;
+        dir.save_bundle(&bundle)?;
         let client = connect(&config, &bundle, &svid)?;
         let (svid, _) = watch::channel(Arc::new(svid));
         let (bundle, _) = watch::channel(Arc::new(bundle));
@@ -264,7 +280,8 @@ impl Node {
     }
 
     async fn renew(&self) -> Result<(), tonic::Status> {
-        let (key, csr) = new_key_and_csr(None).map_err(tonic::Status::internal)?;
+        let (key, csr) =
+            new_key_and_csr(None).map_err(|e| tonic::Status::internal(e.to_string()))?;
         let response = self
             .client()
             .renew_agent(pb::RenewAgentRequest { csr })
@@ -273,9 +290,10 @@ impl Node {
         let svid = response
             .svid
             .ok_or_else(|| tonic::Status::internal("renewal carried no SVID"))?;
-        let chain = split_der_concat(&svid.cert_chain).map_err(tonic::Status::internal)?;
+        let chain = split_der_concat(&svid.cert_chain)
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
         let svid = AgentSvid::new(chain, key, &self.bundle(), SystemTime::now())
-            .map_err(tonic::Status::internal)?;
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
         self.dir
             .save_svid(&svid)
             .map_err(|e| tonic::Status::internal(e.to_string()))?;
@@ -368,8 +386,7 @@ async fn attest(
             },
         }
     };
-    let (key, csr): (Zeroizing<Vec<u8>>, Vec<u8>) =
-        new_key_and_csr(None).map_err(NodeError::BadResponse)?;
+    let (key, csr): (Zeroizing<Vec<u8>>, Vec<u8>) = new_key_and_csr(None)?;
     let mut client = issuer_client::connect_with(&config.issuer_address, trust, None)
         .await
         .map_err(|e| unreachable(&e))?;
@@ -385,19 +402,16 @@ async fn attest(
         .await
         .map_err(|status| match status.code() {
             tonic::Code::Unavailable | tonic::Code::Unknown => unreachable(&status),
-            _ => NodeError::AttestationRefused(status.message().to_owned()),
+            _ => NodeError::AttestationRefused(status),
         })?
         .into_inner();
     let bundle = Bundle::from_jwks_json(config.trust_domain.clone(), &response.bundle)
-        .map_err(|e| NodeError::BadResponse(format!("bundle: {e}")))?;
-    let svid = response
-        .svid
-        .ok_or_else(|| NodeError::BadResponse("no SVID".into()))?;
-    let chain = split_der_concat(&svid.cert_chain).map_err(NodeError::BadResponse)?;
+        .map_err(NodeError::BadBundle)?;
+    let svid = response.svid.ok_or(NodeError::NoSvid)?;
+    let chain = split_der_concat(&svid.cert_chain).map_err(NodeError::BadChain)?;
     let svid =
-        AgentSvid::new(chain, key, &bundle, SystemTime::now()).map_err(NodeError::BadResponse)?;
-    dir.save_svid(&svid)
-        .map_err(|e| NodeError::DataDir(e.to_string()))?;
+        AgentSvid::new(chain, key, &bundle, SystemTime::now()).map_err(NodeError::BadSvid)?;
+    dir.save_svid(&svid)?;
     tracing::info!(agent_id = %svid.spiffe_id, "agent attested with a join token");
     Ok((svid, bundle))
 }
@@ -417,4 +431,51 @@ fn connect(
         address: config.issuer_address.clone(),
         reason: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_bundle_files_are_jwks_or_pem() {
+        let td = workload_api::TrustDomain::new("example.org").unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+
+        let from_pem = parse_trust_bundle(pem.as_bytes(), &td).unwrap();
+        assert_eq!(from_pem.x509_authorities().len(), 1);
+        let from_jwks = parse_trust_bundle(&from_pem.to_jwks_json(), &td).unwrap();
+        assert_eq!(from_jwks.x509_authorities(), from_pem.x509_authorities());
+
+        for (bytes, expected) in [
+            (&b"{\"spiffe_sequence\": 1}"[..], BundleError::MissingKeys),
+            (&b"\xff\xfe"[..], BundleError::NotPem),
+            (
+                &b"-----BEGIN PRIVATE KEY-----\n"[..],
+                BundleError::NoCertificates,
+            ),
+        ] {
+            assert_eq!(parse_trust_bundle(bytes, &td).unwrap_err(), expected);
+        }
+    }
+
+    #[test]
+    fn trust_bundle_errors_name_the_file() {
+        let td = workload_api::TrustDomain::new("example.org").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bundle.pem");
+        let error = read_trust_bundle(&path, &td).unwrap_err();
+        assert!(matches!(&error, NodeError::TrustBundleRead { path: p, .. } if *p == path));
+        std::fs::write(&path, "not a bundle").unwrap();
+        assert_eq!(
+            read_trust_bundle(&path, &td).unwrap_err().to_string(),
+            format!(
+                "trust bundle {}: bundle has no CERTIFICATE blocks",
+                path.display()
+            )
+        );
+    }
 }

@@ -332,8 +332,10 @@ async fn mint(
     let mut keys = HashMap::new();
     let mut params = Vec::with_capacity(entries.len());
     for entry in entries {
-        let (key, csr) = new_key_and_csr(Some(&entry.spiffe_id))
-            .map_err(|reason| MintError::Key { what: WHAT, reason })?;
+        let (key, csr) = new_key_and_csr(Some(&entry.spiffe_id)).map_err(|e| MintError::Key {
+            what: WHAT,
+            reason: e.to_string(),
+        })?;
         keys.insert(entry.id.clone(), (key, entry.revision));
         params.push(pb::X509SvidParams {
             entry_id: entry.id.clone(),

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto::issuer as pb;
 use workload_api::jwk::Algorithm;
-use workload_api::keypair::KeyPair;
+use workload_api::keypair::{KeyPair, KeyPairError};
 use workload_api::source::WitMaterial;
 
 use super::schedule::Held;
@@ -37,8 +37,8 @@ impl MintedWit {
 
 /// A fresh workload key for `alg`. RSA keys take a while to make: callers
 /// run this off the async threads.
-fn new_key(alg: Algorithm) -> Result<KeyPair, String> {
-    KeyPair::generate(alg).map_err(|e| e.to_string())
+fn new_key(alg: Algorithm) -> Result<KeyPair, KeyPairError> {
+    KeyPair::generate(alg)
 }
 
 /// Signs one batch of WITs: a fresh key per entry, one call to the issuer.
@@ -61,7 +61,10 @@ pub async fn mint(
         what: WHAT,
         reason: "key generation panicked".to_owned(),
     })?
-    .map_err(|reason| MintError::Key { what: WHAT, reason })?;
+    .map_err(|e| MintError::Key {
+        what: WHAT,
+        reason: e.to_string(),
+    })?;
     let mut pending = HashMap::new();
     let mut params = Vec::with_capacity(count);
     for ((entry_id, revision), key) in wanted.into_iter().zip(keys) {

@@ -32,6 +32,23 @@ const RESPONSE_SIGNATURE_SECS: u64 = 60;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Why the layer could not read a body or sign a response (refused proofs
+/// are [`WimseError`]s).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LayerError {
+    #[error("the message body could not be read (limit {limit} bytes): {source}")]
+    Body { limit: usize, source: BoxError },
+    /// The value (the service's WIT, or a digest) is not left in the message.
+    #[error("the {header} response header value is invalid: {source}")]
+    HeaderValue {
+        header: &'static str,
+        source: http::header::InvalidHeaderValue,
+    },
+    #[error("the response could not be signed: {0}")]
+    Signature(#[source] httpsig::HttpSigError),
+}
+
 /// The service's own WIT and key, for signing responses. The service keeps
 /// it current (from its FetchWITSVID stream).
 #[derive(Debug, Default)]
@@ -163,7 +180,13 @@ where
     let (parts, body) = request.into_parts();
     let content = match read_body(body).await {
         Ok(content) => content,
-        Err(reason) => return Ok(problem(StatusCode::PAYLOAD_TOO_LARGE, "body", &reason)),
+        Err(error) => {
+            return Ok(problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body",
+                &error.to_string(),
+            ))
+        }
     };
     let wit = match single(&parts.headers, WIT_HEADER) {
         Ok(Some(wit)) => wit.to_owned(),
@@ -222,17 +245,17 @@ where
     };
     Ok(sign_response(response, view, &nonce, &wit, &key)
         .await
-        .unwrap_or_else(|reason| {
+        .unwrap_or_else(|error| {
             problem(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "httpsig.response",
-                &reason,
+                &error.to_string(),
             )
         }))
 }
 
 /// The whole body, up to [`MAX_SIGNED_BODY`].
-async fn read_body<B>(body: B) -> Result<Bytes, String>
+async fn read_body<B>(body: B) -> Result<Bytes, LayerError>
 where
     B: http_body::Body,
     B::Error: Into<BoxError>,
@@ -241,8 +264,9 @@ where
         .collect()
         .await
         .map(|collected| collected.to_bytes())
-        .map_err(|e| {
-            format!("the message body could not be read (limit {MAX_SIGNED_BODY} bytes): {e}")
+        .map_err(|source| LayerError::Body {
+            limit: MAX_SIGNED_BODY,
+            source,
         })
 }
 
@@ -253,21 +277,24 @@ async fn sign_response<ResBody>(
     request_nonce: &str,
     wit: &str,
     key: &KeyPair,
-) -> Result<Response<ResBody>, String>
+) -> Result<Response<ResBody>, LayerError>
 where
     ResBody: http_body::Body + From<Bytes>,
     ResBody::Error: Into<BoxError>,
 {
     let (mut parts, body) = response.into_parts();
     let content = read_body(body).await?;
-    let value = |text: &str| HeaderValue::from_str(text).map_err(|e| e.to_string());
+    let value = |header: &'static str, text: &str| {
+        HeaderValue::from_str(text).map_err(|source| LayerError::HeaderValue { header, source })
+    };
     parts
         .headers
-        .insert(HeaderName::from_static(WIT_HEADER), value(wit)?);
+        .insert(HeaderName::from_static(WIT_HEADER), value(WIT_HEADER, wit)?);
     if !content.is_empty() {
+        const CONTENT_DIGEST: &str = "content-digest";
         parts.headers.insert(
-            HeaderName::from_static("content-digest"),
-            value(&httpsig::content_digest(&content))?,
+            HeaderName::from_static(CONTENT_DIGEST),
+            value(CONTENT_DIGEST, &httpsig::content_digest(&content))?,
         );
     }
     let now = SystemTime::now()
@@ -282,7 +309,7 @@ where
         RESPONSE_SIGNATURE_SECS,
         now,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(LayerError::Signature)?;
     Ok(Response::from_parts(parts, ResBody::from(content)))
 }
 

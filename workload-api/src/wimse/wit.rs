@@ -40,7 +40,7 @@ pub fn sign(
     kid: &str,
     alg: Algorithm,
     key: &jsonwebtoken::EncodingKey,
-) -> Result<String, String> {
+) -> Result<String, jws::JwsError> {
     let header = serde_json::json!({"alg": alg.name(), "kid": kid, "typ": WIT_TYP});
     jws::sign_with(&header, claims, alg, key)
 }
