@@ -23,7 +23,7 @@ use workload_api::source::Caller;
 #[non_exhaustive]
 pub enum AttestError {
     #[error("caller process {pid} is gone or unreadable: {reason}")]
-    ProcessGone { pid: i32, reason: String },
+    ProcessGone { pid: i32, reason: ProcError },
     #[error("caller process {pid} changed while it was attested (pid reused)")]
     PidReused { pid: i32 },
     #[error("caller process {pid} runs as uid {actual}, but the socket peer is uid {expected}")]
@@ -202,14 +202,21 @@ impl UnixAttestor {
         let mut selectors = Vec::new();
         let dir = self.proc_root.join(pid.to_string());
         let dir = dir.as_path();
-        let gone = |reason: String| AttestError::ProcessGone { pid, reason };
+        let gone = |reason: ProcError| AttestError::ProcessGone { pid, reason };
+        let unreadable = |file: &'static str| {
+            move |e: std::io::Error| {
+                gone(ProcError::Read {
+                    file,
+                    kind: e.kind(),
+                })
+            }
+        };
         // Opened first: if the pid is recycled before the start-time checks
         // below, the handle names the process that exited and the next
         // reuse of this attestation fails.
-        let proc_dir = std::fs::File::open(dir).map_err(|e| gone(e.to_string()))?;
+        let proc_dir = std::fs::File::open(dir).map_err(unreadable("/proc/<pid>"))?;
         let started = start_time(dir).map_err(gone)?;
-        let status =
-            std::fs::read_to_string(dir.join("status")).map_err(|e| gone(e.to_string()))?;
+        let status = std::fs::read_to_string(dir.join("status")).map_err(unreadable("status"))?;
         for (field, expected) in [("Uid:", caller.uid), ("Gid:", caller.gid)] {
             let ids = status_ids(&status, field);
             // Real and effective ids (the first two) must be the peer's.
@@ -293,18 +300,33 @@ fn file_key(path: &Path) -> std::io::Result<FileKey> {
 }
 
 /// Field 22 of /proc/<pid>/stat: the process start time in clock ticks.
-fn start_time(dir: &Path) -> Result<u64, String> {
-    let stat = std::fs::read_to_string(dir.join("stat")).map_err(|e| e.to_string())?;
+/// Why a caller's `/proc` files could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProcError {
+    #[error("{file}: {kind}")]
+    Read {
+        file: &'static str,
+        kind: std::io::ErrorKind,
+    },
+    #[error("{file} is malformed")]
+    Malformed { file: &'static str },
+}
+
+/// The process's start time in clock ticks (proc(5) `stat` field 22).
+fn start_time(dir: &Path) -> Result<u64, ProcError> {
+    let stat = std::fs::read_to_string(dir.join("stat")).map_err(|e| ProcError::Read {
+        file: "stat",
+        kind: e.kind(),
+    })?;
+    let malformed = ProcError::Malformed { file: "stat" };
     // The command name (field 2) is in parentheses and may contain spaces.
-    let after_name = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or("malformed stat")?;
+    let (_, after_name) = stat.rsplit_once(')').ok_or(malformed.clone())?;
     after_name
         .split_whitespace()
         .nth(19)
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| "malformed stat".to_owned())
+        .ok_or(malformed)
 }
 
 fn status_ids(status: &str, field: &str) -> Vec<u32> {

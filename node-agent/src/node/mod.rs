@@ -48,9 +48,8 @@ pub enum NodeError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    /// [`bundle_url::fetch`] reports its failure as text.
-    #[error("trust bundle {url}: {reason}")]
-    TrustBundleFetch { url: String, reason: String },
+    #[error("trust bundle {0}")]
+    TrustBundleFetch(#[from] bundle_url::FetchError),
     /// `origin` is the file or URL the bundle came from.
     #[error("trust bundle {origin}: {source}")]
     TrustBundle { origin: String, source: BundleError },
@@ -153,13 +152,7 @@ impl Node {
             if let Some(path) = &config.trust_bundle_path {
                 bundle = Some(read_trust_bundle(path, td)?);
             } else if let Some(url) = &config.trust_bundle_url {
-                let bytes =
-                    bundle_url::fetch(url)
-                        .await
-                        .map_err(|reason| NodeError::TrustBundleFetch {
-                            url: url.clone(),
-                            reason,
-                        })?;
+                let bytes = bundle_url::fetch(url).await?;
                 let fetched =
                     parse_trust_bundle(&bytes, td).map_err(|source| NodeError::TrustBundle {
                         origin: url.clone(),
