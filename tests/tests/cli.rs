@@ -504,3 +504,43 @@ fn a_closed_output_pipe_ends_a_command_quietly() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// Every command that prints data takes --json; only those that act (run,
+/// up, delete, evict, ban) print none.
+#[test]
+fn every_command_that_prints_data_takes_json() {
+    use clap::CommandFactory;
+    fn without_json(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        let subcommands: Vec<_> = cmd.get_subcommands().collect();
+        if subcommands.is_empty() {
+            if !cmd.get_arguments().any(|a| a.get_id() == "json") {
+                out.push(path.to_owned());
+            }
+            return;
+        }
+        for sub in subcommands {
+            without_json(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+    let mut missing = Vec::new();
+    without_json(
+        &sigil_issuer::cli::Cli::command(),
+        "sigil-issuer",
+        &mut missing,
+    );
+    without_json(
+        &sigil_agent::cli::Cli::command(),
+        "sigil-agent",
+        &mut missing,
+    );
+    let acting = [
+        "sigil-issuer run",
+        "sigil-issuer entry delete",
+        "sigil-issuer agent evict",
+        "sigil-issuer agent ban",
+        "sigil-agent run",
+        "sigil-agent up",
+    ];
+    missing.retain(|path| !acting.contains(&path.as_str()));
+    assert!(missing.is_empty(), "commands without --json: {missing:#?}");
+}

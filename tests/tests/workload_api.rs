@@ -273,6 +273,43 @@ async fn cli_commands_and_openssl() {
         ]);
         let bundles = agent(&["api", "fetch", "bundles"]);
         let health = agent(&["healthcheck"]);
+        // Every data command speaks JSON too, times as Unix seconds.
+        let as_json = |args: &[&str]| -> serde_json::Value {
+            let (ok, out, err) = agent(&[args, &["--json"][..]].concat());
+            assert!(ok, "{args:?}: {err}");
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+        };
+        let x509 = as_json(&["api", "fetch", "x509"]);
+        assert_eq!(x509[0]["spiffe_id"], WEB);
+        assert!(x509[0]["expires_at"].is_u64(), "{x509}");
+        assert!(x509[0]["x509_svid"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN CERTIFICATE"));
+        let jwts = as_json(&["api", "fetch", "jwt", "--audience", "db"]);
+        assert!(jwts[0]["expires_at"].is_u64(), "{jwts}");
+        let token_json = jwts[0]["token"].as_str().unwrap().to_owned();
+        let validated = as_json(&[
+            "api",
+            "validate",
+            "jwt",
+            "--audience",
+            "db",
+            "--token",
+            &token_json,
+        ]);
+        assert_eq!(validated["spiffe_id"], WEB);
+        assert_eq!(validated["claims"]["aud"][0], "db");
+        let wits = as_json(&["api", "fetch", "wit"]);
+        assert!(wits[0]["wit_svid"].is_string() && wits[0].get("wit_svid_key").is_none());
+        let bundle_list = as_json(&["api", "fetch", "bundles"]);
+        assert_eq!(bundle_list[0]["trust_domain"], "spiffe://example.org");
+        assert!(
+            bundle_list[0]["jwt_bundle"]["keys"].is_array(),
+            "{bundle_list}"
+        );
+        let state = as_json(&["healthcheck"]);
+        assert_eq!(state["state"], "healthy", "{state}");
         let verify = run(Command::new("openssl")
             .args(["verify", "-x509_strict", "-purpose", "sslclient", "-CAfile"])
             .arg(dir.join("bundle.pem"))

@@ -42,7 +42,13 @@ enum Command {
     #[command(subcommand)]
     Bundle(BundleCommand),
     /// Check that the issuer answers on its admin socket.
-    Healthcheck(SocketArg),
+    Healthcheck {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -291,6 +297,9 @@ enum BundleCommand {
         /// pem (X.509 authorities) or spiffe (the JWK Set with every key).
         #[arg(long, value_enum, default_value = "pem")]
         format: BundleFormat,
+        /// Print JSON: the trust domain, the SPIFFE bundle and the PEM authorities.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -365,13 +374,21 @@ async fn execute(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Agent(command) => agent(command).await,
-        Command::Bundle(BundleCommand::Show { format, socket }) => {
+        Command::Bundle(BundleCommand::Show {
+            format,
+            json,
+            socket,
+        }) => {
             let bundle = admin(&socket)
                 .await?
                 .get_bundle(pb::BundleRequest {})
                 .await
                 .map_err(status)?
                 .into_inner();
+            if json {
+                output::bundle_json(&bundle);
+                return Ok(());
+            }
             match format {
                 BundleFormat::Pem => workload_api::out!("{}", bundle.pem),
                 BundleFormat::Spiffe => {
@@ -380,13 +397,17 @@ async fn execute(command: Command) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::Healthcheck(socket) => {
+        Command::Healthcheck { json, socket } => {
             let health = admin(&socket)
                 .await?
                 .health(pb::Empty {})
                 .await
                 .map_err(status)?
                 .into_inner();
+            if json {
+                output::health_json(&health);
+                return Ok(());
+            }
             workload_api::outln!(
                 "Issuer is healthy ({}, trust domain {})",
                 health.status,

@@ -2,10 +2,29 @@
 //! or JSON with `--json` (times as Unix seconds). A list is always a JSON
 //! array of the objects that the matching `show --json` prints.
 
-use proto::admin::{Agent, JoinToken};
+use proto::admin::{Agent, BundleResponse, HealthResponse, JoinToken};
 use proto::issuer::Entry;
 
 use crate::clock::rfc3339 as date;
+
+/// `bundle show --json`.
+pub fn bundle_json(bundle: &BundleResponse) {
+    let jwks: serde_json::Value =
+        serde_json::from_slice(&bundle.jwks).unwrap_or(serde_json::Value::Null);
+    print_json(&serde_json::json!({
+        "trust_domain": bundle.trust_domain,
+        "bundle": jwks,
+        "x509_authorities": bundle.pem,
+    }));
+}
+
+/// `healthcheck --json`.
+pub fn health_json(health: &HealthResponse) {
+    print_json(&serde_json::json!({
+        "status": health.status,
+        "trust_domain": health.trust_domain,
+    }));
+}
 
 fn print_json(value: &serde_json::Value) {
     workload_api::outln!(

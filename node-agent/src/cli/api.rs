@@ -11,14 +11,18 @@ use workload_api::pem;
 
 use crate::config::DEFAULT_SOCKET;
 
+/// How a client command reaches the Workload API and how it prints.
 #[derive(Debug, Clone, Args)]
-pub struct SocketArg {
+pub struct ClientArgs {
     /// The Workload API socket (a path or unix:///path); default: $SPIFFE_ENDPOINT_SOCKET.
     #[arg(long)]
     socket_path: Option<String>,
+    /// Print JSON (times as Unix seconds) instead of text.
+    #[arg(long)]
+    pub(super) json: bool,
 }
 
-impl SocketArg {
+impl ClientArgs {
     pub(super) fn address(&self) -> Result<EndpointAddress, String> {
         if let Some(value) = &self.socket_path {
             return EndpointAddress::from_path_or_address(value)
@@ -46,7 +50,7 @@ pub enum ApiCommand {
     #[command(subcommand)]
     Validate(ValidateCommand),
     /// Print one line per X509-SVID update until interrupted.
-    Watch(SocketArg),
+    Watch(ClientArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -57,7 +61,7 @@ pub enum FetchCommand {
         #[arg(long)]
         write: Option<PathBuf>,
         #[command(flatten)]
-        socket: SocketArg,
+        socket: ClientArgs,
     },
     /// Fetch JWT-SVIDs.
     Jwt {
@@ -68,7 +72,7 @@ pub enum FetchCommand {
         #[arg(long)]
         spiffe_id: Option<String>,
         #[command(flatten)]
-        socket: SocketArg,
+        socket: ClientArgs,
     },
     /// Fetch WIT-SVIDs and their private keys.
     Wit {
@@ -79,10 +83,10 @@ pub enum FetchCommand {
         #[arg(long)]
         write: Option<PathBuf>,
         #[command(flatten)]
-        socket: SocketArg,
+        socket: ClientArgs,
     },
     /// Fetch the X.509, JWT and WIT bundles.
-    Bundles(SocketArg),
+    Bundles(ClientArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,7 +100,7 @@ pub enum ValidateCommand {
         #[arg(long)]
         token: String,
         #[command(flatten)]
-        socket: SocketArg,
+        socket: ClientArgs,
     },
 }
 
@@ -148,6 +152,22 @@ pub async fn execute(command: ApiCommand) -> Result<(), String> {
                 .await
                 .map_err(status)?
                 .into_inner();
+            if socket.json {
+                let svids: Vec<_> = response
+                    .svids
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "spiffe_id": s.spiffe_id,
+                            "hint": s.hint,
+                            "expires_at": jwt_expiry(&s.svid),
+                            "token": s.svid,
+                        })
+                    })
+                    .collect();
+                print_json(&svids.into());
+                return Ok(());
+            }
             for svid in response.svids {
                 workload_api::outln!("token({}):\n\t{}", svid.spiffe_id, svid.svid);
                 if !svid.hint.is_empty() {
@@ -171,6 +191,27 @@ pub async fn execute(command: ApiCommand) -> Result<(), String> {
                 first_message(client.fetch_wit_bundles(pb::WitBundlesRequest {}).await).await?;
             let mut domains: Vec<_> = x509.bundles.keys().cloned().collect();
             domains.sort();
+            if socket.json {
+                let mut bundles = Vec::new();
+                for td in domains {
+                    let x509_pem: String = split_der_concat(&x509.bundles[&td])
+                        .map_err(|e| e.to_string())?
+                        .iter()
+                        .map(|c| pem::certificate(c))
+                        .collect();
+                    let parse = |json: Option<&[u8]>| {
+                        json.and_then(|j| serde_json::from_slice::<serde_json::Value>(j).ok())
+                    };
+                    bundles.push(serde_json::json!({
+                        "trust_domain": td,
+                        "x509_authorities": x509_pem,
+                        "jwt_bundle": parse(jwt.bundles.get(&td).map(Vec::as_slice)),
+                        "wit_bundle": parse(wit.bundles.get(&td).map(String::as_bytes)),
+                    }));
+                }
+                print_json(&bundles.into());
+                return Ok(());
+            }
             for td in domains {
                 workload_api::outln!("X.509 bundle for {td}:");
                 for cert in split_der_concat(&x509.bundles[&td]).map_err(|e| e.to_string())? {
@@ -200,6 +241,20 @@ pub async fn execute(command: ApiCommand) -> Result<(), String> {
                 .await
                 .map_err(status)?
                 .into_inner();
+            if socket.json {
+                let claims = response
+                    .claims
+                    .as_ref()
+                    .map(|c| serde_json::from_str::<serde_json::Value>(&struct_json(c)))
+                    .transpose()
+                    .map_err(|e| e.to_string())?;
+                print_json(&serde_json::json!({
+                    "valid": true,
+                    "spiffe_id": response.spiffe_id,
+                    "claims": claims,
+                }));
+                return Ok(());
+            }
             workload_api::outln!("SVID is valid.");
             workload_api::outln!("SPIFFE ID : {}", response.spiffe_id);
             if let Some(claims) = response.claims {
@@ -216,6 +271,24 @@ pub async fn execute(command: ApiCommand) -> Result<(), String> {
                 .map_err(status)?
                 .into_inner();
             while let Some(update) = stream.message().await.map_err(status)? {
+                if socket.json {
+                    let svids: Vec<_> = update
+                        .svids
+                        .iter()
+                        .map(|s| {
+                            serde_json::json!({
+                                "spiffe_id": s.spiffe_id,
+                                "expires_at": not_after(&s.x509_svid),
+                            })
+                        })
+                        .collect();
+                    // One object a line, so a reader can follow the stream.
+                    workload_api::outln!(
+                        "{}",
+                        serde_json::json!({ "received_at": unix_now(), "svids": svids })
+                    );
+                    continue;
+                }
                 let parts: Vec<String> = update
                     .svids
                     .iter()
@@ -233,24 +306,38 @@ pub async fn execute(command: ApiCommand) -> Result<(), String> {
     }
 }
 
-async fn fetch_x509(socket: &SocketArg, write: Option<&Path>) -> Result<(), String> {
+async fn fetch_x509(socket: &ClientArgs, write: Option<&Path>) -> Result<(), String> {
     let mut client = socket.connect().await?;
     let response = first_message(client.fetch_x509svid(pb::X509svidRequest {}).await).await?;
+    if let Some(dir) = write {
+        for (i, svid) in response.svids.iter().enumerate() {
+            write_svid(dir, &numbered(i), svid)?;
+        }
+    }
+    if socket.json {
+        let svids: Vec<_> = response
+            .svids
+            .iter()
+            .map(|s| -> Result<serde_json::Value, String> {
+                Ok(serde_json::json!({
+                    "spiffe_id": s.spiffe_id,
+                    "hint": s.hint,
+                    "expires_at": not_after(&s.x509_svid),
+                    "x509_svid": pems(&s.x509_svid)?,
+                    "bundle": pems(&s.bundle)?,
+                }))
+            })
+            .collect::<Result<_, _>>()?;
+        print_json(&svids.into());
+        return Ok(());
+    }
     workload_api::outln!("Received {} svid after fetching", response.svids.len());
-    for (i, svid) in response.svids.iter().enumerate() {
+    for svid in &response.svids {
         workload_api::outln!();
         workload_api::outln!("SPIFFE ID:\t{}", svid.spiffe_id);
         workload_api::outln!("SVID Valid Until:\t{}", expiry(&svid.x509_svid));
         if !svid.hint.is_empty() {
             workload_api::outln!("Hint:\t\t{}", svid.hint);
-        }
-        if let Some(dir) = write {
-            let suffix = if i == 0 {
-                String::new()
-            } else {
-                format!(".{i}")
-            };
-            write_svid(dir, &suffix, svid)?;
         }
     }
     if let Some(dir) = write {
@@ -263,7 +350,7 @@ async fn fetch_x509(socket: &SocketArg, write: Option<&Path>) -> Result<(), Stri
 }
 
 async fn fetch_wit(
-    socket: &SocketArg,
+    socket: &ClientArgs,
     spiffe_id: Option<String>,
     write: Option<&Path>,
 ) -> Result<(), String> {
@@ -272,21 +359,9 @@ async fn fetch_wit(
         spiffe_id: spiffe_id.unwrap_or_default(),
     };
     let response = first_message(client.fetch_witsvid(request).await).await?;
-    workload_api::outln!("Received {} WIT-SVID(s)", response.svids.len());
-    for (i, svid) in response.svids.iter().enumerate() {
-        workload_api::outln!();
-        workload_api::outln!("SPIFFE ID:\t{}", svid.spiffe_id);
-        workload_api::outln!("WIT Valid Until:\t{}", wit_expiry(&svid.wit_svid));
-        if !svid.hint.is_empty() {
-            workload_api::outln!("Hint:\t\t{}", svid.hint);
-        }
-        workload_api::outln!("WIT:\t\t{}", svid.wit_svid);
-        if let Some(dir) = write {
-            let suffix = if i == 0 {
-                String::new()
-            } else {
-                format!(".{i}")
-            };
+    if let Some(dir) = write {
+        for (i, svid) in response.svids.iter().enumerate() {
+            let suffix = numbered(i);
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let wit_path = dir.join(format!("wit{suffix}.jwt"));
             std::fs::write(&wit_path, &svid.wit_svid)
@@ -296,17 +371,90 @@ async fn fetch_wit(
                 .map_err(|e| format!("{}: {e}", key_path.display()))?;
         }
     }
+    if socket.json {
+        // The private key is written by --write only, never printed.
+        let svids: Vec<_> = response
+            .svids
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "spiffe_id": s.spiffe_id,
+                    "hint": s.hint,
+                    "expires_at": jwt_expiry(&s.wit_svid),
+                    "wit_svid": s.wit_svid,
+                })
+            })
+            .collect();
+        print_json(&svids.into());
+        return Ok(());
+    }
+    workload_api::outln!("Received {} WIT-SVID(s)", response.svids.len());
+    for svid in &response.svids {
+        workload_api::outln!();
+        workload_api::outln!("SPIFFE ID:\t{}", svid.spiffe_id);
+        workload_api::outln!("WIT Valid Until:\t{}", wit_expiry(&svid.wit_svid));
+        if !svid.hint.is_empty() {
+            workload_api::outln!("Hint:\t\t{}", svid.hint);
+        }
+        workload_api::outln!("WIT:\t\t{}", svid.wit_svid);
+    }
     if let Some(dir) = write {
         workload_api::outln!("\nWrote wit.jwt and wit.key.jwk to {}", dir.display());
     }
     Ok(())
 }
 
-/// The `exp` of a WIT, as RFC 3339.
-fn wit_expiry(token: &str) -> String {
+/// `""` for the first of several files, `.1`, `.2`... for the others.
+fn numbered(i: usize) -> String {
+    if i == 0 {
+        String::new()
+    } else {
+        format!(".{i}")
+    }
+}
+
+fn print_json(value: &serde_json::Value) {
+    workload_api::outln!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON prints")
+    );
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The leaf's notAfter in Unix seconds, for JSON output.
+fn not_after(chain: &[u8]) -> Option<u64> {
+    let leaf = split_der_concat(chain).ok()?.into_iter().next()?;
+    let leaf = workload_api::x509svid::check_leaf(&leaf).ok()?;
+    leaf.not_after
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
+}
+
+/// DER certificates as PEM text.
+fn pems(der: &[u8]) -> Result<String, String> {
+    Ok(split_der_concat(der)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|c| pem::certificate(c))
+        .collect())
+}
+
+/// The `exp` of a JWT, Unix seconds.
+fn jwt_expiry(token: &str) -> Option<u64> {
     workload_api::jws::parse(token)
         .ok()
         .and_then(|jws| jws.numeric_date("exp").ok().flatten())
+}
+
+/// The `exp` of a WIT, as RFC 3339.
+fn wit_expiry(token: &str) -> String {
+    jwt_expiry(token)
         .map(|exp| {
             humantime::format_rfc3339_seconds(
                 std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp),
@@ -318,13 +466,6 @@ fn wit_expiry(token: &str) -> String {
 
 fn write_svid(dir: &Path, suffix: &str, svid: &pb::X509svid) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let pems = |der: &[u8]| -> Result<String, String> {
-        Ok(split_der_concat(der)
-            .map_err(|e| e.to_string())?
-            .iter()
-            .map(|c| pem::certificate(c))
-            .collect())
-    };
     let key_pem = pem::encode("PRIVATE KEY", &svid.x509_svid_key);
     let write = |name: &str, bytes: &[u8], private: bool| -> Result<(), String> {
         let path = dir.join(name);
@@ -377,19 +518,10 @@ fn struct_json(s: &prost_types::Struct) -> String {
     object(s).to_string()
 }
 
-/// Healthy when the Workload API answers, even if it has nothing for us.
-#[derive(Debug, Args)]
-pub struct HealthcheckArgs {
-    #[command(flatten)]
-    socket: SocketArg,
-    /// Print JSON (times as Unix seconds) instead of text.
-    #[arg(long)]
-    json: bool,
-}
-
-pub async fn healthcheck(args: &HealthcheckArgs) -> Result<(), String> {
+/// Prints the agent's health; fails when the agent has failed.
+pub async fn healthcheck(args: &ClientArgs) -> Result<(), String> {
     use proto::agent::health_response::State;
-    let channel = client::channel(&args.socket.address()?)
+    let channel = client::channel(&args.address()?)
         .await
         .map_err(|e| e.to_string())?;
     let answer = proto::agent::agent_health_client::AgentHealthClient::new(channel)

@@ -39,7 +39,7 @@ enum Command {
     Wpt(wpt::WptCommand),
     /// Report the agent's health: healthy, degraded (issuer unreachable,
     /// valid SVIDs still served; exit 0) or failed (exit 1).
-    Healthcheck(api::HealthcheckArgs),
+    Healthcheck(api::ClientArgs),
 }
 
 #[derive(Debug, Args)]

@@ -12,7 +12,7 @@ use workload_api::wimse::wpt::{self, BoundTokens};
 use workload_api::wimse::{wit, Presented, Profile, Proof, Verifier, VerifierConfig};
 use workload_api::{Bundle, TrustDomain};
 
-use super::api::{first_message, SocketArg};
+use super::api::{first_message, ClientArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum WptCommand {
@@ -34,7 +34,7 @@ pub enum WptCommand {
         #[arg(long)]
         spiffe_id: Option<String>,
         #[command(flatten)]
-        socket: SocketArg,
+        socket: ClientArgs,
     },
     /// Verify a WIT and its WPT; print the sender or the check that failed.
     Verify {
@@ -64,7 +64,7 @@ pub enum WptCommand {
         #[arg(long)]
         txn_token: Option<String>,
         #[command(flatten)]
-        socket: SocketArg,
+        socket: ClientArgs,
     },
 }
 
@@ -110,6 +110,16 @@ pub async fn execute(command: WptCommand) -> Result<(), String> {
                 &bound,
                 unix_now(),
             );
+            if socket.json {
+                workload_api::outln!(
+                    "{}",
+                    serde_json::json!({
+                        "workload_identity_token": svid.wit_svid,
+                        "workload_proof_token": proof,
+                    })
+                );
+                return Ok(());
+            }
             workload_api::outln!("Workload-Identity-Token: {}", svid.wit_svid);
             workload_api::outln!("Workload-Proof-Token: {proof}");
             Ok(())
@@ -160,17 +170,30 @@ pub async fn execute(command: WptCommand) -> Result<(), String> {
             let verified = verifier
                 .verify(&presented, at)
                 .map_err(|e| format!("{}: {e}", e.check()))?;
+            let wpt_claims = match &verified.proof {
+                Proof::Wpt(wpt) => Some(serde_json::Value::Object(wpt.claims.clone())),
+                _ => None,
+            };
+            if socket.json {
+                workload_api::outln!(
+                    "{}",
+                    serde_json::json!({
+                        "valid": true,
+                        "subject": verified.subject().to_string(),
+                        "wit_claims": verified.wit.claims,
+                        "wpt_claims": wpt_claims,
+                    })
+                );
+                return Ok(());
+            }
             workload_api::outln!("WPT is valid.");
             workload_api::outln!("Subject   : {}", verified.subject());
             workload_api::outln!(
                 "WIT claims: {}",
                 serde_json::Value::Object(verified.wit.claims.clone())
             );
-            if let Proof::Wpt(wpt) = &verified.proof {
-                workload_api::outln!(
-                    "WPT claims: {}",
-                    serde_json::Value::Object(wpt.claims.clone())
-                );
+            if let Some(claims) = wpt_claims {
+                workload_api::outln!("WPT claims: {claims}");
             }
             Ok(())
         }
@@ -178,7 +201,7 @@ pub async fn execute(command: WptCommand) -> Result<(), String> {
 }
 
 /// The WIT bundles the Workload API gives this caller.
-async fn workload_api_bundles(socket: &SocketArg) -> Result<Vec<Bundle>, String> {
+async fn workload_api_bundles(socket: &ClientArgs) -> Result<Vec<Bundle>, String> {
     let mut client = socket.connect().await?;
     let response = first_message(client.fetch_wit_bundles(pb::WitBundlesRequest {}).await).await?;
     response
