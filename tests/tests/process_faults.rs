@@ -470,3 +470,95 @@ fn an_issuer_killed_again_and_again_never_makes_the_agent_serve_an_expired_svid(
     }
     assert!(lines >= 3, "the stream saw the rotations: {updates}");
 }
+
+impl Deployment {
+    /// `api fetch x509 --json`: each SVID's SPIFFE ID and notAfter.
+    fn fetch_all(&self) -> Result<Vec<(String, SystemTime)>, String> {
+        let (ok, out, stderr) = run(Command::new(binary("sigil-agent"))
+            .args(["api", "fetch", "x509", "--json", "--socket-path"])
+            .arg(self.api_socket()));
+        if !ok {
+            return Err(stderr);
+        }
+        let svids: serde_json::Value = serde_json::from_str(&out).unwrap();
+        Ok(svids
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let expires = s["expires_at"].as_u64().unwrap();
+                (
+                    s["spiffe_id"].as_str().unwrap().to_owned(),
+                    SystemTime::UNIX_EPOCH + Duration::from_secs(expires),
+                )
+            })
+            .collect())
+    }
+}
+
+#[test]
+fn a_second_agent_on_the_same_data_directory_is_refused() {
+    let deployment = Deployment::new();
+    let _issuer = deployment.start_issuer();
+    let first = deployment.start_agent(Some(&deployment.join_token()));
+    deployment.agent_id();
+    let second = deployment.start_agent(None);
+    let mut second = second;
+    let status = second.child.wait().unwrap();
+    assert!(!status.success());
+    let refused = second.stderr();
+    assert!(
+        refused.contains("in use") && refused.contains(&first.child.id().to_string()),
+        "{refused}"
+    );
+    fetch_until(&deployment, Duration::from_secs(5), |r| {
+        r.as_ref().is_err_and(|e| e.contains("no identity issued"))
+    })
+    .unwrap_err();
+}
+
+#[test]
+fn a_one_second_svid_beside_a_ten_second_one_both_rotate_on_time() {
+    let deployment = Deployment::new();
+    let _issuer = deployment.start_issuer();
+    let _agent = deployment.start_agent(Some(&deployment.join_token()));
+    let agent_id = deployment.agent_id();
+    let selector = format!("unix:uid:{}", current_uid());
+    for (name, ttl) in [("short", "1"), ("long", "10")] {
+        let spiffe_id = format!("spiffe://example.org/{name}");
+        let (ok, _, stderr) = deployment.admin(&[
+            "entry",
+            "create",
+            "--parent-id",
+            &agent_id,
+            "--spiffe-id",
+            &spiffe_id,
+            "--selector",
+            &selector,
+            "--x509-svid-ttl",
+            ttl,
+        ]);
+        assert!(ok, "{stderr}");
+    }
+    let long = "spiffe://example.org/long";
+    let start = Instant::now();
+    let mut long_expiries = std::collections::BTreeSet::new();
+    let mut fetches = 0;
+    while start.elapsed() < Duration::from_secs(13) {
+        let asked = SystemTime::now();
+        if let Ok(svids) = deployment.fetch_all() {
+            fetches += 1;
+            for (id, not_after) in &svids {
+                assert!(*not_after > asked, "{id} was served expired");
+                if id == long {
+                    long_expiries.insert(*not_after);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(fetches > 50, "{fetches} fetches");
+    // Over 13 s a 10 s SVID replaced at 40-50% of its life is seen with at
+    // least three different expiries: the short one never stalls it.
+    assert!(long_expiries.len() >= 3, "{long_expiries:?}");
+}
