@@ -15,9 +15,9 @@ use workload_api::server::WorkloadApi;
 use workload_api::source::Snapshot;
 
 use crate::config::AgentConfig;
+use crate::issuer_health::IssuerHealth;
 use crate::node::{Node, NodeError};
 use crate::source::{AgentSource, Served};
-use crate::svid::health::IssuerHealth;
 use crate::svid::Status;
 
 /// How long shutdown waits for open streams before cutting them.

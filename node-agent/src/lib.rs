@@ -13,6 +13,7 @@ pub mod attestor;
 pub mod cli;
 pub mod config;
 pub mod issuer_client;
+pub mod issuer_health;
 pub mod keys;
 pub mod node;
 pub mod probe;

@@ -12,8 +12,8 @@ use proto::agent::{HealthRequest, HealthResponse};
 use tokio::sync::watch;
 use workload_api::source::{IssuerOutage, Snapshot};
 
+use crate::issuer_health::IssuerHealth;
 use crate::node::{Node, Standing};
-use crate::svid::health::IssuerHealth;
 
 /// What the health answer is made of, read at one moment.
 #[derive(Debug, Clone)]

@@ -12,8 +12,8 @@ use workload_api::selector::Selectors;
 use workload_api::source::{Caller, Identity, IdentitySource, IssuerOutage, Snapshot};
 
 use crate::attestor::UnixAttestor;
+use crate::issuer_health::IssuerHealth;
 use crate::node::Node;
-use crate::svid::health::IssuerHealth;
 use crate::svid::jwt::JwtCache;
 
 /// Counters shown in the agent's status.

@@ -11,8 +11,8 @@ use proto::issuer as pb;
 use tokio::sync::watch;
 use workload_api::Bundle;
 
+use crate::issuer_health::IssuerHealth;
 use crate::node::Node;
-use crate::svid::health::IssuerHealth;
 
 /// The entries an agent holds, in registration order.
 pub type Entries = Arc<Vec<pb::Entry>>;

@@ -11,8 +11,8 @@ use proto::issuer as pb;
 use tonic::Status;
 use workload_api::source::unix_time;
 
-use super::health::IssuerHealth;
 use super::lru::Lru;
+use crate::issuer_health::IssuerHealth;
 use crate::node::Node;
 
 /// The bytes of tokens and their keys the cache keeps at most; least

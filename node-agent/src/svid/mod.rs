@@ -5,7 +5,6 @@
 //! so the Workload API can tell "expired" from "not minted yet" and leave
 //! them out; the loop republishes when one expires so open streams look again.
 
-pub mod health;
 pub mod jwt;
 pub mod lru;
 pub mod schedule;
@@ -22,10 +21,10 @@ use workload_api::id::parse_trust_domain;
 use workload_api::selector::Selector;
 use workload_api::source::{Identity, Snapshot, X509Material};
 
+use crate::issuer_health::IssuerHealth;
 use crate::keys::new_key_and_csr;
 use crate::node::{Node, Standing};
 use crate::sync::Entries;
-use health::IssuerHealth;
 use schedule::Held;
 
 /// CSRs per signing call.
