@@ -151,7 +151,7 @@ async fn cli_fetches_mints_and_verifies() {
     let endpoint = node.endpoint();
     let dir = tempfile::tempdir().unwrap();
     let dir_path = dir.path().to_owned();
-    let (fetched, minted, verified, wrong_audience, example, tampered) =
+    let (first_results, authorization_results) =
         tokio::task::spawn_blocking(move || {
             let agent = |args: &[&str]| {
                 run(Command::new(binary("sigil-agent"))
@@ -159,7 +159,9 @@ async fn cli_fetches_mints_and_verifies() {
                     .env("SPIFFE_ENDPOINT_SOCKET", &endpoint))
             };
             let fetched = agent(&["api", "fetch", "wit", "--write", dir_path.to_str().unwrap()]);
-            let minted = agent(&["wpt", "mint", "--audience", "https://db.example.org/rows"]);
+            let minted = agent(&[
+                "wpt", "mint", "--form", "header", "--audience", "https://db.example.org/rows",
+            ]);
             let header = |name: &str| {
                 minted
                     .1
@@ -177,6 +179,27 @@ async fn cli_fetches_mints_and_verifies() {
             };
             let verified = verify("https://db.example.org/rows");
             let wrong_audience = verify("https://other.example.org/rows");
+
+            // The Authorization form (the default): its header, verified.
+            let minted_authorization =
+                agent(&["wpt", "mint", "--audience", "https://db.example.org/rows"]);
+            let authorization = minted_authorization
+                .1
+                .lines()
+                .find_map(|l| l.strip_prefix("Authorization: "))
+                .unwrap_or_default()
+                .to_owned();
+            let verified_authorization = agent(&[
+                "wpt", "verify", "--audience", "https://db.example.org/rows", "--wit", &wit,
+                "--form", "authorization", "--wpt", &authorization,
+            ]);
+            let no_access_token = agent(&[
+                "wpt", "mint", "--audience", "https://db.example.org/rows",
+                "--access-token", "at-1",
+            ]);
+            let minted_json = agent(&[
+                "wpt", "mint", "--json", "--audience", "https://db.example.org/rows",
+            ]);
 
             // The published examples, against a bundle file holding the
             // example issuer key, with the clock set before their exp.
@@ -200,10 +223,50 @@ async fn cli_fetches_mints_and_verifies() {
             let mut changed = EXAMPLE_WPT.to_owned();
             changed.replace_range(90..91, if &EXAMPLE_WPT[90..91] == "A" { "B" } else { "A" });
             let tampered = verify_example(&changed);
-            (fetched, minted, verified, wrong_audience, example, tampered)
+            (
+                (fetched, minted, verified, wrong_audience, example, tampered),
+                (
+                    minted_authorization,
+                    authorization,
+                    verified_authorization,
+                    no_access_token,
+                    minted_json,
+                ),
+            )
         })
         .await
         .unwrap();
+    let (
+        (fetched, minted, verified, wrong_audience, example, tampered),
+        (minted_authorization, authorization, verified_authorization, no_access_token, minted_json),
+    ) = (first_results, authorization_results);
+    assert!(minted_authorization.0, "mint: {minted_authorization:?}");
+    assert!(
+        authorization.starts_with("WPT ey"),
+        "{minted_authorization:?}"
+    );
+    assert!(
+        !minted_authorization.1.contains("Workload-Proof-Token"),
+        "{}",
+        minted_authorization.1
+    );
+    assert!(
+        verified_authorization.0,
+        "verify --form authorization: {verified_authorization:?}"
+    );
+    assert!(!no_access_token.0);
+    assert!(
+        no_access_token.2.contains("--form header"),
+        "{}",
+        no_access_token.2
+    );
+    assert!(minted_json.0, "{minted_json:?}");
+    let json: serde_json::Value = serde_json::from_str(minted_json.1.trim()).unwrap();
+    assert_eq!(json["form"], "authorization");
+    assert_eq!(
+        json["authorization"],
+        format!("WPT {}", json["workload_proof_token"].as_str().unwrap())
+    );
 
     assert!(fetched.0, "fetch wit: {fetched:?}");
     assert!(fetched.1.contains(WEB), "{}", fetched.1);
@@ -388,55 +451,119 @@ async fn node_and_service() -> (TestNode, String, KeyPair, ExampleService) {
 }
 
 #[tokio::test]
-async fn a_workload_calls_the_example_service_with_a_proof() {
+async fn a_workload_calls_the_example_service_with_a_proof_in_either_form() {
+    use workload_api::wimse::WptForm;
     let (_node, wit, key, service) = node_and_service().await;
+    let proof_headers = |form: WptForm, audience: &str| {
+        let mut headers = http::HeaderMap::new();
+        workload_api::wimse::http::add_proof_headers_as(
+            form,
+            &mut headers,
+            &wit,
+            &key,
+            audience,
+            60,
+            &[],
+            unix_now(),
+        )
+        .unwrap();
+        headers
+    };
+    let challenge = |answer: &Answer| {
+        answer
+            .headers
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
 
-    let mut headers = http::HeaderMap::new();
-    workload_api::wimse::http::add_proof_headers(
-        &mut headers,
-        &wit,
-        &key,
-        "https://orders.example.org/orders",
-        60,
-        &[],
-        unix_now(),
+    // wpt-02 answers a refused Authorization-form WPT with 401 and a WPT
+    // challenge; wpt-01's header form keeps 400.
+    for (form, refused, expected_challenge) in [
+        (WptForm::Authorization, 401, Some("WPT")),
+        (WptForm::Header, 400, None),
+    ] {
+        let headers = proof_headers(form, "https://orders.example.org/orders");
+        assert_eq!(
+            headers.contains_key("authorization"),
+            form == WptForm::Authorization
+        );
+        let (status, _, body) = http_get(&service.address, "/orders", &headers).await;
+        assert_eq!(status, 200, "{form}: {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["caller"], WEB);
+
+        // The identical request again: the proof was used.
+        let answer = http_call(&service.address, "GET", "/orders", &headers, b"").await;
+        assert_eq!(answer.status, refused, "{form}: {}", answer.body);
+        assert_eq!(challenge(&answer).as_deref(), expected_challenge, "{form}");
+        assert_eq!(answer.content_type(), "application/problem+json");
+        let problem: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+        assert_eq!(problem["check"], "wpt.jti", "{problem}");
+        assert_eq!(problem["status"], refused);
+        assert!(
+            problem["detail"].as_str().unwrap().contains(WEB),
+            "{problem}"
+        );
+
+        // A proof for another path.
+        let elsewhere = proof_headers(form, "https://orders.example.org/refunds");
+        let answer = http_call(&service.address, "GET", "/orders", &elsewhere, b"").await;
+        assert_eq!(answer.status, refused, "{form}");
+        assert!(answer.body.contains("wpt.aud"), "{}", answer.body);
+    }
+
+    // No proof at all: the service (both forms) asks for the WPT scheme.
+    let answer = http_call(
+        &service.address,
+        "GET",
+        "/orders",
+        &http::HeaderMap::new(),
+        b"",
     )
-    .unwrap();
-    let (status, _, body) = http_get(&service.address, "/orders", &headers).await;
-    assert_eq!(status, 200, "{body}");
-    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(body["caller"], WEB);
-
-    // The identical request again: the proof was used.
-    let (status, content_type, body) = http_get(&service.address, "/orders", &headers).await;
-    assert_eq!(status, 400);
-    assert_eq!(content_type, "application/problem+json");
-    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(problem["check"], "wpt.jti", "{problem}");
-    assert_eq!(problem["status"], 400);
-    assert!(
-        problem["detail"].as_str().unwrap().contains(WEB),
-        "{problem}"
+    .await;
+    assert_eq!(
+        (answer.status, challenge(&answer).as_deref()),
+        (401, Some("WPT"))
     );
+    assert!(answer.body.contains("header.missing"), "{}", answer.body);
 
-    // No proof at all, and a proof for another path.
-    let (status, _, body) = http_get(&service.address, "/orders", &http::HeaderMap::new()).await;
-    assert_eq!(status, 400);
-    assert!(body.contains("header.missing"), "{body}");
-    let mut elsewhere = http::HeaderMap::new();
-    workload_api::wimse::http::add_proof_headers(
-        &mut elsewhere,
-        &wit,
-        &key,
-        "https://orders.example.org/refunds",
-        60,
-        &[],
-        unix_now(),
-    )
+    // Both forms in one request.
+    let mut both = proof_headers(WptForm::Authorization, "https://orders.example.org/orders");
+    both.insert(
+        "workload-proof-token",
+        proof_headers(WptForm::Header, "https://orders.example.org/orders")["workload-proof-token"]
+            .clone(),
+    );
+    let answer = http_call(&service.address, "GET", "/orders", &both, b"").await;
+    assert_eq!(answer.status, 401);
+    assert!(
+        answer.body.contains("request.both_forms"),
+        "{}",
+        answer.body
+    );
+}
+
+#[tokio::test]
+async fn python_spiffe_pyjwt_and_httpx_call_the_service_with_an_authorization_wpt() {
+    let (node, _wit, _key, service) = node_and_service().await;
+    let script = workspace_root().join("tests/python/wpt_authorization_client.py");
+    let endpoint = node.endpoint();
+    let url = format!("http://{}/orders", service.address);
+    let (ok, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        run(Command::new(python()).arg(&script).args([
+            endpoint.as_str(),
+            url.as_str(),
+            "https://orders.example.org/orders",
+        ]))
+    })
+    .await
     .unwrap();
-    let (status, _, body) = http_get(&service.address, "/orders", &elsewhere).await;
-    assert_eq!(status, 400);
-    assert!(body.contains("wpt.aud"), "{body}");
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains(&format!("verified {WEB}")), "{stdout}");
+    assert!(
+        stdout.contains("ok   the identical request is refused with 401"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test]

@@ -8,9 +8,12 @@ use workload_api::bundle::{Bundle, JwtAuthority};
 use workload_api::jwk::{Algorithm, Jwk, PublicKey};
 use workload_api::keypair::KeyPair;
 use workload_api::wimse::http::request_tokens;
+use workload_api::wimse::layer::{verify_request_at, WimseLayer};
 use workload_api::wimse::wit::{Confirmation, WitClaims};
 use workload_api::wimse::wpt::{self, BoundTokens};
-use workload_api::wimse::{Presented, Profile, Token, Verifier, VerifierConfig, WimseError};
+use workload_api::wimse::{
+    AcceptedForms, Presented, Profile, Token, Verifier, VerifierConfig, WimseError, WptForm,
+};
 use workload_api::TrustDomain;
 
 // draft-ietf-wimse-workload-creds section 3.1 and draft-ietf-wimse-wpt
@@ -136,9 +139,12 @@ const SVC: &str = "https://svc.example.org/api";
 
 impl Setup {
     fn new() -> Self {
+        Setup::at(1_800_000_000)
+    }
+
+    fn at(now: u64) -> Self {
         let issuer = KeyPair::generate(Algorithm::ES256).unwrap();
         let workload = KeyPair::generate(Algorithm::ES256).unwrap();
-        let now = 1_800_000_000;
         let mut setup = Setup {
             issuer,
             workload,
@@ -454,4 +460,526 @@ fn a_bundle_update_drops_cached_wits() {
     verifier.set_bundle(Bundle::new(TrustDomain::new("example.org").unwrap()));
     let err = verifier.validate_wit(&s.wit, s.now).unwrap_err();
     assert_eq!(err.check(), "wit.key");
+}
+
+// draft-ietf-wimse-wpt-02 section 2, Figures 2 and 5 (the Authorization
+// form; no `ath`). The WIT has the claims of EXAMPLE_WIT, signed anew by
+// the same issuer key.
+const EXAMPLE_02_WIT: &str = "eyJhbGciOiJFUzI1NiIsImtpZCI6Ikp1bmUgNSIsInR5cCI6IndpdCtqd3QifQ.eyJjbmYiOnsiandrIjp7ImFsZyI6IkVkRFNBIiwiY3J2IjoiRWQyNTUxOSIsImt0eSI6Ik9LUCIsIngiOiIxQ1hYdmZsTl9MVlZzSXNZWHNVdkIwM0ptbEdXZUNIcVFWdW91Q0Y5MmJnIn19LCJleHAiOjE3NDU1MTI1MTAsImlhdCI6MTc0NTUwODkxMCwianRpIjoieC1fMUNUTDJjY2EzQ1NFNGN3Yl9sIiwic3ViIjoid2ltc2U6Ly9leGFtcGxlLmNvbS9zcGVjaWZpYy13b3JrbG9hZCJ9.ohKJ50QaW8ydALJwaA0Sz4ys3hcN_1S-aTZBytMGc3u8QWUmn5uxUDSonoZFAfZk1Ro1kR4vE_xa7mvoE37R-Q";
+const EXAMPLE_02_WPT: &str = "eyJhbGciOiJFZERTQSIsInR5cCI6IndwdCtqd3QifQ.eyJhdWQiOiJodHRwczovL3dvcmtsb2FkLmV4YW1wbGUuY29tL3BhdGgiLCJleHAiOjE3NDU1MTAwMTYsImp0aSI6Il9fYndjNEVTQzNhY2MyTFRDMS1feCIsInd0aCI6Ilg5d2lQZ3EzamxTR3pBZWdIQ0doTk8xbEpnVWJEb0kxTWprYXQ1UUhKQjAifQ.sa5ZYHTeCx4AsurafaBJ2rrMnE7TBHBB47ZUT7yoiyz2lcGY5XAnpGPjPnzeRroJJiR7Nr_C5J7mexxrsHM3CQ";
+
+/// A request to `https://svc.example.org/api` (or the example's `/path`)
+/// carrying `wit` and `wpt` in `form`.
+fn http_request(form: WptForm, path: &str, wit: &str, wpt: &str) -> http::Request<()> {
+    let mut request = http::Request::builder()
+        .uri(path)
+        .header("workload-identity-token", wit);
+    request = match form {
+        WptForm::Authorization => request.header("authorization", format!("WPT {wpt}")),
+        WptForm::Header => request.header("workload-proof-token", wpt),
+    };
+    request.body(()).unwrap()
+}
+
+#[test]
+fn the_wpt_02_example_verifies_in_the_authorization_form_only() {
+    let verifier = example_verifier();
+    let request = http_request(
+        WptForm::Authorization,
+        "/path",
+        EXAMPLE_02_WIT,
+        EXAMPLE_02_WPT,
+    );
+    let verified =
+        verify_request_at(&verifier, &request, AcceptedForms::Both, at(EXAMPLE_NOW)).unwrap();
+    assert_eq!(verified.subject(), "wimse://example.com/specific-workload");
+    // The scheme name is case-insensitive (RFC 9110 section 11.1).
+    for scheme in ["wpt", "Wpt"] {
+        let mut request = http_request(
+            WptForm::Authorization,
+            "/path",
+            EXAMPLE_02_WIT,
+            EXAMPLE_02_WPT,
+        );
+        request.headers_mut().insert(
+            "authorization",
+            format!("{scheme}  {EXAMPLE_02_WPT}").parse().unwrap(),
+        );
+        verify_request_at(
+            &example_verifier(),
+            &request,
+            AcceptedForms::Both,
+            at(EXAMPLE_NOW),
+        )
+        .unwrap_or_else(|e| panic!("scheme {scheme}: {e}"));
+    }
+    // A service taking only the header form refuses it.
+    let err = verify_request_at(
+        &example_verifier(),
+        &request,
+        AcceptedForms::Header,
+        at(EXAMPLE_NOW),
+    )
+    .unwrap_err();
+    assert_eq!(err.check(), "wpt.form");
+}
+
+/// A WIT whose `cnf.jwk` has no `alg`, as some implementations still issue.
+fn wit_without_cnf_alg(s: &Setup) -> String {
+    let mut jwk = serde_json::to_value(s.workload.public_jwk()).unwrap();
+    jwk.as_object_mut().unwrap().remove("alg");
+    let claims = serde_json::json!({
+        "sub": "spiffe://example.org/client", "iat": s.now, "exp": s.now + 3600,
+        "jti": "wit-no-alg", "cnf": {"jwk": jwk},
+    });
+    let header = serde_json::json!({"alg": "ES256", "kid": "k1", "typ": "wit+jwt"});
+    s.issuer.sign_jws(&header, &claims)
+}
+
+#[test]
+fn the_negative_table_fails_each_rule_in_both_forms() {
+    let s = Setup::new();
+    let other_wit = {
+        let mut claims = s.claims("spiffe://example.org/client");
+        claims.jti = "wit-2".into();
+        let header = serde_json::json!({"alg": "ES256", "kid": "k1", "typ": "wit+jwt"});
+        s.issuer.sign_jws(&header, &claims)
+    };
+    let none_wit = {
+        let header = serde_json::json!({"alg": "none", "kid": "k1", "typ": "wit+jwt"});
+        s.issuer
+            .sign_jws(&header, &s.claims("spiffe://example.org/client"))
+    };
+    let no_alg_wit = wit_without_cnf_alg(&s);
+    let txn = |token: &'static str| {
+        move |h: &mut HeaderMap| {
+            h.insert("txn-token", HeaderValue::from_static(token));
+        }
+    };
+    type Edit = Box<dyn Fn(&mut HeaderMap)>;
+    for form in [WptForm::Authorization, WptForm::Header] {
+        let good = || s.good_wpt();
+        let bound = |b: BoundTokens<'_>| s.wpt(SVC, 60, &b, s.now);
+        // (name, WIT, WPT, edit of the request's headers, expected check)
+        let cases: Vec<(&str, String, String, Edit, &str)> = vec![
+            (
+                "WIT alg none",
+                none_wit.clone(),
+                good(),
+                Box::new(|_| ()),
+                "wit.alg",
+            ),
+            (
+                "WIT cnf.jwk without alg",
+                no_alg_wit.clone(),
+                good(),
+                Box::new(|_| ()),
+                "wit.cnf",
+            ),
+            (
+                "WPT alg none",
+                s.wit.clone(),
+                s.wpt_with_header(serde_json::json!({"alg": "none", "typ": "wpt+jwt"})),
+                Box::new(|_| ()),
+                "wpt.alg",
+            ),
+            (
+                "WPT alg HS256",
+                s.wit.clone(),
+                s.wpt_with_header(serde_json::json!({"alg": "HS256", "typ": "wpt+jwt"})),
+                Box::new(|_| ()),
+                "wpt.alg",
+            ),
+            (
+                "WPT typ jwt",
+                s.wit.clone(),
+                s.wpt_with_header(serde_json::json!({"alg": "ES256", "typ": "jwt"})),
+                Box::new(|_| ()),
+                "wpt.typ",
+            ),
+            (
+                "WPT alg is not cnf.jwk.alg",
+                s.wit.clone(),
+                s.wpt_with_header(serde_json::json!({"alg": "ES384", "typ": "wpt+jwt"})),
+                Box::new(|_| ()),
+                "wpt.alg",
+            ),
+            (
+                "wrong audience",
+                s.wit.clone(),
+                s.wpt(
+                    "https://other.example.org/api",
+                    60,
+                    &BoundTokens::default(),
+                    s.now,
+                ),
+                Box::new(|_| ()),
+                "wpt.aud",
+            ),
+            (
+                "expired",
+                s.wit.clone(),
+                s.wpt(SVC, 60, &BoundTokens::default(), s.now - 120),
+                Box::new(|_| ()),
+                "wpt.exp",
+            ),
+            (
+                "exp too far ahead",
+                s.wit.clone(),
+                s.wpt(SVC, 3600, &BoundTokens::default(), s.now),
+                Box::new(|_| ()),
+                "wpt.exp",
+            ),
+            (
+                "wth mismatch",
+                s.wit.clone(),
+                wpt::mint(
+                    &other_wit,
+                    &s.workload,
+                    SVC,
+                    60,
+                    &BoundTokens::default(),
+                    s.now,
+                ),
+                Box::new(|_| ()),
+                "wpt.wth",
+            ),
+            (
+                "unknown oth entry",
+                s.wit.clone(),
+                bound(BoundTokens {
+                    other: vec![("x-custom", "v")],
+                    ..BoundTokens::default()
+                }),
+                Box::new(|h: &mut HeaderMap| {
+                    h.insert("x-custom", HeaderValue::from_static("v"));
+                }),
+                "wpt.oth",
+            ),
+            (
+                "unbound Txn-Token",
+                s.wit.clone(),
+                good(),
+                Box::new(txn("txn.value")),
+                "wpt.tth",
+            ),
+            (
+                "mismatched Txn-Token",
+                s.wit.clone(),
+                bound(BoundTokens {
+                    txn_token: Some("txn.value"),
+                    ..BoundTokens::default()
+                }),
+                Box::new(txn("txn.other")),
+                "wpt.tth",
+            ),
+            (
+                "both forms in one request",
+                s.wit.clone(),
+                good(),
+                Box::new(move |h: &mut HeaderMap| match form {
+                    WptForm::Authorization => {
+                        h.insert("workload-proof-token", HeaderValue::from_static("x.y.z"));
+                    }
+                    WptForm::Header => {
+                        h.insert("authorization", HeaderValue::from_static("WPT x.y.z"));
+                    }
+                }),
+                "request.both_forms",
+            ),
+            (
+                "a second Authorization credential",
+                s.wit.clone(),
+                good(),
+                Box::new(|h: &mut HeaderMap| {
+                    h.append("authorization", HeaderValue::from_static("Bearer at-1"));
+                    if !h.contains_key("workload-proof-token") {
+                        return;
+                    }
+                    // Header form: a second access token beside the first.
+                    h.append("authorization", HeaderValue::from_static("Bearer at-2"));
+                }),
+                match form {
+                    WptForm::Authorization => "wpt.authorization",
+                    WptForm::Header => "header.duplicate",
+                },
+            ),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for (name, wit, proof, edit, check) in &cases {
+            let mut request = http_request(form, "/api", wit, proof);
+            edit(request.headers_mut());
+            let verifier = s.verifier(&[]);
+            let err = verify_request_at(&verifier, &request, AcceptedForms::Both, at(s.now))
+                .expect_err(&format!("{form} {name}: accepted"));
+            assert_eq!(err.check(), *check, "{form} {name}: {err}");
+            if *name == "WIT cnf.jwk without alg" {
+                assert!(err.to_string().contains("\"alg\" is missing"), "{err}");
+            }
+            seen.insert(std::mem::discriminant(&err));
+            println!("{form:>13} {name}: {err}");
+        }
+        // One error per rule: alg none (either token) and HS256 share
+        // "alg not allowed"; every other case has its own variant.
+        assert_eq!(seen.len(), cases.len() - 2, "{form}: distinct errors");
+
+        // A replayed jti: the identical request twice.
+        let verifier = s.verifier(&[]);
+        let proof = good();
+        let request = http_request(form, "/api", &s.wit, &proof);
+        verify_request_at(&verifier, &request, AcceptedForms::Both, at(s.now)).unwrap();
+        let err =
+            verify_request_at(&verifier, &request, AcceptedForms::Both, at(s.now)).unwrap_err();
+        assert!(matches!(err, WimseError::Replayed { .. }), "{form}: {err}");
+    }
+
+    // One Authorization field holding a list is a second credential too,
+    // and `WPT` without a token68 is malformed.
+    for (value, check) in [
+        (
+            format!("WPT {}, Bearer at-1", s.good_wpt()),
+            "wpt.authorization",
+        ),
+        ("WPT".to_owned(), "wpt.malformed"),
+        ("WPT a.b.c%".to_owned(), "wpt.malformed"),
+    ] {
+        let mut request = http_request(WptForm::Authorization, "/api", &s.wit, "a.b.c");
+        request
+            .headers_mut()
+            .insert("authorization", value.parse().unwrap());
+        let err = verify_request_at(&s.verifier(&[]), &request, AcceptedForms::Both, at(s.now))
+            .unwrap_err();
+        assert_eq!(err.check(), check, "{err}");
+    }
+}
+
+#[test]
+fn the_header_form_binds_an_access_token_and_the_authorization_form_has_none() {
+    let s = Setup::new();
+    let with_ath = s.wpt(
+        SVC,
+        60,
+        &BoundTokens {
+            access_token: Some("at-1"),
+            ..BoundTokens::default()
+        },
+        s.now,
+    );
+    let mut request = http_request(WptForm::Header, "/api", &s.wit, &with_ath);
+    request
+        .headers_mut()
+        .insert("authorization", HeaderValue::from_static("Bearer at-1"));
+    verify_request_at(&s.verifier(&[]), &request, AcceptedForms::Both, at(s.now)).unwrap();
+    // In the Authorization form the field holds the WPT: an `ath` claim
+    // binds nothing and is ignored (wpt-02 section 2.3).
+    let request = http_request(WptForm::Authorization, "/api", &s.wit, &with_ath);
+    verify_request_at(&s.verifier(&[]), &request, AcceptedForms::Both, at(s.now)).unwrap();
+    // A client cannot put the WPT into an Authorization field already used.
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", HeaderValue::from_static("Bearer at-1"));
+    let err = workload_api::wimse::http::add_proof_headers_as(
+        WptForm::Authorization,
+        &mut headers,
+        &s.wit,
+        &s.workload,
+        SVC,
+        60,
+        &[],
+        s.now,
+    )
+    .unwrap_err();
+    assert_eq!(err.check(), "wpt.authorization");
+}
+
+/// Collects every tracing event's fields, as text, while it is the
+/// default subscriber.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl tracing::field::Visit for &Captured {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let line = format!("{}={:?} ", field.name(), value);
+        self.0.lock().unwrap().push_str(&line);
+    }
+}
+
+impl tracing::Subscriber for Captured {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        span.record(&mut &*self);
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        values.record(&mut &*self);
+    }
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        event.record(&mut &*self);
+        self.0.lock().unwrap().push('\n');
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+type Body = http_body_util::Full<bytes::Bytes>;
+
+/// Sends `request` through a [`WimseLayer`] in front of a service that
+/// answers with the verified caller; returns the response and the logs.
+fn through_layer(
+    layer: &WimseLayer,
+    request: http::Request<()>,
+) -> (http::Response<Body>, String, String) {
+    use http_body_util::BodyExt;
+    use tower::{Layer, Service, ServiceExt};
+    let inner = tower::service_fn(|request: http::Request<Body>| async move {
+        let caller = request
+            .extensions()
+            .get::<workload_api::wimse::Verified>()
+            .map(|v| v.subject().to_owned())
+            .unwrap_or_default();
+        Ok::<_, std::convert::Infallible>(http::Response::new(Body::from(caller)))
+    });
+    let mut service = layer.layer(inner);
+    let (parts, ()) = request.into_parts();
+    let request = http::Request::from_parts(parts, Body::default());
+    let logs = Captured::default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let (response, body) = tracing::subscriber::with_default(logs.clone(), || {
+        runtime.block_on(async {
+            let response = service.ready().await.unwrap().call(request).await.unwrap();
+            let (parts, body) = response.into_parts();
+            let bytes = body.collect().await.unwrap().to_bytes();
+            let text = String::from_utf8(bytes.to_vec()).unwrap();
+            (http::Response::from_parts(parts, Body::from(bytes)), text)
+        })
+    });
+    let logs = logs.0.lock().unwrap().clone();
+    (response, body, logs)
+}
+
+#[test]
+fn the_layer_answers_each_form_by_its_rules_and_logs_no_token() {
+    let now = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let s = Setup::at(now);
+    let verifier = std::sync::Arc::new(s.verifier(&[]));
+    let layer = WimseLayer::new(verifier.clone());
+    let challenge = |r: &http::Response<Body>| {
+        r.headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+
+    // Each form is accepted when valid.
+    for form in [WptForm::Authorization, WptForm::Header] {
+        let (response, body, _) =
+            through_layer(&layer, http_request(form, "/api", &s.wit, &s.good_wpt()));
+        assert_eq!(response.status(), 200, "{form}: {body}");
+        assert_eq!(body, "spiffe://example.org/client");
+    }
+
+    // Failures: the Authorization form 401 with `WWW-Authenticate: WPT`,
+    // the header form 400 without a challenge; both with an RFC 9457 body.
+    let wrong_aud = || {
+        s.wpt(
+            "https://other.example.org/api",
+            60,
+            &BoundTokens::default(),
+            now,
+        )
+    };
+    for (form, status, expected_challenge) in [
+        (WptForm::Authorization, 401, Some("WPT")),
+        (WptForm::Header, 400, None),
+    ] {
+        let proof = wrong_aud();
+        let (response, body, logs) =
+            through_layer(&layer, http_request(form, "/api", &s.wit, &proof));
+        assert_eq!(response.status(), status, "{form}: {body}");
+        assert_eq!(
+            challenge(&response).as_deref(),
+            expected_challenge,
+            "{form}"
+        );
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(problem["check"], "wpt.aud", "{form}: {body}");
+        assert_eq!(problem["status"], status);
+        // Nothing secret: neither the WPT nor the WIT is in the logs, the
+        // problem or the response headers.
+        assert!(
+            logs.contains("wpt.aud"),
+            "{form}: the refusal is logged: {logs}"
+        );
+        let headers = format!("{:?}", response.headers());
+        for (what, token) in [("WPT", proof.as_str()), ("WIT", s.wit.as_str())] {
+            for (place, text) in [("logs", &logs), ("body", &body), ("headers", &headers)] {
+                assert!(
+                    !text.contains(token),
+                    "{form}: the {what} is in the {place}"
+                );
+                let signature = token.rsplit('.').next().unwrap();
+                assert!(!text.contains(signature), "{form}: {what} in {place}");
+            }
+        }
+    }
+
+    // No proof at all: the service asks for the WPT scheme.
+    let request = http::Request::builder()
+        .uri("/api")
+        .header("workload-identity-token", s.wit.as_str())
+        .body(())
+        .unwrap();
+    let (response, body, _) = through_layer(&layer, request);
+    assert_eq!(
+        (response.status().as_u16(), challenge(&response).as_deref()),
+        (401, Some("WPT")),
+        "{body}"
+    );
+
+    // Both forms at once: refused.
+    let mut request = http_request(WptForm::Authorization, "/api", &s.wit, &s.good_wpt());
+    request
+        .headers_mut()
+        .insert("workload-proof-token", s.good_wpt().parse().unwrap());
+    let (response, body, _) = through_layer(&layer, request);
+    assert_eq!(response.status(), 401, "{body}");
+    assert!(body.contains("request.both_forms"), "{body}");
+
+    // The per-layer setting: a form the service does not take is refused,
+    // and a header-only service offers no WPT challenge.
+    let header_only = WimseLayer::new(verifier.clone()).accepting(AcceptedForms::Header);
+    let (response, body, _) = through_layer(
+        &header_only,
+        http_request(WptForm::Authorization, "/api", &s.wit, &s.good_wpt()),
+    );
+    assert_eq!(
+        (response.status().as_u16(), challenge(&response)),
+        (400, None)
+    );
+    assert!(body.contains("wpt.form"), "{body}");
+    let authorization_only = WimseLayer::new(verifier).accepting(AcceptedForms::Authorization);
+    let (response, body, _) = through_layer(
+        &authorization_only,
+        http_request(WptForm::Header, "/api", &s.wit, &s.good_wpt()),
+    );
+    assert_eq!(
+        (response.status().as_u16(), challenge(&response).as_deref()),
+        (401, Some("WPT"))
+    );
+    assert!(body.contains("wpt.form"), "{body}");
+    let (response, _, _) = through_layer(
+        &authorization_only,
+        http_request(WptForm::Authorization, "/api", &s.wit, &s.good_wpt()),
+    );
+    assert_eq!(response.status(), 200);
 }

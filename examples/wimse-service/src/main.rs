@@ -1,5 +1,6 @@
 //! An HTTP service protected by Sigil's WIMSE layer: every request must carry
-//! a `Workload-Identity-Token` and either a `Workload-Proof-Token` or an HTTP
+//! a `Workload-Identity-Token` and either a WPT, in `Authorization: WPT <jwt>`
+//! (draft-ietf-wimse-wpt-02) or in `Workload-Proof-Token` (-01), or an HTTP
 //! Message Signature for this service's audience. The WIT trust bundles and
 //! the service's own WIT (to sign responses when asked) come from the local
 //! Workload API and are kept current from its streams.
@@ -9,8 +10,10 @@
 //! ```
 //!
 //! `GET /orders` and `POST /orders` answer with the caller's verified
-//! identity. Refused requests get 400 and an RFC 9457 problem naming the
-//! failed check.
+//! identity. Refused requests get an RFC 9457 problem naming the failed
+//! check: 401 with `WWW-Authenticate: WPT` for the Authorization form, 400
+//! for the header form and HTTP signatures. `--wpt-forms` picks the WPT
+//! forms accepted (both by default).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -23,7 +26,7 @@ use proto::workload as pb;
 use workload_api::client::{connect, EndpointAddress, ENDPOINT_ENV};
 use workload_api::keypair::KeyPair;
 use workload_api::wimse::layer::{ServiceIdentity, WimseLayer};
-use workload_api::wimse::{Profile, Proof, Verified, Verifier, VerifierConfig};
+use workload_api::wimse::{AcceptedForms, Profile, Proof, Verified, Verifier, VerifierConfig};
 use workload_api::{Bundle, TrustDomain};
 
 #[derive(Debug, Parser)]
@@ -44,6 +47,10 @@ struct Args {
     /// spiffe (WIT-SVID) or wimse (generic).
     #[arg(long, default_value = "spiffe")]
     profile: String,
+    /// The WPT forms accepted: both, authorization (Authorization: WPT) or
+    /// header (Workload-Proof-Token).
+    #[arg(long, default_value = "both")]
+    wpt_forms: String,
 }
 
 fn main() -> ExitCode {
@@ -67,6 +74,12 @@ fn main() -> ExitCode {
 async fn serve(args: Args) -> Result<(), String> {
     let profile = Profile::parse(&args.profile)
         .ok_or_else(|| format!("--profile: {:?} is not spiffe or wimse", args.profile))?;
+    let forms = AcceptedForms::parse(&args.wpt_forms).ok_or_else(|| {
+        format!(
+            "--wpt-forms: {:?} is not both, authorization or header",
+            args.wpt_forms
+        )
+    })?;
     let mut config = VerifierConfig::new(args.audiences);
     config.profile = profile;
     let verifier = Arc::new(Verifier::new(config));
@@ -125,7 +138,11 @@ async fn serve(args: Args) -> Result<(), String> {
 
     let app = Router::new()
         .route("/orders", get(orders).post(place_order))
-        .layer(WimseLayer::new(verifier).signing_responses_as(identity));
+        .layer(
+            WimseLayer::new(verifier)
+                .accepting(forms)
+                .signing_responses_as(identity),
+        );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("--listen {}: {e}", args.listen))?;

@@ -1,6 +1,9 @@
 //! `sigil-agent wpt mint|verify`: Workload Proof Tokens from the command line.
-//! `mint` takes the caller's WIT and key from the Workload API; `verify`
-//! checks a WIT and WPT against a bundle file or the Workload API's bundles.
+//! `mint` takes the caller's WIT and key from the Workload API and prints the
+//! headers to send, in either form: `Authorization: WPT <jwt>`
+//! (draft-ietf-wimse-wpt-02, the default) or `Workload-Proof-Token` (-01);
+//! `verify` checks a WIT and WPT against a bundle file or the Workload API's
+//! bundles.
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -8,8 +11,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::Subcommand;
 use proto::workload as pb;
 use workload_api::keypair::KeyPair;
+use workload_api::wimse::http::{wpt_credentials, WPT_SCHEME};
 use workload_api::wimse::wpt::{self, BoundTokens};
-use workload_api::wimse::{wit, Presented, Profile, Proof, Verifier, VerifierConfig};
+use workload_api::wimse::{wit, Presented, Profile, Proof, Verifier, VerifierConfig, WptForm};
 use workload_api::{Bundle, TrustDomain};
 
 use super::api::{first_message, ClientArgs};
@@ -21,7 +25,12 @@ pub enum WptCommand {
         /// The target URI of the request, without query or fragment.
         #[arg(long)]
         audience: String,
-        /// The access token the request carries in Authorization (bound by ath).
+        /// authorization (Authorization: WPT, draft-ietf-wimse-wpt-02) or
+        /// header (Workload-Proof-Token, draft-ietf-wimse-wpt-01).
+        #[arg(long, default_value = "authorization")]
+        form: String,
+        /// The access token the request carries in Authorization (bound by
+        /// ath; header form only: the Authorization form has no room for it).
         #[arg(long)]
         access_token: Option<String>,
         /// The Txn-Token the request carries (bound by tth).
@@ -44,9 +53,14 @@ pub enum WptCommand {
         /// The Workload-Identity-Token header's value.
         #[arg(long)]
         wit: String,
-        /// The Workload-Proof-Token header's value.
+        /// The WPT: the Workload-Proof-Token header's value, or the
+        /// Authorization header's (`WPT <jwt>`, or the bare JWT).
         #[arg(long)]
         wpt: String,
+        /// The form the WPT came in: authorization or header (default:
+        /// header with --access-token, else authorization).
+        #[arg(long)]
+        form: Option<String>,
         /// A SPIFFE bundle (JWK Set) of the WIT's trust domain; default: the
         /// Workload API's WIT bundles.
         #[arg(long)]
@@ -78,12 +92,17 @@ pub async fn execute(command: WptCommand) -> Result<(), String> {
     match command {
         WptCommand::Mint {
             audience,
+            form,
             access_token,
             txn_token,
             lifetime,
             spiffe_id,
             socket,
         } => {
+            let form = parse_form(&form)?;
+            if form == WptForm::Authorization && access_token.is_some() {
+                return Err(no_access_token());
+            }
             let lifetime = workload_api::config_file::parse_duration(&lifetime)
                 .map_err(|e| format!("--lifetime: {e}"))?;
             let mut client = socket.connect().await?;
@@ -111,23 +130,31 @@ pub async fn execute(command: WptCommand) -> Result<(), String> {
                 unix_now(),
             );
             if socket.json {
-                workload_api::outln!(
-                    "{}",
-                    serde_json::json!({
-                        "workload_identity_token": svid.wit_svid,
-                        "workload_proof_token": proof,
-                    })
-                );
+                let mut out = serde_json::json!({
+                    "form": form.name(),
+                    "workload_identity_token": svid.wit_svid,
+                    "workload_proof_token": proof,
+                });
+                if form == WptForm::Authorization {
+                    out["authorization"] = format!("{WPT_SCHEME} {proof}").into();
+                }
+                workload_api::outln!("{out}");
                 return Ok(());
             }
             workload_api::outln!("Workload-Identity-Token: {}", svid.wit_svid);
-            workload_api::outln!("Workload-Proof-Token: {proof}");
+            match form {
+                WptForm::Authorization => {
+                    workload_api::outln!("Authorization: {WPT_SCHEME} {proof}")
+                }
+                WptForm::Header => workload_api::outln!("Workload-Proof-Token: {proof}"),
+            }
             Ok(())
         }
         WptCommand::Verify {
             audience,
             wit,
             wpt,
+            form,
             bundle,
             now,
             profile,
@@ -135,6 +162,22 @@ pub async fn execute(command: WptCommand) -> Result<(), String> {
             txn_token,
             socket,
         } => {
+            let form = match form {
+                Some(name) => parse_form(&name)?,
+                None if access_token.is_some() => WptForm::Header,
+                None => WptForm::Authorization,
+            };
+            if form == WptForm::Authorization && access_token.is_some() {
+                return Err(no_access_token());
+            }
+            // The Authorization value or the bare JWT.
+            let wpt = match form {
+                WptForm::Authorization => wpt_credentials(&wpt)
+                    .map_err(|e| format!("--wpt: {}: {e}", e.check()))?
+                    .map(str::to_owned)
+                    .unwrap_or(wpt),
+                WptForm::Header => wpt,
+            };
             let profile = Profile::parse(&profile)
                 .ok_or_else(|| format!("--profile: {profile:?} is not spiffe or wimse"))?;
             let mut config = VerifierConfig::new(vec![audience]);
@@ -168,7 +211,7 @@ pub async fn execute(command: WptCommand) -> Result<(), String> {
             };
             let at = UNIX_EPOCH + std::time::Duration::from_secs(now.unwrap_or_else(unix_now));
             let verified = verifier
-                .verify(&presented, at)
+                .verify_as(&presented, form, at)
                 .map_err(|e| format!("{}: {e}", e.check()))?;
             let wpt_claims = match &verified.proof {
                 Proof::Wpt(wpt) => Some(serde_json::Value::Object(wpt.claims.clone())),
@@ -198,6 +241,16 @@ pub async fn execute(command: WptCommand) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+fn parse_form(name: &str) -> Result<WptForm, String> {
+    WptForm::parse(name).ok_or_else(|| format!("--form: {name:?} is not authorization or header"))
+}
+
+fn no_access_token() -> String {
+    "--access-token: the Authorization form (draft-ietf-wimse-wpt-02) carries the WPT in \
+     Authorization, leaving no room for an access token; use --form header"
+        .into()
 }
 
 /// The WIT bundles the Workload API gives this caller.

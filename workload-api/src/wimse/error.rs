@@ -28,6 +28,18 @@ pub enum WimseError {
     DuplicateHeader { header: &'static str },
     #[error("the {header} header is not visible ASCII")]
     BadHeader { header: &'static str },
+    /// draft-ietf-wimse-wpt-02 replaced the header with the Authorization
+    /// form; a request uses one or the other, never both.
+    #[error("the request carries a WPT both in Authorization and in Workload-Proof-Token")]
+    BothForms,
+    /// draft-ietf-wimse-wpt-02 section 2: "There is exactly one
+    /// Authorization header field in the request and it uses the WPT
+    /// authentication scheme"; section 2.2: a request that presents a WPT
+    /// "cannot present a token with any other authentication scheme".
+    #[error("the request presents another credential beside the WPT in Authorization (exactly one Authorization field, with the WPT scheme, is allowed)")]
+    OtherCredential,
+    #[error("this service does not accept the WPT in the {form} form")]
+    FormNotAccepted { form: super::http::WptForm },
     #[error("request URI {uri:?} is not absolute, so it cannot be a WPT audience")]
     NotAbsoluteUri { uri: String },
     #[error("{token} is not a JWS compact serialization of three base64url parts")]
@@ -117,6 +129,9 @@ impl WimseError {
             DuplicateHeader { .. } => "header.duplicate",
             BadHeader { .. } => "header.malformed",
             NotAbsoluteUri { .. } => "request.uri",
+            BothForms => "request.both_forms",
+            OtherCredential => "wpt.authorization",
+            FormNotAccepted { .. } => "wpt.form",
             Malformed { token } => by_token(token, "wit.malformed", "wpt.malformed"),
             BadJson { token, .. } => by_token(token, "wit.malformed", "wpt.malformed"),
             WrongType { token, .. } => by_token(token, "wit.typ", "wpt.typ"),

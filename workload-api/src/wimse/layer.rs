@@ -1,7 +1,17 @@
 //! A tower [`Layer`] that lets through only requests that prove a workload
 //! identity: a WIT with a WPT, or a WIT with an HTTP Message Signature.
-//! Refusals are 400 with an RFC 9457 problem naming the failed check;
-//! accepted requests carry the [`Verified`] sender in their extensions.
+//! The WPT comes in `Authorization: WPT <jwt>` (draft-ietf-wimse-wpt-02) or
+//! in `Workload-Proof-Token` (wpt-01); [`WimseLayer::accepting`] picks which,
+//! both by default, and a request with both is refused.
+//!
+//! Refusals carry an RFC 9457 problem naming the failed check. Their status
+//! follows the form: wpt-02 section 2.1, "a recipient that rejects the
+//! request for a reason related to the WPT SHOULD use the HTTP status code
+//! 401 (Unauthorized)" with "a challenge with the WPT scheme" and "no
+//! authentication parameters", i.e. `WWW-Authenticate: WPT`; the header form
+//! and HTTP signatures keep 400. Tokens never reach logs, errors or problem
+//! bodies (wpt-02 section 3.1.5: "MUST NOT log raw WPTs by default").
+//! Accepted requests carry the [`Verified`] sender in their extensions.
 //! Audiences come from the verifier's configuration and the request path,
 //! never from `Host` or `X-Forwarded-Host`. When a signed request asks for
 //! a signed response, the layer signs it with the service's own WIT.
@@ -17,7 +27,9 @@ use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tower::{Layer, Service};
 
-use super::http::{header_text, request_tokens, single};
+use super::http::{
+    header_text, presented_form, request_tokens_for, single, AcceptedForms, WptForm, WPT_SCHEME,
+};
 use super::httpsig::{self, RequestView};
 use super::{Presented, Proof, SignedRequest, Verified, Verifier, WimseError, WIT_HEADER};
 use crate::keypair::KeyPair;
@@ -71,14 +83,23 @@ impl ServiceIdentity {
 pub struct WimseLayer {
     verifier: Arc<Verifier>,
     identity: Option<Arc<ServiceIdentity>>,
+    forms: AcceptedForms,
 }
 
 impl WimseLayer {
+    /// Accepts both WPT forms; see [`WimseLayer::accepting`].
     pub fn new(verifier: Arc<Verifier>) -> Self {
         WimseLayer {
             verifier,
             identity: None,
+            forms: AcceptedForms::Both,
         }
+    }
+
+    /// Accepts the WPT only in `forms`; others are refused (`wpt.form`).
+    pub fn accepting(mut self, forms: AcceptedForms) -> Self {
+        self.forms = forms;
+        self
     }
 
     /// Signs responses with `identity` when a signed request asks for it.
@@ -97,6 +118,7 @@ impl<S> Layer<S> for WimseLayer {
             inner,
             verifier: self.verifier.clone(),
             identity: self.identity.clone(),
+            forms: self.forms,
         }
     }
 }
@@ -107,6 +129,7 @@ pub struct WimseService<S> {
     inner: S,
     verifier: Arc<Verifier>,
     identity: Option<Arc<ServiceIdentity>>,
+    forms: AcceptedForms,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for WimseService<S>
@@ -136,12 +159,13 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let verifier = self.verifier.clone();
         let identity = self.identity.clone();
+        let forms = self.forms;
         let signed = request.headers().contains_key("signature-input")
-            && !request.headers().contains_key(super::WPT_HEADER);
+            && presented_form(request.headers()).is_none();
         if signed {
             Box::pin(handle_signed(inner, verifier, identity, request))
         } else {
-            Box::pin(handle_wpt(inner, verifier, request))
+            Box::pin(handle_wpt(inner, verifier, forms, request))
         }
     }
 }
@@ -149,18 +173,22 @@ where
 async fn handle_wpt<S, B, ResBody>(
     mut inner: S,
     verifier: Arc<Verifier>,
+    forms: AcceptedForms,
     mut request: Request<B>,
 ) -> Result<Response<ResBody>, S::Error>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
     ResBody: From<Bytes>,
 {
-    match verify_request(&verifier, &request) {
+    match verify_request_with(&verifier, &request, forms) {
         Ok(verified) => {
             request.extensions_mut().insert(verified);
             inner.call(request).await
         }
-        Err(error) => Ok(refused(&error)),
+        Err(error) => {
+            let form = presented_form(request.headers());
+            Ok(refused_wpt(&error, form, forms))
+        }
     }
 }
 
@@ -313,13 +341,32 @@ where
     Ok(Response::from_parts(parts, ResBody::from(content)))
 }
 
-/// Verifies the WIT and WPT a request carries.
+/// Verifies the WIT and WPT a request carries, in either form.
 pub fn verify_request<B>(
     verifier: &Verifier,
     request: &Request<B>,
 ) -> Result<Verified, WimseError> {
+    verify_request_with(verifier, request, AcceptedForms::Both)
+}
+
+/// Verifies the WIT and the WPT a request carries in one of `forms`.
+pub fn verify_request_with<B>(
+    verifier: &Verifier,
+    request: &Request<B>,
+    forms: AcceptedForms,
+) -> Result<Verified, WimseError> {
+    verify_request_at(verifier, request, forms, SystemTime::now())
+}
+
+/// [`verify_request_with`] as of `now`.
+pub fn verify_request_at<B>(
+    verifier: &Verifier,
+    request: &Request<B>,
+    forms: AcceptedForms,
+    now: SystemTime,
+) -> Result<Verified, WimseError> {
     let headers = request.headers();
-    let tokens = request_tokens(headers)?;
+    let tokens = request_tokens_for(headers, forms)?;
     let lookup = |name: &str| header_text(headers, name);
     let presented = Presented {
         wit: tokens.wit,
@@ -329,7 +376,47 @@ pub fn verify_request<B>(
         txn_token: tokens.txn_token,
         header: &lookup,
     };
-    verifier.verify(&presented, SystemTime::now())
+    verifier.verify_as(&presented, tokens.form, now)
+}
+
+/// How a refused WPT request is answered: 401 with `WWW-Authenticate: WPT`
+/// when the service accepts the Authorization form and the request used it,
+/// used no form, or used a form the service does not take; 400 for a
+/// refused header-form proof, and whenever the service does not take the
+/// Authorization form (it then offers no `WPT` challenge).
+pub fn refusal_status(presented: Option<WptForm>, forms: AcceptedForms) -> StatusCode {
+    let challenge = forms.accepts(WptForm::Authorization)
+        && !(presented == Some(WptForm::Header) && forms.accepts(WptForm::Header));
+    if challenge {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::BAD_REQUEST
+    }
+}
+
+fn refused_wpt<ResBody: From<Bytes>>(
+    error: &WimseError,
+    presented: Option<WptForm>,
+    forms: AcceptedForms,
+) -> Response<ResBody> {
+    let status = refusal_status(presented, forms);
+    // The check and the error's text name rules and claims, never tokens.
+    tracing::info!(
+        check = error.check(),
+        form = presented.map_or("none", WptForm::name),
+        status = status.as_u16(),
+        %error,
+        "WIMSE proof refused"
+    );
+    let mut response = problem(status, error.check(), &error.to_string());
+    if status == StatusCode::UNAUTHORIZED {
+        // wpt-02 section 2.1: no authentication parameters are defined.
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(WPT_SCHEME),
+        );
+    }
+    response
 }
 
 fn refused<ResBody: From<Bytes>>(error: &WimseError) -> Response<ResBody> {
@@ -337,8 +424,9 @@ fn refused<ResBody: From<Bytes>>(error: &WimseError) -> Response<ResBody> {
     problem(StatusCode::BAD_REQUEST, error.check(), &error.to_string())
 }
 
-/// An RFC 9457 problem; `check` names what failed (400 for refused proofs,
-/// per draft-ietf-wimse-workload-creds, not 401).
+/// An RFC 9457 problem; `check` names what failed. Refused header-form WPTs
+/// and HTTP signatures get 400 (draft-ietf-wimse-wpt-01 section 2.1,
+/// draft-ietf-wimse-http-signature); the Authorization form 401.
 pub fn problem<ResBody: From<Bytes>>(
     status: StatusCode,
     check: &str,

@@ -6,6 +6,8 @@
 //! - [`wpt`]: Workload Proof Tokens: minting (the sending workload) and the
 //!   draft's checks of one request's proof.
 //! - [`replay`]: a per-sender window of used `jti`s with bounded memory.
+//! - [`http`]: the two wire forms of the WPT (`Authorization: WPT`, wpt-02;
+//!   `Workload-Proof-Token`, wpt-01) and the client helpers.
 //! - [`verifier`]: the receiving side put together: configured audiences,
 //!   clock skew, a cache of validated WITs, the replay window.
 
@@ -19,11 +21,14 @@ pub mod wit;
 pub mod wpt;
 
 pub use error::{Token, WimseError};
+pub use http::{AcceptedForms, WptForm};
 pub use verifier::{Presented, Proof, SignedRequest, Verified, Verifier, VerifierConfig};
 
 /// The HTTP header carrying the WIT.
 pub const WIT_HEADER: &str = "workload-identity-token";
-/// The HTTP header carrying the WPT.
+/// The HTTP header carrying the WPT in the header form
+/// (draft-ietf-wimse-wpt-01); draft-ietf-wimse-wpt-02 moved it into
+/// `Authorization: WPT <jwt>` (see [`http::WptForm`]).
 pub const WPT_HEADER: &str = "workload-proof-token";
 /// The header carrying a transaction token (bound by `tth`).
 pub const TXN_TOKEN_HEADER: &str = "txn-token";

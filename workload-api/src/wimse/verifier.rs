@@ -13,7 +13,7 @@ use super::httpsig::{self, CheckedSignature, RequestView, ResponseView, TimePoli
 use super::replay::{Admission, ReplayLimits, ReplayWindow};
 use super::wit::{self, ValidatedWit};
 use super::wpt::{self, Policy, RequestContext, ValidatedWpt};
-use super::{Profile, Token, WimseError};
+use super::{Profile, Token, WimseError, WptForm};
 use crate::bundle::Bundle;
 use crate::id::{SpiffeId, TrustDomain};
 
@@ -204,12 +204,31 @@ impl Verifier {
         Ok(wit)
     }
 
-    /// Validates the WIT, then the WPT, at `now`.
+    /// Validates the WIT, then a WPT sent in the header form
+    /// (draft-ietf-wimse-wpt-01), at `now`; see [`Verifier::verify_as`].
     pub fn verify(
         &self,
         presented: &Presented<'_>,
         now: SystemTime,
     ) -> Result<Verified, WimseError> {
+        self.verify_as(presented, WptForm::Header, now)
+    }
+
+    /// Validates the WIT, then the WPT as sent in `form`, at `now`. In the
+    /// header form an `Authorization` access token is bound by `ath`. In the
+    /// Authorization form that field held the WPT itself, so
+    /// `presented.authorization` must be `None` and `ath` plays no part:
+    /// draft-ietf-wimse-wpt-02 removed it, and a claim the recipient does
+    /// not understand is ignored (its section 2.3).
+    pub fn verify_as(
+        &self,
+        presented: &Presented<'_>,
+        form: WptForm,
+        now: SystemTime,
+    ) -> Result<Verified, WimseError> {
+        if form == WptForm::Authorization && presented.authorization.is_some() {
+            return Err(WimseError::OtherCredential);
+        }
         let now = unix(now);
         // One digest serves as the cache key and, encoded, as the `wth`.
         let digest = sha256(presented.wit);
@@ -220,6 +239,7 @@ impl Verifier {
             wth: &wth,
             accepts: &accepts,
             authorization: presented.authorization,
+            bind_access_token: form == WptForm::Header,
             txn_token: presented.txn_token,
             understood: &self.other_tokens,
             header: presented.header,

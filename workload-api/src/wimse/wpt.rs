@@ -17,7 +17,9 @@ pub const WPT_TYP: &str = "wpt+jwt";
 #[derive(Debug, Clone, Default)]
 pub struct BoundTokens<'a> {
     /// The access token of the `Authorization` header (without its scheme):
-    /// bound by `ath`.
+    /// bound by `ath`. Header form (draft-ietf-wimse-wpt-01) only: in the
+    /// Authorization form of -02 that field carries the WPT, and `ath` is
+    /// gone.
     pub access_token: Option<&'a str>,
     /// The `Txn-Token` header: bound by `tth`.
     pub txn_token: Option<&'a str>,
@@ -71,6 +73,9 @@ pub struct RequestContext<'a> {
     pub accepts: &'a dyn Fn(&str) -> bool,
     /// The whole `Authorization` header value, if present.
     pub authorization: Option<&'a str>,
+    /// Whether `ath` binds `authorization` (the header form of
+    /// draft-ietf-wimse-wpt-01). draft-ietf-wimse-wpt-02 removed `ath`.
+    pub bind_access_token: bool,
     pub txn_token: Option<&'a str>,
     /// Header names this service understands in `oth` (lower case).
     pub understood: &'a [String],
@@ -107,10 +112,10 @@ pub struct ValidatedWpt {
 }
 
 /// Checks a WPT against an already validated WIT, in the order of
-/// draft-ietf-wimse-wpt: well-formed; `alg` allowed and equal to
-/// `cnf.jwk.alg`; signature by the `cnf` key; `typ`; `aud`; `exp` not passed
-/// and not too far ahead; `wth`; `jti` unseen from this sender; `ath`,
-/// `tth`, `oth`.
+/// draft-ietf-wimse-wpt-02 section 2: well-formed; `alg` allowed and equal
+/// to `cnf.jwk.alg`; signature by the `cnf` key; `typ`; `aud`; `exp` not
+/// passed and not too far ahead; `wth`; `jti` unseen from this sender;
+/// `tth`, `oth`; and, in the header form of -01 only, `ath`.
 pub fn validate(
     wpt: &str,
     wit: &ValidatedWit,
@@ -216,7 +221,7 @@ pub fn validate(
 /// `ath`, `tth` and `oth`: each token in the request is bound, and each
 /// binding matches a token in the request.
 fn check_bound(jws: &jws::Compact<'_>, request: &RequestContext<'_>) -> Result<(), WimseError> {
-    let ath = jws.str_claim("ath");
+    let ath = jws.str_claim("ath").filter(|_| request.bind_access_token);
     match (request.authorization, ath) {
         (Some(header), Some(ath)) => {
             // The hash covers the token, not the scheme (RFC 9449 4.2).
@@ -228,7 +233,8 @@ fn check_bound(jws: &jws::Compact<'_>, request: &RequestContext<'_>) -> Result<(
                 return Err(WimseError::AthMismatch);
             }
         }
-        (Some(_), None) => return Err(WimseError::MissingAth),
+        (Some(_), None) if request.bind_access_token => return Err(WimseError::MissingAth),
+        (Some(_), None) => return Err(WimseError::OtherCredential),
         (None, Some(_)) => return Err(WimseError::AthMismatch),
         (None, None) => {}
     }
