@@ -122,7 +122,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     };
     let mut shutdown = stop_rx.clone();
     tasks.push(tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
+        let result = workload_api::connection::server_builder()
             .add_service(SpiffeWorkloadApiServer::new(WorkloadApi::new(source)))
             .add_service(reflection)
             .add_service(AgentHealthServer::new(probe))

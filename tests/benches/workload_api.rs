@@ -8,26 +8,27 @@
 //!   prebuilt response: the floor on this machine.
 //! - Propagation: `entry create` to the new SVID on an open stream, p50/p99
 //!   over 50 entries.
-//! - Agent resident memory with 1,000 entries and 1,000 open streams.
+//! - Agent resident memory with 1,000 entries and 1,000 open streams, each
+//!   on a connection of its own, read before the entries, with them, with the
+//!   connections and with the streams, so the cost of each shows apart.
 //!
 //! The server under test (agent or floor) is pinned to core 0 and the load
 //! generator (with the issuer, idle during load) to core 1, so each side has a
 //! core of its own and the ratio compares server capacity.
 //!
 //! Run: cargo bench -p sigil-tests --bench workload_api
-//! SIGIL_BENCH_SECS sets the length of each load phase (default 5).
+//! SIGIL_BENCH_SECS sets the length of each load phase (default 5);
+//! SIGIL_BENCH_ONLY=memory runs the memory phase alone.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto::workload as pb;
 use proto::workload::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 use sigil_tests::*;
-use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 use workload_api::client::{connect, EndpointAddress, WorkloadClient};
 
@@ -93,7 +94,7 @@ fn child_main(role: &str) {
                 let _ = std::fs::remove_file(&socket);
                 let listener = tokio::net::UnixListener::bind(&socket).unwrap();
                 println!("READY floor");
-                tonic::transport::Server::builder()
+                workload_api::connection::server_builder()
                     .add_service(SpiffeWorkloadApiServer::new(Floor::new()))
                     .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
                     .await
@@ -397,6 +398,25 @@ async fn parent() {
     );
     floor.wait_for("READY", |_| true);
 
+    if !memory_only() {
+        load(&agent_socket, &floor_socket, duration).await;
+    }
+    drop(floor);
+    if !memory_only() {
+        propagation(&agent_socket, admin, &agent_id).await;
+    }
+    memory(&agent, &agent_socket, admin, &agent_id).await;
+    drop(agent);
+    issuer.running.shutdown().await;
+}
+
+/// `SIGIL_BENCH_ONLY=memory` runs the memory phase alone.
+fn memory_only() -> bool {
+    std::env::var("SIGIL_BENCH_ONLY").is_ok_and(|v| v == "memory")
+}
+
+/// Latency and throughput of the agent and the floor.
+async fn load(agent_socket: &Path, floor_socket: &Path, duration: Duration) {
     println!(
         "workload_api: {CLIENTS} clients, {OFFERED_RPS} req/s offered (open loop), {} s per phase",
         duration.as_secs()
@@ -407,7 +427,7 @@ async fn parent() {
     );
     let mut rows = Vec::new();
     for (name, rpc) in [("FetchX509SVID", Rpc::X509), ("FetchJWTSVID", Rpc::Jwt)] {
-        for (server, socket) in [("agent", &agent_socket), ("floor", &floor_socket)] {
+        for (server, socket) in [("agent", agent_socket), ("floor", floor_socket)] {
             let (p50, p99, n) = open_loop(socket, rpc, duration).await;
             let rate = throughput(socket, rpc, duration).await;
             println!(
@@ -430,10 +450,12 @@ async fn parent() {
             100.0 * agent_rate / floor_rate
         );
     }
-    drop(floor);
+}
 
-    // Propagation: entry create -> new SVID on an open stream.
-    let mut stream_client = clients(&agent_socket, 1).await.remove(0);
+/// Entry create -> new SVID on an open stream, over 50 entries, which are
+/// deleted afterwards.
+async fn propagation(agent_socket: &Path, admin: &Path, agent_id: &str) {
+    let mut stream_client = clients(agent_socket, 1).await.remove(0);
     let mut stream = stream_client
         .fetch_x509svid(pb::X509svidRequest {})
         .await
@@ -444,7 +466,7 @@ async fn parent() {
     for i in 0..50 {
         let id = format!("spiffe://example.org/propagation/{i}");
         let started = Instant::now();
-        register_at(admin, &agent_id, &id, 3600, "").await;
+        register_at(admin, agent_id, &id, 3600, "").await;
         loop {
             let update = stream.message().await.unwrap().unwrap();
             if update.svids.iter().any(|s| s.spiffe_id == id) {
@@ -460,42 +482,44 @@ async fn parent() {
         percentile(&propagation, 0.99).as_secs_f64() * 1e3
     );
     drop(stream);
-
-    // Memory: 1,000 entries (all minted, held and rotated by the agent), one of
-    // them this process's, and 1,000 open streams, each a workload with its SVID.
-    let admin_client = Arc::new(Mutex::new(
-        sigil_issuer::admin_client::connect(admin).await.unwrap(),
-    ));
-    let propagation_entries = admin_client
-        .lock()
-        .await
+    let mut admin_client = sigil_issuer::admin_client::connect(admin).await.unwrap();
+    let entries = admin_client
         .list_entries(proto::admin::ListEntriesRequest {
             spiffe_id: String::new(),
-            parent_id: agent_id.clone(),
+            parent_id: agent_id.to_owned(),
         })
         .await
         .unwrap()
         .into_inner()
         .entries;
-    for entry in propagation_entries
+    for entry in entries
         .iter()
         .filter(|e| e.spiffe_id.contains("/propagation/"))
     {
         admin_client
-            .lock()
-            .await
             .delete_entry(proto::admin::EntryId {
                 id: entry.id.clone(),
             })
             .await
             .unwrap();
     }
+}
+
+/// Memory: 1,000 entries (all minted, X.509 and WIT, held and rotated by the
+/// agent), one of them this process's, and 1,000 open streams, each on a
+/// connection of its own as a workload has. The agent's RSS is read at each
+/// step, so the cost of an entry, a connection and a stream shows apart.
+/// After the load phases the heap they freed is reused first, so the steps
+/// show less than with `SIGIL_BENCH_ONLY=memory`.
+async fn memory(agent: &ChildProcess, agent_socket: &Path, admin: &Path, agent_id: &str) {
+    const TOTAL: usize = 1_000;
+    let settle = || tokio::time::sleep(Duration::from_secs(1));
+    let mut admin_client = sigil_issuer::admin_client::connect(admin).await.unwrap();
     let before = agent.rss_kib();
-    let total = 1_000;
-    for i in 0..(total - 1) {
+    for i in 0..(TOTAL - 1) {
         let entry = proto::admin::EntryFields {
             spiffe_id: format!("spiffe://example.org/other/{i}"),
-            parent_id: agent_id.clone(),
+            parent_id: agent_id.to_owned(),
             selectors: vec![proto::issuer::Selector {
                 r#type: "unix".into(),
                 value: format!("uid:{}", 100_000 + i),
@@ -503,15 +527,18 @@ async fn parent() {
             ..Default::default()
         };
         admin_client
-            .lock()
-            .await
             .create_entry(proto::admin::CreateEntryRequest { entry: Some(entry) })
             .await
             .unwrap();
     }
-    agent.wait_for("SVIDS ", |n| n.parse::<usize>().unwrap_or(0) >= total);
+    agent.wait_for("SVIDS ", |n| n.parse::<usize>().unwrap_or(0) >= TOTAL);
+    settle().await;
+    let with_entries = agent.rss_kib();
+    let connected = clients(agent_socket, TOTAL).await;
+    settle().await;
+    let with_connections = agent.rss_kib();
     let mut streams = Vec::new();
-    for mut client in clients(&agent_socket, 1_000).await {
+    for mut client in connected {
         let mut stream = client
             .fetch_x509svid(pb::X509svidRequest {})
             .await
@@ -520,14 +547,26 @@ async fn parent() {
         stream.message().await.unwrap().unwrap();
         streams.push((client, stream));
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    settle().await;
     let after = agent.rss_kib();
-    println!(
-        "  agent RSS: {:.1} MiB with 1,000 entries and 1,000 open streams ({:.1} MiB before; target < 64 MiB)",
-        after as f64 / 1024.0,
-        before as f64 / 1024.0
-    );
     drop(streams);
-    drop(agent);
-    issuer.running.shutdown().await;
+    settle().await;
+    let closed = agent.rss_kib();
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let each = |from: u64, to: u64, n: usize| (to as f64 - from as f64) / n as f64;
+    println!(
+        "  agent RSS: {:.1} MiB with 1,000 entries and 1,000 open streams ({:.1} MiB before; target <= 32 MiB)",
+        mib(after),
+        mib(before)
+    );
+    println!(
+        "  agent RSS per entry {:.1} KiB, per connection {:.1} KiB, per stream {:.1} KiB \
+         ({:.1} MiB with entries, {:.1} with connections, {:.1} after closing them)",
+        each(before, with_entries, TOTAL - 1),
+        each(with_entries, with_connections, TOTAL),
+        each(with_connections, after, TOTAL),
+        mib(with_entries),
+        mib(with_connections),
+        mib(closed)
+    );
 }

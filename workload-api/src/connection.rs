@@ -1,7 +1,7 @@
 //! Workload API connections: a unix stream with its peer credentials, a
 //! process-unique id, the moment it was accepted, and a slot where the
 //! identity source keeps what it learned about the caller for as long as the
-//! connection lives.
+//! connection lives; and the HTTP/2 settings they are served with.
 
 use std::any::Any;
 use std::pin::Pin;
@@ -116,6 +116,32 @@ impl AsyncWrite for Connection {
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
     }
+}
+
+/// The HTTP/2 flow-control window granted to each stream and to each
+/// connection: the protocol's initial value (RFC 9113 section 6.9.2) rather
+/// than hyper's 1 MiB. Workload API requests are a few hundred bytes; the
+/// window bounds what one caller can have h2 hold for it before the service
+/// reads it, and a larger request only waits for a WINDOW_UPDATE.
+const WINDOW: u32 = 65_535;
+
+/// The transport of every Workload API server: the agent's, and the
+/// benchmark's floor, so that the two are compared on equal terms.
+///
+/// Memory, as `benches/workload_api.rs` measures it (agent RSS, glibc
+/// malloc): about 5 KiB per entry (X.509 and WIT minted), 17 KiB per
+/// connection and 14 KiB per X.509 stream on it. Nearly all of a connection
+/// is buffers h2 allocates at the handshake whatever the settings: 16 KiB
+/// to write, 8 KiB to read, 4 KiB to decode HPACK. Nearly all of a stream is
+/// tonic's 8 KiB encoding buffer, which keeps the last message sent alive,
+/// and h2's slots for the stream and its queued frames (2.5 KiB). Only the
+/// pages written count, so the figures are less than the sums. Windows are
+/// credit, not memory: 16 KiB and 1 MiB windows measure the same, and so do
+/// 1 to 4 malloc arenas.
+pub fn server_builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW)
 }
 
 /// The connections accepted on `listener`, as a stream for tonic's
