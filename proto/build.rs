@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&workload),
     )?;
     tonic_prost_build::configure()
+        .codec_path("crate::codec::LeanCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

@@ -1,15 +1,17 @@
 //! Generated protobuf and gRPC code. Everything here is wire format: convert to
 //! domain types at the edge rather than passing these around.
 
-#![allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod codec;
 
 /// The SPIFFE Workload API. Its proto has no package, hence the `_` file.
+#[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
 pub mod workload {
     tonic::include_proto!("_");
 }
 
 /// Sigil's own packages, nested as their proto package names are so that
 /// cross-package references resolve.
+#[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
 pub mod sigil {
     pub mod issuer {
         pub mod v1 {

@@ -129,15 +129,13 @@ const WINDOW: u32 = 65_535;
 /// benchmark's floor, so that the two are compared on equal terms.
 ///
 /// Memory, as `benches/workload_api.rs` measures it (agent RSS, glibc
-/// malloc): about 5 KiB per entry (X.509 and WIT minted), 17 KiB per
-/// connection and 14 KiB per X.509 stream on it. Nearly all of a connection
-/// is buffers h2 allocates at the handshake whatever the settings: 16 KiB
-/// to write, 8 KiB to read, 4 KiB to decode HPACK. Nearly all of a stream is
-/// tonic's 8 KiB encoding buffer, which keeps the last message sent alive,
-/// and h2's slots for the stream and its queued frames (2.5 KiB). Only the
-/// pages written count, so the figures are less than the sums. Windows are
-/// credit, not memory: 16 KiB and 1 MiB windows measure the same, and so do
-/// 1 to 4 malloc arenas.
+/// malloc): about 5 KiB per entry (X.509 and WIT minted), 5 KiB per idle
+/// connection and 10 KiB per X.509 stream on it. What a connection and a
+/// stream cost is set below tonic's builder: h2's buffers, which Sigil's h2
+/// (vendor/h2/SIGIL-PATCH.md) starts small and grows on demand, and tonic's
+/// encoding buffer, which `proto::codec::LeanCodec` allocates on first use.
+/// Windows are credit, not memory: 16 KiB and 1 MiB windows measure the
+/// same, and so do 1 to 4 malloc arenas.
 pub fn server_builder() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .initial_stream_window_size(WINDOW)

@@ -62,9 +62,11 @@ enum Next<B> {
 
 /// Initialize the connection with this amount of write buffer.
 ///
-/// The minimum MAX_FRAME_SIZE is 16kb, so always be able to send a HEADERS
-/// frame that big.
-const DEFAULT_BUFFER_CAPACITY: usize = 16 * 1_024;
+/// SIGIL PATCH: 1 KiB instead of 16 KiB. The buffer grows when a larger
+/// frame is encoded into it, so a HEADERS frame of the full 16 KiB
+/// MAX_FRAME_SIZE is still sent whole; idle connections (one per workload on
+/// the Workload API) no longer each hold 16 KiB.
+const DEFAULT_BUFFER_CAPACITY: usize = 1_024;
 
 /// Chain payloads bigger than this when vectored I/O is enabled. The remote
 /// will never advertise a max frame size less than this (well, the spec says

@@ -158,7 +158,9 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            // SIGIL PATCH: allocated when a Huffman-coded string first
+            // needs it, not 4 KiB up front for every connection.
+            buffer: BytesMut::new(),
         }
     }
 
