@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use tokio::sync::watch;
 use tonic::Status;
 use workload_api::selector::Selectors;
-use workload_api::source::{Caller, Identity, IdentitySource, IssuerOutage, Snapshot};
+use workload_api::source::{Caller, Identity, IdentitySource, IssuerOutage, JwtSvid, Snapshot};
 
 use crate::attestor::UnixAttestor;
 use crate::issuer_health::IssuerHealth;
@@ -80,13 +80,13 @@ impl IdentitySource for AgentSource {
         identity: &Identity,
         audience: &[String],
         now: SystemTime,
-    ) -> Result<String, Status> {
-        let token = self
+    ) -> Result<JwtSvid, Status> {
+        let svid = self
             .jwt
             .fetch(&self.node, &self.health, &identity.entry_id, audience, now)
             .await?;
         self.served.jwt_svids.fetch_add(1, Ordering::Relaxed);
-        Ok(token)
+        Ok(svid)
     }
 
     fn issuer_outage(&self) -> Option<IssuerOutage> {

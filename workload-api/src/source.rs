@@ -199,6 +199,27 @@ impl IssuerOutage {
     }
 }
 
+/// A JWT-SVID as a source hands it over: the compact token and its `exp`,
+/// so the server need not parse the token again to keep expired ones back.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JwtSvid {
+    pub token: String,
+    pub expires_at: SystemTime,
+}
+
+impl std::fmt::Debug for JwtSvid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a bearer credential.
+        f.debug_struct("JwtSvid")
+            .field(
+                "token",
+                &format_args!("[{} bytes redacted]", self.token.len()),
+            )
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
 /// Who is calling, from the socket's peer credentials.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -219,13 +240,13 @@ pub trait IdentitySource: Send + Sync + 'static {
     async fn attest(&self, caller: Caller) -> Result<Selectors, tonic::Status>;
 
     /// A JWT-SVID for `identity` and `audience`, from cache or freshly
-    /// signed, valid at `now`.
+    /// signed, with its expiry (the server serves it only before that).
     async fn fetch_jwt_svid(
         &self,
         identity: &Identity,
         audience: &[String],
         now: SystemTime,
-    ) -> Result<String, tonic::Status>;
+    ) -> Result<JwtSvid, tonic::Status>;
 
     /// Whether the issuer behind this source is failing, and since when.
     fn issuer_outage(&self) -> Option<IssuerOutage>;

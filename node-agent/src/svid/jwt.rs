@@ -4,12 +4,12 @@
 //! expired token is never served. Decisions are pure functions of the token
 //! and the time passed in; an overdue refresh is due now.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use proto::issuer as pb;
 use tonic::Status;
-use workload_api::source::unix_time;
+use workload_api::source::{unix_time, JwtSvid};
 
 use super::lru::Lru;
 use crate::issuer_health::IssuerHealth;
@@ -24,7 +24,8 @@ const ENTRY_OVERHEAD_BYTES: usize = 128;
 
 #[derive(Debug, Clone)]
 struct Cached {
-    token: String,
+    /// Shared, so a cache hit copies a pointer, not the token.
+    token: Arc<str>,
     refresh_at: SystemTime,
     expires_at: SystemTime,
 }
@@ -34,7 +35,7 @@ impl Cached {
     fn new(token: String, issued_at: SystemTime, expires_at: SystemTime) -> Self {
         let life = expires_at.duration_since(issued_at).unwrap_or_default();
         Cached {
-            token,
+            token: token.into(),
             refresh_at: issued_at + life / 2,
             expires_at,
         }
@@ -43,6 +44,13 @@ impl Cached {
     /// Valid at `now`: strictly before `exp` (RFC 7519 section 4.1.4).
     fn valid_at(&self, now: SystemTime) -> bool {
         now < self.expires_at
+    }
+
+    fn svid(&self) -> JwtSvid {
+        JwtSvid {
+            token: self.token.to_string(),
+            expires_at: self.expires_at,
+        }
     }
 }
 
@@ -100,11 +108,11 @@ impl JwtCache {
         entry_id: &str,
         audience: &[String],
         now: SystemTime,
-    ) -> Result<String, Status> {
+    ) -> Result<JwtSvid, Status> {
         let key = cache_key(entry_id, audience);
         let cached = self.tokens.lock().expect("jwt cache").get(&key).cloned();
         let usable = match decide(cached.as_ref(), now) {
-            Use::Serve => return Ok(cached.expect("decided on a cached token").token),
+            Use::Serve => return Ok(cached.expect("decided on a cached token").svid()),
             Use::Refresh => cached,
             Use::Sign => None,
         };
@@ -122,7 +130,7 @@ impl JwtCache {
                 let fresh = Cached::new(response.token, now, unix_time(response.expires_at));
                 self.store(key, fresh.clone());
                 if fresh.valid_at(now) {
-                    Ok(fresh.token)
+                    Ok(fresh.svid())
                 } else {
                     // The issuer's clock is behind ours by more than the TTL.
                     Err(Status::unavailable(
@@ -140,7 +148,7 @@ impl JwtCache {
                 match usable {
                     Some(c) if c.valid_at(now) => {
                         tracing::warn!(error = %status.message(), "issuer unavailable; serving a cached JWT-SVID");
-                        Ok(c.token)
+                        Ok(c.svid())
                     }
                     _ if !is_outage(status.code()) => Err(status),
                     _ => Err(Status::unavailable(format!(

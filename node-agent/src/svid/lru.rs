@@ -4,26 +4,29 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
+use std::sync::Arc;
 
 /// A byte-bounded least-recently-used map.
 #[derive(Debug)]
 pub struct Lru<K, V> {
-    entries: HashMap<K, Slot<V>>,
+    /// Keys are shared with `order`, so marking a use copies no key.
+    entries: HashMap<Arc<K>, Slot<K, V>>,
     /// Use order: tick of last use to key; the first is the least recent.
-    order: BTreeMap<u64, K>,
+    order: BTreeMap<u64, Arc<K>>,
     tick: u64,
     bytes: usize,
     budget: usize,
 }
 
 #[derive(Debug)]
-struct Slot<V> {
+struct Slot<K, V> {
+    key: Arc<K>,
     value: V,
     weight: usize,
     used: u64,
 }
 
-impl<K: Hash + Eq + Clone, V> Lru<K, V> {
+impl<K: Hash + Eq, V> Lru<K, V> {
     pub fn new(budget: usize) -> Self {
         Lru {
             entries: HashMap::new(),
@@ -40,7 +43,7 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         let slot = self.entries.get_mut(key)?;
         self.order.remove(&slot.used);
         slot.used = self.tick;
-        self.order.insert(self.tick, key.clone());
+        self.order.insert(self.tick, slot.key.clone());
         Some(&slot.value)
     }
 
@@ -61,11 +64,13 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
             }
         }
         self.tick += 1;
+        let key = Arc::new(key);
         self.order.insert(self.tick, key.clone());
         self.bytes += weight;
         self.entries.insert(
-            key,
+            key.clone(),
             Slot {
+                key,
                 value,
                 weight,
                 used: self.tick,

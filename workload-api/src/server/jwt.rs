@@ -4,33 +4,25 @@
 use super::outage::unreachable_for;
 use super::*;
 
-/// JWT-SVIDs for each of `identities`, fetched side by side: those that can
-/// be had (cached and unexpired, or freshly signed) are returned, in order;
-/// the call fails only if none can.
+/// JWT-SVIDs for each of `identities`, fetched side by side (as futures
+/// of this call, no task each): those that can be had (cached and
+/// unexpired, or freshly signed) are returned, in order; the call fails
+/// only if none can.
 pub(super) async fn jwt_response<S: IdentitySource>(
     source: &Arc<S>,
     identities: Vec<Identity>,
     audience: Vec<String>,
     now: SystemTime,
 ) -> Result<pb::JwtsvidResponse, Status> {
-    let audience = Arc::new(audience);
-    let mut fetches = tokio::task::JoinSet::new();
-    for (index, identity) in identities.iter().cloned().enumerate() {
-        let (source, audience) = (source.clone(), audience.clone());
-        fetches.spawn(async move {
-            let fetched = source.fetch_jwt_svid(&identity, &audience, now).await;
-            (index, fetched.and_then(|token| unexpired_jwt(token, now)))
-        });
-    }
-    let mut fetched: Vec<Option<Result<String, Status>>> = vec![None; identities.len()];
-    while let Some(joined) = fetches.join_next().await {
-        let (index, result) = joined.map_err(|_| Status::internal("JWT-SVID fetch panicked"))?;
-        fetched[index] = Some(result);
-    }
+    let fetched = futures_util::future::join_all(identities.iter().map(|identity| async {
+        let svid = source.fetch_jwt_svid(identity, &audience, now).await?;
+        unexpired_jwt(svid, now)
+    }))
+    .await;
     let mut svids = Vec::with_capacity(identities.len());
     let mut refusals = Vec::new();
     for (identity, result) in identities.into_iter().zip(fetched) {
-        match result.expect("every fetch was joined") {
+        match result {
             Ok(svid) => svids.push(pb::Jwtsvid {
                 spiffe_id: identity.spiffe_id,
                 svid,
@@ -48,14 +40,11 @@ pub(super) async fn jwt_response<S: IdentitySource>(
     Ok(pb::JwtsvidResponse { svids })
 }
 
-/// `token` if its `exp` is after `now` (RFC 7519 section 4.1.4).
-pub(super) fn unexpired_jwt(token: String, now: SystemTime) -> Result<String, Status> {
-    let exp = crate::jws::parse(&token)
-        .ok()
-        .and_then(|jws| jws.numeric_date("exp").ok().flatten())
-        .ok_or_else(|| Status::internal("the JWT-SVID has no valid exp claim"))?;
-    if now < crate::source::unix_time(i64::try_from(exp).unwrap_or(i64::MAX)) {
-        Ok(token)
+/// The token if it is valid at `now`: strictly before its `exp` (RFC 7519
+/// section 4.1.4).
+pub(super) fn unexpired_jwt(svid: JwtSvid, now: SystemTime) -> Result<String, Status> {
+    if now < svid.expires_at {
+        Ok(svid.token)
     } else {
         Err(Status::unavailable(
             "the JWT-SVID expired before it could be served",

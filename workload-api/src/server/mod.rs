@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 use crate::id::trust_domain_id;
 use crate::jwtsvid;
 use crate::selector::{Selector, Selectors};
-use crate::source::{Caller, Identity, IdentitySource, IssuerOutage, Snapshot};
+use crate::source::{Caller, Identity, IdentitySource, IssuerOutage, JwtSvid, Snapshot};
 
 /// The metadata key every Workload API request carries.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
