@@ -153,19 +153,11 @@ pub async fn execute(command: ApiCommand) -> Result<(), String> {
                 .map_err(status)?
                 .into_inner();
             if socket.json {
-                let svids: Vec<_> = response
+                let tokens = response
                     .svids
                     .iter()
-                    .map(|s| {
-                        serde_json::json!({
-                            "spiffe_id": s.spiffe_id,
-                            "hint": s.hint,
-                            "expires_at": jwt_expiry(&s.svid),
-                            "token": s.svid,
-                        })
-                    })
-                    .collect();
-                print_json(&svids.into());
+                    .map(|s| (&s.spiffe_id, &s.hint, &s.svid));
+                print_json(&tokens_json("token", tokens));
                 return Ok(());
             }
             for svid in response.svids {
@@ -373,19 +365,11 @@ async fn fetch_wit(
     }
     if socket.json {
         // The private key is written by --write only, never printed.
-        let svids: Vec<_> = response
+        let tokens = response
             .svids
             .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "spiffe_id": s.spiffe_id,
-                    "hint": s.hint,
-                    "expires_at": jwt_expiry(&s.wit_svid),
-                    "wit_svid": s.wit_svid,
-                })
-            })
-            .collect();
-        print_json(&svids.into());
+            .map(|s| (&s.spiffe_id, &s.hint, &s.wit_svid));
+        print_json(&tokens_json("wit_svid", tokens));
         return Ok(());
     }
     workload_api::outln!("Received {} WIT-SVID(s)", response.svids.len());
@@ -411,6 +395,25 @@ fn numbered(i: usize) -> String {
     } else {
         format!(".{i}")
     }
+}
+
+/// JWT-SVIDs or WIT-SVIDs as JSON: each with its SPIFFE ID, hint, `exp`
+/// (Unix seconds) and the token under `field`.
+fn tokens_json<'a>(
+    field: &str,
+    tokens: impl Iterator<Item = (&'a String, &'a String, &'a String)>,
+) -> serde_json::Value {
+    tokens
+        .map(|(spiffe_id, hint, token)| {
+            let mut item = serde_json::json!({
+                "spiffe_id": spiffe_id,
+                "hint": hint,
+                "expires_at": jwt_expiry(token),
+            });
+            item[field] = token.as_str().into();
+            item
+        })
+        .collect()
 }
 
 fn print_json(value: &serde_json::Value) {
