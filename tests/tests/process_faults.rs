@@ -90,8 +90,9 @@ impl Deployment {
             .arg(self.admin_socket()))
     }
 
-    /// Starts the agent; with `join_token` for its first start.
-    fn start_agent(&self, join_token: Option<&str>) -> Process {
+    /// `sigil-agent run` against this issuer, trusting its bundle, with its
+    /// data in `data_dir` and the Workload API on `socket`.
+    fn agent_command(&self, data_dir: &Path, socket: &Path) -> Command {
         let bundle = self.dir.path().join("bootstrap.json");
         if !bundle.exists() {
             let (ok, jwks, stderr) = self.admin(&["bundle", "show", "--format", "spiffe"]);
@@ -100,16 +101,22 @@ impl Deployment {
         }
         let mut command = Command::new(binary("sigil-agent"));
         command
-            .stdout(Stdio::null())
             .args(["run", "--trust-domain", TRUST_DOMAIN])
             .arg("--issuer-address")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--data-dir")
-            .arg(self.dir.path().join("agent"))
+            .arg(data_dir)
             .arg("--socket-path")
-            .arg(self.api_socket())
+            .arg(socket)
             .arg("--trust-bundle")
             .arg(&bundle);
+        command
+    }
+
+    /// Starts the agent; with `join_token` for its first start.
+    fn start_agent(&self, join_token: Option<&str>) -> Process {
+        let mut command = self.agent_command(&self.dir.path().join("agent"), &self.api_socket());
+        command.stdout(Stdio::null());
         if let Some(token) = join_token {
             command.env("SIGIL_JOIN_TOKEN", token);
         }
@@ -351,16 +358,9 @@ fn refused_attestations_are_logged_with_peer_and_cause_never_the_token() {
     first.kill();
     let bogus = "0123456789abcdef0123456789abcdef01234567";
     for (secret, data_dir) in [(bogus, "bogus"), (token.as_str(), "reused")] {
-        let (ok, _, stderr) = run(Command::new(binary("sigil-agent"))
-            .args(["run", "--trust-domain", TRUST_DOMAIN])
-            .arg("--issuer-address")
-            .arg(format!("127.0.0.1:{}", deployment.port))
-            .arg("--data-dir")
-            .arg(deployment.dir.path().join(data_dir))
-            .arg("--socket-path")
-            .arg(deployment.dir.path().join(data_dir).join("api.sock"))
-            .arg("--trust-bundle")
-            .arg(deployment.dir.path().join("bootstrap.json"))
+        let dir = deployment.dir.path().join(data_dir);
+        let (ok, _, stderr) = run(deployment
+            .agent_command(&dir, &dir.join("api.sock"))
             .env("SIGIL_JOIN_TOKEN", secret));
         assert!(!ok, "{data_dir}: attestation must be refused");
         assert!(stderr.contains("attestation refused"), "{stderr}");

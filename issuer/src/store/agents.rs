@@ -86,17 +86,23 @@ impl Store {
         rows.iter().map(agent_from_row).collect()
     }
 
+    /// Tells subscribers of a change to one agent's row, or says there is no
+    /// such agent.
+    fn agent_changed(&self, rows_affected: u64, spiffe_id: &str) -> Result<(), StoreError> {
+        if rows_affected == 0 {
+            return Err(StoreError::AgentNotFound(spiffe_id.to_owned()));
+        }
+        self.changed();
+        Ok(())
+    }
+
     /// Forgets an agent: it must attest again.
     pub async fn delete_agent(&self, spiffe_id: &str) -> Result<(), StoreError> {
         let done = sqlx::query("DELETE FROM agents WHERE spiffe_id = $1")
             .bind(spiffe_id)
             .execute(&self.pool)
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::AgentNotFound(spiffe_id.to_owned()));
-        }
-        self.changed();
-        Ok(())
+        self.agent_changed(done.rows_affected(), spiffe_id)
     }
 
     /// Bans an agent: it is refused until the ban is lifted by eviction.
@@ -110,11 +116,7 @@ impl Store {
         .bind(now)
         .execute(&self.pool)
         .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::AgentNotFound(spiffe_id.to_owned()));
-        }
-        self.changed();
-        Ok(())
+        self.agent_changed(done.rows_affected(), spiffe_id)
     }
 }
 
