@@ -23,6 +23,8 @@ pub struct FileConfig {
     pub trust_domain: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub agent_api_address: Option<String>,
+    /// host:port of the public HTTP endpoint (CRLs, revocation list), or "off".
+    pub http_address: Option<String>,
     pub admin_socket_path: Option<PathBuf>,
     pub ca_ttl: Option<String>,
     pub default_x509_svid_ttl: Option<String>,
@@ -64,6 +66,7 @@ impl FileConfig {
             trust_domain: self.trust_domain.or(fallback.trust_domain),
             data_dir: self.data_dir.or(fallback.data_dir),
             agent_api_address: self.agent_api_address.or(fallback.agent_api_address),
+            http_address: self.http_address.or(fallback.http_address),
             admin_socket_path: self.admin_socket_path.or(fallback.admin_socket_path),
             ca_ttl: self.ca_ttl.or(fallback.ca_ttl),
             default_x509_svid_ttl: self
@@ -91,6 +94,8 @@ pub struct Config {
     pub trust_domain: TrustDomain,
     pub data_dir: PathBuf,
     pub agent_api_address: SocketAddr,
+    /// Where relying parties fetch CRLs and the revocation list; None: not served.
+    pub http_address: Option<SocketAddr>,
     pub admin_socket_path: PathBuf,
     pub ca_ttl: Duration,
     pub default_x509_svid_ttl: Duration,
@@ -109,6 +114,7 @@ pub struct Config {
 }
 
 pub const DEFAULT_AGENT_API_ADDRESS: &str = "0.0.0.0:8081";
+pub const DEFAULT_HTTP_ADDRESS: &str = "0.0.0.0:8082";
 pub const DEFAULT_ADMIN_SOCKET: &str = "/tmp/sigil-issuer/private/admin.sock";
 
 fn duration(
@@ -157,6 +163,13 @@ impl Config {
             key: "agent_api_address",
             reason: format!("{address:?}: {e}"),
         })?;
+        let http_address = match file.http_address.as_deref().unwrap_or(DEFAULT_HTTP_ADDRESS) {
+            "off" => None,
+            address => Some(address.parse().map_err(|e| ConfigError::Invalid {
+                key: "http_address",
+                reason: format!("{address:?}: {e} (or \"off\")"),
+            })?),
+        };
         let ca_ttl = duration(
             "ca_ttl",
             file.ca_ttl.as_deref(),
@@ -209,6 +222,7 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET)),
             data_dir,
             agent_api_address,
+            http_address,
             ca_ttl,
             default_x509_svid_ttl,
             default_jwt_svid_ttl,

@@ -20,8 +20,7 @@ use crate::limits::{
 };
 use crate::store::{EntryFields, Selector};
 
-/// How much of a refused value an error message quotes.
-pub const SHOWN_BYTES: usize = 64;
+pub use workload_api::display::{shown, SHOWN_BYTES};
 
 /// A field the admin API refused. `Display` starts with the field's name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,19 +78,6 @@ impl FieldError {
             FieldError::UnknownSelectorType { .. } => "selectors",
         }
     }
-}
-
-/// `value` escaped and cut to at most [`SHOWN_BYTES`] (then marked with `…`).
-pub fn shown(value: &str) -> String {
-    let escaped: String = value.escape_debug().collect();
-    if escaped.len() <= SHOWN_BYTES {
-        return escaped;
-    }
-    let mut end = SHOWN_BYTES;
-    while !escaped.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &escaped[..end])
 }
 
 fn invalid(field: &'static str, value: &str, reason: impl Into<String>) -> FieldError {

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::endpoints::admin::AdminService;
 use crate::endpoints::agent::AgentService;
 use crate::endpoints::tls::ServerTls;
+use crate::revocations::{self, Revocations};
 use crate::state::IssuerState;
 use crate::store::Store;
 
@@ -38,6 +39,11 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Ca(#[from] crate::ca::CaError),
+    #[error("HTTP address {address}: {source}")]
+    BindHttp {
+        address: String,
+        source: std::io::Error,
+    },
     #[error("agent API address {address}: {source}")]
     Bind {
         address: String,
@@ -52,6 +58,8 @@ pub enum StartError {
     AdminSocketDir(#[from] workload_api::files::NotPrivate),
     #[error("server TLS: {0}")]
     Tls(#[source] crate::endpoints::tls::TlsError),
+    #[error("publishing revocations: {0}")]
+    Revocations(#[from] revocations::PublishError),
 }
 
 /// How long shutdown waits for open connections to finish.
@@ -62,6 +70,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct RunningIssuer {
     pub state: IssuerState,
     pub agent_api_address: SocketAddr,
+    /// Where the public HTTP endpoint listens, when it is on.
+    pub http_address: Option<SocketAddr>,
     pub admin_socket_path: PathBuf,
     admin_socket: BoundSocket,
     shutdown: watch::Sender<bool>,
@@ -109,6 +119,7 @@ async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<IssuerState, Star
         store,
         ca: Arc::new(ca),
         clock,
+        revocations: Arc::new(Revocations::new()),
     })
 }
 
@@ -123,6 +134,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
     })?;
     let lock = DirLock::acquire(&config.data_dir)?;
     let state = open(config, clock).await?;
+    // Agents and relying parties get a revocation list from the first request.
+    revocations::refresh(&state).await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -144,6 +157,24 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
         shutdown_rx.clone(),
     )));
 
+    let http_address = match state.config.http_address {
+        Some(address) => {
+            let failed = |source| StartError::BindHttp {
+                address: address.to_string(),
+                source,
+            };
+            let listener = TcpListener::bind(address).await.map_err(failed)?;
+            let bound = listener.local_addr().map_err(failed)?;
+            tasks.push(tokio::spawn(serve_http(
+                listener,
+                state.clone(),
+                shutdown_rx.clone(),
+            )));
+            Some(bound)
+        }
+        None => None,
+    };
+
     let admin_socket_path = state.config.admin_socket_path.clone();
     let (admin_listener, admin_socket) = bind_admin_socket(&admin_socket_path)?;
     tasks.push(tokio::spawn(serve_admin_api(
@@ -151,17 +182,23 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
         AdminService::new(state.clone()),
         shutdown_rx.clone(),
     )));
+    tasks.push(tokio::spawn(revocations::publish_loop(
+        state.clone(),
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(rotation_loop(state.clone(), shutdown_rx)));
 
     tracing::info!(
         trust_domain = %state.config.trust_domain,
         agent_api = %agent_api_address,
+        http = ?http_address,
         admin_socket = %admin_socket_path.display(),
         "issuer started"
     );
     Ok(RunningIssuer {
         state,
         agent_api_address,
+        http_address,
         admin_socket_path,
         admin_socket,
         shutdown,
@@ -228,6 +265,17 @@ async fn serve_agent_api(
         tracing::error!(%error, "agent API stopped");
     }
     accept.abort();
+}
+
+/// Serves the public HTTP endpoint (CRLs, revocation list).
+async fn serve_http(listener: TcpListener, state: IssuerState, shutdown: watch::Receiver<bool>) {
+    let app = crate::endpoints::http::router(state);
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(wait_for(shutdown))
+        .await
+    {
+        tracing::error!(%error, "HTTP endpoint stopped");
+    }
 }
 
 /// Binds the admin socket inside a directory only the issuer's user can

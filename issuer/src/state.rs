@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::ca::Ca;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::revocations::Revocations;
 use crate::store::Store;
 
 /// The issuer's subsystems, shared by its endpoints.
@@ -14,4 +15,6 @@ pub struct IssuerState {
     pub store: Store,
     pub ca: Arc<Ca>,
     pub clock: Arc<dyn Clock>,
+    /// The CRLs and revocation list currently published.
+    pub revocations: Arc<Revocations>,
 }

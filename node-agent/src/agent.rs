@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::agent::agent_health_server::AgentHealthServer;
+use proto::agent::delegation_server::DelegationServer;
 use proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
@@ -74,6 +75,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     let node = Node::bootstrap(config.clone()).await?;
     let (stop, stop_rx) = watch::channel(false);
     let (entries_tx, entries_rx) = watch::channel(Arc::new(Vec::new()));
+    let delegation_entries = entries_rx.clone();
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::awaiting_entries(
         (*node.bundle()).clone(),
     )));
@@ -115,6 +117,8 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         .register_encoded_file_descriptor_set(proto::WORKLOAD_DESCRIPTOR_SET)
         .build_v1()
         .expect("the embedded descriptor set is valid");
+    let delegation =
+        crate::delegation::DelegationService::new(source.clone(), node.clone(), delegation_entries);
     let probe = crate::probe::Probe {
         node: node.clone(),
         health: health.clone(),
@@ -126,6 +130,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
             .add_service(SpiffeWorkloadApiServer::new(WorkloadApi::new(source)))
             .add_service(reflection)
             .add_service(AgentHealthServer::new(probe))
+            .add_service(DelegationServer::new(delegation))
             .serve_with_incoming_shutdown(
                 workload_api::connection::incoming(listener),
                 async move {

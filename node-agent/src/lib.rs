@@ -6,12 +6,14 @@
 //! - [`attestor`]: workload attestation from the socket's peer credentials.
 //! - [`source`], [`agent`]: the Workload API served from all of the above.
 //! - [`probe`]: the agent's health, for `sigil-agent healthcheck`.
+//! - [`delegation`]: owner-bound workloads registering child workloads.
 //! - [`cli`]: the `sigil-agent` command line, including `up`.
 
 pub mod agent;
 pub mod attestor;
 pub mod cli;
 pub mod config;
+pub mod delegation;
 pub mod issuer_client;
 pub mod issuer_health;
 pub mod keys;

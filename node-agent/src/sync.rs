@@ -100,6 +100,9 @@ async fn follow(
                 }
             }
         }
+        if !message.revocation_list.is_empty() {
+            node.update_revocations(message.crls, &message.revocation_list);
+        }
         if message.snapshot {
             let building = snapshot.get_or_insert_with(BTreeMap::new);
             for entry in message.upserted {

@@ -30,7 +30,7 @@ pub mod sigil {
     }
 }
 
-/// The agent's health service, on the Workload API socket.
+/// The agent's health and delegation services, on the Workload API socket.
 pub use sigil::agent::v1 as agent;
 
 /// Issuer admin API.

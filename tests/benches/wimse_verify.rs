@@ -57,6 +57,7 @@ impl Setup {
             cnf: Confirmation {
                 jwk: self.workload.public_jwk(),
             },
+            owner: None,
         };
         let header = serde_json::json!({"alg": "ES256", "kid": "k1", "typ": "wit+jwt"});
         self.issuer.sign_jws(&header, &claims)

@@ -219,6 +219,9 @@ async fn every_limit_is_accepted_at_its_value_and_read_back() {
         admin: true,
         downstream: true,
         expires_at: MAX_EXPIRES_AT,
+        // Owner binding has its own limits, tested with owners.
+        owner_id: String::new(),
+        consent: String::new(),
     };
     assert!(fields.dns_names.iter().all(|n| n.len() == 253));
     let created = admin
@@ -1040,6 +1043,8 @@ fn gen_entry(rng: &mut Rng, case: usize) -> (EntryFields, BTreeSet<&'static str>
         admin: rng.percent(50),
         downstream: rng.percent(50),
         expires_at: expires.value,
+        owner_id: String::new(),
+        consent: String::new(),
     };
     (fields, bad)
 }

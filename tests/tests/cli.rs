@@ -31,6 +31,8 @@ fn start_issuer() -> IssuerProcess {
             "example.org",
             "--agent-api-address",
             "127.0.0.1:0",
+            "--http-address",
+            "127.0.0.1:0",
         ])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
@@ -442,7 +444,8 @@ fn shared_directories_and_busy_data_directories_are_left_alone() {
     let issuer = |data: &Path, socket: &Path, extra: &[&str]| {
         run(Command::new(binary("sigil-issuer"))
             .args(["run", "--trust-domain", "example.org"])
-            .args(["--agent-api-address", "127.0.0.1:0", "--data-dir"])
+            .args(["--agent-api-address", "127.0.0.1:0"])
+            .args(["--http-address", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .arg("--admin-socket-path")
             .arg(socket)

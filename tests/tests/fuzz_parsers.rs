@@ -122,23 +122,43 @@ fn fixture() -> Fixture {
     let (_key, csr) = sigil_tests::new_key_and_csr(Some("spiffe://example.org/web"));
     let verified = csr::verify(&csr).unwrap();
     let id = SpiffeId::new("spiffe://example.org/web").unwrap();
+    // Owner-bound credentials, so the owner binding's parsers are fuzzed too.
+    let owner = workload_api::owner::OwnerBinding {
+        owner_id: "mailto:alice@example.org".into(),
+        key_thumbprint: [3; 32],
+        consent_sha256: [4; 32],
+        actors: vec!["spiffe://example.org/agents/alice".into()],
+    };
     let chain = ca
         .sign_x509_svid(
             &SubjectKey::new(&verified.public_key),
             &id,
             &["web.example.org".into()],
+            Some(&owner),
             Duration::from_secs(3600),
             now,
         )
         .unwrap()
         .chain;
     let jwt = ca
-        .sign_jwt_svid(&id, &["db".into()], Duration::from_secs(300), now)
+        .sign_jwt_svid(
+            &id,
+            &["db".into()],
+            Some(&owner),
+            Duration::from_secs(300),
+            now,
+        )
         .unwrap()
         .token;
     let workload = KeyPair::generate(Algorithm::ES256).unwrap();
     let wit = ca
-        .sign_wit_svid(&id, workload.public_jwk(), Duration::from_secs(3600), now)
+        .sign_wit_svid(
+            &id,
+            workload.public_jwk(),
+            Some(&owner),
+            Duration::from_secs(3600),
+            now,
+        )
         .unwrap()
         .token;
     Fixture {

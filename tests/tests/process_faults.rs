@@ -69,6 +69,7 @@ impl Deployment {
                 .args(["run", "--trust-domain", TRUST_DOMAIN])
                 .arg("--agent-api-address")
                 .arg(format!("127.0.0.1:{}", self.port))
+                .args(["--http-address", "127.0.0.1:0"])
                 .arg("--data-dir")
                 .arg(self.dir.path().join("issuer"))
                 .arg("--admin-socket-path")

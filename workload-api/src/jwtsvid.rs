@@ -1,5 +1,6 @@
 //! JWT-SVIDs (JWT-SVID.md): signing, and validation against the bundle of the
-//! subject's trust domain. Time is always passed in.
+//! subject's trust domain. Time is always passed in. A token may carry an
+//! owner binding in the [`OWNER_CLAIM`] claim (format in [`crate::owner`]).
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::bundle::Bundle;
 use crate::id::{parse_spiffe_id, IdError, SpiffeId, TrustDomain};
 use crate::jwk::Algorithm;
+use crate::owner::{BindingError, OwnerBinding, OWNER_CLAIM};
 
 /// Why a token is not a valid JWT-SVID for the caller.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -49,6 +51,8 @@ pub enum JwtSvidError {
     },
     #[error("signing failed: {0}")]
     Signing(#[source] crate::jws::JwsError),
+    #[error("owner claim: {0}")]
+    OwnerBinding(BindingError),
 }
 
 /// `aud` as a single string or an array (RFC 7519 section 4.1.3).
@@ -76,6 +80,10 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Who answers for the workload (the `owner` claim). A named field, so
+    /// `extra` never holds it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<OwnerBinding>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
 }
@@ -86,6 +94,8 @@ pub struct ValidatedJwtSvid {
     pub spiffe_id: SpiffeId,
     pub audience: Vec<String>,
     pub expiry: u64,
+    /// Who answers for the workload, when the token carries a binding.
+    pub owner: Option<OwnerBinding>,
     /// Every claim of the token, as JSON.
     pub claims: serde_json::Map<String, serde_json::Value>,
 }
@@ -107,7 +117,8 @@ pub fn sign(
 
 /// Validates a JWT-SVID for `audience` against the bundle of its subject's
 /// trust domain. Checks, in order: structure, header (alg, typ, kid), claims
-/// present, subject, key, signature, expiry and not-before, audience.
+/// present, subject, key, signature, expiry and not-before, audience, and
+/// the owner binding when there is one.
 pub fn validate<'b>(
     token: &str,
     audience: &str,
@@ -188,12 +199,26 @@ pub fn validate<'b>(
             actual: audiences,
         });
     }
+    let owner = owner_claim(&jws.claims)?;
     Ok(ValidatedJwtSvid {
         spiffe_id,
         audience: audiences,
         expiry: exp,
+        owner,
         claims: jws.claims.clone(),
     })
+}
+
+/// The `owner` claim, if present; a malformed one refuses the token rather
+/// than being taken for no owner.
+fn owner_claim(
+    claims: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Option<OwnerBinding>, JwtSvidError> {
+    claims
+        .get(OWNER_CLAIM)
+        .map(OwnerBinding::from_claim)
+        .transpose()
+        .map_err(JwtSvidError::OwnerBinding)
 }
 
 #[cfg(test)]
@@ -240,6 +265,7 @@ mod tests {
             aud: Audience::Many(vec!["db".into()]),
             exp: NOW + 300,
             iat: Some(NOW),
+            owner: None,
             extra: BTreeMap::new(),
         }
     }
@@ -428,5 +454,78 @@ mod tests {
         c["aud"] = serde_json::json!("db");
         let token = token_with(header, c, &s);
         assert!(validate(&token, "db", |_| Some(&bundle), at(NOW)).is_ok());
+    }
+
+    fn owner() -> OwnerBinding {
+        OwnerBinding {
+            owner_id: "mailto:alice@example.org".into(),
+            key_thumbprint: [7; 32],
+            consent_sha256: crate::owner::consent_sha256("a.b.c"),
+            actors: vec!["spiffe://example.org/agents/alice".into()],
+        }
+    }
+
+    #[test]
+    fn an_owner_claim_is_signed_and_validated() {
+        let (s, bundle) = setup();
+        let key = jsonwebtoken::EncodingKey::from_ec_der(&s.pkcs8);
+        let with_owner = Claims {
+            owner: Some(owner()),
+            ..claims()
+        };
+        let token = sign(&with_owner, "k1", Algorithm::ES256, &key).unwrap();
+        let ok = validate(&token, "db", |_| Some(&bundle), at(NOW)).unwrap();
+        assert_eq!(ok.owner, Some(owner()));
+        assert_eq!(ok.claims[OWNER_CLAIM]["id"], "mailto:alice@example.org");
+        // The typed claims read it back into the field, not into `extra`.
+        let parsed: Claims = serde_json::from_value(serde_json::Value::Object(ok.claims)).unwrap();
+        assert_eq!(parsed.owner, Some(owner()));
+        assert!(
+            !parsed.extra.contains_key(OWNER_CLAIM),
+            "{:?}",
+            parsed.extra
+        );
+    }
+
+    #[test]
+    fn without_an_owner_claim_there_is_no_owner() {
+        let (s, bundle) = setup();
+        let key = jsonwebtoken::EncodingKey::from_ec_der(&s.pkcs8);
+        let token = sign(&claims(), "k1", Algorithm::ES256, &key).unwrap();
+        let ok = validate(&token, "db", |_| Some(&bundle), at(NOW)).unwrap();
+        assert_eq!(ok.owner, None);
+        assert!(!ok.claims.contains_key(OWNER_CLAIM));
+    }
+
+    #[test]
+    fn a_malformed_owner_claim_is_refused() {
+        let (s, bundle) = setup();
+        let header = serde_json::json!({"alg": "ES256", "kid": "k1", "typ": "JWT"});
+        let good = serde_json::to_value(Claims {
+            owner: Some(owner()),
+            ..claims()
+        })
+        .unwrap();
+        let mut short_jkt = good.clone();
+        short_jkt[OWNER_CLAIM]["jkt"] = B64URL.encode([1; 16]).into();
+        let mut unknown_member = good.clone();
+        unknown_member[OWNER_CLAIM]["role"] = "admin".into();
+        let mut not_an_object = good;
+        not_an_object[OWNER_CLAIM] = "mailto:alice@example.org".into();
+        for (name, claims, needle) in [
+            ("jkt of 16 bytes", short_jkt, "keyThumbprint is 16 bytes"),
+            ("unknown member", unknown_member, "role"),
+            ("a string", not_an_object, "owner claim is malformed"),
+        ] {
+            let token = token_with(header.clone(), claims, &s);
+            let err = validate(&token, "db", |_| Some(&bundle), at(NOW)).expect_err(name);
+            assert!(
+                matches!(err, JwtSvidError::OwnerBinding(_)),
+                "{name}: {err}"
+            );
+            let text = err.to_string();
+            assert!(text.starts_with("owner claim: "), "{name}: {text}");
+            assert!(text.contains(needle), "{name}: {text}");
+        }
     }
 }

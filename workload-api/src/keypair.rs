@@ -97,6 +97,10 @@ struct PrivateJwk {
     qi: Option<Zeroizing<String>>,
 }
 
+/// id-Ed25519 (RFC 8410).
+const ED25519_OID: der::asn1::ObjectIdentifier =
+    der::asn1::ObjectIdentifier::new_unwrap("1.3.101.112");
+
 fn ecdsa_signing(alg: Algorithm) -> Option<&'static sig::EcdsaSigningAlgorithm> {
     match alg {
         Algorithm::ES256 => Some(&sig::ECDSA_P256_SHA256_FIXED_SIGNING),
@@ -160,10 +164,14 @@ impl KeyPair {
         Self::from_pkcs8(alg, &pkcs8)
     }
 
-    /// Loads a PKCS#8 DER private key (EC or RSA) that will sign with `alg`.
+    /// Loads a PKCS#8 DER private key (EC, RSA or Ed25519) that will sign
+    /// with `alg`.
     pub fn from_pkcs8(alg: Algorithm, der: &[u8]) -> Result<Self, KeyPairError> {
         use der::Decode;
         let info = pkcs8::PrivateKeyInfo::from_der(der).map_err(|e| rejected(alg, e))?;
+        if alg == Algorithm::EdDSA {
+            return Self::ed25519_from_pkcs8(&info);
+        }
         if let Some(signing) = ecdsa_signing(alg) {
             let ec =
                 sec1::EcPrivateKey::try_from(info.private_key).map_err(|e| rejected(alg, e))?;
@@ -196,6 +204,36 @@ impl KeyPair {
             return Self::rsa(alg, n, e, parts);
         }
         Err(rejected(alg, "PKCS#8 keys are EC or RSA"))
+    }
+
+    /// An Ed25519 key from PKCS#8 v1 (what `openssl genpkey` writes) or v2
+    /// (RFC 8410): the private key is an OCTET STRING holding the 32-byte
+    /// seed; a public key, when present, must be the seed's.
+    fn ed25519_from_pkcs8(info: &pkcs8::PrivateKeyInfo<'_>) -> Result<Self, KeyPairError> {
+        use der::Decode;
+        let alg = Algorithm::EdDSA;
+        if info.algorithm.oid != ED25519_OID {
+            return Err(rejected(alg, "the PKCS#8 key is not an Ed25519 key"));
+        }
+        let seed =
+            der::asn1::OctetStringRef::from_der(info.private_key).map_err(|e| rejected(alg, e))?;
+        let seed = Zeroizing::new(seed.as_bytes().to_vec());
+        if seed.len() != 32 {
+            return Err(rejected(alg, "the Ed25519 seed is not 32 bytes"));
+        }
+        let pair = Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|e| rejected(alg, e))?;
+        if let Some(public) = info.public_key {
+            if public != pair.public_key().as_ref() {
+                return Err(rejected(alg, "the public key does not belong to the seed"));
+            }
+        }
+        Ok(KeyPair {
+            alg,
+            public: PublicKey::Ed25519 {
+                x: pair.public_key().as_ref().to_vec(),
+            },
+            private: Private::Ed25519 { pair, seed },
+        })
     }
 
     fn rsa(
@@ -419,6 +457,30 @@ mod tests {
         assert!(rsa
             .public_key()
             .verify(Algorithm::PS256, b"message", &rsa.sign(b"message")));
+    }
+
+    #[test]
+    fn ed25519_pkcs8_from_rfc8410() {
+        use base64::engine::general_purpose::STANDARD;
+        // RFC 8410 section 10.3 (PKCS#8 v1) and the public key of 10.1.
+        let der = STANDARD
+            .decode("MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC")
+            .unwrap();
+        let key = KeyPair::from_pkcs8(Algorithm::EdDSA, &der).unwrap();
+        let spki = STANDARD
+            .decode("MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=")
+            .unwrap();
+        assert_eq!(key.public_key(), &PublicKey::from_spki_der(&spki).unwrap());
+        let p256 = EcdsaKeyPair::generate_pkcs8(
+            &sig::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &SystemRandom::new(),
+        )
+        .unwrap();
+        let error = KeyPair::from_pkcs8(Algorithm::EdDSA, p256.as_ref()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the private key is not a valid EdDSA key: the PKCS#8 key is not an Ed25519 key"
+        );
     }
 
     #[test]

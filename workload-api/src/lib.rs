@@ -9,6 +9,9 @@
 //! - [`selector`]: the properties entries require of workloads and nodes.
 //! - [`source`], [`server`], [`client`]: the SPIFFE Workload API.
 //! - [`keypair`], [`jws`], [`wimse`]: signing keys, JWS, WIMSE tokens and proofs.
+//! - [`owner`], [`consent`]: who answers for a workload, and the consent
+//!   that binds it into its credentials; [`revocation`]: the signed list of
+//!   revoked owners.
 //! - [`files`], [`pem`]: private files and directories, PEM text.
 //! - [`config_file`], [`logging`], [`stdout`] (feature `daemon`): what Sigil's
 //!   binaries share.
@@ -18,6 +21,8 @@ pub mod client;
 #[cfg(feature = "daemon")]
 pub mod config_file;
 pub mod connection;
+pub mod consent;
+pub mod display;
 pub mod files;
 pub mod id;
 pub mod jwk;
@@ -26,7 +31,9 @@ pub mod jwtsvid;
 pub mod keypair;
 #[cfg(feature = "daemon")]
 pub mod logging;
+pub mod owner;
 pub mod pem;
+pub mod revocation;
 pub mod selector;
 pub mod server;
 pub mod source;

@@ -143,6 +143,8 @@ pub struct Snapshot {
     /// Why this node may serve nothing (its issuer banned or evicted it),
     /// which every call and open stream is told with PERMISSION_DENIED.
     pub refused: Option<Arc<str>>,
+    /// The issuer's CRLs and revocation list.
+    pub revocations: Arc<crate::revocation::Revocations>,
 }
 
 impl Snapshot {
@@ -153,6 +155,7 @@ impl Snapshot {
             identities: Vec::new(),
             awaiting_entries: false,
             refused: None,
+            revocations: Arc::default(),
         }
     }
 

@@ -2,24 +2,26 @@
 //!
 //! [`check_leaf`] enforces the leaf rules, [`check_signing_certificate`] the CA
 //! rules, and [`verify_chain`] both plus path validation to the bundle of the
-//! leaf's own trust domain (never another domain's).
+//! leaf's own trust domain (never another domain's). A leaf may carry an owner
+//! binding extension (format in [`crate::owner`]); [`LeafInfo::owner`] holds it.
+//!
+//! Certificates are read with `x509-parser`: the owner binding's OID has a
+//! 128-bit arc, which `x509-cert` refuses to parse.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use const_oid::db::rfc5280::{
-    ID_CE_BASIC_CONSTRAINTS, ID_CE_EXT_KEY_USAGE, ID_CE_KEY_USAGE, ID_CE_SUBJECT_ALT_NAME,
-    ID_KP_CLIENT_AUTH, ID_KP_SERVER_AUTH,
-};
-use der::Decode;
 use rustls_pki_types::{CertificateDer, UnixTime};
-use x509_cert::ext::pkix::name::GeneralName;
-use x509_cert::ext::pkix::{
-    BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName,
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::{GeneralName, KeyUsage, ParsedExtension, X509Extension};
+use x509_parser::oid_registry::{
+    OID_X509_EXT_BASIC_CONSTRAINTS, OID_X509_EXT_EXTENDED_KEY_USAGE, OID_X509_EXT_KEY_USAGE,
+    OID_X509_EXT_SUBJECT_ALT_NAME,
 };
-use x509_cert::Certificate;
+use x509_parser::time::ASN1Time;
 
 use crate::bundle::Bundle;
 use crate::id::{parse_spiffe_id, IdError, SpiffeId, TrustDomain};
+use crate::owner::{BindingError, OwnerBinding, OWNER_BINDING_OID_DER};
 
 /// Why a certificate or chain is not a valid X509-SVID.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -60,6 +62,8 @@ pub enum X509SvidError {
         trust_domain: String,
         reason: String,
     },
+    #[error("leaf owner binding: {0}")]
+    OwnerBinding(BindingError),
 }
 
 /// What a valid leaf says.
@@ -70,71 +74,140 @@ pub struct LeafInfo {
     pub serial_hex: String,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// Who answers for the workload, when the leaf carries a binding.
+    pub owner: Option<OwnerBinding>,
 }
 
-struct Extensions {
+/// The extensions the SVID rules look at.
+#[derive(Default)]
+struct Extensions<'a> {
     uris: Vec<String>,
     dns_names: Vec<String>,
-    basic_constraints: Option<BasicConstraints>,
+    /// `cA` of basicConstraints, when present.
+    basic_constraints: Option<bool>,
     key_usage: Option<(KeyUsage, bool)>,
-    extended_key_usage: Option<ExtendedKeyUsage>,
+    /// Whether extendedKeyUsage names serverAuth and clientAuth, when present.
+    extended_key_usage: Option<(bool, bool)>,
+    /// The owner binding extension's value, not yet decoded.
+    owner: Option<&'a [u8]>,
 }
 
-fn parse(index: usize, der: &[u8]) -> Result<Certificate, X509SvidError> {
-    Certificate::from_der(der).map_err(|e| X509SvidError::Malformed {
+/// The longest serial number `x509-cert` accepted (20 octets plus a sign
+/// octet); kept so the parser change admits nothing new.
+const MAX_SERIAL_BYTES: usize = 21;
+
+fn malformed(index: usize, reason: impl ToString) -> X509SvidError {
+    X509SvidError::Malformed {
         index,
-        reason: e.to_string(),
-    })
+        reason: reason.to_string(),
+    }
 }
 
-fn extensions(index: usize, cert: &Certificate) -> Result<Extensions, X509SvidError> {
-    let malformed = |e: der::Error| X509SvidError::Malformed {
-        index,
-        reason: e.to_string(),
-    };
-    let mut out = Extensions {
-        uris: Vec::new(),
-        dns_names: Vec::new(),
-        basic_constraints: None,
-        key_usage: None,
-        extended_key_usage: None,
-    };
-    for ext in cert
-        .tbs_certificate
-        .extensions
-        .as_deref()
-        .unwrap_or_default()
-    {
-        let value = ext.extn_value.as_bytes();
-        match ext.extn_id {
-            ID_CE_SUBJECT_ALT_NAME => {
-                for name in SubjectAltName::from_der(value).map_err(malformed)?.0 {
-                    match name {
-                        GeneralName::UniformResourceIdentifier(uri) => {
-                            out.uris.push(uri.as_str().to_owned())
-                        }
-                        GeneralName::DnsName(dns) => out.dns_names.push(dns.as_str().to_owned()),
-                        _ => {}
-                    }
-                }
+/// One whole certificate: bytes after it are an error, not ignored.
+fn parse(index: usize, der: &[u8]) -> Result<X509Certificate<'_>, X509SvidError> {
+    let (rest, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| malformed(index, e))?;
+    if !rest.is_empty() {
+        return Err(malformed(
+            index,
+            format!("{} bytes follow the certificate", rest.len()),
+        ));
+    }
+    let serial_len = cert.tbs_certificate.raw_serial().len();
+    if serial_len > MAX_SERIAL_BYTES {
+        return Err(malformed(
+            index,
+            format!("serial number is {serial_len} bytes; at most {MAX_SERIAL_BYTES}"),
+        ));
+    }
+    Ok(cert)
+}
+
+/// The SVID extensions of `cert`, and its owner binding's raw value. A
+/// second owner binding is malformed (RFC 5280 4.2: at most one instance).
+fn extensions<'a>(
+    index: usize,
+    cert: &X509Certificate<'a>,
+) -> Result<Extensions<'a>, X509SvidError> {
+    let mut out = Extensions::default();
+    for ext in cert.extensions() {
+        if ext.oid.as_bytes() == OWNER_BINDING_OID_DER {
+            if out.owner.replace(ext.value).is_some() {
+                return Err(malformed(
+                    index,
+                    "the owner binding extension appears twice",
+                ));
             }
-            ID_CE_BASIC_CONSTRAINTS => {
-                out.basic_constraints = Some(BasicConstraints::from_der(value).map_err(malformed)?)
-            }
-            ID_CE_KEY_USAGE => {
-                out.key_usage = Some((KeyUsage::from_der(value).map_err(malformed)?, ext.critical))
-            }
-            ID_CE_EXT_KEY_USAGE => {
-                out.extended_key_usage = Some(ExtendedKeyUsage::from_der(value).map_err(malformed)?)
-            }
-            _ => {}
+            continue;
         }
+        read_svid_extension(index, ext, &mut out)?;
     }
     Ok(out)
 }
 
-fn system_time(t: x509_cert::time::Time) -> SystemTime {
-    t.to_system_time()
+/// Records `ext` if it is one the SVID rules use. Only those must parse, as
+/// before: an extension the rules never read cannot refuse a certificate.
+fn read_svid_extension(
+    index: usize,
+    ext: &X509Extension<'_>,
+    out: &mut Extensions<'_>,
+) -> Result<(), X509SvidError> {
+    let used = [
+        &OID_X509_EXT_SUBJECT_ALT_NAME,
+        &OID_X509_EXT_BASIC_CONSTRAINTS,
+        &OID_X509_EXT_KEY_USAGE,
+        &OID_X509_EXT_EXTENDED_KEY_USAGE,
+    ];
+    if !used.contains(&&ext.oid) {
+        return Ok(());
+    }
+    match ext.parsed_extension() {
+        ParsedExtension::SubjectAlternativeName(san) => {
+            for name in &san.general_names {
+                match name {
+                    GeneralName::URI(uri) => out.uris.push((*uri).to_owned()),
+                    GeneralName::DNSName(dns) => out.dns_names.push((*dns).to_owned()),
+                    GeneralName::Invalid(tag, _) => {
+                        return Err(malformed(
+                            index,
+                            format!("subjectAltName entry with tag {tag} is not valid"),
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        ParsedExtension::BasicConstraints(bc) => out.basic_constraints = Some(bc.ca),
+        ParsedExtension::KeyUsage(usage) => out.key_usage = Some((*usage, ext.critical)),
+        ParsedExtension::ExtendedKeyUsage(eku) => {
+            out.extended_key_usage = Some((eku.server_auth, eku.client_auth))
+        }
+        ParsedExtension::ParseError { error } => {
+            return Err(malformed(index, format!("extension {}: {error}", ext.oid)))
+        }
+        // The parser gives these OIDs their own variants; anything else is
+        // refused rather than read as absent.
+        other => {
+            return Err(malformed(
+                index,
+                format!("extension {} parsed as {other:?}", ext.oid),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// A certificate time; times before 1970 clamp to the epoch.
+fn system_time(t: ASN1Time) -> SystemTime {
+    let secs = u64::try_from(t.timestamp()).unwrap_or(0);
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// The owner binding a leaf carries, if any; a malformed one is an error.
+fn owner_binding(value: Option<&[u8]>) -> Result<Option<OwnerBinding>, X509SvidError> {
+    value
+        .map(OwnerBinding::from_der)
+        .transpose()
+        .map_err(X509SvidError::OwnerBinding)
 }
 
 /// Checks the leaf rules of X509-SVID.md and returns what the leaf says.
@@ -147,41 +220,43 @@ pub fn check_leaf(der: &[u8]) -> Result<LeafInfo, X509SvidError> {
         many => return Err(X509SvidError::MultipleUriSans { count: many.len() }),
     };
     let spiffe_id = parse_spiffe_id(uri).map_err(X509SvidError::InvalidSpiffeId)?;
-    if ext.basic_constraints.is_some_and(|bc| bc.ca) {
+    if ext.basic_constraints == Some(true) {
         return Err(X509SvidError::LeafIsCa);
     }
     let (usage, critical) = ext.key_usage.ok_or(X509SvidError::MissingKeyUsage)?;
     if !critical {
         return Err(X509SvidError::KeyUsageNotCritical);
     }
-    if !usage.0.contains(KeyUsages::DigitalSignature) {
+    if !usage.digital_signature() {
         return Err(X509SvidError::MissingDigitalSignature);
     }
-    if usage.0.contains(KeyUsages::KeyCertSign) {
+    if usage.key_cert_sign() {
         return Err(X509SvidError::ForbiddenKeyUsage {
             usage: "keyCertSign",
         });
     }
-    if usage.0.contains(KeyUsages::CRLSign) {
+    if usage.crl_sign() {
         return Err(X509SvidError::ForbiddenKeyUsage { usage: "cRLSign" });
     }
-    if let Some(eku) = &ext.extended_key_usage {
-        for (oid, purpose) in [
-            (ID_KP_SERVER_AUTH, "id-kp-serverAuth"),
-            (ID_KP_CLIENT_AUTH, "id-kp-clientAuth"),
+    if let Some((server_auth, client_auth)) = ext.extended_key_usage {
+        for (present, purpose) in [
+            (server_auth, "id-kp-serverAuth"),
+            (client_auth, "id-kp-clientAuth"),
         ] {
-            if !eku.0.contains(&oid) {
+            if !present {
                 return Err(X509SvidError::MissingExtendedKeyUsage { purpose });
             }
         }
     }
-    let validity = &cert.tbs_certificate.validity;
+    let owner = owner_binding(ext.owner)?;
+    let validity = cert.validity();
     Ok(LeafInfo {
         spiffe_id,
         dns_names: ext.dns_names,
-        serial_hex: hex_lower(cert.tbs_certificate.serial_number.as_bytes()),
+        serial_hex: hex_lower(cert.tbs_certificate.raw_serial()),
         not_before: system_time(validity.not_before),
         not_after: system_time(validity.not_after),
+        owner,
     })
 }
 
@@ -189,12 +264,12 @@ pub fn check_leaf(der: &[u8]) -> Result<LeafInfo, X509SvidError> {
 pub fn check_signing_certificate(index: usize, der: &[u8]) -> Result<(), X509SvidError> {
     let cert = parse(index, der)?;
     let ext = extensions(index, &cert)?;
-    if !ext.basic_constraints.is_some_and(|bc| bc.ca) {
+    if ext.basic_constraints != Some(true) {
         return Err(X509SvidError::SigningCertNotCa { index });
     }
     if !ext
         .key_usage
-        .is_some_and(|(usage, _)| usage.0.contains(KeyUsages::KeyCertSign))
+        .is_some_and(|(usage, _)| usage.key_cert_sign())
     {
         return Err(X509SvidError::SigningCertCannotSign { index });
     }
@@ -430,6 +505,10 @@ mod tests {
         let now = SystemTime::now();
         let info = verify_chain(std::slice::from_ref(&leaf), |_| Some(&ours_bundle), now).unwrap();
         assert_eq!(info.spiffe_id.to_string(), "spiffe://example.org/web");
+        assert_eq!(
+            info.owner, None,
+            "a leaf without the extension has no owner"
+        );
 
         let wrong =
             verify_chain(std::slice::from_ref(&leaf), |_| Some(&theirs_bundle), now).unwrap_err();

@@ -7,6 +7,7 @@ use http::{HeaderMap, HeaderValue};
 use workload_api::bundle::{Bundle, JwtAuthority};
 use workload_api::jwk::{Algorithm, Jwk, PublicKey};
 use workload_api::keypair::KeyPair;
+use workload_api::owner::OwnerBinding;
 use workload_api::wimse::http::request_tokens;
 use workload_api::wimse::layer::{verify_request_at, WimseLayer};
 use workload_api::wimse::wit::{Confirmation, WitClaims};
@@ -166,7 +167,30 @@ impl Setup {
             cnf: Confirmation {
                 jwk: self.workload.public_jwk(),
             },
+            owner: None,
         }
+    }
+
+    /// The client's WIT, bound to `owner`.
+    fn wit_owned_by(&self, owner: Option<OwnerBinding>) -> String {
+        let claims = WitClaims {
+            owner,
+            ..self.claims("spiffe://example.org/client")
+        };
+        let header = serde_json::json!({"alg": "ES256", "kid": "k1", "typ": "wit+jwt"});
+        self.issuer.sign_jws(&header, &claims)
+    }
+
+    /// A WPT for `wit`, for the service.
+    fn wpt_for(&self, wit: &str) -> String {
+        wpt::mint(
+            wit,
+            &self.workload,
+            SVC,
+            60,
+            &BoundTokens::default(),
+            self.now,
+        )
     }
 
     fn wit_for(&self, sub: &str, kid: &str, signer: &KeyPair) -> String {
@@ -834,11 +858,13 @@ fn through_layer(
     use http_body_util::BodyExt;
     use tower::{Layer, Service, ServiceExt};
     let inner = tower::service_fn(|request: http::Request<Body>| async move {
-        let caller = request
-            .extensions()
-            .get::<workload_api::wimse::Verified>()
-            .map(|v| v.subject().to_owned())
-            .unwrap_or_default();
+        let verified = request.extensions().get::<workload_api::wimse::Verified>();
+        let mut caller = verified.map(|v| v.subject().to_owned()).unwrap_or_default();
+        // The owner, as handlers read it, when the layer put one there.
+        if let Some(owner) = request.extensions().get::<OwnerBinding>() {
+            assert_eq!(verified.and_then(|v| v.owner()), Some(owner));
+            caller.push_str(&format!(" owned by {}", owner.owner_id));
+        }
         Ok::<_, std::convert::Infallible>(http::Response::new(Body::from(caller)))
     });
     let mut service = layer.layer(inner);
@@ -982,4 +1008,158 @@ fn the_layer_answers_each_form_by_its_rules_and_logs_no_token() {
         http_request(WptForm::Authorization, "/api", &s.wit, &s.good_wpt()),
     );
     assert_eq!(response.status(), 200);
+}
+
+fn owner(id: &str) -> OwnerBinding {
+    OwnerBinding {
+        owner_id: id.into(),
+        key_thumbprint: [7; 32],
+        consent_sha256: workload_api::owner::consent_sha256("consent.jws.sig"),
+        actors: vec!["spiffe://example.org/agents/alice".into()],
+    }
+}
+
+#[test]
+fn a_wit_owner_is_returned_and_a_malformed_one_refused() {
+    let s = Setup::new();
+    let alice = owner("mailto:alice@example.org");
+    let wit = s.wit_owned_by(Some(alice.clone()));
+    let verifier = s.verifier(&[]);
+    let validated = verifier.validate_wit(&wit, s.now).unwrap();
+    assert_eq!(validated.owner.as_ref(), Some(&alice));
+    let request = http_request(WptForm::Authorization, "/api", &wit, &s.wpt_for(&wit));
+    let verified = verify_request_at(&verifier, &request, AcceptedForms::Both, at(s.now)).unwrap();
+    assert_eq!(verified.owner(), Some(&alice));
+    // Without the claim there is no owner, and none is serialized.
+    let ownerless = serde_json::to_value(s.claims("spiffe://example.org/client")).unwrap();
+    assert!(ownerless.get("owner").is_none(), "{ownerless}");
+    let plain = verifier.validate_wit(&s.wit, s.now).unwrap();
+    assert_eq!(plain.owner, None);
+    assert!(!plain.claims.contains_key("owner"));
+
+    // A malformed claim fails validation, naming the problem.
+    let mut claims = serde_json::to_value(s.claims("spiffe://example.org/client")).unwrap();
+    claims["owner"] = alice.to_claim();
+    claims["owner"]["jkt"] = "AAAA".into();
+    let header = serde_json::json!({"alg": "ES256", "kid": "k1", "typ": "wit+jwt"});
+    let bad = s.issuer.sign_jws(&header, &claims);
+    let err = verifier.validate_wit(&bad, s.now).unwrap_err();
+    assert!(matches!(err, WimseError::BadOwner { .. }), "{err}");
+    assert_eq!(err.check(), "owner");
+    assert!(
+        err.to_string().contains("keyThumbprint is 3 bytes"),
+        "{err}"
+    );
+    let request = http_request(WptForm::Authorization, "/api", &bad, &s.wpt_for(&bad));
+    let err = verify_request_at(&verifier, &request, AcceptedForms::Both, at(s.now)).unwrap_err();
+    assert_eq!(err.check(), "owner", "{err}");
+}
+
+#[test]
+fn a_route_restricted_to_owners_refuses_other_owners_with_403() {
+    let now = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let s = Setup::at(now);
+    let verifier = std::sync::Arc::new(s.verifier(&[]));
+    let restricted = WimseLayer::new(verifier.clone()).accepting_owners([
+        "mailto:alice@example.org",
+        "https://example.org/people/carol",
+    ]);
+    let unrestricted = WimseLayer::new(verifier);
+    let alice_wit = s.wit_owned_by(Some(owner("mailto:alice@example.org")));
+    let bob_wit = s.wit_owned_by(Some(owner("mailto:bob@example.org")));
+    let send = |layer: &WimseLayer, wit: &str| {
+        let request = http_request(WptForm::Authorization, "/api", wit, &s.wpt_for(wit));
+        let (response, body, _) = through_layer(layer, request);
+        (response.status().as_u16(), body)
+    };
+    let problem = |body: &str| -> serde_json::Value { serde_json::from_str(body).unwrap() };
+
+    // An accepted owner passes, and the handler sees it.
+    let (status, body) = send(&restricted, &alice_wit);
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            200,
+            "spiffe://example.org/client owned by mailto:alice@example.org"
+        )
+    );
+
+    // Another owner: 403, check "owner", the detail naming it.
+    let (status, body) = send(&restricted, &bob_wit);
+    assert_eq!(status, 403, "{body}");
+    let refused = problem(&body);
+    assert_eq!(refused["check"], "owner");
+    assert_eq!(refused["status"], 403);
+    let detail = refused["detail"].as_str().unwrap();
+    assert!(detail.contains("mailto:bob@example.org"), "{detail}");
+    assert!(!body.contains(&bob_wit), "no token in the problem");
+
+    // A WIT without an owner: 403 too, saying so.
+    let (status, body) = send(&restricted, &s.wit);
+    assert_eq!(status, 403, "{body}");
+    let refused = problem(&body);
+    assert_eq!(refused["check"], "owner");
+    assert!(
+        refused["detail"].as_str().unwrap().contains("no owner"),
+        "{body}"
+    );
+
+    // A route without the option takes owned and ownerless WITs alike.
+    let (status, body) = send(&unrestricted, &bob_wit);
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            200,
+            "spiffe://example.org/client owned by mailto:bob@example.org"
+        )
+    );
+    let (status, body) = send(&unrestricted, &s.wit);
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "spiffe://example.org/client")
+    );
+}
+
+#[test]
+fn a_signed_request_carries_its_owner_and_is_held_to_the_route_list() {
+    use workload_api::wimse::httpsig::{self, RequestSigning};
+    let now = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let s = Setup::at(now);
+    let verifier = std::sync::Arc::new(s.verifier(&[]));
+    let signed = |wit: &str| {
+        let mut headers = HeaderMap::new();
+        headers.insert("workload-identity-token", wit.parse().unwrap());
+        let signing = RequestSigning {
+            audience: SVC.into(),
+            lifetime_secs: 60,
+            sign_response: false,
+            now,
+        };
+        httpsig::sign_request("GET", "/api", &mut headers, &s.workload, &signing).unwrap();
+        let mut request = http::Request::builder().uri("/api").body(()).unwrap();
+        *request.headers_mut() = headers;
+        request
+    };
+    let alice_wit = s.wit_owned_by(Some(owner("mailto:alice@example.org")));
+    let bob_wit = s.wit_owned_by(Some(owner("mailto:bob@example.org")));
+    let restricted =
+        WimseLayer::new(verifier.clone()).accepting_owners(["mailto:alice@example.org"]);
+
+    let (response, body, _) = through_layer(&restricted, signed(&alice_wit));
+    assert_eq!(response.status(), 200, "{body}");
+    assert_eq!(
+        body,
+        "spiffe://example.org/client owned by mailto:alice@example.org"
+    );
+    let (response, body, _) = through_layer(&restricted, signed(&bob_wit));
+    assert_eq!(response.status(), 403, "{body}");
+    assert!(body.contains(r#""check":"owner""#), "{body}");
+    let (response, body, _) = through_layer(&WimseLayer::new(verifier), signed(&bob_wit));
+    assert_eq!(response.status(), 200, "{body}");
 }

@@ -10,10 +10,28 @@
 //! ```
 //!
 //! `GET /orders` and `POST /orders` answer with the caller's verified
-//! identity. Refused requests get an RFC 9457 problem naming the failed
+//! identity (and its owner, when its WIT is bound to one). Refused requests get an RFC 9457 problem naming the failed
 //! check: 401 with `WWW-Authenticate: WPT` for the Authorization form, 400
 //! for the header form and HTTP signatures. `--wpt-forms` picks the WPT
 //! forms accepted (both by default).
+//!
+//! Owners: `--accept-owner ID` (repeatable) lets through only callers whose
+//! WIT is bound to one of those owners (others: 403, check `owner`).
+//! `--revocations-url` points the service at the issuer's revocation list,
+//! which it then follows (a long poll, plain HTTP: the list is signed by the
+//! trust domain's WIT authority):
+//!
+//! ```text
+//! wimse-service --audience https://orders.example.org \
+//!     --revocations-url http://127.0.0.1:8082/v1/revocations \
+//!     --accept-owner mailto:alice@example.org
+//! ```
+//!
+//! A caller whose owner is revoked is then refused 403, check
+//! `wit.owner_revoked`, at once even if its WIT was accepted before; and
+//! while the service holds no current list (none yet, or past its expiry)
+//! every owner-bound caller is refused 403, check `revocations`. Callers
+//! without an owner are not affected.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -51,6 +69,15 @@ struct Args {
     /// header (Workload-Proof-Token).
     #[arg(long, default_value = "both")]
     wpt_forms: String,
+    /// Accept only callers bound to this owner id (repeatable); without it,
+    /// any caller, owned or not.
+    #[arg(long = "accept-owner", value_name = "ID")]
+    accept_owners: Vec<String>,
+    /// The issuer's revocation list to follow, plain http, e.g.
+    /// http://127.0.0.1:8082/v1/revocations; owner-bound callers are
+    /// refused until a current list arrives.
+    #[arg(long, value_name = "URL")]
+    revocations_url: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -136,13 +163,21 @@ async fn serve(args: Args) -> Result<(), String> {
         ),
     }
 
+    let mut layer = WimseLayer::new(verifier)
+        .accepting(forms)
+        .signing_responses_as(identity);
+    if !args.accept_owners.is_empty() {
+        layer = layer.accepting_owners(args.accept_owners);
+    }
+    if let Some(url) = &args.revocations_url {
+        layer = layer
+            .following_revocations(url)
+            .map_err(|e| format!("--revocations-url: {e}"))?;
+        tracing::info!(url = %url, "following the revocation list");
+    }
     let app = Router::new()
         .route("/orders", get(orders).post(place_order))
-        .layer(
-            WimseLayer::new(verifier)
-                .accepting(forms)
-                .signing_responses_as(identity),
-        );
+        .layer(layer);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("--listen {}: {e}", args.listen))?;
@@ -187,6 +222,7 @@ fn proof_kind(caller: &Verified) -> &'static str {
 async fn orders(Extension(caller): Extension<Verified>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "caller": caller.subject(),
+        "owner": caller.owner().map(|o| o.owner_id.as_str()),
         "proof": proof_kind(&caller),
     }))
 }
@@ -197,6 +233,7 @@ async fn place_order(
 ) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "caller": caller.subject(),
+        "owner": caller.owner().map(|o| o.owner_id.as_str()),
         "proof": proof_kind(&caller),
         "accepted": order,
     }))

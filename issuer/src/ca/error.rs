@@ -52,4 +52,8 @@ pub enum CaError {
     Jwt(#[from] JwtSvidError),
     #[error("WIT signing failed: {0}")]
     Wit(#[source] JwsError),
+    #[error("revocation list signing failed: {0}")]
+    Revocations(#[source] JwsError),
+    #[error("revoked serial {serial:?} is not hex")]
+    CorruptSerial { serial: String },
 }

@@ -9,9 +9,11 @@
 
 mod bundle;
 mod config;
+mod crl;
 mod error;
 mod journal;
 pub mod keys;
+mod owner_extension;
 pub mod rotation;
 mod signing;
 mod slots;
@@ -28,6 +30,7 @@ use tokio::sync::watch;
 use workload_api::bundle::Bundle;
 use workload_api::id::{SpiffeId, TrustDomain};
 use workload_api::jwk::Jwk;
+use workload_api::owner::OwnerBinding;
 
 use crate::clock::{from_unix_secs, unix_secs};
 use crate::csr::SubjectKey;
@@ -35,6 +38,7 @@ use slots::Slots;
 use upstream::Upstream;
 
 pub use config::{CaConfig, UpstreamCa};
+pub use crl::{RevokedSerial, SignedCrl};
 pub use error::CaError;
 pub use signing::{SignedJwt, SignedX509};
 
@@ -118,12 +122,14 @@ impl Ca {
         });
     }
 
-    /// Signs an X509-SVID for `spiffe_id` around `subject_key`.
+    /// Signs an X509-SVID for `spiffe_id` around `subject_key`, naming
+    /// `owner` when the workload has one.
     pub fn sign_x509_svid(
         &self,
         subject_key: &SubjectKey,
         spiffe_id: &SpiffeId,
         dns_names: &[String],
+        owner: Option<&OwnerBinding>,
         ttl: Duration,
         now: SystemTime,
     ) -> Result<SignedX509, CaError> {
@@ -131,32 +137,46 @@ impl Ca {
         signing::x509_svid(
             &slots.x509,
             self.upstream.as_ref(),
-            subject_key,
-            spiffe_id,
-            dns_names,
+            signing::SvidSubject {
+                key: subject_key,
+                spiffe_id,
+                dns_names,
+                owner,
+            },
             ttl,
             whole_seconds(now),
         )
     }
 
-    /// Signs a JWT-SVID for `spiffe_id` and `audience`.
+    /// Signs a JWT-SVID for `spiffe_id` and `audience`, naming `owner`
+    /// when the workload has one.
     pub fn sign_jwt_svid(
         &self,
         spiffe_id: &SpiffeId,
         audience: &[String],
+        owner: Option<&OwnerBinding>,
         ttl: Duration,
         now: SystemTime,
     ) -> Result<SignedJwt, CaError> {
         let slots = self.slots.read().expect("CA lock");
-        signing::jwt_svid(&slots.jwt, spiffe_id, audience, ttl, whole_seconds(now))
+        signing::jwt_svid(
+            &slots.jwt,
+            spiffe_id,
+            audience,
+            owner,
+            ttl,
+            whole_seconds(now),
+        )
     }
 
     /// Signs a WIT-SVID binding `cnf_jwk` (the workload's public key, with
-    /// the `alg` its proofs use) to `spiffe_id`.
+    /// the `alg` its proofs use) to `spiffe_id`, naming `owner` when the
+    /// workload has one.
     pub fn sign_wit_svid(
         &self,
         spiffe_id: &SpiffeId,
         cnf_jwk: Jwk,
+        owner: Option<&OwnerBinding>,
         ttl: Duration,
         now: SystemTime,
     ) -> Result<SignedJwt, CaError> {
@@ -166,9 +186,59 @@ impl Ca {
             self.config.wit_issuer.clone(),
             spiffe_id,
             cnf_jwk,
+            owner,
             ttl,
             whole_seconds(now),
         )
+    }
+
+    /// One CRL per X.509 authority still valid at `now`, listing the
+    /// `revoked` serials it signed, numbered `number`, valid until
+    /// `next_update`.
+    pub fn sign_crls(
+        &self,
+        revoked: &[RevokedSerial],
+        number: u64,
+        now: SystemTime,
+        next_update: SystemTime,
+    ) -> Result<Vec<SignedCrl>, CaError> {
+        let slots = self.slots.read().expect("CA lock");
+        crl::sign(
+            &slots.x509,
+            revoked,
+            number,
+            whole_seconds(now),
+            whole_seconds(next_update),
+        )
+    }
+
+    /// Signs the revocation list (`workload_api::revocation`) with the
+    /// active WIT key, which every WIT verifier of the domain holds.
+    pub fn sign_revocation_list(
+        &self,
+        claims: &workload_api::revocation::RevocationClaims,
+    ) -> Result<String, CaError> {
+        let slots = self.slots.read().expect("CA lock");
+        let key = slots::active(&slots.wit).ok_or(CaError::NoActiveAuthority("WIT-SVID"))?;
+        workload_api::revocation::sign(
+            claims,
+            &key.record.id,
+            key.key.key_type().jws_algorithm(),
+            key.key.jws_key(),
+        )
+        .map_err(CaError::Revocations)
+    }
+
+    /// The ids of the X.509 authorities still valid at `now`: those with a CRL.
+    pub fn x509_authority_ids(&self, now: SystemTime) -> Vec<String> {
+        let now = unix_secs(now);
+        let slots = self.slots.read().expect("CA lock");
+        slots
+            .x509
+            .iter()
+            .filter(|a| a.record.not_after > now)
+            .map(|a| a.record.id.clone())
+            .collect()
     }
 
     /// The expiry of the active X.509 CA, if any.

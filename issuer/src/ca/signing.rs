@@ -9,9 +9,11 @@ use std::time::{Duration, SystemTime};
 use workload_api::id::SpiffeId;
 use workload_api::jwk::Jwk;
 use workload_api::jwtsvid::{self, Audience, Claims};
+use workload_api::owner::OwnerBinding;
 use workload_api::wimse::wit::{self, Confirmation, WitClaims};
 
 use super::error::CaError;
+use super::owner_extension;
 use super::rotation;
 use super::slots::{self, JwtKey, X509Authority};
 use super::upstream::Upstream;
@@ -27,6 +29,9 @@ pub struct SignedX509 {
     pub serial_hex: String,
     pub not_after: SystemTime,
     pub shortened: bool,
+    /// The journal id of the X.509 authority that signed it: CRLs are per
+    /// authority.
+    pub authority_id: String,
 }
 
 /// A JWT-SVID (or WIT-SVID) the CA signed.
@@ -37,17 +42,31 @@ pub struct SignedJwt {
     pub shortened: bool,
 }
 
-/// Signs an X509-SVID for `spiffe_id` around `subject_key` with the active
-/// authority of `authorities`.
+/// Whom an X509-SVID is for: the key it certifies, the SPIFFE ID and DNS
+/// names it names, and the owner it binds, if any.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SvidSubject<'a> {
+    pub key: &'a SubjectKey,
+    pub spiffe_id: &'a SpiffeId,
+    pub dns_names: &'a [String],
+    pub owner: Option<&'a OwnerBinding>,
+}
+
+/// Signs an X509-SVID for `subject` with the active authority of
+/// `authorities`.
 pub(super) fn x509_svid(
     authorities: &[X509Authority],
     upstream: Option<&Upstream>,
-    subject_key: &SubjectKey,
-    spiffe_id: &SpiffeId,
-    dns_names: &[String],
+    subject: SvidSubject<'_>,
     ttl: Duration,
     now: SystemTime,
 ) -> Result<SignedX509, CaError> {
+    let SvidSubject {
+        key: subject_key,
+        spiffe_id,
+        dns_names,
+        owner,
+    } = subject;
     let authority = slots::active(authorities).ok_or(CaError::NoActiveAuthority("x509"))?;
     let (not_after, shortened) =
         rotation::capped_expiry(now, ttl, from_unix_secs(authority.record.not_after));
@@ -60,9 +79,13 @@ pub(super) fn x509_svid(
         );
     }
     let serial = crate::ids::serial_number();
-    let params = x509::svid_params(spiffe_id, dns_names, &serial, now, not_after)?;
+    let params = x509::svid_params(spiffe_id, dns_names, owner, &serial, now, not_after)?;
     let cert = params.signed_by(subject_key, &authority.issuer)?;
-    let mut chain = vec![cert.der().to_vec()];
+    let mut leaf = cert.der().to_vec();
+    if owner.is_some() {
+        owner_extension::swap_into_certificate(&mut leaf);
+    }
+    let mut chain = vec![leaf];
     // A self-signed CA is the root the bundle holds; under an upstream CA,
     // verifiers need every intermediate up to the upstream roots.
     if let Some(upstream) = upstream {
@@ -74,6 +97,7 @@ pub(super) fn x509_svid(
         serial_hex: hex::encode(serial),
         not_after,
         shortened,
+        authority_id: authority.record.id.clone(),
     })
 }
 
@@ -82,6 +106,7 @@ pub(super) fn jwt_svid(
     keys: &[JwtKey],
     spiffe_id: &SpiffeId,
     audience: &[String],
+    owner: Option<&OwnerBinding>,
     ttl: Duration,
     now: SystemTime,
 ) -> Result<SignedJwt, CaError> {
@@ -91,6 +116,7 @@ pub(super) fn jwt_svid(
         aud: Audience::Many(audience.to_vec()),
         exp: unix_secs(expires_at) as u64,
         iat: Some(unix_secs(now) as u64),
+        owner: owner.cloned(),
         extra: Default::default(),
     };
     let token = jwtsvid::sign(
@@ -113,6 +139,7 @@ pub(super) fn wit_svid(
     issuer: Option<String>,
     spiffe_id: &SpiffeId,
     cnf_jwk: Jwk,
+    owner: Option<&OwnerBinding>,
     ttl: Duration,
     now: SystemTime,
 ) -> Result<SignedJwt, CaError> {
@@ -125,6 +152,7 @@ pub(super) fn wit_svid(
         exp: unix_secs(expires_at) as u64,
         jti: base64_url(&crate::ids::random_bytes::<16>()),
         cnf: Confirmation { jwk: cnf_jwk },
+        owner: owner.cloned(),
     };
     let token = wit::sign(
         &claims,

@@ -20,7 +20,7 @@ use crate::clock::unix_secs;
 pub(super) struct X509Authority {
     pub(super) record: Record,
     pub(super) cert_der: Vec<u8>,
-    pub(super) issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub(super) issuer: rcgen::Issuer<'static, super::owner_extension::OidSwappingKey>,
 }
 
 /// A JWT-SVID or WIT-SVID signing key.

@@ -39,14 +39,14 @@ fn svid(ca: &Ca, now: SystemTime) -> Vec<Vec<u8>> {
     )
     .unwrap();
     let id = SpiffeId::new("spiffe://example.org/web").unwrap();
-    ca.sign_x509_svid(&SubjectKey::new(&public), &id, &[], HOUR, now)
+    ca.sign_x509_svid(&SubjectKey::new(&public), &id, &[], None, HOUR, now)
         .unwrap()
         .chain
 }
 
 fn jwt(ca: &Ca, now: SystemTime) -> String {
     let id = SpiffeId::new("spiffe://example.org/web").unwrap();
-    ca.sign_jwt_svid(&id, &["db".into()], Duration::from_secs(300), now)
+    ca.sign_jwt_svid(&id, &["db".into()], None, Duration::from_secs(300), now)
         .unwrap()
         .token
 }
@@ -55,9 +55,15 @@ fn wit(ca: &Ca, now: SystemTime) -> String {
     let id = SpiffeId::new("spiffe://example.org/web").unwrap();
     let workload =
         workload_api::keypair::KeyPair::generate(workload_api::jwk::Algorithm::ES256).unwrap();
-    ca.sign_wit_svid(&id, workload.public_jwk(), Duration::from_secs(300), now)
-        .unwrap()
-        .token
+    ca.sign_wit_svid(
+        &id,
+        workload.public_jwk(),
+        None,
+        Duration::from_secs(300),
+        now,
+    )
+    .unwrap()
+    .token
 }
 
 /// Every credential still within its lifetime verifies against `bundle` at `now`.
@@ -163,7 +169,7 @@ fn svid_lifetime_is_capped_by_the_ca() {
     .unwrap();
     let id = SpiffeId::new("spiffe://example.org/web").unwrap();
     let signed = ca
-        .sign_x509_svid(&SubjectKey::new(&public), &id, &[], 2 * HOUR, start)
+        .sign_x509_svid(&SubjectKey::new(&public), &id, &[], None, 2 * HOUR, start)
         .unwrap();
     assert!(signed.shortened);
     assert_eq!(Some(signed.not_after), ca.active_x509_not_after());

@@ -15,7 +15,7 @@ use super::x509;
 
 /// A loaded upstream CA.
 pub(super) struct Upstream {
-    pub(super) issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub(super) issuer: rcgen::Issuer<'static, super::owner_extension::OidSwappingKey>,
     /// Caps the lifetime of every CA certificate it signs.
     pub(super) not_after: SystemTime,
     /// Upstream certificates to serve after Sigil's CA (intermediates only).

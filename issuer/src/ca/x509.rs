@@ -10,9 +10,11 @@ use rcgen::{
 };
 use rustls_pki_types::CertificateDer;
 use workload_api::id::{SpiffeId, TrustDomain};
+use workload_api::owner::OwnerBinding;
 
 use super::error::CaError;
 use super::keys::SigningKey;
+use super::owner_extension::{self, OidSwappingKey};
 
 /// How far certificates are backdated, to absorb small clock differences.
 const BACKDATE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -52,10 +54,12 @@ pub fn ca_params(
 }
 
 /// A workload or agent X509-SVID: one URI SAN, cA=false, critical keyUsage
-/// digitalSignature, EKU serverAuth+clientAuth, explicit subject, DNS SANs.
+/// digitalSignature, EKU serverAuth+clientAuth, explicit subject, DNS SANs,
+/// and the owner binding extension when the workload has an owner.
 pub fn svid_params(
     spiffe_id: &SpiffeId,
     dns_names: &[String],
+    owner: Option<&OwnerBinding>,
     serial: &[u8],
     now: SystemTime,
     not_after: SystemTime,
@@ -80,6 +84,11 @@ pub fn svid_params(
         sans.push(SanType::DnsName(name.as_str().try_into()?));
     }
     params.subject_alt_names = sans;
+    if let Some(owner) = owner {
+        params
+            .custom_extensions
+            .push(owner_extension::extension(owner));
+    }
     params.not_before = (now - BACKDATE).into();
     params.not_after = not_after.into();
     params.use_authority_key_identifier_extension = true;
@@ -90,14 +99,14 @@ pub fn svid_params(
 pub fn issuer_for(
     cert_der: &[u8],
     key: &SigningKey,
-) -> Result<rcgen::Issuer<'static, rcgen::KeyPair>, CaError> {
+) -> Result<rcgen::Issuer<'static, OidSwappingKey>, CaError> {
     let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
         &rustls_pki_types::PrivatePkcs8KeyDer::from(key.pkcs8_der()),
         rcgen::PublicKeyData::algorithm(key.rcgen()),
     )?;
     Ok(rcgen::Issuer::from_ca_cert_der(
         &CertificateDer::from(cert_der),
-        key_pair,
+        OidSwappingKey(key_pair),
     )?)
 }
 

@@ -2,6 +2,7 @@
 //! command is a client of the admin API on its local socket.
 
 mod output;
+mod owner;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +39,9 @@ enum Command {
     /// Manage attested agents.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Manage owners, who answer for workloads, and sign their consent.
+    #[command(subcommand)]
+    Owner(owner::OwnerCommand),
     /// Show the trust bundle.
     #[command(subcommand)]
     Bundle(BundleCommand),
@@ -65,6 +69,9 @@ struct RunArgs {
     /// host:port the agent API (mTLS) listens on.
     #[arg(long, env = "SIGIL_ISSUER_AGENT_API_ADDRESS")]
     agent_api_address: Option<String>,
+    /// host:port of the HTTP endpoint serving CRLs and the revocation list, or "off".
+    #[arg(long, env = "SIGIL_ISSUER_HTTP_ADDRESS")]
+    http_address: Option<String>,
     /// Path of the admin socket; its directory must be private to this user.
     #[arg(long, env = "SIGIL_ADMIN_SOCKET")]
     admin_socket_path: Option<PathBuf>,
@@ -115,6 +122,12 @@ struct EntryFieldArgs {
     /// Unix time after which the entry no longer applies; 0: never.
     #[arg(long)]
     expires_at: Option<i64>,
+    /// The owner who answers for the workload (needs --consent).
+    #[arg(long = "owner", requires = "consent", value_parser = owner::owner_id_arg)]
+    owner_id: Option<String>,
+    /// The owner's consent JWS for this entry (`owner consent` writes one).
+    #[arg(long, requires = "owner_id")]
+    consent: Option<PathBuf>,
 }
 
 impl EntryFieldArgs {
@@ -128,15 +141,16 @@ impl EntryFieldArgs {
         if self.selectors.is_empty() {
             return Err("--selector is required (TYPE:VALUE, repeat for several)".into());
         }
-        Ok(self.apply(pb::EntryFields {
+        self.apply(pb::EntryFields {
             spiffe_id,
             parent_id,
             ..pb::EntryFields::default()
-        }))
+        })
     }
 
-    /// `current` with the fields given on the command line replaced.
-    fn apply(&self, current: pb::EntryFields) -> pb::EntryFields {
+    /// `current` with the fields given on the command line replaced; the
+    /// consent file is read here.
+    fn apply(&self, current: pb::EntryFields) -> Result<pb::EntryFields, String> {
         let list = |given: &[String], current: Vec<String>| {
             if given.is_empty() {
                 current
@@ -144,7 +158,11 @@ impl EntryFieldArgs {
                 given.to_vec()
             }
         };
-        pb::EntryFields {
+        let consent = match &self.consent {
+            Some(path) => owner::read_text("--consent", path)?.trim().to_owned(),
+            None => current.consent,
+        };
+        Ok(pb::EntryFields {
             spiffe_id: self.spiffe_id.clone().unwrap_or(current.spiffe_id),
             parent_id: self.parent_id.clone().unwrap_or(current.parent_id),
             selectors: if self.selectors.is_empty() {
@@ -164,8 +182,10 @@ impl EntryFieldArgs {
             hint: self.hint.clone().unwrap_or(current.hint),
             federates_with: list(&self.federates_with, current.federates_with),
             expires_at: self.expires_at.unwrap_or(current.expires_at),
+            owner_id: self.owner_id.clone().unwrap_or(current.owner_id),
+            consent,
             ..current
-        }
+        })
     }
 }
 
@@ -374,6 +394,7 @@ async fn execute(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Agent(command) => agent(command).await,
+        Command::Owner(command) => owner::run(command).await,
         Command::Bundle(BundleCommand::Show {
             format,
             json,
@@ -432,6 +453,12 @@ fn fields_of(entry: proto::issuer::Entry) -> pb::EntryFields {
         admin: entry.admin,
         downstream: entry.downstream,
         expires_at: entry.expires_at,
+        owner_id: entry
+            .owner
+            .as_ref()
+            .map(|o| o.id.clone())
+            .unwrap_or_default(),
+        consent: entry.owner.map(|o| o.consent).unwrap_or_default(),
     }
 }
 
@@ -472,7 +499,7 @@ async fn entry(command: EntryCommand) -> Result<(), String> {
                 .update_entry(pb::UpdateEntryRequest {
                     id: entry_id,
                     revision: revision.unwrap_or(current.revision),
-                    entry: Some(fields.apply(fields_of(current))),
+                    entry: Some(fields.apply(fields_of(current))?),
                 })
                 .await
                 .map_err(status)?
@@ -574,6 +601,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         trust_domain: args.trust_domain,
         data_dir: args.data_dir,
         agent_api_address: args.agent_api_address,
+        http_address: args.http_address,
         admin_socket_path: args.admin_socket_path,
         log_level: args.log_level,
         log_format: args.log_format,

@@ -2,7 +2,7 @@
 //! or JSON with `--json` (times as Unix seconds). A list is always a JSON
 //! array of the objects that the matching `show --json` prints.
 
-use proto::admin::{Agent, BundleResponse, HealthResponse, JoinToken};
+use proto::admin::{Agent, BundleResponse, HealthResponse, JoinToken, Owner};
 use proto::issuer::Entry;
 
 use crate::clock::rfc3339 as date;
@@ -57,6 +57,14 @@ fn entry_json(e: &Entry) -> serde_json::Value {
         "expires_at": e.expires_at,
         "revision": e.revision,
         "created_at": e.created_at,
+        "owner": e.owner.as_ref().map(|o| serde_json::json!({
+            "id": o.id,
+            "key_thumbprint": o.key_thumbprint,
+            "consent_sha256": o.consent_sha256,
+            "consent": o.consent,
+            "delegated_from": o.delegated_from,
+            "actors": o.actors,
+        })),
     })
 }
 
@@ -108,6 +116,17 @@ fn entries_text(entries: &[Entry]) {
         if e.downstream {
             workload_api::outln!("Downstream       : true");
         }
+        if let Some(owner) = &e.owner {
+            workload_api::outln!("Owner            : {}", owner.id);
+            workload_api::outln!("Owner key        : {}", owner.key_thumbprint);
+            workload_api::outln!("Consent SHA-256  : {}", owner.consent_sha256);
+            if !owner.delegated_from.is_empty() {
+                workload_api::outln!("Delegated from   : {}", owner.delegated_from);
+            }
+            for actor in &owner.actors {
+                workload_api::outln!("Actor            : {actor}");
+            }
+        }
         if e.expires_at != 0 {
             workload_api::outln!("Expires at       : {}", date(e.expires_at));
         }
@@ -153,6 +172,59 @@ pub fn join_token(token: &JoinToken, json: bool) {
     }
     workload_api::outln!("Token: {}", token.token);
     workload_api::outln!("Expires at: {}", date(token.expires_at));
+}
+
+/// `owner consent --json`.
+pub fn consent_json(jws: &str, claims: &workload_api::consent::ConsentClaims) {
+    print_json(&serde_json::json!({
+        "consent": jws,
+        "claims": claims,
+    }));
+}
+
+fn owner_json(o: &Owner) -> serde_json::Value {
+    let key: serde_json::Value =
+        serde_json::from_str(&o.public_key).unwrap_or(serde_json::Value::Null);
+    serde_json::json!({
+        "id": o.id,
+        "public_key": key,
+        "thumbprint": o.thumbprint,
+        "created_at": o.created_at,
+        "revoked_at": o.revoked_at,
+    })
+}
+
+/// `owner register`, `owner show`, `owner revoke`.
+pub fn owner(owner: &Owner, json: bool) {
+    if json {
+        return print_json(&owner_json(owner));
+    }
+    owners_text(std::slice::from_ref(owner));
+}
+
+/// `owner list`.
+pub fn owners(owners: &[Owner], json: bool) {
+    if json {
+        return print_json(&owners.iter().map(owner_json).collect());
+    }
+    owners_text(owners);
+}
+
+fn owners_text(owners: &[Owner]) {
+    if owners.is_empty() {
+        workload_api::outln!("Found 0 owners");
+    }
+    for (i, o) in owners.iter().enumerate() {
+        if i > 0 {
+            workload_api::outln!();
+        }
+        workload_api::outln!("Owner            : {}", o.id);
+        workload_api::outln!("Key thumbprint   : {}", o.thumbprint);
+        workload_api::outln!("Registered at    : {}", date(o.created_at));
+        if o.revoked_at != 0 {
+            workload_api::outln!("Revoked at       : {}", date(o.revoked_at));
+        }
+    }
 }
 
 fn agents_text(agents: &[Agent]) {

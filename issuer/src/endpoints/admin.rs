@@ -9,16 +9,17 @@ use proto::admin::admin_server::Admin;
 use proto::issuer::Entry as EntryMessage;
 use tonic::{Request, Response, Status};
 
-use super::convert::{agent_to_proto, entry_to_proto, fields_from_proto};
+use super::convert::{agent_to_proto, entry_to_proto, fields_from_proto, owner_to_proto, Reader};
 use super::store_status;
 use crate::attestation;
 use crate::clock::unix_secs;
+use crate::owners::{self, ConsentRefusal};
 use crate::registration::{
     check_entry_id, check_entry_spiffe_id, check_id_filter, check_join_token_ttl, check_member,
     validate_entry, FieldError,
 };
 use crate::state::IssuerState;
-use crate::store::{EntryFields, Selector};
+use crate::store::{EntryFields, Selector, StoreError};
 
 /// The admin API service.
 #[derive(Debug, Clone)]
@@ -35,10 +36,41 @@ impl AdminService {
         unix_secs(self.state.clock.now())
     }
 
-    fn checked_fields(&self, fields: Option<&pb::EntryFields>) -> Result<EntryFields, Status> {
-        let fields = fields.ok_or(FieldError::Missing { field: "entry" })?;
-        let fields = fields_from_proto(fields);
+    /// The entry's fields, checked, and bound to their owner when the
+    /// request names one: its consent must be valid now and cover exactly
+    /// this entry. Checked again on every update.
+    async fn checked_fields(
+        &self,
+        fields: Option<&pb::EntryFields>,
+    ) -> Result<EntryFields, Status> {
+        let message = fields.ok_or(FieldError::Missing { field: "entry" })?;
+        let mut fields = fields_from_proto(message);
         validate_entry(&fields, &self.state.config.trust_domain)?;
+        match (message.owner_id.as_str(), message.consent.as_str()) {
+            ("", "") => {}
+            ("", _) => return Err(refused(ConsentRefusal::NoOwner)),
+            (_, "") => return Err(refused(ConsentRefusal::Missing)),
+            (owner_id, consent) => {
+                checked_owner_id("owner_id", owner_id)?;
+                let owner = match self.state.store.get_owner(owner_id).await {
+                    Ok(owner) => owner,
+                    Err(StoreError::OwnerNotFound(_)) => {
+                        return Err(Status::failed_precondition(format!(
+                            "owner_id: owner {} is not registered",
+                            crate::registration::shown(owner_id)
+                        )))
+                    }
+                    Err(e) => return Err(store_status(e)),
+                };
+                if owner.revoked_at != 0 {
+                    return Err(store_status(StoreError::OwnerRevoked {
+                        id: owner.id,
+                        revoked_at: owner.revoked_at,
+                    }));
+                }
+                owners::bind_entry(&mut fields, &owner, consent, self.now()).map_err(refused)?;
+            }
+        }
         Ok(fields)
     }
 
@@ -47,10 +79,22 @@ impl AdminService {
     }
 }
 
+/// INVALID_ARGUMENT naming what in the consent was wrong.
+fn refused(refusal: ConsentRefusal) -> Status {
+    Status::invalid_argument(refusal.to_string())
+}
+
 impl From<FieldError> for Status {
     fn from(error: FieldError) -> Self {
         Status::invalid_argument(error.to_string())
     }
+}
+
+/// An owner id from a request's `field`, checked before it reaches the store.
+fn checked_owner_id<'a>(field: &str, id: &'a str) -> Result<&'a str, Status> {
+    workload_api::owner::check_owner_id(id)
+        .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))?;
+    Ok(id)
 }
 
 /// The entry that gives the agent of join token `token_id` the SPIFFE ID
@@ -74,7 +118,9 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::CreateEntryRequest>,
     ) -> Result<Response<EntryMessage>, Status> {
-        let fields = self.checked_fields(request.get_ref().entry.as_ref())?;
+        let fields = self
+            .checked_fields(request.get_ref().entry.as_ref())
+            .await?;
         let entry = self
             .state
             .store
@@ -82,7 +128,7 @@ impl Admin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::info!(entry_id = %entry.id, spiffe_id = %entry.fields.spiffe_id, "entry created");
-        Ok(Response::new(entry_to_proto(&entry)))
+        Ok(Response::new(entry_to_proto(&entry, Reader::Operator)))
     }
 
     async fn update_entry(
@@ -91,7 +137,7 @@ impl Admin for AdminService {
     ) -> Result<Response<EntryMessage>, Status> {
         let request = request.into_inner();
         check_entry_id(&request.id)?;
-        let fields = self.checked_fields(request.entry.as_ref())?;
+        let fields = self.checked_fields(request.entry.as_ref()).await?;
         let entry = self
             .state
             .store
@@ -99,7 +145,7 @@ impl Admin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::info!(entry_id = %entry.id, revision = entry.revision, "entry updated");
-        Ok(Response::new(entry_to_proto(&entry)))
+        Ok(Response::new(entry_to_proto(&entry, Reader::Operator)))
     }
 
     async fn delete_entry(
@@ -110,7 +156,7 @@ impl Admin for AdminService {
         check_entry_id(id)?;
         self.state
             .store
-            .delete_entry(id)
+            .delete_entry(id, self.now())
             .await
             .map_err(store_status)?;
         tracing::info!(entry_id = %id, "entry deleted");
@@ -124,7 +170,7 @@ impl Admin for AdminService {
         let id = &request.get_ref().id;
         check_entry_id(id)?;
         let entry = self.state.store.get_entry(id).await.map_err(store_status)?;
-        Ok(Response::new(entry_to_proto(&entry)))
+        Ok(Response::new(entry_to_proto(&entry, Reader::Operator)))
     }
 
     async fn list_entries(
@@ -145,7 +191,10 @@ impl Admin for AdminService {
             .await
             .map_err(store_status)?;
         Ok(Response::new(pb::ListEntriesResponse {
-            entries: entries.iter().map(entry_to_proto).collect(),
+            entries: entries
+                .iter()
+                .map(|e| entry_to_proto(e, Reader::Operator))
+                .collect(),
         }))
     }
 
@@ -252,6 +301,57 @@ impl Admin for AdminService {
             jwks: bundle.to_jwks_json(),
             pem: bundle.x509_pem(),
         }))
+    }
+
+    async fn register_owner(
+        &self,
+        request: Request<pb::RegisterOwnerRequest>,
+    ) -> Result<Response<pb::Owner>, Status> {
+        let request = request.get_ref();
+        let owner = owners::new_owner(&request.id, &request.public_key, self.now())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let owner = self
+            .state
+            .store
+            .register_owner(&owner)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(owner = %owner.id, thumbprint = %owner.thumbprint, "owner registered");
+        Ok(Response::new(owner_to_proto(&owner)))
+    }
+
+    async fn get_owner(
+        &self,
+        request: Request<pb::OwnerId>,
+    ) -> Result<Response<pb::Owner>, Status> {
+        let id = checked_owner_id("id", &request.get_ref().id)?;
+        let owner = self.state.store.get_owner(id).await.map_err(store_status)?;
+        Ok(Response::new(owner_to_proto(&owner)))
+    }
+
+    async fn list_owners(
+        &self,
+        _request: Request<pb::ListOwnersRequest>,
+    ) -> Result<Response<pb::ListOwnersResponse>, Status> {
+        let owners = self.state.store.list_owners().await.map_err(store_status)?;
+        Ok(Response::new(pb::ListOwnersResponse {
+            owners: owners.iter().map(owner_to_proto).collect(),
+        }))
+    }
+
+    async fn revoke_owner(
+        &self,
+        request: Request<pb::OwnerId>,
+    ) -> Result<Response<pb::Owner>, Status> {
+        let id = checked_owner_id("id", &request.get_ref().id)?;
+        let owner = self
+            .state
+            .store
+            .revoke_owner(id, self.now())
+            .await
+            .map_err(store_status)?;
+        tracing::warn!(owner = %owner.id, "owner revoked: every credential under it stops");
+        Ok(Response::new(owner_to_proto(&owner)))
     }
 
     async fn health(

@@ -17,13 +17,14 @@ use tonic::{Request, Response, Status};
 use workload_api::id::{parse_spiffe_id, SpiffeId};
 use workload_api::x509svid;
 
-use super::convert::entry_to_proto;
+use super::convert::{entry_to_proto, Reader};
 use super::store_status;
 use crate::attestation;
 use crate::clock::unix_secs;
 use crate::csr::{self, SubjectKey};
 use crate::state::IssuerState;
-use crate::store::{Agent, Entry};
+use crate::store::{Agent, BoundSvid, Entry};
+use workload_api::owner::OwnerBinding;
 
 /// Entries per message of the entry stream: far below gRPC's 4 MB default.
 pub const SYNC_CHUNK: usize = 500;
@@ -33,13 +34,13 @@ pub const MAX_BATCH: usize = 1000;
 /// The agent API service.
 #[derive(Debug, Clone)]
 pub struct AgentService {
-    state: IssuerState,
+    pub(super) state: IssuerState,
 }
 
 /// An agent that presented a current SVID.
 #[derive(Debug, Clone)]
-struct AuthenticatedAgent {
-    id: SpiffeId,
+pub(super) struct AuthenticatedAgent {
+    pub(super) id: SpiffeId,
 }
 
 impl AgentService {
@@ -109,6 +110,7 @@ impl AgentService {
                 &SubjectKey::new(&csr.public_key),
                 id,
                 &[],
+                None,
                 self.state.config.agent_svid_ttl,
                 self.now(),
             )
@@ -118,7 +120,7 @@ impl AgentService {
             })
     }
 
-    async fn authorized(
+    pub(super) async fn authorized(
         &self,
         agent: &AuthenticatedAgent,
     ) -> Result<HashMap<String, Entry>, Status> {
@@ -157,11 +159,15 @@ impl AgentService {
             Ok(id) => id,
             Err(e) => return fail(Status::internal(format!("stored entry is invalid: {e}"))),
         };
+        let owner = match owner_binding(entry) {
+            Ok(owner) => owner,
+            Err(status) => return fail(status),
+        };
         let ttl = self.state.config.default_wit_svid_ttl;
         match self
             .state
             .ca
-            .sign_wit_svid(&spiffe_id, jwk, ttl, self.now())
+            .sign_wit_svid(&spiffe_id, jwk, owner.as_ref(), ttl, self.now())
         {
             Ok(signed) => pb::WitSvidResult {
                 code: 0,
@@ -177,18 +183,14 @@ impl AgentService {
         }
     }
 
+    /// Signs one X509-SVID; for an owner-bound entry, also what must be
+    /// recorded so the SVID can be revoked.
     fn sign_one(
         &self,
         entries: &HashMap<String, Entry>,
         params: &pb::X509SvidParams,
-    ) -> pb::X509SvidResult {
-        let fail = |status: Status| pb::X509SvidResult {
-            code: status.code() as i32,
-            message: status.message().to_owned(),
-            entry_id: params.entry_id.clone(),
-            cert_chain: Vec::new(),
-            expires_at: 0,
-        };
+    ) -> (pb::X509SvidResult, Option<BoundSvid>) {
+        let fail = |status: Status| (failed_x509(&params.entry_id, status), None);
         let Some(entry) = entries.get(&params.entry_id) else {
             return fail(Status::permission_denied(format!(
                 "entry {:?} does not exist or is not authorized for this agent",
@@ -221,20 +223,35 @@ impl AgentService {
             0 => self.state.config.default_x509_svid_ttl,
             secs => Duration::from_secs(secs as u64),
         };
+        let owner = match owner_binding(entry) {
+            Ok(owner) => owner,
+            Err(status) => return fail(status),
+        };
         match self.state.ca.sign_x509_svid(
             &SubjectKey::new(&csr.public_key),
             &spiffe_id,
             &entry.fields.dns_names,
+            owner.as_ref(),
             ttl,
             self.now(),
         ) {
-            Ok(signed) => pb::X509SvidResult {
-                code: 0,
-                message: String::new(),
-                entry_id: entry.id.clone(),
-                cert_chain: signed.chain.concat(),
-                expires_at: unix_secs(signed.not_after),
-            },
+            Ok(signed) => {
+                let bound = owner.map(|owner| BoundSvid {
+                    serial: signed.serial_hex.clone(),
+                    authority: signed.authority_id.clone(),
+                    entry_id: entry.id.clone(),
+                    owner_id: owner.owner_id,
+                    not_after: unix_secs(signed.not_after),
+                });
+                let result = pb::X509SvidResult {
+                    code: 0,
+                    message: String::new(),
+                    entry_id: entry.id.clone(),
+                    cert_chain: signed.chain.concat(),
+                    expires_at: unix_secs(signed.not_after),
+                };
+                (result, bound)
+            }
             Err(e) => {
                 tracing::error!(error = %e, entry_id = %entry.id, "X509-SVID signing failed");
                 fail(Status::internal("signing failed"))
@@ -362,7 +379,22 @@ impl AgentApi for AgentService {
             )));
         }
         let entries = self.authorized(&agent).await?;
-        let results = params.iter().map(|p| self.sign_one(&entries, p)).collect();
+        let (mut results, bound): (Vec<_>, Vec<_>) =
+            params.iter().map(|p| self.sign_one(&entries, p)).unzip();
+        let bound: Vec<BoundSvid> = bound.into_iter().flatten().collect();
+        // An owner-bound SVID leaves only once its serial is on record, so
+        // revoking the owner can always list it.
+        if let Err(e) = self.state.store.record_bound_svids(&bound).await {
+            tracing::error!(error = %e, "recording owner-bound SVIDs failed");
+            for result in results.iter_mut() {
+                if bound.iter().any(|b| b.entry_id == result.entry_id) && result.code == 0 {
+                    *result = failed_x509(
+                        &result.entry_id,
+                        Status::unavailable("the SVID could not be recorded for revocation; retry"),
+                    );
+                }
+            }
+        }
         Ok(Response::new(pb::BatchSignX509SvidsResponse { results }))
     }
 
@@ -407,10 +439,17 @@ impl AgentApi for AgentService {
             0 => self.state.config.default_jwt_svid_ttl,
             secs => Duration::from_secs(secs as u64),
         };
+        let owner = owner_binding(entry)?;
         let signed = self
             .state
             .ca
-            .sign_jwt_svid(&spiffe_id, &request.audience, ttl, self.now())
+            .sign_jwt_svid(
+                &spiffe_id,
+                &request.audience,
+                owner.as_ref(),
+                ttl,
+                self.now(),
+            )
             .map_err(|e| {
                 tracing::error!(error = %e, "JWT-SVID signing failed");
                 Status::internal("signing failed")
@@ -419,6 +458,24 @@ impl AgentApi for AgentService {
             token: signed.token,
             expires_at: unix_secs(signed.expires_at),
         }))
+    }
+
+    async fn register_child(
+        &self,
+        request: Request<pb::RegisterChildRequest>,
+    ) -> Result<Response<pb::Entry>, Status> {
+        let agent = self.authenticate(&request).await?;
+        let entry = self.register_child_for(&agent, request.get_ref()).await?;
+        Ok(Response::new(entry))
+    }
+
+    async fn delete_child(
+        &self,
+        request: Request<pb::DeleteChildRequest>,
+    ) -> Result<Response<pb::DeleteChildResponse>, Status> {
+        let agent = self.authenticate(&request).await?;
+        let deleted = self.delete_child_for(&agent, request.get_ref()).await?;
+        Ok(Response::new(deleted))
     }
 
     async fn fetch_bundle(
@@ -443,12 +500,15 @@ impl AgentService {
     ) {
         let mut store_changes = self.state.store.subscribe();
         let mut bundle_changes = self.state.ca.subscribe_bundle();
+        let mut revocation_changes = self.state.revocations.subscribe();
         let mut sent: HashMap<String, i64> = HashMap::new();
         let mut sent_bundle_sequence = None;
+        let mut sent_revocations_seq = None;
         let mut first = true;
         loop {
             store_changes.mark_unchanged();
             let bundle = bundle_changes.borrow_and_update().clone();
+            let revocations = revocation_changes.borrow_and_update().clone();
             let agent_id = agent.id.to_string();
             let refusal = match self.state.store.get_agent(&agent_id).await {
                 Ok(a) if !a.banned => None,
@@ -470,7 +530,7 @@ impl AgentService {
             let mut upserted: Vec<pb::Entry> = entries
                 .values()
                 .filter(|e| sent.get(&e.id) != Some(&e.revision))
-                .map(entry_to_proto)
+                .map(|e| entry_to_proto(e, Reader::Agent))
                 .collect();
             upserted.sort_by_key(|e| e.sequence);
             let removed: Vec<String> = sent
@@ -483,8 +543,23 @@ impl AgentService {
             } else {
                 Vec::new()
             };
-            if first || !upserted.is_empty() || !removed.is_empty() || !bundle_bytes.is_empty() {
-                let messages = chunk(upserted, removed, bundle_bytes, first);
+            let new_revocations = (sent_revocations_seq != Some(revocations.seq)
+                && !revocations.list.is_empty())
+            .then_some(&*revocations);
+            if first
+                || !upserted.is_empty()
+                || !removed.is_empty()
+                || !bundle_bytes.is_empty()
+                || new_revocations.is_some()
+            {
+                let mut messages = chunk(upserted, removed, bundle_bytes, first);
+                if let Some(published) = new_revocations {
+                    // With the last message: an agent applies revocations
+                    // after the entries that go with them.
+                    let last = messages.last_mut().expect("at least one message");
+                    last.crls = published.crls.iter().map(|c| c.der.clone()).collect();
+                    last.revocation_list = published.list.clone();
+                }
                 for message in messages {
                     if tx.send(Ok(message)).await.is_err() {
                         return;
@@ -495,15 +570,42 @@ impl AgentService {
                     .map(|e| (e.id.clone(), e.revision))
                     .collect();
                 sent_bundle_sequence = Some(bundle.sequence());
+                sent_revocations_seq = Some(revocations.seq);
                 first = false;
             }
             tokio::select! {
                 changed = store_changes.changed() => if changed.is_err() { return },
                 changed = bundle_changes.changed() => if changed.is_err() { return },
+                changed = revocation_changes.changed() => if changed.is_err() { return },
                 _ = tx.closed() => return,
             }
         }
     }
+}
+
+/// A refused X509-SVID request.
+fn failed_x509(entry_id: &str, status: Status) -> pb::X509SvidResult {
+    pb::X509SvidResult {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        entry_id: entry_id.to_owned(),
+        cert_chain: Vec::new(),
+        expires_at: 0,
+    }
+}
+
+/// The owner binding an entry's credentials carry, if it has an owner.
+fn owner_binding(entry: &Entry) -> Result<Option<OwnerBinding>, Status> {
+    entry
+        .fields
+        .owner
+        .as_ref()
+        .map(crate::owners::binding)
+        .transpose()
+        .map_err(|e| {
+            tracing::error!(entry_id = %entry.id, error = %e, "stored owner binding is corrupt");
+            Status::internal(format!("entry {}: {e}", entry.id))
+        })
 }
 
 /// Splits one update into messages of at most [`SYNC_CHUNK`] entries.

@@ -3,9 +3,17 @@
 
 use proto::issuer as pb;
 
-use crate::store::{Agent, Entry, EntryFields, Selector};
+use crate::store::{Agent, Entry, EntryFields, EntryOwner, Owner, Selector};
 
-pub fn entry_to_proto(entry: &Entry) -> pb::Entry {
+/// Who an entry message is for: operators see the consent JWS; agents,
+/// which never check it, get the entry without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    Operator,
+    Agent,
+}
+
+pub fn entry_to_proto(entry: &Entry, reader: Reader) -> pb::Entry {
     let f = &entry.fields;
     pb::Entry {
         id: entry.id.clone(),
@@ -23,6 +31,33 @@ pub fn entry_to_proto(entry: &Entry) -> pb::Entry {
         revision: entry.revision,
         created_at: entry.created_at,
         sequence: entry.sequence,
+        owner: f.owner.as_ref().map(|o| entry_owner_to_proto(o, reader)),
+    }
+}
+
+fn entry_owner_to_proto(owner: &EntryOwner, reader: Reader) -> pb::EntryOwner {
+    use base64::Engine;
+    pb::EntryOwner {
+        id: owner.owner_id.clone(),
+        key_thumbprint: owner.key_thumbprint.clone(),
+        consent_sha256: base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(workload_api::owner::consent_sha256(&owner.consent)),
+        consent: match reader {
+            Reader::Operator => owner.consent.clone(),
+            Reader::Agent => String::new(),
+        },
+        delegated_from: owner.delegated_from.clone(),
+        actors: owner.actors.clone(),
+    }
+}
+
+pub fn owner_to_proto(owner: &Owner) -> proto::admin::Owner {
+    proto::admin::Owner {
+        id: owner.id.clone(),
+        public_key: owner.public_key.clone(),
+        thumbprint: owner.thumbprint.clone(),
+        created_at: owner.created_at,
+        revoked_at: owner.revoked_at,
     }
 }
 
@@ -53,6 +88,8 @@ pub fn fields_from_proto(f: &proto::admin::EntryFields) -> EntryFields {
         admin: f.admin,
         downstream: f.downstream,
         expires_at: f.expires_at,
+        // Bound only once the consent is checked.
+        owner: None,
     }
 }
 

@@ -1,10 +1,13 @@
-//! The issuer's network endpoints: the agent API (gRPC over mTLS on TCP) and
-//! the admin API (gRPC on a local unix socket). Both are Sigil's own protocols
-//! (`proto/`), not the SPIFFE Workload API, which the agent serves.
+//! The issuer's network endpoints: the agent API (gRPC over mTLS on TCP), the
+//! admin API (gRPC on a local unix socket) and the public HTTP endpoint
+//! (CRLs and the revocation list). All are Sigil's own protocols (`proto/`),
+//! not the SPIFFE Workload API, which the agent serves.
 
 pub mod admin;
 pub mod agent;
 pub mod convert;
+mod delegation;
+pub mod http;
 pub mod tls;
 
 use tonic::Status;
@@ -23,6 +26,14 @@ pub fn store_status(error: StoreError) -> Status {
             Status::unauthenticated(error.to_string())
         }
         StoreError::TokenUsed => Status::permission_denied(error.to_string()),
+        StoreError::OwnerNotFound(_) => Status::not_found(error.to_string()),
+        StoreError::OwnerExists(_) | StoreError::OwnerKeyInUse { .. } => {
+            Status::already_exists(error.to_string())
+        }
+        StoreError::OwnerRevoked { .. } | StoreError::ParentEntryGone(_) => {
+            Status::failed_precondition(error.to_string())
+        }
+        StoreError::TooManyChildren { .. } => Status::permission_denied(error.to_string()),
         other => {
             tracing::error!(error = %other, "store failure");
             Status::internal("the registration store failed; see the issuer log")

@@ -133,6 +133,7 @@ fn build(state: &IssuerState) -> Result<Current, TlsError> {
             &SubjectKey::new(key.public_key()),
             &spiffe_id,
             &[],
+            None,
             ttl,
             now,
         )

@@ -1,38 +1,71 @@
 //! Registration entries: create, update with revision checks, delete, list,
 //! and the entries an agent is authorized for (SPIRE's node aliasing). The
 //! uniqueness of (SPIFFE ID, parent ID, selectors) is the database's job, so
-//! concurrent writers cannot both win.
+//! concurrent writers cannot both win. An entry may be bound to an owner: it is
+//! written only while the owner is in good standing, and stops being
+//! authorized once the owner is revoked.
 
 use sqlx::Row;
 
-use super::{DuplicateEntry, Entry, EntryFields, Selector, Store, StoreError};
+use super::{finish, DuplicateEntry, Entry, EntryFields, EntryOwner, Selector, Store, StoreError};
 
 const ENTRY_COLUMNS: &str = "id, spiffe_id, parent_id, selectors, x509_svid_ttl, jwt_svid_ttl, \
-    dns_names, hint, federates_with, admin, downstream, expires_at, revision, sequence, created_at";
+    dns_names, hint, federates_with, admin, downstream, expires_at, revision, sequence, created_at, \
+    owner_id, owner_thumbprint, consent, delegated_from, actors";
 
 impl Store {
+    /// Creates an entry. An entry bound to an owner is written only if the
+    /// owner exists and is not revoked, and, for a delegated entry, only if
+    /// its parent entry still exists.
     pub async fn create_entry(&self, fields: &EntryFields, now: i64) -> Result<Entry, StoreError> {
         let id = crate::ids::uuid_v4();
-        let columns = EntryColumns::from_fields(fields);
-        // The next sequence number is taken in the insert itself; the unique
-        // index refuses a concurrent duplicate rather than misordering.
-        let query = sqlx::query(
-            "INSERT INTO entries (id, spiffe_id, parent_id, selectors, selectors_key, x509_svid_ttl, \
-             jwt_svid_ttl, dns_names, hint, federates_with, admin, downstream, expires_at, revision, \
-             sequence, created_at, updated_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, \
-             COALESCE(MAX(sequence), 0) + 1, $14, $14 FROM entries",
-        );
-        let result = bind_entry_columns(query.bind(&id), fields, &columns)
-            .bind(now)
-            .execute(&self.pool)
-            .await;
-        map_unique(result, fields)?;
+        let mut tx = self.pool.begin().await?;
+        let result = write_create(&mut tx, &id, fields, now).await;
+        finish(tx, result).await?;
         self.changed();
         self.get_entry(&id).await
     }
 
-    /// Replaces an entry's fields. A non-zero `expected_revision` must match.
+    /// Creates an entry a workload registered under its own identity
+    /// (delegation): as [`Store::create_entry`], and only while the parent
+    /// has fewer than `max_children` children. They are counted inside the
+    /// write lock, so two registrations at once cannot both take the last place.
+    pub async fn create_child_entry(
+        &self,
+        fields: &EntryFields,
+        max_children: i64,
+        now: i64,
+    ) -> Result<Entry, StoreError> {
+        let owner = fields
+            .owner
+            .as_ref()
+            .filter(|o| !o.delegated_from.is_empty())
+            .ok_or_else(|| StoreError::ParentEntryGone("(none given)".into()))?;
+        let id = crate::ids::uuid_v4();
+        let mut tx = self.pool.begin().await?;
+        let result = async {
+            lock_owner(&mut tx, owner).await?;
+            let children: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM entries WHERE delegated_from = $1")
+                    .bind(&owner.delegated_from)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if children >= max_children {
+                return Err(StoreError::TooManyChildren {
+                    parent: owner.delegated_from.clone(),
+                    max: max_children,
+                });
+            }
+            write_create(&mut tx, &id, fields, now).await
+        }
+        .await;
+        finish(tx, result).await?;
+        self.changed();
+        self.get_entry(&id).await
+    }
+
+    /// Replaces an entry's fields, its owner binding included. A non-zero
+    /// `expected_revision` must match. An owner is checked as on creation.
     pub async fn update_entry(
         &self,
         id: &str,
@@ -41,45 +74,31 @@ impl Store {
         now: i64,
     ) -> Result<Entry, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let current: Option<i64> = sqlx::query_scalar("SELECT revision FROM entries WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let current = current.ok_or_else(|| StoreError::EntryNotFound(id.to_owned()))?;
-        if expected_revision != 0 && expected_revision != current {
-            return Err(StoreError::RevisionMismatch {
-                id: id.to_owned(),
-                expected: expected_revision,
-                actual: current,
-            });
-        }
-        let columns = EntryColumns::from_fields(fields);
-        let query = sqlx::query(
-            "UPDATE entries SET spiffe_id = $2, parent_id = $3, selectors = $4, selectors_key = $5, \
-             x509_svid_ttl = $6, jwt_svid_ttl = $7, dns_names = $8, hint = $9, federates_with = $10, \
-             admin = $11, downstream = $12, expires_at = $13, revision = revision + 1, updated_at = $14 \
-             WHERE id = $1",
-        );
-        let result = bind_entry_columns(query.bind(id), fields, &columns)
-            .bind(now)
-            .execute(&mut *tx)
-            .await;
-        map_unique(result, fields)?;
-        tx.commit().await?;
+        let result = write_update(&mut tx, id, fields, expected_revision, now).await;
+        finish(tx, result).await?;
         self.changed();
         self.get_entry(id).await
     }
 
-    pub async fn delete_entry(&self, id: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM entries WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::EntryNotFound(id.to_owned()));
-        }
+    /// Deletes an entry and every entry delegated below it, transitively, and
+    /// revokes their bound SVIDs still valid at `now` so the serials reach the
+    /// CRLs. Returns the ids deleted, `id` first.
+    pub async fn delete_entry(&self, id: &str, now: i64) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let result = delete_tree(&mut tx, id, now).await;
+        let deleted = finish(tx, result).await?;
         self.changed();
-        Ok(())
+        Ok(deleted)
+    }
+
+    /// How many entries were registered by delegation under `parent_entry_id`.
+    pub async fn count_children(&self, parent_entry_id: &str) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM entries WHERE delegated_from = $1")
+                .bind(parent_entry_id)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn get_entry(&self, id: &str) -> Result<Entry, StoreError> {
@@ -113,12 +132,29 @@ impl Store {
 
     /// Every entry an agent may mint for: those parented by the agent, and,
     /// transitively, those parented by an entry already in the set (node aliases).
+    /// Entries of revoked owners, and so everything delegated below them
+    /// (which shares their owner), are left out, as are entries whose owner
+    /// row is missing.
     pub async fn authorized_entries(
         &self,
         agent_id: &str,
         now: i64,
     ) -> Result<Vec<Entry>, StoreError> {
-        let all = self.list_entries(None, None).await?;
+        let columns = ENTRY_COLUMNS
+            .split(',')
+            .map(|column| format!("e.{0} AS {0}", column.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = sqlx::query(&format!(
+            "SELECT {columns} FROM entries e LEFT JOIN owners o ON o.id = e.owner_id \
+             WHERE e.owner_id = '' OR o.revoked_at = 0 ORDER BY e.sequence"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        let all = rows
+            .iter()
+            .map(entry_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let mut parents = std::collections::BTreeSet::from([agent_id.to_owned()]);
         let mut included = std::collections::BTreeSet::new();
         loop {
@@ -143,14 +179,123 @@ impl Store {
     }
 }
 
+/// The writes of [`Store::create_entry`], inside its transaction.
+async fn write_create(
+    conn: &mut sqlx::SqliteConnection,
+    id: &str,
+    fields: &EntryFields,
+    now: i64,
+) -> Result<(), StoreError> {
+    if let Some(owner) = &fields.owner {
+        lock_owner(&mut *conn, owner).await?;
+    }
+    let columns = EntryColumns::from_fields(fields);
+    // The next sequence number is taken in the insert itself; the unique
+    // index refuses a concurrent duplicate rather than misordering.
+    let query = sqlx::query(
+        "INSERT INTO entries (id, spiffe_id, parent_id, selectors, selectors_key, x509_svid_ttl, \
+         jwt_svid_ttl, dns_names, hint, federates_with, admin, downstream, expires_at, revision, \
+         sequence, created_at, updated_at, owner_id, owner_thumbprint, consent, delegated_from, \
+         actors) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, \
+         COALESCE(MAX(sequence), 0) + 1, $14, $14, $15, $16, $17, $18, $19 FROM entries",
+    );
+    let result = bind_entry_columns(query.bind(id), fields, &columns, now)
+        .execute(&mut *conn)
+        .await;
+    map_unique(result, fields)
+}
+
+/// The writes of [`Store::update_entry`], inside its transaction.
+async fn write_update(
+    conn: &mut sqlx::SqliteConnection,
+    id: &str,
+    fields: &EntryFields,
+    expected_revision: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    if let Some(owner) = &fields.owner {
+        lock_owner(&mut *conn, owner).await?;
+    }
+    let current: Option<i64> = sqlx::query_scalar("SELECT revision FROM entries WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let current = current.ok_or_else(|| StoreError::EntryNotFound(id.to_owned()))?;
+    if expected_revision != 0 && expected_revision != current {
+        return Err(StoreError::RevisionMismatch {
+            id: id.to_owned(),
+            expected: expected_revision,
+            actual: current,
+        });
+    }
+    let columns = EntryColumns::from_fields(fields);
+    let query = sqlx::query(
+        "UPDATE entries SET spiffe_id = $2, parent_id = $3, selectors = $4, selectors_key = $5, \
+         x509_svid_ttl = $6, jwt_svid_ttl = $7, dns_names = $8, hint = $9, federates_with = $10, \
+         admin = $11, downstream = $12, expires_at = $13, revision = revision + 1, updated_at = $14, \
+         owner_id = $15, owner_thumbprint = $16, consent = $17, delegated_from = $18, actors = $19 \
+         WHERE id = $1",
+    );
+    let result = bind_entry_columns(query.bind(id), fields, &columns, now)
+        .execute(&mut *conn)
+        .await;
+    map_unique(result, fields)
+}
+
+/// The writes of [`Store::delete_entry`], inside its transaction.
+async fn delete_tree(
+    conn: &mut sqlx::SqliteConnection,
+    id: &str,
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
+    let mut deleted = Vec::new();
+    let mut pending = std::collections::VecDeque::from([id.to_owned()]);
+    // Each id is deleted before its children are looked up, so a child
+    // written concurrently either commits first (PostgreSQL: it holds the
+    // parent's row lock) and is found, or finds its parent gone. Only ids
+    // of rows still present are queued and each row is deleted once, so
+    // the walk ends within the table's size even if delegation loops.
+    while let Some(next) = pending.pop_front() {
+        let done = sqlx::query("DELETE FROM entries WHERE id = $1")
+            .bind(&next)
+            .execute(&mut *conn)
+            .await?;
+        if done.rows_affected() == 0 {
+            if deleted.is_empty() {
+                return Err(StoreError::EntryNotFound(id.to_owned()));
+            }
+            continue;
+        }
+        sqlx::query(
+            "UPDATE bound_x509_svids SET revoked_at = $2 \
+             WHERE entry_id = $1 AND not_after > $2 AND revoked_at = 0",
+        )
+        .bind(&next)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        let children: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM entries WHERE delegated_from = $1 ORDER BY sequence",
+        )
+        .bind(&next)
+        .fetch_all(&mut *conn)
+        .await?;
+        pending.extend(children);
+        deleted.push(next);
+    }
+    Ok(deleted)
+}
+
 type EntryQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
 
-/// Binds an entry's fields as `$2`..`$13`, the order both the insert and the
-/// update use.
+/// Binds an entry's fields as `$2`..`$13`, `now` as `$14` and the owner
+/// columns as `$15`..`$19`, the order both the insert and the update use.
 fn bind_entry_columns<'q>(
     query: EntryQuery<'q>,
     fields: &'q EntryFields,
     columns: &'q EntryColumns,
+    now: i64,
 ) -> EntryQuery<'q> {
     query
         .bind(&fields.spiffe_id)
@@ -165,6 +310,54 @@ fn bind_entry_columns<'q>(
         .bind(fields.admin)
         .bind(fields.downstream)
         .bind(fields.expires_at)
+        .bind(now)
+        .bind(&columns.owner.owner_id)
+        .bind(&columns.owner.key_thumbprint)
+        .bind(&columns.owner.consent)
+        .bind(&columns.owner.delegated_from)
+        .bind(&columns.actors)
+}
+
+/// Takes the lock that keeps `owner` in good standing until the transaction
+/// ends, and, for a delegated entry, the lock that keeps its parent entry.
+///
+/// The no-op UPDATEs are the portable way to lock: on SQLite the first write
+/// takes the database's write lock before anything is read, and on PostgreSQL
+/// they hold the row until commit, so a concurrent revocation or parent
+/// deletion either waits for this write or has already committed and is seen.
+async fn lock_owner(
+    conn: &mut sqlx::SqliteConnection,
+    owner: &EntryOwner,
+) -> Result<(), StoreError> {
+    let locked =
+        sqlx::query("UPDATE owners SET revoked_at = revoked_at WHERE id = $1 AND revoked_at = 0")
+            .bind(&owner.owner_id)
+            .execute(&mut *conn)
+            .await?;
+    if locked.rows_affected() == 0 {
+        let revoked_at: Option<i64> =
+            sqlx::query_scalar("SELECT revoked_at FROM owners WHERE id = $1")
+                .bind(&owner.owner_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        return Err(match revoked_at {
+            Some(revoked_at) => StoreError::OwnerRevoked {
+                id: owner.owner_id.clone(),
+                revoked_at,
+            },
+            None => StoreError::OwnerNotFound(owner.owner_id.clone()),
+        });
+    }
+    if !owner.delegated_from.is_empty() {
+        let parent = sqlx::query("UPDATE entries SET revision = revision WHERE id = $1")
+            .bind(&owner.delegated_from)
+            .execute(&mut *conn)
+            .await?;
+        if parent.rows_affected() == 0 {
+            return Err(StoreError::ParentEntryGone(owner.delegated_from.clone()));
+        }
+    }
+    Ok(())
 }
 
 struct EntryColumns {
@@ -172,6 +365,9 @@ struct EntryColumns {
     selectors_key: String,
     dns_names: String,
     federates_with: String,
+    /// The owner columns; all empty for an unbound entry.
+    owner: EntryOwner,
+    actors: String,
 }
 
 impl EntryColumns {
@@ -184,11 +380,14 @@ impl EntryColumns {
             .map(Selector::to_string)
             .collect::<Vec<_>>()
             .join("\n");
+        let owner = fields.owner.clone().unwrap_or_default();
         EntryColumns {
             selectors: serde_json::to_string(&selectors).expect("selectors serialize"),
             selectors_key: key,
             dns_names: serde_json::to_string(&fields.dns_names).expect("names serialize"),
             federates_with: serde_json::to_string(&fields.federates_with).expect("ids serialize"),
+            actors: serde_json::to_string(&owner.actors).expect("ids serialize"),
+            owner,
         }
     }
 }
@@ -218,6 +417,20 @@ fn json_column<T: serde::de::DeserializeOwned>(
 }
 
 fn entry_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Entry, StoreError> {
+    let owner_id: String = row.try_get("owner_id")?;
+    // Parsed even for an unbound entry, so corruption shows wherever it is.
+    let actors: Vec<String> = json_column(row, "actors")?;
+    let owner = if owner_id.is_empty() {
+        None
+    } else {
+        Some(EntryOwner {
+            owner_id,
+            key_thumbprint: row.try_get("owner_thumbprint")?,
+            consent: row.try_get("consent")?,
+            delegated_from: row.try_get("delegated_from")?,
+            actors,
+        })
+    };
     Ok(Entry {
         id: row.try_get("id")?,
         fields: EntryFields {
@@ -232,6 +445,7 @@ fn entry_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Entry, StoreError> {
             admin: row.try_get("admin")?,
             downstream: row.try_get("downstream")?,
             expires_at: row.try_get("expires_at")?,
+            owner,
         },
         revision: row.try_get("revision")?,
         sequence: row.try_get("sequence")?,
@@ -241,8 +455,38 @@ fn entry_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Entry, StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::temp_store as store;
+    use super::super::owners::tests::owner;
+    use super::super::{temp_store as store, BoundSvid, Table};
     use super::*;
+
+    const AGENT: &str = "spiffe://td/agent/x";
+
+    /// An entry bound to `owner_id`, delegated from `parent` when it is non-empty.
+    fn owned(id: &str, owner_id: &str, parent: &str) -> EntryFields {
+        let mut entry = fields(id, AGENT);
+        entry.owner = Some(EntryOwner {
+            owner_id: owner_id.into(),
+            key_thumbprint: format!("tp-{owner_id}"),
+            consent: format!("consent-for-{id}"),
+            delegated_from: parent.into(),
+            actors: if parent.is_empty() {
+                Vec::new()
+            } else {
+                vec!["spiffe://td/outer".into(), format!("{id}/actor")]
+            },
+        });
+        entry
+    }
+
+    fn bound_svid(serial: &str, entry_id: &str, not_after: i64) -> BoundSvid {
+        BoundSvid {
+            serial: serial.into(),
+            authority: "x509-1".into(),
+            entry_id: entry_id.into(),
+            owner_id: "mailto:a@example.com".into(),
+            not_after,
+        }
+    }
 
     fn fields(id: &str, parent: &str) -> EntryFields {
         EntryFields {
@@ -287,7 +531,14 @@ mod tests {
             stale,
             StoreError::RevisionMismatch { actual: 2, .. }
         ));
-        store.delete_entry(&created.id).await.unwrap();
+        assert_eq!(
+            store.delete_entry(&created.id, 14).await.unwrap(),
+            vec![created.id.clone()]
+        );
+        assert!(matches!(
+            store.delete_entry(&created.id, 15).await,
+            Err(StoreError::EntryNotFound(id)) if id == created.id
+        ));
         assert!(matches!(
             store.get_entry(&created.id).await,
             Err(StoreError::EntryNotFound(_))
@@ -365,5 +616,328 @@ mod tests {
         assert!(error
             .to_string()
             .starts_with("stored data is corrupt: dns_names: "));
+    }
+
+    #[tokio::test]
+    async fn every_owner_column_round_trips() {
+        let (_dir, store) = store().await;
+        let a = owner("mailto:a@example.com", 1);
+        store.register_owner(&a).await.unwrap();
+        let parent = store
+            .create_entry(&owned("spiffe://td/p", &a.id, ""), 2)
+            .await
+            .unwrap();
+        let child_fields = owned("spiffe://td/c", &a.id, &parent.id);
+        let child = store.create_entry(&child_fields, 3).await.unwrap();
+        assert_eq!(child.fields, child_fields);
+        assert_eq!(
+            child.fields.owner,
+            Some(EntryOwner {
+                owner_id: "mailto:a@example.com".into(),
+                key_thumbprint: "tp-mailto:a@example.com".into(),
+                consent: "consent-for-spiffe://td/c".into(),
+                delegated_from: parent.id.clone(),
+                actors: vec!["spiffe://td/outer".into(), "spiffe://td/c/actor".into()],
+            })
+        );
+        assert_eq!(store.get_entry(&child.id).await.unwrap(), child);
+        let raw: (String, String, String, String, String) = sqlx::query_as(
+            "SELECT owner_id, owner_thumbprint, consent, delegated_from, actors \
+             FROM entries WHERE id = $1",
+        )
+        .bind(&child.id)
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            raw,
+            (
+                "mailto:a@example.com".into(),
+                "tp-mailto:a@example.com".into(),
+                "consent-for-spiffe://td/c".into(),
+                parent.id.clone(),
+                r#"["spiffe://td/outer","spiffe://td/c/actor"]"#.into()
+            )
+        );
+        assert_eq!(store.count_children(&parent.id).await.unwrap(), 1);
+        assert_eq!(store.count_children(&child.id).await.unwrap(), 0);
+
+        // Updating to no owner empties the columns.
+        let mut unbound = child_fields.clone();
+        unbound.owner = None;
+        let updated = store.update_entry(&child.id, &unbound, 1, 4).await.unwrap();
+        assert_eq!(updated.fields.owner, None);
+        let raw: (String, String, String, String, String) = sqlx::query_as(
+            "SELECT owner_id, owner_thumbprint, consent, delegated_from, actors \
+             FROM entries WHERE id = $1",
+        )
+        .bind(&child.id)
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            raw,
+            (
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                "[]".into()
+            )
+        );
+        assert_eq!(store.count_children(&parent.id).await.unwrap(), 0);
+        // And binding it again writes them back.
+        let rebound = store
+            .update_entry(&child.id, &child_fields, 2, 5)
+            .await
+            .unwrap();
+        assert_eq!(rebound.fields, child_fields);
+        assert_eq!(store.list_entries(None, None).await.unwrap()[1], rebound);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_owner_writes_nothing() {
+        let (_dir, store) = store().await;
+        let changes = store.subscribe();
+        let error = store
+            .create_entry(&owned("spiffe://td/a", "mailto:nobody@example.com", ""), 1)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, StoreError::OwnerNotFound(id) if id == "mailto:nobody@example.com"),
+            "{error}"
+        );
+        assert_eq!(store.count(Table::Entries).await.unwrap(), 0);
+        assert!(!changes.has_changed().unwrap());
+
+        let unbound = store
+            .create_entry(&fields("spiffe://td/a", AGENT), 2)
+            .await
+            .unwrap();
+        let error = store
+            .update_entry(
+                &unbound.id,
+                &owned("spiffe://td/a", "mailto:nobody@example.com", ""),
+                0,
+                3,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StoreError::OwnerNotFound(_)), "{error}");
+        assert_eq!(store.get_entry(&unbound.id).await.unwrap(), unbound);
+    }
+
+    #[tokio::test]
+    async fn a_revoked_owner_writes_nothing() {
+        let (_dir, store) = store().await;
+        let a = owner("mailto:a@example.com", 1);
+        store.register_owner(&a).await.unwrap();
+        let bound = store
+            .create_entry(&owned("spiffe://td/a", &a.id, ""), 2)
+            .await
+            .unwrap();
+        store.revoke_owner(&a.id, 50).await.unwrap();
+        let error = store
+            .create_entry(&owned("spiffe://td/b", &a.id, ""), 60)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                StoreError::OwnerRevoked { id, revoked_at: 50 } if id == "mailto:a@example.com"
+            ),
+            "{error}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "owner mailto:a@example.com was revoked at 1970-01-01T00:00:50Z"
+        );
+        assert_eq!(store.count(Table::Entries).await.unwrap(), 1);
+        let mut changed = bound.fields.clone();
+        changed.hint = "new".into();
+        let error = store
+            .update_entry(&bound.id, &changed, 1, 61)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, StoreError::OwnerRevoked { revoked_at: 50, .. }),
+            "{error}"
+        );
+        assert_eq!(store.get_entry(&bound.id).await.unwrap(), bound);
+    }
+
+    #[tokio::test]
+    async fn a_delegated_entry_needs_its_parent() {
+        let (_dir, store) = store().await;
+        let a = owner("mailto:a@example.com", 1);
+        store.register_owner(&a).await.unwrap();
+        let error = store
+            .create_entry(&owned("spiffe://td/c", &a.id, "gone-entry"), 2)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, StoreError::ParentEntryGone(id) if id == "gone-entry"),
+            "{error}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "parent entry gone-entry no longer exists"
+        );
+        assert_eq!(store.count(Table::Entries).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn authorization_drops_revoked_owners_entries() {
+        let (_dir, store) = store().await;
+        let a = owner("mailto:a@example.com", 1);
+        let b = owner("mailto:b@example.com", 1);
+        store.register_owner(&a).await.unwrap();
+        store.register_owner(&b).await.unwrap();
+        let a_parent = store
+            .create_entry(&owned("spiffe://td/a", &a.id, ""), 2)
+            .await
+            .unwrap();
+        store
+            .create_entry(&owned("spiffe://td/a/child", &a.id, &a_parent.id), 3)
+            .await
+            .unwrap();
+        store
+            .create_entry(&owned("spiffe://td/b", &b.id, ""), 4)
+            .await
+            .unwrap();
+        store
+            .create_entry(&fields("spiffe://td/unbound", AGENT), 5)
+            .await
+            .unwrap();
+        let authorized = |store: Store| async move {
+            store
+                .authorized_entries(AGENT, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.fields.spiffe_id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            authorized(store.clone()).await,
+            [
+                "spiffe://td/a",
+                "spiffe://td/a/child",
+                "spiffe://td/b",
+                "spiffe://td/unbound"
+            ]
+        );
+        store.revoke_owner(&a.id, 6).await.unwrap();
+        assert_eq!(
+            authorized(store.clone()).await,
+            ["spiffe://td/b", "spiffe://td/unbound"]
+        );
+        // An entry whose owner row is missing is not authorized either.
+        sqlx::query("DELETE FROM owners WHERE id = $1")
+            .bind(&b.id)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(authorized(store.clone()).await, ["spiffe://td/unbound"]);
+    }
+
+    #[tokio::test]
+    async fn deleting_an_entry_deletes_its_delegation_tree() {
+        let (_dir, store) = store().await;
+        let a = owner("mailto:a@example.com", 1);
+        store.register_owner(&a).await.unwrap();
+        let root = store
+            .create_entry(&owned("spiffe://td/r", &a.id, ""), 2)
+            .await
+            .unwrap();
+        let child = store
+            .create_entry(&owned("spiffe://td/r/c", &a.id, &root.id), 3)
+            .await
+            .unwrap();
+        let grandchild = store
+            .create_entry(&owned("spiffe://td/r/c/g", &a.id, &child.id), 4)
+            .await
+            .unwrap();
+        let sibling = store
+            .create_entry(&owned("spiffe://td/s", &a.id, ""), 5)
+            .await
+            .unwrap();
+        store
+            .record_bound_svids(&[
+                bound_svid("01", &root.id, 200),
+                bound_svid("02", &grandchild.id, 200),
+                // Expired by the deletion: no CRL needs it.
+                bound_svid("03", &child.id, 100),
+                bound_svid("04", &sibling.id, 200),
+            ])
+            .await
+            .unwrap();
+        let changes = store.subscribe();
+        let deleted = store.delete_entry(&root.id, 100).await.unwrap();
+        assert_eq!(deleted, [root.id, child.id, grandchild.id.clone()]);
+        assert!(changes.has_changed().unwrap());
+        let left: Vec<String> = store
+            .list_entries(None, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(left, [sibling.id]);
+        let serials: Vec<(String, i64)> = store
+            .revoked_svids(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(svid, revoked_at)| (svid.serial, revoked_at))
+            .collect();
+        assert_eq!(serials, [("01".into(), 100), ("02".into(), 100)]);
+        let revoked_at: Vec<(String, i64)> =
+            sqlx::query_as("SELECT serial, revoked_at FROM bound_x509_svids ORDER BY serial")
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            revoked_at,
+            [
+                ("01".into(), 100),
+                ("02".into(), 100),
+                ("03".into(), 0),
+                ("04".into(), 0)
+            ]
+        );
+        assert!(matches!(
+            store.delete_entry(&grandchild.id, 101).await,
+            Err(StoreError::EntryNotFound(id)) if id == grandchild.id
+        ));
+    }
+
+    #[tokio::test]
+    async fn corrupt_actors_are_reported() {
+        let (_dir, store) = store().await;
+        let a = owner("mailto:a@example.com", 1);
+        store.register_owner(&a).await.unwrap();
+        let created = store
+            .create_entry(&owned("spiffe://td/a", &a.id, ""), 2)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE entries SET actors = '[\"unterminated'")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let error = store.get_entry(&created.id).await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                StoreError::Corrupt {
+                    column: "actors",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(error
+            .to_string()
+            .starts_with("stored data is corrupt: actors: "));
     }
 }

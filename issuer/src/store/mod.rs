@@ -6,12 +6,14 @@
 //! so agents learn of changes by push rather than by polling.
 //!
 //! This module holds the pool, the migrations, the errors and the change
-//! counter; `entries`, `agents` and `tokens` each add the [`Store`] methods of
-//! one table. No SPIFFE standard covers registration; the model follows SPIRE's.
+//! counter; `entries`, `agents`, `tokens`, `owners` and `bound_svids` each add
+//! the [`Store`] methods of one table. No SPIFFE standard covers registration; the model follows SPIRE's.
 
 mod agents;
+mod bound_svids;
 mod entries;
 mod model;
+mod owners;
 mod tokens;
 
 use std::path::Path;
@@ -21,7 +23,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 use tokio::sync::watch;
 
-pub use model::{Agent, Entry, EntryFields, JoinTokenRecord, Selector};
+pub use model::{
+    Agent, BoundSvid, Entry, EntryFields, EntryOwner, JoinTokenRecord, Owner, Selector,
+};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +49,19 @@ pub enum StoreError {
     TokenUsed,
     #[error("join token expired at {}", crate::clock::rfc3339(*.expires_at))]
     TokenExpired { expires_at: i64 },
+    #[error("owner {0} not found")]
+    OwnerNotFound(String),
+    #[error("owner {0} is already registered")]
+    OwnerExists(String),
+    #[error("the key {thumbprint} already belongs to owner {owner}")]
+    OwnerKeyInUse { thumbprint: String, owner: String },
+    #[error("owner {id} was revoked at {}", crate::clock::rfc3339(*.revoked_at))]
+    OwnerRevoked { id: String, revoked_at: i64 },
+    /// A delegated entry's parent was deleted before the child was written.
+    #[error("parent entry {0} no longer exists")]
+    ParentEntryGone(String),
+    #[error("entry {parent} already has {max} children, the most its owner's consent allows")]
+    TooManyChildren { parent: String, max: i64 },
     #[error("stored data is corrupt: {column}: {source}")]
     Corrupt {
         column: &'static str,
@@ -79,16 +96,46 @@ impl std::fmt::Display for DuplicateEntry {
 fn migrator() -> sqlx::migrate::Migrator {
     use sqlx::migrate::{Migration, MigrationType, Migrator};
     use std::borrow::Cow;
-    let migrations = vec![Migration::new(
-        1,
-        Cow::Borrowed("initial"),
-        MigrationType::Simple,
-        Cow::Borrowed(include_str!("../../migrations/0001_initial.sql")),
-        false,
-    )];
+    let migrations = vec![
+        Migration::new(
+            1,
+            Cow::Borrowed("initial"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0001_initial.sql")),
+            false,
+        ),
+        Migration::new(
+            2,
+            Cow::Borrowed("owners"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0002_owners.sql")),
+            false,
+        ),
+    ];
     Migrator {
         migrations: Cow::Owned(migrations),
         ..Migrator::DEFAULT
+    }
+}
+
+/// Ends a transaction: commits it if `result` is Ok, else rolls it back and
+/// returns the error. Rolling back here, rather than through sqlx's rollback
+/// on drop (which runs only when the connection is next used), releases
+/// SQLite's write lock at once, so the next writer is not refused with
+/// "database is locked". A failed rollback leaves the original error to report.
+async fn finish<T>(
+    tx: sqlx::Transaction<'_, sqlx::Sqlite>,
+    result: Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    match result {
+        Ok(value) => {
+            tx.commit().await?;
+            Ok(value)
+        }
+        Err(error) => {
+            let _ = tx.rollback().await;
+            Err(error)
+        }
     }
 }
 
@@ -148,6 +195,8 @@ impl Store {
             Table::Entries => "SELECT COUNT(*) FROM entries",
             Table::Agents => "SELECT COUNT(*) FROM agents",
             Table::UsedJoinTokens => "SELECT COUNT(*) FROM join_tokens WHERE used_at IS NOT NULL",
+            Table::Owners => "SELECT COUNT(*) FROM owners",
+            Table::BoundX509Svids => "SELECT COUNT(*) FROM bound_x509_svids",
         };
         Ok(sqlx::query_scalar(sql).fetch_one(&self.pool).await?)
     }
@@ -159,6 +208,8 @@ pub enum Table {
     Entries,
     Agents,
     UsedJoinTokens,
+    Owners,
+    BoundX509Svids,
 }
 
 /// A store in a fresh temporary directory.

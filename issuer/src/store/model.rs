@@ -1,5 +1,5 @@
-//! Registration entries, selectors, agents and join tokens as the issuer
-//! stores them.
+//! Registration entries, selectors, agents, join tokens, owners and the
+//! owner-bound SVIDs as the issuer stores them.
 
 pub use workload_api::selector::Selector;
 
@@ -19,6 +19,24 @@ pub struct EntryFields {
     pub downstream: bool,
     /// Unix seconds; 0 means never.
     pub expires_at: i64,
+    /// The owner the entry is bound to; `None` for an unbound entry.
+    pub owner: Option<EntryOwner>,
+}
+
+/// The owner an entry is bound to, and the consent that binds it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EntryOwner {
+    /// The owner's id (a URI).
+    pub owner_id: String,
+    /// RFC 7638 thumbprint (base64url) of the owner's key when the entry was bound.
+    pub key_thumbprint: String,
+    /// The consent JWS exactly as the owner signed it.
+    pub consent: String,
+    /// For an entry a workload registered under its own (delegated
+    /// registration): the id of the parent entry; empty otherwise.
+    pub delegated_from: String,
+    /// The delegation chain's SPIFFE IDs, outermost first; empty unless delegated.
+    pub actors: Vec<String>,
 }
 
 /// A stored registration entry.
@@ -50,4 +68,31 @@ pub struct JoinTokenRecord {
     pub id: String,
     pub expires_at: i64,
     pub used_at: Option<i64>,
+}
+
+/// A registered owner: a person or service entries can be bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// A URI: mailto:, https: or spiffe:.
+    pub id: String,
+    /// The owner's public key as a JWK (JSON).
+    pub public_key: String,
+    /// RFC 7638 SHA-256 thumbprint of `public_key`, base64url.
+    pub thumbprint: String,
+    pub created_at: i64,
+    /// Unix seconds; 0 while the owner is in good standing.
+    pub revoked_at: i64,
+}
+
+/// An X509-SVID minted for an owner-bound entry, recorded so it can be
+/// revoked with its owner or entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundSvid {
+    /// Hex, as the CA reports it.
+    pub serial: String,
+    /// Id of the X.509 authority that signed it.
+    pub authority: String,
+    pub entry_id: String,
+    pub owner_id: String,
+    pub not_after: i64,
 }

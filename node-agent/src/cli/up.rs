@@ -186,6 +186,7 @@ pub async fn up(args: UpArgs) -> Result<(), UpError> {
     let mut issuer_config =
         sigil_issuer::config::Config::new(trust_domain.clone(), data_dir.join("issuer"));
     issuer_config.agent_api_address = "127.0.0.1:0".parse().expect("static address");
+    issuer_config.http_address = Some("127.0.0.1:0".parse().expect("static address"));
     issuer_config.admin_socket_path = data_dir.join("issuer/private/admin.sock");
     let issuer = sigil_issuer::server::start(issuer_config, Arc::new(SystemClock)).await?;
     let result = serve(&issuer, &data_dir, &socket_path, trust_domain.as_str()).await;

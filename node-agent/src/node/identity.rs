@@ -28,7 +28,7 @@ pub enum IdentityError {
 
 impl IdentityError {
     /// For `map_err`: an I/O error on `path`.
-    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+    pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
         move |source| IdentityError::Io {
             path: path.to_owned(),
             source,
@@ -118,6 +118,11 @@ impl IdentityDir {
     fn key_path(&self) -> PathBuf {
         self.0.join("svid.key")
     }
+    /// The issuer's revocations as last received.
+    pub fn revocations_path(&self) -> PathBuf {
+        self.0.join("revocations.json")
+    }
+
     /// The stored trust bundle; removing it is how an agent re-bootstraps.
     pub fn bundle_path(&self) -> PathBuf {
         self.0.join("bundle.json")

@@ -14,6 +14,7 @@
 
 pub mod bundle_url;
 pub mod identity;
+pub mod revocations;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -24,6 +25,7 @@ use proto::issuer::agent_api_client::AgentApiClient;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use workload_api::bundle::split_der_concat;
+use workload_api::revocation::Revocations;
 use workload_api::x509svid::X509SvidError;
 use workload_api::{Bundle, BundleError};
 use zeroize::Zeroizing;
@@ -88,6 +90,8 @@ pub struct Node {
     pub dir: IdentityDir,
     svid: watch::Sender<Arc<AgentSvid>>,
     bundle: watch::Sender<Arc<Bundle>>,
+    /// The issuer's CRLs and revocation list, as last received.
+    revocations: watch::Sender<Arc<Revocations>>,
     client: RwLock<AgentApiClient<Channel>>,
     standing: watch::Sender<Standing>,
     /// Set once the configured join token has been tried after a refusal:
@@ -187,6 +191,7 @@ impl Node {
         };
         dir.save_bundle(&bundle)?;
         let client = connect(&config, &bundle, &svid)?;
+        let stored_revocations = revocations::load(&dir, &bundle);
         let (svid, _) = watch::channel(Arc::new(svid));
         let (bundle, _) = watch::channel(Arc::new(bundle));
         Ok(Arc::new(Node {
@@ -194,6 +199,7 @@ impl Node {
             dir,
             svid,
             bundle,
+            revocations: watch::channel(Arc::new(stored_revocations)).0,
             client: RwLock::new(client),
             standing: watch::channel(Standing::Good).0,
             token_tried: AtomicBool::new(false),
@@ -219,6 +225,28 @@ impl Node {
 
     pub fn subscribe_bundle(&self) -> watch::Receiver<Arc<Bundle>> {
         self.bundle.subscribe()
+    }
+
+    pub fn subscribe_revocations(&self) -> watch::Receiver<Arc<Revocations>> {
+        self.revocations.subscribe()
+    }
+
+    /// Adopts revocations pushed by the issuer once they verify against
+    /// the bundle: stored, then published.
+    pub fn update_revocations(&self, crls: Vec<Vec<u8>>, list_jws: &str) {
+        let held = self.revocations.borrow().clone();
+        match revocations::accept(&held, crls, list_jws, &self.bundle()) {
+            Ok(next) => {
+                if let Err(error) = revocations::save(&self.dir, &next) {
+                    tracing::error!(%error, "storing revocations failed");
+                }
+                tracing::debug!(seq = next.seq(), "revocations updated");
+                self.revocations.send_replace(Arc::new(next));
+            }
+            Err(error) => {
+                tracing::error!(%error, "issuer sent revocations that do not verify; keeping the current ones")
+            }
+        }
     }
 
     /// Adopts a bundle pushed by the issuer: stored, published, and used for

@@ -148,6 +148,7 @@ pub async fn run(
     let mut awaiting_entries = true;
     let mut wits: HashMap<String, wit::MintedWit> = HashMap::new();
     let mut bundles = node.subscribe_bundle();
+    let mut revocations = node.subscribe_revocations();
     let mut backoff = FIRST_RETRY;
     // After a failure, minting waits until then (monotonic, so a clock step
     // neither cuts the wait short nor stretches it).
@@ -161,6 +162,7 @@ pub async fn run(
         awaiting_entries &= !entries.has_changed().unwrap_or(false);
         let current = entries.borrow_and_update().clone();
         let bundle = bundles.borrow_and_update().clone();
+        let revoked = revocations.borrow_and_update().clone();
         minted.retain(|id, _| current.iter().any(|e| &e.id == id));
         wits.retain(|id, _| current.iter().any(|e| &e.id == id));
         let workloads: Vec<&pb::Entry> = current.iter().filter(|e| is_workload_entry(e)).collect();
@@ -219,6 +221,7 @@ pub async fn run(
                     Standing::Good => None,
                     Standing::Refused { reason, .. } => Some(reason.into()),
                 },
+                revocations: revoked,
             };
             if same(snapshot, &next) {
                 false
@@ -253,6 +256,7 @@ pub async fn run(
                 awaiting_entries = false;
             }
             changed = bundles.changed() => if changed.is_err() { return },
+            changed = revocations.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
@@ -280,6 +284,7 @@ async fn mint_due(
 /// Snapshots differ when any identity, SVID or the bundle differs.
 fn same(a: &Snapshot, b: &Snapshot) -> bool {
     Arc::ptr_eq(&a.bundle, &b.bundle)
+        && Arc::ptr_eq(&a.revocations, &b.revocations)
         && a.awaiting_entries == b.awaiting_entries
         && a.refused == b.refused
         && a.identities.len() == b.identities.len()

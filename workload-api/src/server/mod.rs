@@ -13,7 +13,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::connection::ConnectionInfo;
 use proto::workload as pb;
@@ -69,34 +69,7 @@ impl<S: IdentitySource> WorkloadApi<S> {
 
     /// Checks the security header and attests the caller.
     async fn admit<T>(&self, request: &Request<T>) -> Result<Selectors, Status> {
-        check_header(request)?;
-        let info = request
-            .extensions()
-            .get::<ConnectionInfo>()
-            .ok_or_else(|| Status::internal("connection information is unavailable"))?;
-        let cred = info.peer.ok_or_else(|| {
-            Status::internal("peer credentials are unavailable on this connection")
-        })?;
-        let selectors = self
-            .source
-            .attest(Caller {
-                pid: cred.pid(),
-                uid: cred.uid(),
-                gid: cred.gid(),
-                cache: info.cache.clone(),
-            })
-            .await?;
-        let snapshot = self.source.snapshots().borrow().clone();
-        if let Some(reason) = &snapshot.refused {
-            return Err(Status::permission_denied(reason.to_string()));
-        }
-        if snapshot.awaiting_entries {
-            return Err(awaiting_entries(
-                self.source.issuer_outage(),
-                SystemTime::now(),
-            ));
-        }
-        Ok(selectors)
+        admit(self.source.as_ref(), request).await
     }
 
     /// Answers now with `render(snapshot, selectors, now)` and again whenever
@@ -165,6 +138,41 @@ pub fn check_header<T>(request: &Request<T>) -> Result<(), Status> {
 pub const MAX_AUDIENCES: usize = 32;
 /// Bytes of one audience.
 pub const MAX_AUDIENCE_BYTES: usize = 2048;
+/// Admits a caller of a service on the Workload API socket: checks the
+/// security header, attests the caller through `source`, and refuses while
+/// the node serves nothing (refused by its issuer, or awaiting its entries).
+/// Returns the caller's selectors. Sigil's own services on the socket admit
+/// their callers the same way.
+pub async fn admit<S: IdentitySource + ?Sized, T>(
+    source: &S,
+    request: &Request<T>,
+) -> Result<Selectors, Status> {
+    check_header(request)?;
+    let info = request
+        .extensions()
+        .get::<ConnectionInfo>()
+        .ok_or_else(|| Status::internal("connection information is unavailable"))?;
+    let cred = info
+        .peer
+        .ok_or_else(|| Status::internal("peer credentials are unavailable on this connection"))?;
+    let selectors = source
+        .attest(Caller {
+            pid: cred.pid(),
+            uid: cred.uid(),
+            gid: cred.gid(),
+            cache: info.cache.clone(),
+        })
+        .await?;
+    let snapshot = source.snapshots().borrow().clone();
+    if let Some(reason) = &snapshot.refused {
+        return Err(Status::permission_denied(reason.to_string()));
+    }
+    if snapshot.awaiting_entries {
+        return Err(awaiting_entries(source.issuer_outage(), SystemTime::now()));
+    }
+    Ok(selectors)
+}
+
 /// Bytes of a JWT-SVID given to ValidateJWTSVID: room for every audience.
 pub const MAX_JWT_BYTES: usize = 128 * 1024;
 
@@ -218,7 +226,7 @@ impl<S: IdentitySource> SpiffeWorkloadApi for WorkloadApi<S> {
         let render = |snapshot: &Snapshot, selectors: &[Selector], _: SystemTime| {
             bundle_map(snapshot, selectors, |b| b.x509_der_concat()).map(|bundles| {
                 View::Ready(pb::X509BundlesResponse {
-                    crl: Vec::new(),
+                    crl: snapshot.revocations.crls.clone(),
                     bundles,
                 })
             })
@@ -226,7 +234,7 @@ impl<S: IdentitySource> SpiffeWorkloadApi for WorkloadApi<S> {
         Ok(Response::new(self.stream(
             selectors,
             render,
-            bundles_fingerprint,
+            x509_bundles_fingerprint,
         )?))
     }
 
@@ -298,13 +306,23 @@ impl<S: IdentitySource> SpiffeWorkloadApi for WorkloadApi<S> {
             )));
         }
         let snapshot = self.source.snapshots().borrow().clone();
+        let now = SystemTime::now();
         let validated = jwtsvid::validate(
             &request.svid,
             &request.audience,
             |td| snapshot.bundle_for(td),
-            SystemTime::now(),
+            now,
         )
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // A token bound to an owner is only as good as its owner.
+        if let Some(owner) = &validated.owner {
+            let now_secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+            if let Some(reason) = snapshot.revocations.refusal(owner, now_secs) {
+                return Err(Status::invalid_argument(format!(
+                    "the JWT-SVID is refused: {reason}"
+                )));
+            }
+        }
         Ok(Response::new(pb::ValidateJwtsvidResponse {
             spiffe_id: validated.spiffe_id.to_string(),
             claims: Some(to_struct(validated.claims)),

@@ -60,6 +60,7 @@ pub(super) fn x509_fingerprint(
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     let mut next_expiry = None;
     bundles_fingerprint_into(&mut hasher, snapshot, selectors);
+    snapshot.revocations.seq().hash(&mut hasher);
     for identity in snapshot.entitled(selectors) {
         identity.entry_id.hash(&mut hasher);
         identity.spiffe_id.hash(&mut hasher);
@@ -71,6 +72,19 @@ pub(super) fn x509_fingerprint(
         next_expiry,
         ..Fingerprint::of(hasher)
     }
+}
+
+/// What a caller's X.509 bundle view depends on: its bundles and the CRLs.
+pub(super) fn x509_bundles_fingerprint(
+    snapshot: &Snapshot,
+    selectors: &[Selector],
+    _: SystemTime,
+) -> Fingerprint {
+    use std::hash::Hash;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bundles_fingerprint_into(&mut hasher, snapshot, selectors);
+    snapshot.revocations.seq().hash(&mut hasher);
+    Fingerprint::of(hasher)
 }
 
 /// What a caller's bundle view depends on.
@@ -144,7 +158,7 @@ pub(super) fn x509_response(
     }
     Ok(View::Ready(pb::X509svidResponse {
         svids,
-        crl: Vec::new(),
+        crl: snapshot.revocations.crls.clone(),
         federated_bundles,
     }))
 }

@@ -114,6 +114,18 @@ pub enum WimseError {
     HttpSignature(#[from] super::httpsig::HttpSigError),
     #[error("HTTP signature nonce {nonce:?} was already used by {sender}")]
     ReplayedNonce { nonce: String, sender: String },
+    /// The WIT's `owner` claim (see [`crate::owner`]) could not be read.
+    #[error("WIT owner claim is refused: {reason}")]
+    BadOwner { reason: String },
+    /// The issuer's revocation list (see [`crate::revocation`]) names the
+    /// WIT's owner, by id or by key.
+    #[error("the WIT's owner {owner} is revoked")]
+    OwnerRevoked { owner: String },
+    /// The verifier follows revocations but holds no current list for the
+    /// WIT's trust domain (none yet, or past its `exp`), so it cannot tell
+    /// whether the owner is revoked: it fails closed.
+    #[error("no current revocation list from {trust_domain}; owner-bound WITs are refused until one arrives")]
+    RevocationsUnavailable { trust_domain: String },
 }
 
 impl WimseError {
@@ -156,7 +168,20 @@ impl WimseError {
             UnknownOth { .. } | MissingOth { .. } | OthMismatch { .. } => "wpt.oth",
             HttpSignature(error) => error.check(),
             ReplayedNonce { .. } => "httpsig.nonce",
+            BadOwner { .. } => "owner",
+            OwnerRevoked { .. } => "wit.owner_revoked",
+            RevocationsUnavailable { .. } => "revocations",
         }
+    }
+
+    /// Whether the refusal concerns the WIT's owner once the proof held
+    /// (revoked, or no current revocation list to tell): the layer answers
+    /// these 403, like a route's owner list, whatever the WPT form.
+    pub fn is_owner_refusal(&self) -> bool {
+        matches!(
+            self,
+            WimseError::OwnerRevoked { .. } | WimseError::RevocationsUnavailable { .. }
+        )
     }
 
     pub(crate) fn from_jws(token: Token, error: crate::jws::JwsError) -> Self {

@@ -11,7 +11,20 @@
 //! authentication parameters", i.e. `WWW-Authenticate: WPT`; the header form
 //! and HTTP signatures keep 400. Tokens never reach logs, errors or problem
 //! bodies (wpt-02 section 3.1.5: "MUST NOT log raw WPTs by default").
-//! Accepted requests carry the [`Verified`] sender in their extensions.
+//! Accepted requests carry the [`Verified`] sender in their extensions, and
+//! its [`OwnerBinding`](crate::owner::OwnerBinding) when its WIT has one
+//! (format in [`crate::owner`]).
+//! [`WimseLayer::accepting_owners`] restricts a route to some owners: other
+//! requests are refused 403, check `owner`.
+//! [`WimseLayer::following_revocations`] points the layer at the issuer's
+//! revocation list (`GET /v1/revocations`), which it then keeps current by
+//! itself: a WIT whose owner is revoked is refused 403, check
+//! `wit.owner_revoked`, and, while no current list is held, every
+//! owner-bound WIT 403, check `revocations` (see [`super::revocations`]).
+//! Both are decided once the proof holds, like the route's owner list, so
+//! they get its status, 403, whatever the WPT form: the sender proved who it
+//! is, and a new proof with the same WIT would not change the answer
+//! (401 asks for other credentials, 400 says the request is malformed).
 //! Audiences come from the verifier's configuration and the request path,
 //! never from `Host` or `X-Forwarded-Host`. When a signed request asks for
 //! a signed response, the layer signs it with the service's own WIT.
@@ -31,6 +44,7 @@ use super::http::{
     header_text, presented_form, request_tokens_for, single, AcceptedForms, WptForm, WPT_SCHEME,
 };
 use super::httpsig::{self, RequestView};
+use super::revocations::{self, FollowError};
 use super::{Presented, Proof, SignedRequest, Verified, Verifier, WimseError, WIT_HEADER};
 use crate::keypair::KeyPair;
 
@@ -41,6 +55,11 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 pub const MAX_SIGNED_BODY: usize = 4 << 20;
 /// How long a response signature is valid.
 const RESPONSE_SIGNATURE_SECS: u64 = 60;
+/// The problem `check` of a request refused for its owner.
+const OWNER_CHECK: &str = "owner";
+
+/// The owner ids a route accepts; `None` accepts any WIT, owned or not.
+type AcceptedOwners = Option<Arc<[String]>>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -84,6 +103,7 @@ pub struct WimseLayer {
     verifier: Arc<Verifier>,
     identity: Option<Arc<ServiceIdentity>>,
     forms: AcceptedForms,
+    owners: AcceptedOwners,
 }
 
 impl WimseLayer {
@@ -93,6 +113,7 @@ impl WimseLayer {
             verifier,
             identity: None,
             forms: AcceptedForms::Both,
+            owners: None,
         }
     }
 
@@ -100,6 +121,28 @@ impl WimseLayer {
     pub fn accepting(mut self, forms: AcceptedForms) -> Self {
         self.forms = forms;
         self
+    }
+
+    /// Lets through only requests whose WIT is bound to one of `owners`
+    /// (owner ids, compared exactly); a WIT without an owner, or with
+    /// another, is refused 403 (`owner`). Each layer, so each route, has its
+    /// own list; without one, the owner is not looked at.
+    pub fn accepting_owners(mut self, owners: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.owners = Some(owners.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Follows the issuer's revocation list at `url` (its
+    /// `GET /v1/revocations`, plain `http:`; the list is signed): from now
+    /// on the verifier refuses owner-bound WITs whose owner is revoked, or
+    /// while it holds no current list, and a task spawned on the current
+    /// tokio runtime keeps the list current (see [`revocations::follow`]).
+    /// The verifier is shared: every layer over it is affected. Errors when
+    /// `url` is not a plain-HTTP URL without a query, or when called outside
+    /// a tokio runtime; nothing is changed then.
+    pub fn following_revocations(self, url: &str) -> Result<Self, FollowError> {
+        revocations::follow(url, self.verifier.clone())?;
+        Ok(self)
     }
 
     /// Signs responses with `identity` when a signed request asks for it.
@@ -119,6 +162,7 @@ impl<S> Layer<S> for WimseLayer {
             verifier: self.verifier.clone(),
             identity: self.identity.clone(),
             forms: self.forms,
+            owners: self.owners.clone(),
         }
     }
 }
@@ -130,6 +174,7 @@ pub struct WimseService<S> {
     verifier: Arc<Verifier>,
     identity: Option<Arc<ServiceIdentity>>,
     forms: AcceptedForms,
+    owners: AcceptedOwners,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for WimseService<S>
@@ -160,12 +205,13 @@ where
         let verifier = self.verifier.clone();
         let identity = self.identity.clone();
         let forms = self.forms;
+        let owners = self.owners.clone();
         let signed = request.headers().contains_key("signature-input")
             && presented_form(request.headers()).is_none();
         if signed {
-            Box::pin(handle_signed(inner, verifier, identity, request))
+            Box::pin(handle_signed(inner, verifier, identity, owners, request))
         } else {
-            Box::pin(handle_wpt(inner, verifier, forms, request))
+            Box::pin(handle_wpt(inner, verifier, forms, owners, request))
         }
     }
 }
@@ -174,6 +220,7 @@ async fn handle_wpt<S, B, ResBody>(
     mut inner: S,
     verifier: Arc<Verifier>,
     forms: AcceptedForms,
+    owners: AcceptedOwners,
     mut request: Request<B>,
 ) -> Result<Response<ResBody>, S::Error>
 where
@@ -182,9 +229,13 @@ where
 {
     match verify_request_with(&verifier, &request, forms) {
         Ok(verified) => {
-            request.extensions_mut().insert(verified);
+            if let Some(detail) = owner_refusal(owners.as_deref(), &verified) {
+                return Ok(refused_owner(&detail));
+            }
+            admit(&mut request, verified);
             inner.call(request).await
         }
+        Err(error) if error.is_owner_refusal() => Ok(refused_owner_revoked(&error)),
         Err(error) => {
             let form = presented_form(request.headers());
             Ok(refused_wpt(&error, form, forms))
@@ -196,6 +247,7 @@ async fn handle_signed<S, B, ResBody>(
     mut inner: S,
     verifier: Arc<Verifier>,
     identity: Option<Arc<ServiceIdentity>>,
+    owners: AcceptedOwners,
     request: Request<B>,
 ) -> Result<Response<ResBody>, S::Error>
 where
@@ -242,8 +294,12 @@ where
     };
     let verified = match verifier.verify_signed(&signed, SystemTime::now()) {
         Ok(verified) => verified,
+        Err(error) if error.is_owner_refusal() => return Ok(refused_owner_revoked(&error)),
         Err(error) => return Ok(refused(&error)),
     };
+    if let Some(detail) = owner_refusal(owners.as_deref(), &verified) {
+        return Ok(refused_owner(&detail));
+    }
     let respond_signed = match &verified.proof {
         Proof::HttpSignature(checked) if checked.sign_response => Some(checked.nonce.clone()),
         _ => None,
@@ -261,7 +317,7 @@ where
     let method = parts.method.to_string();
     let request_headers = parts.headers.clone();
     let mut request = Request::from_parts(parts, B::from(content));
-    request.extensions_mut().insert(verified);
+    admit(&mut request, verified);
     let response = inner.call(request).await?;
     let Some((nonce, wit, key)) = signer else {
         return Ok(response);
@@ -280,6 +336,48 @@ where
                 &error.to_string(),
             )
         }))
+}
+
+/// Hands the sender to the inner service: [`Verified`], and the
+/// [`OwnerBinding`](crate::owner::OwnerBinding) on its own, so handlers need
+/// not know where it came from.
+fn admit<B>(request: &mut Request<B>, verified: Verified) {
+    if let Some(owner) = verified.owner().cloned() {
+        request.extensions_mut().insert(owner);
+    }
+    request.extensions_mut().insert(verified);
+}
+
+/// Why a route restricted to `owners` refuses `verified`'s sender, if it
+/// does.
+fn owner_refusal(owners: Option<&[String]>, verified: &Verified) -> Option<String> {
+    let owners = owners?;
+    let Some(owner) = verified.owner() else {
+        return Some(
+            "the WIT carries no owner binding, and this route accepts only workloads bound to an accepted owner"
+                .into(),
+        );
+    };
+    if owners.contains(&owner.owner_id) {
+        return None;
+    }
+    Some(format!(
+        "the WIT's owner {:?} is not an owner this route accepts",
+        owner.owner_id
+    ))
+}
+
+/// 403: the proof held, but the route does not take this owner.
+fn refused_owner<ResBody: From<Bytes>>(detail: &str) -> Response<ResBody> {
+    tracing::info!(check = OWNER_CHECK, detail, "WIMSE request refused");
+    problem(StatusCode::FORBIDDEN, OWNER_CHECK, detail)
+}
+
+/// 403: the proof held, but the WIT's owner is revoked, or there is no
+/// current revocation list to tell (see the module documentation).
+fn refused_owner_revoked<ResBody: From<Bytes>>(error: &WimseError) -> Response<ResBody> {
+    tracing::info!(check = error.check(), %error, "WIMSE request refused");
+    problem(StatusCode::FORBIDDEN, error.check(), &error.to_string())
 }
 
 /// The whole body, up to [`MAX_SIGNED_BODY`].
@@ -426,7 +524,8 @@ fn refused<ResBody: From<Bytes>>(error: &WimseError) -> Response<ResBody> {
 
 /// An RFC 9457 problem; `check` names what failed. Refused header-form WPTs
 /// and HTTP signatures get 400 (draft-ietf-wimse-wpt-01 section 2.1,
-/// draft-ietf-wimse-http-signature); the Authorization form 401.
+/// draft-ietf-wimse-http-signature); the Authorization form 401; an owner
+/// the route does not accept, or a revoked one, 403.
 pub fn problem<ResBody: From<Bytes>>(
     status: StatusCode,
     check: &str,

@@ -10,12 +10,21 @@
 //!   `Workload-Proof-Token`, wpt-01) and the client helpers.
 //! - [`verifier`]: the receiving side put together: configured audiences,
 //!   clock skew, a cache of validated WITs, the replay window.
+//! - [`layer`]: a tower layer in front of HTTP services, which may also
+//!   restrict a route to the owners it accepts.
+//! - [`revocations`]: follows the issuer's revocation list over HTTP, so
+//!   that the verifier refuses WITs whose owner is revoked.
+//!
+//! A WIT may name who answers for the workload in its `owner` claim; the
+//! binding's format lives in [`crate::owner`], and [`Verified::owner`]
+//! returns it.
 
 pub mod error;
 pub mod http;
 pub mod httpsig;
 pub mod layer;
 pub mod replay;
+pub mod revocations;
 pub mod verifier;
 pub mod wit;
 pub mod wpt;

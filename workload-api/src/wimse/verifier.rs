@@ -2,10 +2,21 @@
 //! this service's configuration: audiences (never taken from `Host` or
 //! `X-Forwarded-Host`), clock skew, WPT lifetime bound, the tokens it
 //! understands in `oth`, and a per-sender replay window.
+//!
+//! Owner-bound WITs are also held to the issuer's revocation list
+//! ([`crate::revocation`]), on every request (cached WITs included), once
+//! the proof holds: a WIT whose owner the list revokes is refused
+//! ([`WimseError::OwnerRevoked`]). A verifier that
+//! [requires revocations](Verifier::require_revocations) (one that follows
+//! the issuer's list, see [`super::revocations`]) also refuses owner-bound
+//! WITs while it holds no current list for their trust domain
+//! ([`WimseError::RevocationsUnavailable`]): it never accepts what might be
+//! revoked. WITs without an owner are not affected.
 
 use std::collections::HashMap;
 
 use base64::Engine;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,6 +27,8 @@ use super::wpt::{self, Policy, RequestContext, ValidatedWpt};
 use super::{Profile, Token, WimseError, WptForm};
 use crate::bundle::Bundle;
 use crate::id::{SpiffeId, TrustDomain};
+use crate::owner::OwnerBinding;
+use crate::revocation::{self, RevocationError, RevocationList};
 
 /// How a service checks the proofs it receives.
 #[derive(Debug, Clone)]
@@ -109,6 +122,11 @@ impl Verified {
     pub fn spiffe_id(&self) -> Option<&SpiffeId> {
         self.wit.spiffe_id.as_ref()
     }
+
+    /// Who answers for the sender, when its WIT carries an owner binding.
+    pub fn owner(&self) -> Option<&OwnerBinding> {
+        self.wit.owner.as_ref()
+    }
 }
 
 /// Verifies WIT + WPT pairs. Cheap to share behind an `Arc`.
@@ -120,6 +138,10 @@ pub struct Verifier {
     bundles: RwLock<HashMap<TrustDomain, Arc<Bundle>>>,
     wits: Mutex<HashMap<[u8; 32], Arc<ValidatedWit>>>,
     replay: ReplayWindow,
+    /// The newest revocation list held per trust domain.
+    revocations: RwLock<HashMap<TrustDomain, Arc<RevocationList>>>,
+    /// Whether owner-bound WITs need a current list (fail closed).
+    revocations_required: AtomicBool,
 }
 
 fn unix(now: SystemTime) -> u64 {
@@ -139,6 +161,8 @@ impl Verifier {
             config,
             bundles: RwLock::new(HashMap::new()),
             wits: Mutex::new(HashMap::new()),
+            revocations: RwLock::new(HashMap::new()),
+            revocations_required: AtomicBool::new(false),
         }
     }
 
@@ -162,9 +186,84 @@ impl Verifier {
         self.bundles.read().expect("bundles").get(td).cloned()
     }
 
-    /// Validates a WIT, from the cache when this exact token passed before.
+    /// Takes a revocation list (compact JWS, see [`crate::revocation`]): it
+    /// must verify against the bundle trusted for WITs of the trust domain
+    /// it names in `iss`, and be at least as new as the list held for that
+    /// trust domain. Returns its `seq`. A refused list changes nothing: the
+    /// one held stays. Takes effect at once, for cached WITs too.
+    pub fn set_revocations(&self, jws: &str) -> Result<u64, RevocationError> {
+        let td = revocations_trust_domain(jws)?;
+        let bundle = self
+            .bundle_for(&td)
+            .ok_or_else(|| RevocationError::UnknownKey {
+                kid: crate::jws::parse(jws)
+                    .ok()
+                    .and_then(|t| t.header.kid)
+                    .unwrap_or_default(),
+                trust_domain: td.to_string(),
+            })?;
+        let list = revocation::verify(jws, &bundle)?;
+        let mut held = self.revocations.write().expect("revocations");
+        let list = revocation::newer(held.get(&td).map(|l| &**l), list)?;
+        let seq = list.seq;
+        held.insert(td, Arc::new(list));
+        Ok(seq)
+    }
+
+    /// The revocation list held for `td`, if any (current or stale).
+    pub fn revocations(&self, td: &TrustDomain) -> Option<Arc<RevocationList>> {
+        self.revocations
+            .read()
+            .expect("revocations")
+            .get(td)
+            .cloned()
+    }
+
+    /// From now on, refuses owner-bound WITs while no current revocation
+    /// list is held for their trust domain (none yet, or a stale one).
+    /// [`super::revocations::follow`] sets this; it cannot be undone.
+    pub fn require_revocations(&self) {
+        self.revocations_required.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Verifier::require_revocations`] was called.
+    pub fn requires_revocations(&self) -> bool {
+        self.revocations_required.load(Ordering::SeqCst)
+    }
+
+    /// Whether `wit`'s owner may be served at `now` (Unix seconds): not when
+    /// the list held for its trust domain revokes it, nor, when
+    /// revocations are [required](Verifier::require_revocations), when no
+    /// current list is held. A WIT without an owner always may. A stale
+    /// list still revokes what it names.
+    pub fn check_owner(&self, wit: &ValidatedWit, now: u64) -> Result<(), WimseError> {
+        let Some(owner) = &wit.owner else {
+            return Ok(());
+        };
+        let list = self.revocations(&wit.trust_domain);
+        if let Some(list) = &list {
+            if list.revokes(owner) {
+                return Err(WimseError::OwnerRevoked {
+                    owner: owner.owner_id.clone(),
+                });
+            }
+        }
+        let current = list.is_some_and(|l| !l.is_stale(now));
+        if !current && self.requires_revocations() {
+            return Err(WimseError::RevocationsUnavailable {
+                trust_domain: wit.trust_domain.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Validates a WIT, from the cache when this exact token passed before,
+    /// and checks its owner against the revocations
+    /// ([`Verifier::check_owner`]) every time.
     pub fn validate_wit(&self, token: &str, now: u64) -> Result<Arc<ValidatedWit>, WimseError> {
-        self.validate_wit_with_digest(token, &sha256(token), now)
+        let wit = self.validate_wit_with_digest(token, &sha256(token), now)?;
+        self.check_owner(&wit, now)?;
+        Ok(wit)
     }
 
     /// [`Verifier::validate_wit`] for a token whose SHA-256 is known.
@@ -250,6 +349,9 @@ impl Verifier {
             max_lifetime: self.config.max_wpt_lifetime_secs,
         };
         let wpt = wpt::validate(presented.wpt, &wit, &request, &self.replay, policy, now)?;
+        // After the proof: only a sender who proved its WIT learns that its
+        // owner is refused.
+        self.check_owner(&wit, now)?;
         Ok(Verified {
             wit,
             proof: Proof::Wpt(wpt),
@@ -264,7 +366,7 @@ impl Verifier {
         now: SystemTime,
     ) -> Result<Verified, WimseError> {
         let now = unix(now);
-        let wit = self.validate_wit(signed.wit, now)?;
+        let wit = self.validate_wit_with_digest(signed.wit, &sha256(signed.wit), now)?;
         let path = signed.request.target.split('?').next();
         let accepts = |aud: &str| self.audiences.accepts(aud, path);
         let time = TimePolicy {
@@ -293,6 +395,7 @@ impl Verifier {
                 })
             }
         }
+        self.check_owner(&wit, now)?;
         Ok(Verified {
             wit,
             proof: Proof::HttpSignature(checked),
@@ -311,7 +414,7 @@ impl Verifier {
         now: SystemTime,
     ) -> Result<Arc<ValidatedWit>, WimseError> {
         let now = unix(now);
-        let wit = self.validate_wit(wit, now)?;
+        let wit = self.validate_wit_with_digest(wit, &sha256(wit), now)?;
         let time = TimePolicy {
             now,
             skew: self.config.skew_secs,
@@ -319,8 +422,25 @@ impl Verifier {
         };
         httpsig::verify_response(response, &wit.cnf, wit.cnf_alg, request_nonce, time)?;
         httpsig::check_content_digest(response.headers, content)?;
+        self.check_owner(&wit, now)?;
         Ok(wit)
     }
+}
+
+/// The trust domain a revocation list names in `iss`, read before it is
+/// verified (to pick the bundle to verify it with).
+fn revocations_trust_domain(jws: &str) -> Result<TrustDomain, RevocationError> {
+    if jws.len() > revocation::MAX_REVOCATIONS_BYTES {
+        return Err(RevocationError::TooLarge { len: jws.len() });
+    }
+    let token = crate::jws::parse(jws)?;
+    let iss = token
+        .str_claim("iss")
+        .ok_or_else(|| RevocationError::Claims("iss is missing".into()))?;
+    iss.strip_prefix("spiffe://")
+        .and_then(|td| TrustDomain::new(td).ok())
+        .filter(|td| crate::id::trust_domain_id(td) == iss)
+        .ok_or_else(|| RevocationError::Claims(format!("iss {iss:?} is not a trust domain ID")))
 }
 
 fn sha256(text: &str) -> [u8; 32] {

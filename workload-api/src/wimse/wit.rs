@@ -1,5 +1,7 @@
 //! Workload Identity Tokens (draft-ietf-wimse-workload-creds section 3.1;
-//! SPIFFE WIT-SVID.md): signing by the issuer, validation by receivers.
+//! SPIFFE WIT-SVID.md): signing by the issuer, validation by receivers. A WIT
+//! may carry an owner binding in the [`OWNER_CLAIM`] claim (format in
+//! [`crate::owner`]).
 
 use std::sync::Arc;
 
@@ -10,6 +12,7 @@ use crate::bundle::Bundle;
 use crate::id::{parse_spiffe_id, SpiffeId, TrustDomain};
 use crate::jwk::{Algorithm, Jwk, PublicKey};
 use crate::jws;
+use crate::owner::{OwnerBinding, OWNER_CLAIM};
 
 /// The media type a WIT is explicitly typed with.
 pub const WIT_TYP: &str = "wit+jwt";
@@ -26,6 +29,9 @@ pub struct WitClaims {
     pub exp: u64,
     pub jti: String,
     pub cnf: Confirmation,
+    /// Who answers for the workload (the `owner` claim).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<OwnerBinding>,
 }
 
 /// RFC 7800 confirmation: the workload's public key, with `alg`.
@@ -59,6 +65,8 @@ pub struct ValidatedWit {
     pub cnf_alg: Algorithm,
     pub exp: u64,
     pub jti: Option<String>,
+    /// Who answers for the workload, when the WIT carries a binding.
+    pub owner: Option<OwnerBinding>,
     pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -74,7 +82,8 @@ pub(crate) fn typ_is(typ: Option<&str>, expected: &str) -> bool {
 /// Validates a WIT against the bundle of its subject's trust domain, at
 /// `now` (Unix seconds) with `skew` seconds of tolerance. Checks, in order:
 /// structure, `typ`, `alg` (profile), `kid`, the required claims, `sub`,
-/// bundle and key, signature, `exp` and `nbf`, `cnf.jwk` and its `alg`.
+/// bundle and key, signature, `exp` and `nbf`, `cnf.jwk` and its `alg`, and
+/// the `owner` binding when there is one.
 pub fn validate(
     token: &str,
     profile: Profile,
@@ -163,6 +172,7 @@ pub fn validate(
             cnf_jwk.kty
         )));
     }
+    let owner = owner_claim(&jws.claims)?;
     let subject = sub.to_owned();
     let jti = jws.str_claim("jti").map(str::to_owned);
     Ok(ValidatedWit {
@@ -173,8 +183,23 @@ pub fn validate(
         cnf_alg,
         exp,
         jti,
+        owner,
         claims: std::mem::take(&mut jws.claims),
     })
+}
+
+/// The `owner` claim, if present; a malformed one refuses the WIT rather
+/// than being taken for no owner.
+fn owner_claim(
+    claims: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Option<OwnerBinding>, WimseError> {
+    claims
+        .get(OWNER_CLAIM)
+        .map(OwnerBinding::from_claim)
+        .transpose()
+        .map_err(|e| WimseError::BadOwner {
+            reason: e.to_string(),
+        })
 }
 
 /// The JWS `alg` of a token, if the profile allows it. `none` and the HMAC

@@ -1,0 +1,178 @@
+//! Publishing revocations: the CRLs (one per X.509 authority) and the signed
+//! revocation list of owners (`workload_api::revocation`), derived from the
+//! store and re-signed whenever what is revoked, or the CA, changes, and
+//! before they go stale. Agents receive them on their entry stream; relying
+//! parties fetch them over HTTP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use workload_api::id::trust_domain_id;
+use workload_api::revocation::{RevocationClaims, RevokedOwner};
+
+use crate::ca::{RevokedSerial, SignedCrl};
+use crate::clock::{from_unix_secs, unix_secs};
+use crate::state::IssuerState;
+
+/// How long a CRL or revocation list is valid. Verifiers refuse owner-bound
+/// tokens once their list is older than this, so it bounds how long a
+/// withheld update can go unnoticed.
+pub const VALIDITY: Duration = Duration::from_secs(3600);
+
+/// Re-signed this long before they would go stale.
+const RESIGN_BEFORE: Duration = Duration::from_secs(1800);
+
+/// How often records of expired SVIDs are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// What is currently published.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Increases with every publication, across restarts (it starts from
+    /// the clock), so consumers can tell news from a replay.
+    pub seq: u64,
+    pub crls: Vec<SignedCrl>,
+    /// The signed revocation list (compact JWS); empty before the first.
+    pub list: String,
+    pub expires_at: i64,
+    /// What was revoked, to tell whether a re-sign is needed.
+    revoked: Vec<RevokedSerial>,
+    owners: Vec<RevokedOwner>,
+    authorities: Vec<String>,
+}
+
+/// The publisher: holds the current publication for everyone to watch.
+#[derive(Debug)]
+pub struct Revocations {
+    current: watch::Sender<Arc<Published>>,
+}
+
+impl Default for Revocations {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Revocations {
+    pub fn new() -> Self {
+        let (current, _) = watch::channel(Arc::new(Published::default()));
+        Revocations { current }
+    }
+
+    pub fn current(&self) -> Arc<Published> {
+        self.current.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
+        self.current.subscribe()
+    }
+}
+
+/// Why publishing failed; the previous publication stays until it works.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Ca(#[from] crate::ca::CaError),
+}
+
+/// Re-derives the revocations and publishes them if anything changed or
+/// the current ones are due for re-signing. Returns whether it published.
+pub async fn refresh(state: &IssuerState) -> Result<bool, PublishError> {
+    let now = state.clock.now();
+    let now_secs = unix_secs(now);
+    let revoked: Vec<RevokedSerial> = state
+        .store
+        .revoked_svids(now_secs)
+        .await?
+        .into_iter()
+        .map(|(svid, revoked_at)| RevokedSerial {
+            serial_hex: svid.serial,
+            authority_id: svid.authority,
+            revoked_at,
+        })
+        .collect();
+    let owners: Vec<RevokedOwner> = state
+        .store
+        .list_owners()
+        .await?
+        .into_iter()
+        .filter(|o| o.revoked_at != 0)
+        .map(|o| RevokedOwner {
+            id: o.id,
+            jkt: o.thumbprint,
+            revoked_at: o.revoked_at.max(0) as u64,
+        })
+        .collect();
+    let authorities = state.ca.x509_authority_ids(now);
+    let held = state.revocations.current();
+    let due = held.expires_at - (RESIGN_BEFORE.as_secs() as i64) <= now_secs;
+    if !due && held.revoked == revoked && held.owners == owners && held.authorities == authorities {
+        return Ok(false);
+    }
+    let seq = (now_secs.max(0) as u64).max(held.seq + 1);
+    let expires_at = now_secs + VALIDITY.as_secs() as i64;
+    let crls = state
+        .ca
+        .sign_crls(&revoked, seq, now, from_unix_secs(expires_at))?;
+    let list = state.ca.sign_revocation_list(&RevocationClaims {
+        iss: trust_domain_id(&state.config.trust_domain),
+        seq,
+        iat: now_secs.max(0) as u64,
+        exp: expires_at.max(0) as u64,
+        owners: owners.clone(),
+    })?;
+    if held.owners != owners || held.revoked != revoked {
+        tracing::info!(
+            seq,
+            revoked_owners = owners.len(),
+            revoked_svids = revoked.len(),
+            "revocations published"
+        );
+    }
+    state.revocations.current.send_replace(Arc::new(Published {
+        seq,
+        crls,
+        list,
+        expires_at,
+        revoked,
+        owners,
+        authorities,
+    }));
+    Ok(true)
+}
+
+/// Keeps the publication current: after every store or bundle change, and
+/// before it goes stale. Expired records of revoked SVIDs are pruned on
+/// the way.
+pub async fn publish_loop(state: IssuerState, mut shutdown: watch::Receiver<bool>) {
+    let mut store_changes = state.store.subscribe();
+    let mut bundle_changes = state.ca.subscribe_bundle();
+    let mut pruned_at = i64::MIN;
+    loop {
+        store_changes.mark_unchanged();
+        bundle_changes.mark_unchanged();
+        if let Err(error) = refresh(&state).await {
+            tracing::error!(%error, "publishing revocations failed; retrying");
+        }
+        let now = unix_secs(state.clock.now());
+        if now.saturating_sub(pruned_at) >= PRUNE_EVERY.as_secs() as i64 {
+            match state.store.prune_bound_svids(now).await {
+                Ok(_) => pruned_at = now,
+                Err(error) => tracing::warn!(%error, "pruning expired SVID records failed"),
+            }
+        }
+        // Overdue means now; otherwise wake when the re-sign falls due.
+        let resign_at = state.revocations.current().expires_at - RESIGN_BEFORE.as_secs() as i64;
+        let wait = Duration::from_secs((resign_at - now).clamp(1, 60) as u64);
+        tokio::select! {
+            changed = store_changes.changed() => if changed.is_err() { return },
+            changed = bundle_changes.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
