@@ -483,6 +483,22 @@ impl TestNode {
         format!("unix://{}", self.socket.display())
     }
 
+    /// Waits until the agent serves an X509-SVID for entry `entry_id`.
+    pub async fn wait_for_entry(&self, entry_id: &str) {
+        let mut snapshots = self.agent.as_ref().unwrap().snapshots.clone();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            snapshots.wait_for(|s| {
+                s.identities
+                    .iter()
+                    .any(|i| i.entry_id == entry_id && i.x509.is_some())
+            }),
+        )
+        .await
+        .expect("the entry's SVID was minted in time")
+        .unwrap();
+    }
+
     /// Waits until the agent holds `count` X509-SVIDs.
     pub async fn wait_for_svids(&self, count: usize) {
         let mut status = self.agent.as_ref().unwrap().status.clone();

@@ -1,7 +1,9 @@
 //! The `sigil-agent` command line: `run` (the agent), `up` (issuer and agent in
-//! one process for a single machine), the `api` client commands, `healthcheck`.
+//! one process for a single machine), the `api` client commands, `delegate`
+//! (child workloads), `healthcheck`.
 
 mod api;
+mod delegate;
 #[cfg(feature = "embedded-issuer")]
 mod up;
 mod wpt;
@@ -37,6 +39,9 @@ enum Command {
     /// Mint or verify WIMSE Workload Proof Tokens.
     #[command(subcommand)]
     Wpt(wpt::WptCommand),
+    /// Register, list or delete child workloads under this workload's identity.
+    #[command(subcommand)]
+    Delegate(delegate::DelegateCommand),
     /// Report the agent's health: healthy, degraded (issuer unreachable,
     /// valid SVIDs still served; exit 0) or failed (exit 1).
     Healthcheck(api::ClientArgs),
@@ -109,6 +114,7 @@ async fn execute(command: Command) -> Result<(), String> {
         Command::Up(args) => up::up(args).await.map_err(|e| e.to_string()),
         Command::Api(command) => api::execute(command).await,
         Command::Wpt(command) => wpt::execute(command).await,
+        Command::Delegate(command) => delegate::execute(command).await,
         Command::Healthcheck(args) => api::healthcheck(&args).await,
     }
 }
