@@ -21,6 +21,7 @@ use workload_api::id::TrustDomain;
 use workload_api::Bundle;
 
 pub mod owners;
+pub mod web;
 
 pub const TRUST_DOMAIN: &str = "example.org";
 
@@ -144,42 +145,23 @@ impl TestIssuer {
     }
 
     /// `GET path` on the issuer's public HTTP endpoint: status and body.
-    pub async fn http_get(&self, path: &str) -> (u16, Vec<u8>) {
-        http_get(self.running.http_address.expect("HTTP endpoint on"), path).await
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        let address = self.running.http_address.expect("HTTP endpoint on");
+        let answer = web::http_call(
+            &address.to_string(),
+            "GET",
+            path,
+            &::http::HeaderMap::new(),
+            b"",
+        )
+        .await;
+        (answer.status, answer.body)
     }
 
     /// Creates an entry parented by `parent` with selector `unix:uid:1000`.
     pub async fn create_entry(&self, spiffe_id: &str, parent: &str, dns: &[&str]) -> pb::Entry {
         create_entry_at(&self.running.admin_socket_path, spiffe_id, parent, dns).await
     }
-}
-
-/// A plain HTTP/1.1 `GET path` to `address`, read to the end: status and
-/// body. Enough for the issuer's endpoint; no client library in between.
-pub async fn http_get(address: SocketAddr, path: &str) -> (u16, Vec<u8>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP response has a header");
-    let head = String::from_utf8_lossy(&response[..split]).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status code");
-    assert!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "chunked bodies are not read here: {head}"
-    );
-    (status, response[split + 4..].to_vec())
 }
 
 /// Generates a join token through the admin socket at `socket`.

@@ -15,6 +15,8 @@
 //! - `sigil-issuer owner revoke` takes the SVID off an open Python
 //!   X509Source within 5 s (measured, printed), and the agent's
 //!   ValidateJWTSVID then refuses a JWT-SVID minted before it.
+//! - Owner ids and consents over their limits are refused before any
+//!   lookup, naming the limit.
 //! - The `sigil-issuer owner` commands round-trip: register (PEM and JWK),
 //!   list, show, revoke, re-register refused, and `owner consent` output
 //!   verifies against the registered key.
@@ -883,4 +885,47 @@ async fn owner_cli_round_trip() {
         2,
         "a refused register wrote an owner"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_owner_ids_and_consents_are_refused_before_any_lookup() {
+    let issuer = TestIssuer::start().await;
+    let long_id = format!("mailto:{}@example.org", "a".repeat(2100));
+    let status = issuer
+        .admin()
+        .await
+        .register_owner(adm::RegisterOwnerRequest {
+            id: long_id.clone(),
+            public_key: "{}".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        status.message(),
+        format!("id: owner id is {} bytes; at most 2048", long_id.len())
+    );
+    assert_create_refused(
+        &issuer,
+        "oversized owner id",
+        fields(BOT, PARENT, &["unix:uid:1000"], &long_id, "a.b.c"),
+        Code::InvalidArgument,
+        &format!(
+            "owner_id: owner id is {} bytes; at most 2048",
+            long_id.len()
+        ),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, public) = openssl_key(dir.path(), "alice", false).await;
+    register_owner(&issuer, ALICE, &public).await;
+    let huge = "a".repeat(100 * 1024);
+    assert_create_refused(
+        &issuer,
+        "oversized consent",
+        fields(BOT, PARENT, &["unix:uid:1000"], ALICE, &huge),
+        Code::InvalidArgument,
+        "consent is 102400 bytes; at most 16384",
+    )
+    .await;
 }

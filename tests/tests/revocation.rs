@@ -178,15 +178,10 @@ async fn revocation_reaches_crls_http_and_token_validation_and_survives_an_agent
     // The issuer's HTTP endpoint serves the same CRL and the signed list.
     let (status, body) = node.issuer.http_get("/v1/crl").await;
     assert_eq!(status, 200);
-    assert_eq!(
-        pem::blocks(&String::from_utf8(body).unwrap(), "X509 CRL"),
-        vec![crl.clone()]
-    );
+    assert_eq!(pem::blocks(&body, "X509 CRL"), vec![crl.clone()]);
     let (status, body) = node.issuer.http_get("/v1/revocations").await;
     assert_eq!(status, 200);
-    let list =
-        workload_api::revocation::verify(&String::from_utf8(body).unwrap(), &node.issuer.bundle())
-            .unwrap();
+    let list = workload_api::revocation::verify(&body, &node.issuer.bundle()).unwrap();
     assert_eq!(list.revoked_owners(), 1);
     let bundle = node.issuer.bundle();
     let bound = workload_api::jwtsvid::validate(
@@ -265,15 +260,13 @@ async fn a_restarted_issuer_keeps_publishing_revocations() {
     let issuer = issuer.restart().await;
     let (status, body) = issuer.http_get("/v1/crl").await;
     assert_eq!(status, 200);
-    let crls = pem::blocks(&String::from_utf8(body).unwrap(), "X509 CRL");
+    let crls = pem::blocks(&body, "X509 CRL");
     assert!(
         crls.iter().any(|c| crl_serials(c).contains(&serial)),
         "the restarted issuer's CRLs lack {serial}"
     );
     let (_, body) = issuer.http_get("/v1/revocations").await;
-    let list =
-        workload_api::revocation::verify(&String::from_utf8(body).unwrap(), &issuer.bundle())
-            .unwrap();
+    let list = workload_api::revocation::verify(&body, &issuer.bundle()).unwrap();
     assert_eq!(list.revoked_owners(), 1);
     // Nothing can be bound to the revoked owner again.
     let status = issuer
@@ -299,4 +292,109 @@ async fn a_restarted_issuer_keeps_publishing_revocations() {
     assert!(status
         .message()
         .starts_with("owner mailto:alice@example.org was revoked at "));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wpt_from_a_revoked_owners_wit_fails_at_the_example_service() {
+    use workload_api::wimse::WptForm;
+    let node = TestNode::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, public) = openssl_key(d, "alice", false).await;
+    register_owner(&node.issuer, ALICE, &public).await;
+    let selector = format!("unix:uid:{}", current_uid());
+    let (consent, _) = cli_consent(d, "bot", ALICE, &key, BOT, &[selector.as_str()], "1h").await;
+    let admin_socket = node.issuer.running.admin_socket_path.clone();
+    let bound = create_at(
+        &admin_socket,
+        fields(BOT, &node.agent_id, &[selector.as_str()], ALICE, &consent),
+    )
+    .await;
+    // The service runs as this uid too: this identity keeps its bundle
+    // streams open after the revocation.
+    register_at(&admin_socket, &node.agent_id, RELYING, 0, "").await;
+    node.wait_for_entry(&bound.id).await;
+    let wits = first_message(
+        connect(&EndpointAddress::Unix(node.socket.clone()))
+            .await
+            .unwrap()
+            .fetch_witsvid(wl::WitsvidRequest {
+                spiffe_id: BOT.into(),
+            })
+            .await,
+    )
+    .await;
+    let wit = wits.svids[0].wit_svid.clone();
+    let wit_key =
+        workload_api::keypair::KeyPair::from_jwk_json(&wits.svids[0].wit_svid_key).unwrap();
+
+    let endpoint = node.endpoint();
+    let url = format!(
+        "http://{}/v1/revocations",
+        node.issuer.running.http_address.unwrap()
+    );
+    let service = tokio::task::spawn_blocking(move || {
+        sigil_tests::web::ExampleService::start_with(endpoint, &["--revocations-url", &url])
+    })
+    .await
+    .unwrap();
+    let call = || async {
+        let mut headers = ::http::HeaderMap::new();
+        workload_api::wimse::http::add_proof_headers_as(
+            WptForm::Authorization,
+            &mut headers,
+            &wit,
+            &wit_key,
+            "https://orders.example.org/orders",
+            60,
+            &[],
+            unix_now(),
+        )
+        .unwrap();
+        sigil_tests::web::http_call(&service.address, "GET", "/orders", &headers, b"").await
+    };
+    // Accepted while the owner stands (once the service holds a list).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let accepted = loop {
+        let answer = call().await;
+        if answer.status == 200 || Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
+    assert!(accepted.body.contains(ALICE), "{}", accepted.body);
+
+    let started = Instant::now();
+    node.issuer
+        .admin()
+        .await
+        .revoke_owner(adm::OwnerId { id: ALICE.into() })
+        .await
+        .unwrap();
+    let refused = loop {
+        let answer = call().await;
+        if answer.status != 200 {
+            break answer;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the service still accepts the revoked owner's WIT"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!(
+        "owner revoke -> the example service refuses a WPT from the old WIT: {} ms",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let problem: serde_json::Value = serde_json::from_str(&refused.body).unwrap();
+    assert_eq!(problem["check"], "wit.owner_revoked", "{problem}");
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }

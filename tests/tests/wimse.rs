@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use proto::workload as pb;
+use sigil_tests::web::*;
 use sigil_tests::*;
 use workload_api::client::{connect, EndpointAddress, WorkloadClient};
 use workload_api::keypair::KeyPair;
@@ -296,112 +297,9 @@ async fn cli_fetches_mints_and_verifies() {
     assert!(tampered.2.contains("wpt."), "{}", tampered.2);
 }
 
-/// What came back from [`http_call`].
-struct Answer {
-    status: u16,
-    headers: http::HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn content_type(&self) -> &str {
-        self.headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-    }
-}
-
-/// One HTTP/1.1 request over a fresh connection.
-async fn http_call(
-    address: &str,
-    method: &str,
-    path: &str,
-    headers: &http::HeaderMap,
-    body: &[u8],
-) -> Answer {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: orders.example.org\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));
-    }
-    request.push_str("\r\n");
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let mut headers = http::HeaderMap::new();
-    for line in lines {
-        let (name, value) = line.split_once(':').unwrap();
-        headers.append(
-            http::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
-            value.trim().parse().unwrap(),
-        );
-    }
-    Answer {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
-}
-
 async fn http_get(address: &str, path: &str, headers: &http::HeaderMap) -> (u16, String, String) {
     let answer = http_call(address, "GET", path, headers, b"").await;
     (answer.status, answer.content_type().to_owned(), answer.body)
-}
-
-/// The example service, started against the node's Workload API.
-struct ExampleService {
-    child: std::process::Child,
-    address: String,
-}
-
-impl ExampleService {
-    fn start(endpoint: String) -> Self {
-        use std::io::BufRead;
-        let mut child = Command::new(binary("wimse-service"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--audience",
-                "https://orders.example.org",
-            ])
-            .env("SPIFFE_ENDPOINT_SOCKET", endpoint)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let address = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        ExampleService { child, address }
-    }
-}
-
-impl Drop for ExampleService {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A verifier for `audience` trusting the WIT bundles the Workload API gives.
