@@ -76,9 +76,11 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     let (stop, stop_rx) = watch::channel(false);
     let (entries_tx, entries_rx) = watch::channel(Arc::new(Vec::new()));
     let delegation_entries = entries_rx.clone();
-    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::awaiting_entries(
-        (*node.bundle()).clone(),
-    )));
+    // Revocations kept on disk apply from the first call, before any sync.
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot {
+        revocations: node.revocations(),
+        ..Snapshot::awaiting_entries((*node.bundle()).clone())
+    }));
     let (status_tx, status_rx) = watch::channel(Status::default());
     let health = Arc::new(IssuerHealth::default());
 

@@ -144,3 +144,27 @@ pub fn fields(
         ..Default::default()
     }
 }
+
+/// Revokes owner `id` through the admin API.
+pub async fn revoke_owner(issuer: &TestIssuer, id: &str) {
+    issuer
+        .admin()
+        .await
+        .revoke_owner(adm::OwnerId { id: id.into() })
+        .await
+        .unwrap();
+}
+
+/// What the leaf of the X509-SVID served for `spiffe_id` says.
+pub fn served_leaf(
+    response: &proto::workload::X509svidResponse,
+    spiffe_id: &str,
+) -> workload_api::x509svid::LeafInfo {
+    let svid = response
+        .svids
+        .iter()
+        .find(|s| s.spiffe_id == spiffe_id)
+        .unwrap_or_else(|| panic!("no X509-SVID served for {spiffe_id}"));
+    let chain = workload_api::bundle::split_der_concat(&svid.x509_svid).unwrap();
+    workload_api::x509svid::check_leaf(&chain[0]).unwrap()
+}

@@ -111,16 +111,7 @@ async fn a_workload_registers_a_child_within_its_owners_consent() {
         .await
         .unwrap();
     let svids = first_message(client.fetch_x509svid(wl::X509svidRequest {}).await).await;
-    let svid = svids
-        .svids
-        .iter()
-        .find(|s| s.spiffe_id == search)
-        .expect("the child's SVID is served");
-    let chain = workload_api::bundle::split_der_concat(&svid.x509_svid).unwrap();
-    let owner = workload_api::x509svid::check_leaf(&chain[0])
-        .unwrap()
-        .owner
-        .unwrap();
+    let owner = served_leaf(&svids, &search).owner.unwrap();
     assert_eq!(owner.owner_id, ALICE);
     assert_eq!(owner.actors, [PLANNER]);
     assert_eq!(

@@ -89,13 +89,7 @@ async fn revocation_reaches_crls_http_and_token_validation_and_survives_an_agent
         .await
         .unwrap();
     let before = first_message(client.fetch_x509svid(wl::X509svidRequest {}).await).await;
-    let bot = before
-        .svids
-        .iter()
-        .find(|s| s.spiffe_id == BOT)
-        .expect("the bound SVID is served");
-    let chain = workload_api::bundle::split_der_concat(&bot.x509_svid).unwrap();
-    let leaf = workload_api::x509svid::check_leaf(&chain[0]).unwrap();
+    let leaf = served_leaf(&before, BOT);
     assert_eq!(leaf.owner.unwrap().owner_id, ALICE);
     // Every authority has a CRL from the start, empty until something is revoked.
     assert_eq!(before.crl.len(), 1, "one CRL per authority");
@@ -121,12 +115,7 @@ async fn revocation_reaches_crls_http_and_token_validation_and_survives_an_agent
     );
 
     let started = Instant::now();
-    node.issuer
-        .admin()
-        .await
-        .revoke_owner(adm::OwnerId { id: ALICE.into() })
-        .await
-        .unwrap();
+    revoke_owner(&node.issuer, ALICE).await;
     // The X.509 bundles stream of the still-entitled workload brings the CRL.
     let mut bundles = client
         .fetch_x509_bundles(wl::X509BundlesRequest {})
@@ -250,12 +239,7 @@ async fn a_restarted_issuer_keeps_publishing_revocations() {
     let serial = workload_api::x509svid::check_leaf(&chain[0])
         .unwrap()
         .serial_hex;
-    issuer
-        .admin()
-        .await
-        .revoke_owner(adm::OwnerId { id: ALICE.into() })
-        .await
-        .unwrap();
+    revoke_owner(&issuer, ALICE).await;
 
     let issuer = issuer.restart().await;
     let (status, body) = issuer.http_get("/v1/crl").await;
@@ -366,12 +350,7 @@ async fn a_wpt_from_a_revoked_owners_wit_fails_at_the_example_service() {
     assert!(accepted.body.contains(ALICE), "{}", accepted.body);
 
     let started = Instant::now();
-    node.issuer
-        .admin()
-        .await
-        .revoke_owner(adm::OwnerId { id: ALICE.into() })
-        .await
-        .unwrap();
+    revoke_owner(&node.issuer, ALICE).await;
     let refused = loop {
         let answer = call().await;
         if answer.status != 200 {

@@ -18,12 +18,7 @@ impl Store {
     /// owner exists and is not revoked, and, for a delegated entry, only if
     /// its parent entry still exists.
     pub async fn create_entry(&self, fields: &EntryFields, now: i64) -> Result<Entry, StoreError> {
-        let id = crate::ids::uuid_v4();
-        let mut tx = self.pool.begin().await?;
-        let result = write_create(&mut tx, &id, fields, now).await;
-        finish(tx, result).await?;
-        self.changed();
-        self.get_entry(&id).await
+        self.insert_entry(fields, None, now).await
     }
 
     /// Creates an entry a workload registered under its own identity
@@ -36,25 +31,22 @@ impl Store {
         max_children: i64,
         now: i64,
     ) -> Result<Entry, StoreError> {
-        let owner = fields
-            .owner
-            .as_ref()
-            .filter(|o| !o.delegated_from.is_empty())
-            .ok_or_else(|| StoreError::ParentEntryGone("(none given)".into()))?;
+        self.insert_entry(fields, Some(max_children), now).await
+    }
+
+    /// Inserts an entry in one transaction; with `max_children`, only while
+    /// its parent has fewer children.
+    async fn insert_entry(
+        &self,
+        fields: &EntryFields,
+        max_children: Option<i64>,
+        now: i64,
+    ) -> Result<Entry, StoreError> {
         let id = crate::ids::uuid_v4();
         let mut tx = self.pool.begin().await?;
         let result = async {
-            lock_owner(&mut tx, owner).await?;
-            let children: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM entries WHERE delegated_from = $1")
-                    .bind(&owner.delegated_from)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if children >= max_children {
-                return Err(StoreError::TooManyChildren {
-                    parent: owner.delegated_from.clone(),
-                    max: max_children,
-                });
+            if let Some(max) = max_children {
+                check_room_for_child(&mut tx, fields, max).await?;
             }
             write_create(&mut tx, &id, fields, now).await
         }
@@ -204,6 +196,33 @@ async fn write_create(
         .execute(&mut *conn)
         .await;
     map_unique(result, fields)
+}
+
+/// Refuses a delegated entry whose parent already has `max` children,
+/// counted after taking the write lock (through the owner row).
+async fn check_room_for_child(
+    conn: &mut sqlx::SqliteConnection,
+    fields: &EntryFields,
+    max: i64,
+) -> Result<(), StoreError> {
+    let owner = fields
+        .owner
+        .as_ref()
+        .filter(|o| !o.delegated_from.is_empty())
+        .ok_or_else(|| StoreError::ParentEntryGone("(none given)".into()))?;
+    lock_owner(&mut *conn, owner).await?;
+    let children: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM entries WHERE delegated_from = $1")
+            .bind(&owner.delegated_from)
+            .fetch_one(&mut *conn)
+            .await?;
+    if children >= max {
+        return Err(StoreError::TooManyChildren {
+            parent: owner.delegated_from.clone(),
+            max,
+        });
+    }
+    Ok(())
 }
 
 /// The writes of [`Store::update_entry`], inside its transaction.
@@ -892,11 +911,7 @@ mod tests {
             .map(|(svid, revoked_at)| (svid.serial, revoked_at))
             .collect();
         assert_eq!(serials, [("01".into(), 100), ("02".into(), 100)]);
-        let revoked_at: Vec<(String, i64)> =
-            sqlx::query_as("SELECT serial, revoked_at FROM bound_x509_svids ORDER BY serial")
-                .fetch_all(&store.pool)
-                .await
-                .unwrap();
+        let revoked_at = super::super::serials_revoked_at(&store).await;
         assert_eq!(
             revoked_at,
             [

@@ -221,3 +221,13 @@ async fn temp_store() -> (tempfile::TempDir, Store) {
         .unwrap();
     (dir, store)
 }
+
+/// Every recorded SVID's serial and revocation time (0: not revoked), by
+/// serial: what tests check revocation marked.
+#[cfg(test)]
+async fn serials_revoked_at(store: &Store) -> Vec<(String, i64)> {
+    sqlx::query_as("SELECT serial, revoked_at FROM bound_x509_svids ORDER BY serial")
+        .fetch_all(&store.pool)
+        .await
+        .unwrap()
+}

@@ -299,11 +299,7 @@ pub(super) mod tests {
             store.revoked_svids(550).await.unwrap(),
             [(svids[1].clone(), 100)]
         );
-        let revoked_at: Vec<(String, i64)> =
-            sqlx::query_as("SELECT serial, revoked_at FROM bound_x509_svids ORDER BY serial")
-                .fetch_all(&store.pool)
-                .await
-                .unwrap();
+        let revoked_at = super::super::serials_revoked_at(&store).await;
         assert_eq!(
             revoked_at,
             [

@@ -227,6 +227,10 @@ impl Node {
         self.bundle.subscribe()
     }
 
+    pub fn revocations(&self) -> Arc<Revocations> {
+        self.revocations.borrow().clone()
+    }
+
     pub fn subscribe_revocations(&self) -> watch::Receiver<Arc<Revocations>> {
         self.revocations.subscribe()
     }
