@@ -19,6 +19,7 @@ pub mod endpoints;
 pub mod ids;
 pub mod limits;
 pub mod owners;
+pub mod published;
 pub mod registration;
 pub mod revocations;
 pub mod server;

@@ -4,15 +4,15 @@
 //! before they go stale. Agents receive them on their entry stream; relying
 //! parties fetch them over HTTP.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use workload_api::id::trust_domain_id;
 use workload_api::revocation::{RevocationClaims, RevokedOwner};
 
-use crate::ca::{RevokedSerial, SignedCrl};
+use crate::ca::RevokedSerial;
 use crate::clock::{from_unix_secs, unix_secs};
+use crate::published::Published;
 use crate::state::IssuerState;
 
 /// How long a CRL or revocation list is valid. Verifiers refuse owner-bound
@@ -25,49 +25,6 @@ const RESIGN_BEFORE: Duration = Duration::from_secs(1800);
 
 /// How often records of expired SVIDs are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
-
-/// What is currently published.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Published {
-    /// Increases with every publication, across restarts (it starts from
-    /// the clock), so consumers can tell news from a replay.
-    pub seq: u64,
-    pub crls: Vec<SignedCrl>,
-    /// The signed revocation list (compact JWS); empty before the first.
-    pub list: String,
-    pub expires_at: i64,
-    /// What was revoked, to tell whether a re-sign is needed.
-    revoked: Vec<RevokedSerial>,
-    owners: Vec<RevokedOwner>,
-    authorities: Vec<String>,
-}
-
-/// The publisher: holds the current publication for everyone to watch.
-#[derive(Debug)]
-pub struct Revocations {
-    current: watch::Sender<Arc<Published>>,
-}
-
-impl Default for Revocations {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Revocations {
-    pub fn new() -> Self {
-        let (current, _) = watch::channel(Arc::new(Published::default()));
-        Revocations { current }
-    }
-
-    pub fn current(&self) -> Arc<Published> {
-        self.current.borrow().clone()
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
-        self.current.subscribe()
-    }
-}
 
 /// Why publishing failed; the previous publication stays until it works.
 #[derive(Debug, thiserror::Error)]
@@ -133,7 +90,7 @@ pub async fn refresh(state: &IssuerState) -> Result<bool, PublishError> {
             "revocations published"
         );
     }
-    state.revocations.current.send_replace(Arc::new(Published {
+    state.revocations.publish(Published {
         seq,
         crls,
         list,
@@ -141,7 +98,7 @@ pub async fn refresh(state: &IssuerState) -> Result<bool, PublishError> {
         revoked,
         owners,
         authorities,
-    }));
+    });
     Ok(true)
 }
 

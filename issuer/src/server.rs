@@ -20,7 +20,8 @@ use crate::config::Config;
 use crate::endpoints::admin::AdminService;
 use crate::endpoints::agent::AgentService;
 use crate::endpoints::tls::ServerTls;
-use crate::revocations::{self, Revocations};
+use crate::published::Revocations;
+use crate::revocations;
 use crate::state::IssuerState;
 use crate::store::Store;
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::ca::Ca;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::revocations::Revocations;
+use crate::published::Revocations;
 use crate::store::Store;
 
 /// The issuer's subsystems, shared by its endpoints.
