@@ -106,13 +106,21 @@ async fn revocation_reaches_crls_http_and_token_validation_and_survives_an_agent
         .svids[0]
         .svid
         .clone();
-    assert_eq!(
-        validate(&node.socket, &jwt, audience)
-            .await
-            .unwrap()
-            .spiffe_id,
-        BOT
-    );
+    // ValidateJWTSVID returns the owner claim among the claims.
+    let validated = validate(&node.socket, &jwt, audience).await.unwrap();
+    assert_eq!(validated.spiffe_id, BOT);
+    let claims = validated.claims.unwrap().fields;
+    let Some(prost_types::value::Kind::StructValue(owner)) =
+        claims.get("owner").and_then(|v| v.kind.clone())
+    else {
+        panic!("no owner claim among {:?}", claims.keys());
+    };
+    let member = |name: &str| match owner.fields.get(name).and_then(|v| v.kind.clone()) {
+        Some(prost_types::value::Kind::StringValue(text)) => text,
+        other => panic!("owner.{name} is {other:?}"),
+    };
+    assert_eq!(member("id"), ALICE);
+    assert_eq!(member("jkt"), alice.thumbprint);
 
     let started = Instant::now();
     revoke_owner(&node.issuer, ALICE).await;
