@@ -38,6 +38,8 @@ pub struct FileConfig {
     /// The `iss` of WIT-SVIDs; none when unset.
     pub wit_issuer: Option<String>,
     pub bundle_refresh_hint: Option<String>,
+    /// Whether owner-bound X509-SVIDs carry the owner binding extension.
+    pub x509_owner_extension: Option<bool>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
     pub upstream_ca: Option<UpstreamCaFile>,
@@ -81,6 +83,7 @@ impl FileConfig {
             wit_key_type: self.wit_key_type.or(fallback.wit_key_type),
             wit_issuer: self.wit_issuer.or(fallback.wit_issuer),
             bundle_refresh_hint: self.bundle_refresh_hint.or(fallback.bundle_refresh_hint),
+            x509_owner_extension: self.x509_owner_extension.or(fallback.x509_owner_extension),
             log_level: self.log_level.or(fallback.log_level),
             log_format: self.log_format.or(fallback.log_format),
             upstream_ca: self.upstream_ca.or(fallback.upstream_ca),
@@ -108,6 +111,10 @@ pub struct Config {
     pub wit_key_type: KeyType,
     pub wit_issuer: Option<String>,
     pub bundle_refresh_hint: Duration,
+    /// Owner-bound X509-SVIDs carry the owner binding extension (default).
+    /// Off for fleets of Go relying parties: Go's crypto/x509 cannot parse
+    /// its 128-bit OID arc. Tokens carry the binding either way.
+    pub x509_owner_extension: bool,
     pub log_level: String,
     pub log_format: LogFormat,
     pub upstream_ca: Option<UpstreamCa>,
@@ -234,6 +241,7 @@ impl Config {
             wit_key_type: key_type("wit_key_type", file.wit_key_type.as_deref())?,
             wit_issuer: file.wit_issuer,
             bundle_refresh_hint,
+            x509_owner_extension: file.x509_owner_extension.unwrap_or(true),
             log_level,
             log_format,
             upstream_ca: file.upstream_ca.map(|u| UpstreamCa {

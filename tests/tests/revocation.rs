@@ -213,15 +213,19 @@ async fn revocation_reaches_crls_http_and_token_validation_and_survives_an_agent
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_restarted_issuer_keeps_publishing_revocations() {
-    let issuer = TestIssuer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let (key, public) = openssl_key(d, "alice", true).await;
-    register_owner(&issuer, ALICE, &public).await;
+/// An owner-bound X509-SVID signed through the agent API, with the agent
+/// that asked for it and the consent that binds it.
+struct BoundSvid {
+    leaf: workload_api::x509svid::LeafInfo,
+    agent: TestAgent,
+    consent: String,
+}
+
+async fn sign_bound_svid(issuer: &TestIssuer, dir: &Path) -> BoundSvid {
+    let (key, public) = openssl_key(dir, "alice", true).await;
+    register_owner(issuer, ALICE, &public).await;
     let agent = issuer.attest().await;
-    let (consent, _) = cli_consent(d, "bot", ALICE, &key, BOT, &["unix:uid:1000"], "1h").await;
+    let (consent, _) = cli_consent(dir, "bot", ALICE, &key, BOT, &["unix:uid:1000"], "1h").await;
     let entry = create_at(
         &issuer.running.admin_socket_path,
         fields(BOT, &agent.id, &["unix:uid:1000"], ALICE, &consent),
@@ -244,9 +248,48 @@ async fn a_restarted_issuer_keeps_publishing_revocations() {
         .remove(0);
     assert_eq!(signed.code, 0, "{}", signed.message);
     let chain = workload_api::bundle::split_der_concat(&signed.cert_chain).unwrap();
-    let serial = workload_api::x509svid::check_leaf(&chain[0])
-        .unwrap()
-        .serial_hex;
+    BoundSvid {
+        leaf: workload_api::x509svid::check_leaf(&chain[0]).unwrap(),
+        agent,
+        consent,
+    }
+}
+
+/// Issuers for Go relying parties leave the extension out; the SVID is
+/// still recorded and revoked.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_x509_extension_bound_svids_are_still_revoked() {
+    let issuer =
+        TestIssuer::start_with(std::sync::Arc::new(sigil_issuer::clock::SystemClock), |c| {
+            c.x509_owner_extension = false
+        })
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let bound = sign_bound_svid(&issuer, dir.path()).await;
+    assert_eq!(bound.leaf.owner, None, "no owner extension");
+    revoke_owner(&issuer, ALICE).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, body) = issuer.http_get("/v1/crl").await;
+        let crls = pem::blocks(&body, "X509 CRL");
+        if crls
+            .iter()
+            .any(|c| crl_serials(c).contains(&bound.leaf.serial_hex))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the serial never reached a CRL");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_issuer_keeps_publishing_revocations() {
+    let issuer = TestIssuer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bound = sign_bound_svid(&issuer, dir.path()).await;
+    assert!(bound.leaf.owner.is_some());
+    let (serial, agent, consent) = (bound.leaf.serial_hex, bound.agent, bound.consent);
     revoke_owner(&issuer, ALICE).await;
 
     let issuer = issuer.restart().await;

@@ -227,11 +227,16 @@ impl AgentService {
             Ok(owner) => owner,
             Err(status) => return fail(status),
         };
+        // The SVID is recorded for revocation whether or not it carries
+        // the extension.
+        let extension = owner
+            .as_ref()
+            .filter(|_| self.state.config.x509_owner_extension);
         match self.state.ca.sign_x509_svid(
             &SubjectKey::new(&csr.public_key),
             &spiffe_id,
             &entry.fields.dns_names,
-            owner.as_ref(),
+            extension,
             ttl,
             self.now(),
         ) {
