@@ -34,15 +34,19 @@ CREATE INDEX entries_owner ON entries (owner_id);
 CREATE INDEX entries_delegated_from ON entries (delegated_from);
 
 -- X509-SVIDs minted for owner-bound entries, so that revoking an owner or
--- deleting an entry can put the serials of still-valid SVIDs on a CRL.
+-- deleting an entry can put the serials of still-valid SVIDs on a CRL. One
+-- row per entry per signing call, holding all its serials: recording costs
+-- one row however many SVIDs a call signs, which keeps what owner binding
+-- adds to issuance small.
 CREATE TABLE bound_x509_svids (
-    -- Hex, as the CA reports it.
-    serial      TEXT PRIMARY KEY,
-    -- Id of the X.509 authority that signed it: each authority has its own CRL.
+    -- Id of the X.509 authority that signed them: each authority has its own CRL.
     authority   TEXT NOT NULL,
     entry_id    TEXT NOT NULL,
     owner_id    TEXT NOT NULL,
-    -- Rows are pruned once the SVID has expired: a CRL need not list it then.
+    -- The serials, hex as the CA reports them, separated by spaces.
+    serials     TEXT NOT NULL,
+    -- The latest expiry among them: the row is pruned once it has passed,
+    -- when no CRL need list them any more.
     not_after   BIGINT NOT NULL,
     -- Unix seconds of the revocation; 0 unless revoked.
     revoked_at  BIGINT NOT NULL

@@ -369,6 +369,14 @@ impl UpProcess {
     }
 }
 
+/// A test that fails before stopping `up` must not leave it running.
+impl Drop for UpProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// An issuer and an agent, both in this process, with the Workload API on a
 /// temp unix socket that any local user can reach.
 #[allow(missing_debug_implementations)]

@@ -28,6 +28,11 @@ static PLACEHOLDER_TLV: LazyLock<Vec<u8>> = LazyLock::new(|| {
 /// The real OID's full DER.
 static OWNER_OID_TLV: LazyLock<Vec<u8>> = LazyLock::new(|| tlv(&OWNER_BINDING_OID_DER));
 
+/// Finds the placeholder. Every certificate is searched (the signer cannot
+/// tell which carry it), so the search must cost next to nothing.
+static PLACEHOLDER_FINDER: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(PLACEHOLDER_TLV.as_slice()).into_owned());
+
 fn tlv(content: &[u8]) -> Vec<u8> {
     let mut out = vec![0x06, content.len() as u8];
     out.extend_from_slice(content);
@@ -51,8 +56,7 @@ pub fn extension(binding: &OwnerBinding) -> rcgen::CustomExtension {
 
 /// Where the placeholder OID sits in `der`, if it does.
 fn placeholder_at(der: &[u8]) -> Option<usize> {
-    let needle = PLACEHOLDER_TLV.as_slice();
-    der.windows(needle.len()).position(|w| w == needle)
+    PLACEHOLDER_FINDER.find(der)
 }
 
 /// Replaces the placeholder OID with the owner binding OID in place.

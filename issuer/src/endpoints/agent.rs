@@ -136,6 +136,7 @@ impl AgentService {
     fn sign_one_wit(
         &self,
         entries: &HashMap<String, Entry>,
+        bindings: &mut Bindings,
         params: &pb::WitSvidParams,
     ) -> pb::WitSvidResult {
         let fail = |status: Status| pb::WitSvidResult {
@@ -159,7 +160,7 @@ impl AgentService {
             Ok(id) => id,
             Err(e) => return fail(Status::internal(format!("stored entry is invalid: {e}"))),
         };
-        let owner = match owner_binding(entry) {
+        let owner = match bindings.of(entry) {
             Ok(owner) => owner,
             Err(status) => return fail(status),
         };
@@ -167,7 +168,7 @@ impl AgentService {
         match self
             .state
             .ca
-            .sign_wit_svid(&spiffe_id, jwk, owner.as_ref(), ttl, self.now())
+            .sign_wit_svid(&spiffe_id, jwk, owner, ttl, self.now())
         {
             Ok(signed) => pb::WitSvidResult {
                 code: 0,
@@ -188,6 +189,7 @@ impl AgentService {
     fn sign_one(
         &self,
         entries: &HashMap<String, Entry>,
+        bindings: &mut Bindings,
         params: &pb::X509SvidParams,
     ) -> (pb::X509SvidResult, Option<BoundSvid>) {
         let fail = |status: Status| (failed_x509(&params.entry_id, status), None);
@@ -223,15 +225,13 @@ impl AgentService {
             0 => self.state.config.default_x509_svid_ttl,
             secs => Duration::from_secs(secs as u64),
         };
-        let owner = match owner_binding(entry) {
+        let owner = match bindings.of(entry) {
             Ok(owner) => owner,
             Err(status) => return fail(status),
         };
         // The SVID is recorded for revocation whether or not it carries
         // the extension.
-        let extension = owner
-            .as_ref()
-            .filter(|_| self.state.config.x509_owner_extension);
+        let extension = owner.filter(|_| self.state.config.x509_owner_extension);
         match self.state.ca.sign_x509_svid(
             &SubjectKey::new(&csr.public_key),
             &spiffe_id,
@@ -245,7 +245,7 @@ impl AgentService {
                     serial: signed.serial_hex.clone(),
                     authority: signed.authority_id.clone(),
                     entry_id: entry.id.clone(),
-                    owner_id: owner.owner_id,
+                    owner_id: owner.owner_id.clone(),
                     not_after: unix_secs(signed.not_after),
                 });
                 let result = pb::X509SvidResult {
@@ -384,8 +384,11 @@ impl AgentApi for AgentService {
             )));
         }
         let entries = self.authorized(&agent).await?;
-        let (mut results, bound): (Vec<_>, Vec<_>) =
-            params.iter().map(|p| self.sign_one(&entries, p)).unzip();
+        let mut bindings = Bindings::default();
+        let (mut results, bound): (Vec<_>, Vec<_>) = params
+            .iter()
+            .map(|p| self.sign_one(&entries, &mut bindings, p))
+            .unzip();
         let bound: Vec<BoundSvid> = bound.into_iter().flatten().collect();
         // An owner-bound SVID leaves only once its serial is on record, so
         // revoking the owner can always list it.
@@ -416,9 +419,10 @@ impl AgentApi for AgentService {
             )));
         }
         let entries = self.authorized(&agent).await?;
+        let mut bindings = Bindings::default();
         let results = params
             .iter()
-            .map(|p| self.sign_one_wit(&entries, p))
+            .map(|p| self.sign_one_wit(&entries, &mut bindings, p))
             .collect();
         Ok(Response::new(pb::BatchSignWitSvidsResponse { results }))
     }
@@ -596,6 +600,23 @@ fn failed_x509(entry_id: &str, status: Status) -> pb::X509SvidResult {
         entry_id: entry_id.to_owned(),
         cert_chain: Vec::new(),
         expires_at: 0,
+    }
+}
+
+/// The owner bindings of the entries one call signs for, each derived once
+/// however many credentials the call asks for.
+#[derive(Default)]
+struct Bindings(HashMap<String, Result<Option<OwnerBinding>, Status>>);
+
+impl Bindings {
+    fn of(&mut self, entry: &Entry) -> Result<Option<&OwnerBinding>, Status> {
+        if !self.0.contains_key(&entry.id) {
+            self.0.insert(entry.id.clone(), owner_binding(entry));
+        }
+        match &self.0[&entry.id] {
+            Ok(owner) => Ok(owner.as_ref()),
+            Err(status) => Err(status.clone()),
+        }
     }
 }
 

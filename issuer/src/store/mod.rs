@@ -226,8 +226,15 @@ async fn temp_store() -> (tempfile::TempDir, Store) {
 /// serial: what tests check revocation marked.
 #[cfg(test)]
 async fn serials_revoked_at(store: &Store) -> Vec<(String, i64)> {
-    sqlx::query_as("SELECT serial, revoked_at FROM bound_x509_svids ORDER BY serial")
-        .fetch_all(&store.pool)
-        .await
-        .unwrap()
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT serials, revoked_at FROM bound_x509_svids")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+    let mut serials: Vec<(String, i64)> = rows
+        .iter()
+        .flat_map(|(serials, at)| serials.split_whitespace().map(|s| (s.to_owned(), *at)))
+        .collect();
+    serials.sort();
+    serials
 }

@@ -5,9 +5,14 @@
 //! prints how to reach the Workload API and keeps a live status line. A
 //! second run reuses the data directory: same CA, same agent, same entries.
 //!
+//! The user is also an owner (`spiffe://<td>/owner/<name>`, key in
+//! `owner/owner.jwk`): the user's entry carries the owner's consent, so its
+//! credentials are owner-bound from the first fetch. Consent is signed for
+//! 30 days and renewed, on start and while running, a week before it lapses.
+//!
 //! Layout: the data directory is traversable by every local user so that
 //! any process can reach `api.sock` (callers are told apart by their peer
-//! credentials); `issuer/` and `agent/` inside it are private (0700).
+//! credentials); `issuer/`, `agent/` and `owner/` inside it are private (0700).
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -18,14 +23,16 @@ use std::time::{Duration, SystemTime};
 use clap::Args;
 use proto::admin::admin_client::AdminClient;
 use proto::admin::{BundleRequest, CreateEntryRequest, CreateJoinTokenRequest, EntryFields};
-use proto::admin::{JoinToken, ListEntriesRequest};
-use proto::issuer::Selector;
+use proto::admin::{JoinToken, ListEntriesRequest, UpdateEntryRequest};
+use proto::issuer::{Entry, Selector};
 use sigil_issuer::clock::SystemClock;
 use tonic::transport::Channel;
 use workload_api::files::{DirLock, LockError};
 use workload_api::id::parse_trust_domain;
 
 use crate::config::{AgentConfig, ConfigError, FileConfig};
+
+mod owner;
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -80,6 +87,17 @@ pub enum UpError {
     },
     #[error("agent: {0}")]
     Agent(#[from] crate::agent::AgentError),
+    #[error("owner key {path}: {reason}")]
+    OwnerKey { path: PathBuf, reason: String },
+    #[error("owner {id} is registered with key {registered}, not with the key in {path} ({local}); restore that key file or use another --data-dir")]
+    OwnerKeyMismatch {
+        id: String,
+        path: PathBuf,
+        registered: String,
+        local: String,
+    },
+    #[error("owner {id} was revoked at {revoked_at}; up does not register it again: use another --data-dir")]
+    OwnerRevoked { id: String, revoked_at: String },
 }
 
 fn default_data_dir() -> PathBuf {
@@ -133,37 +151,93 @@ fn closed_ancestor(path: &Path) -> Option<PathBuf> {
     })
 }
 
-/// Creates the entry through the admin API unless one with the same SPIFFE
-/// ID, parent and selectors exists.
+/// Makes sure the entry exists: created through the admin API unless one
+/// with the same SPIFFE ID, parent and selectors exists. With an `owner`,
+/// the entry is bound to it: a new entry is created with the owner's
+/// consent, an existing one that is unbound or whose consent lapses within
+/// [`owner::RENEW_BEFORE`] is updated (at its revision) with a fresh one.
+/// An entry an operator bound to another owner is left as it is.
 async fn ensure_entry(
     admin: &mut AdminClient<Channel>,
-    fields: EntryFields,
-) -> Result<(), UpError> {
+    mut fields: EntryFields,
+    owner: Option<&owner::LocalOwner>,
+) -> Result<Entry, UpError> {
+    let admin_call = |action| move |status| UpError::Admin { action, status };
     let existing = admin
         .list_entries(ListEntriesRequest {
             spiffe_id: fields.spiffe_id.clone(),
             parent_id: fields.parent_id.clone(),
         })
         .await
-        .map_err(|status| UpError::Admin {
-            action: "listing entries",
-            status,
-        })?
+        .map_err(admin_call("listing entries"))?
         .into_inner()
-        .entries;
-    if existing.iter().any(|e| e.selectors == fields.selectors) {
-        return Ok(());
+        .entries
+        .into_iter()
+        .find(|e| e.selectors == fields.selectors);
+    let now = owner::unix_now();
+    let Some(entry) = existing else {
+        if let Some(owner) = owner {
+            owner.bind(&mut fields, now)?;
+        }
+        let created = admin
+            .create_entry(CreateEntryRequest {
+                entry: Some(fields),
+            })
+            .await
+            .map_err(admin_call("creating an entry"))?;
+        return Ok(created.into_inner());
+    };
+    let Some(owner) = owner else {
+        return Ok(entry);
+    };
+    match owner.binding(&fields, entry.owner.as_ref(), now) {
+        owner::Binding::Current => Ok(entry),
+        owner::Binding::OtherOwner => {
+            tracing::warn!(
+                entry_id = %entry.id,
+                owner = %entry.owner.as_ref().map(|o| o.id.as_str()).unwrap_or_default(),
+                "the entry is bound to another owner; left as it is"
+            );
+            Ok(entry)
+        }
+        owner::Binding::Renew => {
+            let mut fields = fields_of(&entry);
+            owner.bind(&mut fields, now)?;
+            let updated = admin
+                .update_entry(UpdateEntryRequest {
+                    id: entry.id.clone(),
+                    entry: Some(fields),
+                    revision: entry.revision,
+                })
+                .await
+                .map_err(admin_call("renewing the owner's consent"))?;
+            Ok(updated.into_inner())
+        }
     }
-    admin
-        .create_entry(CreateEntryRequest {
-            entry: Some(fields),
-        })
-        .await
-        .map_err(|status| UpError::Admin {
-            action: "creating an entry",
-            status,
-        })?;
-    Ok(())
+}
+
+/// The fields of a stored entry, to update it with. The expiry of a bound
+/// entry came from its old consent: cleared, the new consent sets it.
+fn fields_of(entry: &Entry) -> EntryFields {
+    EntryFields {
+        spiffe_id: entry.spiffe_id.clone(),
+        parent_id: entry.parent_id.clone(),
+        selectors: entry.selectors.clone(),
+        x509_svid_ttl: entry.x509_svid_ttl,
+        jwt_svid_ttl: entry.jwt_svid_ttl,
+        dns_names: entry.dns_names.clone(),
+        hint: entry.hint.clone(),
+        federates_with: entry.federates_with.clone(),
+        admin: entry.admin,
+        downstream: entry.downstream,
+        expires_at: if entry.owner.is_some() {
+            0
+        } else {
+            entry.expires_at
+        },
+        owner_id: String::new(),
+        consent: String::new(),
+    }
 }
 
 pub async fn up(args: UpArgs) -> Result<(), UpError> {
@@ -232,18 +306,30 @@ async fn serve(
         ..FileConfig::default()
     })?;
     let agent = crate::agent::start(agent_config).await?;
-    let result =
-        register_and_wait(&mut admin, &agent, trust_domain, admin_socket, socket_path).await;
+    let result = register_and_wait(
+        &mut admin,
+        &agent,
+        trust_domain,
+        data_dir,
+        admin_socket,
+        socket_path,
+    )
+    .await;
     agent.shutdown().await;
     result
 }
 
-/// Registers the node alias and the invoking user, tells the user how to
-/// reach everything, and shows the status until Ctrl-C or SIGTERM.
+/// How often a running `up` checks whether the user's consent needs renewal.
+const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
+
+/// Registers the node alias, the invoking user as an owner and the user's
+/// entry bound to it, tells the user how to reach everything, and shows
+/// the status until Ctrl-C or SIGTERM, renewing the consent on the way.
 async fn register_and_wait(
     admin: &mut AdminClient<Channel>,
     agent: &crate::agent::RunningAgent,
     trust_domain: &str,
+    data_dir: &Path,
     admin_socket: &Path,
     socket_path: &Path,
 ) -> Result<(), UpError> {
@@ -258,20 +344,20 @@ async fn register_and_wait(
             selectors: vec![selector("spiffe_id", agent_id)],
             ..EntryFields::default()
         },
+        None,
     )
     .await?;
     let (uid, user) = invoking_user();
+    let owner =
+        owner::LocalOwner::ensure(admin, data_dir, owner::owner_id(trust_domain, &user)).await?;
     let user_id = format!("spiffe://{trust_domain}/user/{user}");
-    ensure_entry(
-        admin,
-        EntryFields {
-            spiffe_id: user_id.clone(),
-            parent_id: node_id.clone(),
-            selectors: vec![selector("unix", format!("uid:{uid}"))],
-            ..EntryFields::default()
-        },
-    )
-    .await?;
+    let user_fields = EntryFields {
+        spiffe_id: user_id.clone(),
+        parent_id: node_id.clone(),
+        selectors: vec![selector("unix", format!("uid:{uid}"))],
+        ..EntryFields::default()
+    };
+    let user_entry = ensure_entry(admin, user_fields.clone(), Some(&owner)).await?;
 
     workload_api::outln!("Sigil is up: trust domain {trust_domain}");
     workload_api::outln!("Workload API socket: {}", socket_path.display());
@@ -282,6 +368,15 @@ async fn register_and_wait(
         );
     }
     workload_api::outln!("Processes of uid {uid} are {user_id}.");
+    match &user_entry.owner {
+        Some(bound) if bound.id == owner.id => workload_api::outln!(
+            "Their credentials are bound to owner {} (key {}).",
+            owner.id,
+            owner.key_path.display()
+        ),
+        Some(bound) => workload_api::outln!("Their credentials are bound to owner {}.", bound.id),
+        None => workload_api::outln!("Their credentials are not owner-bound."),
+    }
     workload_api::outln!();
     workload_api::outln!(
         "    export SPIFFE_ENDPOINT_SOCKET=unix://{}",
@@ -298,7 +393,20 @@ async fn register_and_wait(
     let status_task = std::io::stdout()
         .is_terminal()
         .then(|| tokio::spawn(show_status(agent.status.clone(), agent.served.clone())));
-    super::shutdown_signal().await;
+    let shutdown = super::shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut renewal =
+        tokio::time::interval_at(tokio::time::Instant::now() + RENEWAL_CHECK, RENEWAL_CHECK);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = renewal.tick() => {
+                if let Err(e) = ensure_entry(admin, user_fields.clone(), Some(&owner)).await {
+                    tracing::warn!(error = %e, "renewing the owner's consent failed; retrying in an hour");
+                }
+            }
+        }
+    }
     if let Some(task) = status_task {
         task.abort();
         workload_api::outln!();
