@@ -33,23 +33,18 @@ ALTER TABLE entries ADD COLUMN actors TEXT NOT NULL DEFAULT '[]';
 CREATE INDEX entries_owner ON entries (owner_id);
 CREATE INDEX entries_delegated_from ON entries (delegated_from);
 
--- X509-SVIDs minted for owner-bound entries, so that revoking an owner or
--- deleting an entry can put the serials of still-valid SVIDs on a CRL. One
--- row per entry per signing call, holding all its serials: recording costs
--- one row however many SVIDs a call signs, which keeps what owner binding
--- adds to issuance small.
-CREATE TABLE bound_x509_svids (
-    -- Id of the X.509 authority that signed them: each authority has its own CRL.
-    authority   TEXT NOT NULL,
-    entry_id    TEXT NOT NULL,
+-- Serials of owner-bound X509-SVIDs are derived from the signing
+-- authority, the entry and a counter (HMAC under the CA's serial key), so
+-- revoking an owner or deleting an entry can list every serial the entry
+-- may have been given without a row per SVID. The counters below
+-- `reserved` may have been used: they are reserved here before use, in
+-- blocks, so most signing calls write nothing.
+CREATE TABLE bound_serials (
+    entry_id    TEXT PRIMARY KEY,
     owner_id    TEXT NOT NULL,
-    -- The serials, hex as the CA reports them, separated by spaces.
-    serials     TEXT NOT NULL,
-    -- The latest expiry among them: the row is pruned once it has passed,
-    -- when no CRL need list them any more.
-    not_after   BIGINT NOT NULL,
-    -- Unix seconds of the revocation; 0 unless revoked.
+    reserved    BIGINT NOT NULL,
+    -- Unix seconds of the revocation (owner revoked, entry deleted); 0
+    -- unless revoked. Revoked rows go once no authority valid then is.
     revoked_at  BIGINT NOT NULL
 );
-CREATE INDEX bound_x509_svids_owner ON bound_x509_svids (owner_id);
-CREATE INDEX bound_x509_svids_entry ON bound_x509_svids (entry_id);
+CREATE INDEX bound_serials_owner ON bound_serials (owner_id);

@@ -22,6 +22,7 @@ pub mod owners;
 pub mod published;
 pub mod registration;
 pub mod revocations;
+pub mod serials;
 pub mod server;
 pub mod state;
 pub mod store;

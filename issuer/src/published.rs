@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use workload_api::revocation::RevokedOwner;
 
-use crate::ca::{RevokedSerial, SignedCrl};
+use crate::ca::{RevokedCounters, SignedCrl};
 
 /// What is currently published.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub struct Published {
     pub list: String,
     pub expires_at: i64,
     /// What was revoked, to tell whether a re-sign is needed.
-    pub(crate) revoked: Vec<RevokedSerial>,
+    pub(crate) revoked: Vec<RevokedCounters>,
     pub(crate) owners: Vec<RevokedOwner>,
     pub(crate) authorities: Vec<String>,
 }

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use workload_api::id::trust_domain_id;
 use workload_api::revocation::{RevocationClaims, RevokedOwner};
 
-use crate::ca::RevokedSerial;
+use crate::ca::RevokedCounters;
 use crate::clock::{from_unix_secs, unix_secs};
 use crate::published::Published;
 use crate::state::IssuerState;
@@ -23,7 +23,7 @@ pub const VALIDITY: Duration = Duration::from_secs(3600);
 /// Re-signed this long before they would go stale.
 const RESIGN_BEFORE: Duration = Duration::from_secs(1800);
 
-/// How often records of expired SVIDs are pruned.
+/// How often revoked reservations no CRL needs are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// Why publishing failed; the previous publication stays until it works.
@@ -41,15 +41,15 @@ pub enum PublishError {
 pub async fn refresh(state: &IssuerState) -> Result<bool, PublishError> {
     let now = state.clock.now();
     let now_secs = unix_secs(now);
-    let revoked: Vec<RevokedSerial> = state
+    let revoked: Vec<RevokedCounters> = state
         .store
-        .revoked_svids(now_secs)
+        .revoked_reservations()
         .await?
         .into_iter()
-        .map(|(svid, revoked_at)| RevokedSerial {
-            serial_hex: svid.serial,
-            authority_id: svid.authority,
-            revoked_at,
+        .map(|r| RevokedCounters {
+            entry_id: r.entry_id,
+            reserved: r.reserved,
+            revoked_at: r.revoked_at,
         })
         .collect();
     let owners: Vec<RevokedOwner> = state
@@ -86,7 +86,7 @@ pub async fn refresh(state: &IssuerState) -> Result<bool, PublishError> {
         tracing::info!(
             seq,
             revoked_owners = owners.len(),
-            revoked_svids = revoked.len(),
+            revoked_entries = revoked.len(),
             "revocations published"
         );
     }
@@ -117,9 +117,12 @@ pub async fn publish_loop(state: IssuerState, mut shutdown: watch::Receiver<bool
         }
         let now = unix_secs(state.clock.now());
         if now.saturating_sub(pruned_at) >= PRUNE_EVERY.as_secs() as i64 {
-            match state.store.prune_bound_svids(now).await {
+            // Revoked before every authority valid now: nothing they name
+            // can still be valid.
+            let oldest = state.ca.oldest_x509_not_before(state.clock.now());
+            match state.store.prune_reservations(oldest.unwrap_or(now)).await {
                 Ok(_) => pruned_at = now,
-                Err(error) => tracing::warn!(%error, "pruning expired SVID records failed"),
+                Err(error) => tracing::warn!(%error, "pruning revoked serial reservations failed"),
             }
         }
         // Overdue means now; otherwise wake when the re-sign falls due.

@@ -121,6 +121,7 @@ async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<IssuerState, Star
         ca: Arc::new(ca),
         clock,
         revocations: Arc::new(Revocations::new()),
+        serial_counters: Arc::default(),
     })
 }
 

@@ -6,6 +6,7 @@ use crate::ca::Ca;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::published::Revocations;
+use crate::serials::SerialCounters;
 use crate::store::Store;
 
 /// The issuer's subsystems, shared by its endpoints.
@@ -17,4 +18,6 @@ pub struct IssuerState {
     pub clock: Arc<dyn Clock>,
     /// The CRLs and revocation list currently published.
     pub revocations: Arc<Revocations>,
+    /// The serial counters of owner-bound entries.
+    pub serial_counters: Arc<SerialCounters>,
 }

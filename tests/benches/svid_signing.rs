@@ -25,7 +25,6 @@ use ring::signature::{
     EcdsaKeyPair, KeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_ASN1,
     ECDSA_P256_SHA256_ASN1_SIGNING,
 };
-use sigil_issuer::store::BoundSvid;
 use sigil_tests::{new_key_and_csr, TestIssuer};
 use tonic::transport::Channel;
 use workload_api::consent::ConsentClaims;
@@ -39,10 +38,6 @@ const BOUND_ID: &str = "spiffe://example.org/bench-bound";
 const OWNER_ID: &str = "mailto:bench-owner@example.org";
 /// The selectors `create_entry_at` gives an entry; the consent must name them.
 const SELECTORS: &[&str] = &["unix:uid:1000"];
-
-/// How long record transactions are timed directly against the store after
-/// the run.
-const STORE_PROBE: Duration = Duration::from_secs(1);
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -297,51 +292,17 @@ fn request_for(entry_id: &str, spiffe_id: &str, batch: usize) -> pb::BatchSignX5
     }
 }
 
-/// What the record transactions cost alone, timed on the issuer's own store
-/// and core with nothing else running: the bookkeeping part of the binding.
-#[derive(Debug, Clone, Copy)]
-struct StoreProbe {
-    transactions: u32,
-    /// Mean wall time of one transaction of `batch` rows (fsync included).
-    wall: Duration,
-    /// Mean busy time of the issuer's core per transaction.
-    cpu: Duration,
-}
-
-async fn store_probe(issuer: &TestIssuer, entry_id: &str, batch: usize) -> StoreProbe {
-    let store = &issuer.running.state.store;
-    let core_before = core_jiffies(ISSUER_CORE);
-    let started = Instant::now();
-    let mut transactions = 0u32;
-    let rng = SystemRandom::new();
-    while started.elapsed() < STORE_PROBE {
-        let rows: Vec<BoundSvid> = (0..batch)
-            .map(|_| BoundSvid {
-                // Random like the CA's serials, so the rows land all over
-                // the serial index as real ones do; 40 bytes long, so never
-                // one the CA hands out.
-                serial: {
-                    let mut serial = [0u8; 40];
-                    rng.fill(&mut serial).unwrap();
-                    hex::encode(serial)
-                },
-                authority: "probe".into(),
-                entry_id: entry_id.to_owned(),
-                owner_id: OWNER_ID.into(),
-                not_after: unix_now() as i64 + 3600,
-            })
-            .collect();
-        store.record_bound_svids(&rows).await.unwrap();
-        transactions += 1;
-    }
-    let elapsed = started.elapsed();
-    let core_after = core_jiffies(ISSUER_CORE);
-    let busy = (core_after.0 - core_before.0) as f64 / (core_after.1 - core_before.1).max(1) as f64;
-    StoreProbe {
-        transactions,
-        wall: elapsed / transactions,
-        cpu: elapsed.mul_f64(busy) / transactions,
-    }
+/// How far the bound entry's serial counters were reserved by the end:
+/// the reservations are the store writes owner binding adds to issuance.
+async fn reserved_counters(issuer: &TestIssuer, entry_id: &str) -> u64 {
+    issuer
+        .running
+        .state
+        .store
+        .serial_reservation(entry_id)
+        .await
+        .unwrap()
+        .unwrap_or(0)
 }
 
 struct Results {
@@ -366,7 +327,7 @@ fn main() {
 
     // The issuer runs on a single-threaded runtime pinned to one core. Once
     // the client is done it sends the bound entry's id, and the issuer
-    // thread times the store's record transactions before shutting down.
+    // thread reads how far its serial counters were reserved.
     let (ready_tx, ready_rx) = mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<String>();
     let issuer_thread = std::thread::spawn(move || {
@@ -379,7 +340,7 @@ fn main() {
             let issuer = TestIssuer::start().await;
             ready_tx.send(issuer_handle(&issuer)).unwrap();
             let probe = match stop_rx.await {
-                Ok(entry_id) => Some(store_probe(&issuer, &entry_id, batch).await),
+                Ok(entry_id) => Some(reserved_counters(&issuer, &entry_id).await),
                 Err(_) => None,
             };
             issuer.running.shutdown().await;
@@ -511,13 +472,12 @@ fn main() {
         median(&results.unbound_cpu_us),
         median(&results.bound_cpu_us)
     );
-    if let Some(probe) = probe {
+    if let Some(reserved) = probe {
         println!(
-            "  record alone  : {:>9.2} ms per batch of {batch} rows, {:.2} ms of it on the issuer core  (record_bound_svids, mean of {}, {} rows already stored)",
-            1e3 * probe.wall.as_secs_f64(),
-            1e3 * probe.cpu.as_secs_f64(),
-            probe.transactions,
-            results.bound_svids
+            "  serials       : {reserved:>9} counters reserved for {} owner-bound SVIDs (blocks of {} doubling to {}: the only store writes the binding adds)",
+            results.bound_svids,
+            sigil_issuer::serials::FIRST_BLOCK,
+            sigil_issuer::serials::LARGEST_BLOCK
         );
     }
     println!("  end to end    : {unbound:>9.0} SVIDs/s  (unbound median)");
@@ -554,7 +514,7 @@ impl IssuerHandle {
     fn issuer(&self) -> &TestIssuerRef {
         &self.issuer
     }
-    /// Ends the run; the issuer probes its store for `bound_entry` first.
+    /// Ends the run; the issuer reads `bound_entry`'s reservation first.
     fn stop(&self, stop: tokio::sync::oneshot::Sender<String>, bound_entry: String) {
         let _ = stop.send(bound_entry);
     }

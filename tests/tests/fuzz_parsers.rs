@@ -131,10 +131,16 @@ fn fixture() -> Fixture {
     };
     let chain = ca
         .sign_x509_svid(
-            &SubjectKey::new(&verified.public_key),
-            &id,
-            &["web.example.org".into()],
-            Some(&owner),
+            sigil_issuer::ca::SvidSubject {
+                key: &SubjectKey::new(&verified.public_key),
+                spiffe_id: &id,
+                dns_names: &["web.example.org".into()],
+                owner: Some(&owner),
+                counter: Some(sigil_issuer::ca::SerialCounter {
+                    entry_id: "e1",
+                    counter: 0,
+                }),
+            },
             Duration::from_secs(3600),
             now,
         )

@@ -1,8 +1,9 @@
 //! Certificate revocation lists (RFC 5280 section 5): one per X.509
 //! authority that may still have valid SVIDs out, signed by that authority,
-//! listing the revoked serials it signed. Revocation here means an owner
-//! was revoked (reason privilegeWithdrawn) or a delegating entry was
-//! deleted.
+//! listing the serials of revoked owner-bound entries under it: every
+//! counter below each entry's reservation ([`super::serials`]). Revocation
+//! here means an owner was revoked (reason privilegeWithdrawn) or an entry
+//! bound to one was deleted.
 
 use std::time::SystemTime;
 
@@ -11,15 +12,16 @@ use rcgen::{
 };
 
 use super::error::CaError;
+use super::serials::{SerialCounter, SerialKey};
 use super::slots::X509Authority;
 use crate::clock::{from_unix_secs, unix_secs};
 
-/// A revoked X509-SVID: its serial (hex), the id of the authority that
-/// signed it, and when it was revoked (Unix seconds).
+/// A revoked owner-bound entry: every serial derived for it below
+/// `reserved` is revoked, as of `revoked_at` (Unix seconds).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RevokedSerial {
-    pub serial_hex: String,
-    pub authority_id: String,
+pub struct RevokedCounters {
+    pub entry_id: String,
+    pub reserved: u64,
     pub revoked_at: i64,
 }
 
@@ -34,7 +36,8 @@ pub struct SignedCrl {
 /// `number` and valid until `next_update`.
 pub(super) fn sign(
     authorities: &[X509Authority],
-    revoked: &[RevokedSerial],
+    serial_key: &SerialKey,
+    revoked: &[RevokedCounters],
     number: u64,
     now: SystemTime,
     next_update: SystemTime,
@@ -46,9 +49,19 @@ pub(super) fn sign(
         .map(|authority| {
             let revoked_certs = revoked
                 .iter()
-                .filter(|r| r.authority_id == authority.record.id)
-                .map(revoked_cert)
-                .collect::<Result<Vec<_>, _>>()?;
+                .flat_map(|r| {
+                    (0..r.reserved).map(move |counter| {
+                        let serial = serial_key.serial(
+                            &authority.record.id,
+                            SerialCounter {
+                                entry_id: &r.entry_id,
+                                counter,
+                            },
+                        );
+                        revoked_cert(&serial, r.revoked_at)
+                    })
+                })
+                .collect();
             let params = CertificateRevocationListParams {
                 this_update: now.into(),
                 next_update: next_update.into(),
@@ -66,14 +79,11 @@ pub(super) fn sign(
         .collect()
 }
 
-fn revoked_cert(revoked: &RevokedSerial) -> Result<RevokedCertParams, CaError> {
-    let serial = hex::decode(&revoked.serial_hex).map_err(|_| CaError::CorruptSerial {
-        serial: revoked.serial_hex.clone(),
-    })?;
-    Ok(RevokedCertParams {
-        serial_number: SerialNumber::from_slice(&serial),
-        revocation_time: from_unix_secs(revoked.revoked_at).into(),
+fn revoked_cert(serial: &[u8], revoked_at: i64) -> RevokedCertParams {
+    RevokedCertParams {
+        serial_number: SerialNumber::from_slice(serial),
+        revocation_time: from_unix_secs(revoked_at).into(),
         reason_code: Some(RevocationReason::PrivilegeWithdrawn),
         invalidity_date: None,
-    })
+    }
 }

@@ -54,6 +54,4 @@ pub enum CaError {
     Wit(#[source] JwsError),
     #[error("revocation list signing failed: {0}")]
     Revocations(#[source] JwsError),
-    #[error("revoked serial {serial:?} is not hex")]
-    CorruptSerial { serial: String },
 }

@@ -15,6 +15,7 @@ mod journal;
 pub mod keys;
 mod owner_extension;
 pub mod rotation;
+mod serials;
 mod signing;
 mod slots;
 mod upstream;
@@ -33,13 +34,14 @@ use workload_api::jwk::Jwk;
 use workload_api::owner::OwnerBinding;
 
 use crate::clock::{from_unix_secs, unix_secs};
-use crate::csr::SubjectKey;
 use slots::Slots;
 use upstream::Upstream;
 
 pub use config::{CaConfig, UpstreamCa};
-pub use crl::{RevokedSerial, SignedCrl};
+pub use crl::{RevokedCounters, SignedCrl};
 pub use error::CaError;
+pub use serials::SerialCounter;
+pub use signing::SvidSubject;
 pub use signing::{SignedJwt, SignedX509};
 
 /// The certificate authority.
@@ -48,6 +50,7 @@ pub struct Ca {
     upstream: Option<Upstream>,
     slots: RwLock<Slots>,
     bundle: watch::Sender<Arc<Bundle>>,
+    serial_key: serials::SerialKey,
 }
 
 impl std::fmt::Debug for Ca {
@@ -65,6 +68,7 @@ impl Ca {
         journal::create_dir(&config.dir)?;
         let upstream = config.upstream.as_ref().map(upstream::load).transpose()?;
         let slots = Slots::load(journal::read(&config.dir)?, &config.dir)?;
+        let serial_key = serials::SerialKey::load_or_create(&config.dir)?;
         let initial = Arc::new(Bundle::new(config.trust_domain.clone()));
         let (bundle, _) = watch::channel(initial);
         let ca = Ca {
@@ -72,6 +76,7 @@ impl Ca {
             upstream,
             slots: RwLock::new(slots),
             bundle,
+            serial_key,
         };
         ca.rotate(now)?;
         ca.publish();
@@ -122,14 +127,10 @@ impl Ca {
         });
     }
 
-    /// Signs an X509-SVID for `spiffe_id` around `subject_key`, naming
-    /// `owner` when the workload has one.
+    /// Signs an X509-SVID for `subject`.
     pub fn sign_x509_svid(
         &self,
-        subject_key: &SubjectKey,
-        spiffe_id: &SpiffeId,
-        dns_names: &[String],
-        owner: Option<&OwnerBinding>,
+        subject: SvidSubject<'_>,
         ttl: Duration,
         now: SystemTime,
     ) -> Result<SignedX509, CaError> {
@@ -137,12 +138,8 @@ impl Ca {
         signing::x509_svid(
             &slots.x509,
             self.upstream.as_ref(),
-            signing::SvidSubject {
-                key: subject_key,
-                spiffe_id,
-                dns_names,
-                owner,
-            },
+            &self.serial_key,
+            subject,
             ttl,
             whole_seconds(now),
         )
@@ -193,11 +190,11 @@ impl Ca {
     }
 
     /// One CRL per X.509 authority still valid at `now`, listing the
-    /// `revoked` serials it signed, numbered `number`, valid until
-    /// `next_update`.
+    /// serials of every `revoked` counter under it, numbered `number`,
+    /// valid until `next_update`.
     pub fn sign_crls(
         &self,
-        revoked: &[RevokedSerial],
+        revoked: &[RevokedCounters],
         number: u64,
         now: SystemTime,
         next_update: SystemTime,
@@ -205,6 +202,7 @@ impl Ca {
         let slots = self.slots.read().expect("CA lock");
         crl::sign(
             &slots.x509,
+            &self.serial_key,
             revoked,
             number,
             whole_seconds(now),
@@ -239,6 +237,19 @@ impl Ca {
             .filter(|a| a.record.not_after > now)
             .map(|a| a.record.id.clone())
             .collect()
+    }
+
+    /// When the oldest X.509 authority still valid at `now` became valid
+    /// (Unix seconds): nothing signed before it can still be valid.
+    pub fn oldest_x509_not_before(&self, now: SystemTime) -> Option<i64> {
+        let now = unix_secs(now);
+        let slots = self.slots.read().expect("CA lock");
+        slots
+            .x509
+            .iter()
+            .filter(|a| a.record.not_after > now)
+            .map(|a| a.record.not_before)
+            .min()
     }
 
     /// The expiry of the active X.509 CA, if any.

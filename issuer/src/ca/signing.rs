@@ -15,6 +15,7 @@ use workload_api::wimse::wit::{self, Confirmation, WitClaims};
 use super::error::CaError;
 use super::owner_extension;
 use super::rotation;
+use super::serials::{SerialCounter, SerialKey};
 use super::slots::{self, JwtKey, X509Authority};
 use super::upstream::Upstream;
 use super::x509;
@@ -43,13 +44,16 @@ pub struct SignedJwt {
 }
 
 /// Whom an X509-SVID is for: the key it certifies, the SPIFFE ID and DNS
-/// names it names, and the owner it binds, if any.
+/// names it names, the owner binding it carries, if any, and, for an
+/// owner-bound entry, the counter its serial is derived from (otherwise
+/// the serial is random).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct SvidSubject<'a> {
+pub struct SvidSubject<'a> {
     pub key: &'a SubjectKey,
     pub spiffe_id: &'a SpiffeId,
     pub dns_names: &'a [String],
     pub owner: Option<&'a OwnerBinding>,
+    pub counter: Option<SerialCounter<'a>>,
 }
 
 /// Signs an X509-SVID for `subject` with the active authority of
@@ -57,6 +61,7 @@ pub(super) struct SvidSubject<'a> {
 pub(super) fn x509_svid(
     authorities: &[X509Authority],
     upstream: Option<&Upstream>,
+    serial_key: &SerialKey,
     subject: SvidSubject<'_>,
     ttl: Duration,
     now: SystemTime,
@@ -66,6 +71,7 @@ pub(super) fn x509_svid(
         spiffe_id,
         dns_names,
         owner,
+        counter,
     } = subject;
     let authority = slots::active(authorities).ok_or(CaError::NoActiveAuthority("x509"))?;
     let (not_after, shortened) =
@@ -78,7 +84,10 @@ pub(super) fn x509_svid(
             "X509-SVID lifetime shortened to the signing CA's expiry"
         );
     }
-    let serial = crate::ids::serial_number();
+    let serial = match counter {
+        Some(counter) => serial_key.serial(&authority.record.id, counter),
+        None => crate::ids::serial_number(),
+    };
     let params = x509::svid_params(spiffe_id, dns_names, owner, &serial, now, not_after)?;
     let cert = params.signed_by(subject_key, &authority.issuer)?;
     let mut leaf = cert.der().to_vec();

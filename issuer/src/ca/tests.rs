@@ -32,6 +32,17 @@ fn config(dir: &std::path::Path) -> CaConfig {
     }
 }
 
+/// An unbound workload's X509-SVID request.
+fn subject<'a>(key: &'a SubjectKey, id: &'a SpiffeId) -> super::SvidSubject<'a> {
+    super::SvidSubject {
+        key,
+        spiffe_id: id,
+        dns_names: &[],
+        owner: None,
+        counter: None,
+    }
+}
+
 fn svid(ca: &Ca, now: SystemTime) -> Vec<Vec<u8>> {
     let key = rcgen::KeyPair::generate().unwrap();
     let public = workload_api::jwk::PublicKey::from_spki_der(
@@ -39,7 +50,7 @@ fn svid(ca: &Ca, now: SystemTime) -> Vec<Vec<u8>> {
     )
     .unwrap();
     let id = SpiffeId::new("spiffe://example.org/web").unwrap();
-    ca.sign_x509_svid(&SubjectKey::new(&public), &id, &[], None, HOUR, now)
+    ca.sign_x509_svid(subject(&SubjectKey::new(&public), &id), HOUR, now)
         .unwrap()
         .chain
 }
@@ -169,7 +180,7 @@ fn svid_lifetime_is_capped_by_the_ca() {
     .unwrap();
     let id = SpiffeId::new("spiffe://example.org/web").unwrap();
     let signed = ca
-        .sign_x509_svid(&SubjectKey::new(&public), &id, &[], None, 2 * HOUR, start)
+        .sign_x509_svid(subject(&SubjectKey::new(&public), &id), 2 * HOUR, start)
         .unwrap();
     assert!(signed.shortened);
     assert_eq!(Some(signed.not_after), ca.active_x509_not_after());
@@ -191,8 +202,8 @@ fn keys_on_disk_are_private() {
             );
         }
     }
-    // The X.509 CA key, the JWT-SVID key and the WIT-SVID key.
-    assert_eq!(keys, 3);
+    // The X.509 CA key, the JWT-SVID key, the WIT-SVID key and the serial key.
+    assert_eq!(keys, 4);
 }
 
 #[test]

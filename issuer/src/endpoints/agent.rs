@@ -20,10 +20,11 @@ use workload_api::x509svid;
 use super::convert::{entry_to_proto, Reader};
 use super::store_status;
 use crate::attestation;
+use crate::ca::{SerialCounter, SvidSubject};
 use crate::clock::unix_secs;
 use crate::csr::{self, SubjectKey};
 use crate::state::IssuerState;
-use crate::store::{Agent, BoundSvid, Entry};
+use crate::store::{Agent, Entry};
 use workload_api::owner::OwnerBinding;
 
 /// Entries per message of the entry stream: far below gRPC's 4 MB default.
@@ -107,10 +108,13 @@ impl AgentService {
         self.state
             .ca
             .sign_x509_svid(
-                &SubjectKey::new(&csr.public_key),
-                id,
-                &[],
-                None,
+                SvidSubject {
+                    key: &SubjectKey::new(&csr.public_key),
+                    spiffe_id: id,
+                    dns_names: &[],
+                    owner: None,
+                    counter: None,
+                },
                 self.state.config.agent_svid_ttl,
                 self.now(),
             )
@@ -118,6 +122,40 @@ impl AgentService {
                 tracing::error!(error = %e, "agent SVID signing failed");
                 Status::internal("agent SVID signing failed")
             })
+    }
+
+    /// For each owner-bound entry a batch signs for, the first of as many
+    /// serial counters as it asks (reserved in the store before any SVID
+    /// carrying them leaves), or why none could be had.
+    async fn reserve_counters(
+        &self,
+        entries: &HashMap<String, Entry>,
+        params: &[pb::X509SvidParams],
+    ) -> HashMap<String, Result<u64, Status>> {
+        let mut wanted: HashMap<&str, (&str, u64)> = HashMap::new();
+        for p in params {
+            if let Some(owner) = entries
+                .get(&p.entry_id)
+                .and_then(|e| e.fields.owner.as_ref())
+            {
+                wanted.entry(&p.entry_id).or_insert((&owner.owner_id, 0)).1 += 1;
+            }
+        }
+        let now = unix_secs(self.now());
+        let mut counters = HashMap::with_capacity(wanted.len());
+        for (entry_id, (owner_id, count)) in wanted {
+            let first = self
+                .state
+                .serial_counters
+                .take(&self.state.store, entry_id, owner_id, count, now)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, entry_id, "reserving serial counters failed");
+                    Status::unavailable("serial numbers could not be reserved; retry")
+                });
+            counters.insert(entry_id.to_owned(), first);
+        }
+        counters
     }
 
     pub(super) async fn authorized(
@@ -184,15 +222,16 @@ impl AgentService {
         }
     }
 
-    /// Signs one X509-SVID; for an owner-bound entry, also what must be
-    /// recorded so the SVID can be revoked.
+    /// Signs one X509-SVID; an owner-bound entry's serial is derived from
+    /// the next of the counters reserved for it in `counters`.
     fn sign_one(
         &self,
         entries: &HashMap<String, Entry>,
         bindings: &mut Bindings,
+        counters: &mut HashMap<String, Result<u64, Status>>,
         params: &pb::X509SvidParams,
-    ) -> (pb::X509SvidResult, Option<BoundSvid>) {
-        let fail = |status: Status| (failed_x509(&params.entry_id, status), None);
+    ) -> pb::X509SvidResult {
+        let fail = |status: Status| failed_x509(&params.entry_id, status);
         let Some(entry) = entries.get(&params.entry_id) else {
             return fail(Status::permission_denied(format!(
                 "entry {:?} does not exist or is not authorized for this agent",
@@ -229,34 +268,35 @@ impl AgentService {
             Ok(owner) => owner,
             Err(status) => return fail(status),
         };
-        // The SVID is recorded for revocation whether or not it carries
-        // the extension.
-        let extension = owner.filter(|_| self.state.config.x509_owner_extension);
-        match self.state.ca.sign_x509_svid(
-            &SubjectKey::new(&csr.public_key),
-            &spiffe_id,
-            &entry.fields.dns_names,
-            extension,
-            ttl,
-            self.now(),
-        ) {
-            Ok(signed) => {
-                let bound = owner.map(|owner| BoundSvid {
-                    serial: signed.serial_hex.clone(),
-                    authority: signed.authority_id.clone(),
-                    entry_id: entry.id.clone(),
-                    owner_id: owner.owner_id.clone(),
-                    not_after: unix_secs(signed.not_after),
-                });
-                let result = pb::X509SvidResult {
-                    code: 0,
-                    message: String::new(),
-                    entry_id: entry.id.clone(),
-                    cert_chain: signed.chain.concat(),
-                    expires_at: unix_secs(signed.not_after),
-                };
-                (result, bound)
+        // An owner-bound SVID's serial is derived, so it can be revoked,
+        // whether or not it carries the extension.
+        let counter = match (owner, counters.get_mut(&entry.id)) {
+            (None, _) => None,
+            (Some(_), Some(Ok(next))) => {
+                *next += 1;
+                Some(SerialCounter {
+                    entry_id: &entry.id,
+                    counter: *next - 1,
+                })
             }
+            (Some(_), Some(Err(status))) => return fail(status.clone()),
+            (Some(_), None) => return fail(Status::internal("no serial counter was reserved")),
+        };
+        let subject = SvidSubject {
+            key: &SubjectKey::new(&csr.public_key),
+            spiffe_id: &spiffe_id,
+            dns_names: &entry.fields.dns_names,
+            owner: owner.filter(|_| self.state.config.x509_owner_extension),
+            counter,
+        };
+        match self.state.ca.sign_x509_svid(subject, ttl, self.now()) {
+            Ok(signed) => pb::X509SvidResult {
+                code: 0,
+                message: String::new(),
+                entry_id: entry.id.clone(),
+                cert_chain: signed.chain.concat(),
+                expires_at: unix_secs(signed.not_after),
+            },
             Err(e) => {
                 tracing::error!(error = %e, entry_id = %entry.id, "X509-SVID signing failed");
                 fail(Status::internal("signing failed"))
@@ -384,25 +424,12 @@ impl AgentApi for AgentService {
             )));
         }
         let entries = self.authorized(&agent).await?;
+        let mut counters = self.reserve_counters(&entries, params).await;
         let mut bindings = Bindings::default();
-        let (mut results, bound): (Vec<_>, Vec<_>) = params
+        let results = params
             .iter()
-            .map(|p| self.sign_one(&entries, &mut bindings, p))
-            .unzip();
-        let bound: Vec<BoundSvid> = bound.into_iter().flatten().collect();
-        // An owner-bound SVID leaves only once its serial is on record, so
-        // revoking the owner can always list it.
-        if let Err(e) = self.state.store.record_bound_svids(&bound).await {
-            tracing::error!(error = %e, "recording owner-bound SVIDs failed");
-            for result in results.iter_mut() {
-                if bound.iter().any(|b| b.entry_id == result.entry_id) && result.code == 0 {
-                    *result = failed_x509(
-                        &result.entry_id,
-                        Status::unavailable("the SVID could not be recorded for revocation; retry"),
-                    );
-                }
-            }
-        }
+            .map(|p| self.sign_one(&entries, &mut bindings, &mut counters, p))
+            .collect();
         Ok(Response::new(pb::BatchSignX509SvidsResponse { results }))
     }
 

@@ -130,10 +130,13 @@ fn build(state: &IssuerState) -> Result<Current, TlsError> {
     let signed = state
         .ca
         .sign_x509_svid(
-            &SubjectKey::new(key.public_key()),
-            &spiffe_id,
-            &[],
-            None,
+            crate::ca::SvidSubject {
+                key: &SubjectKey::new(key.public_key()),
+                spiffe_id: &spiffe_id,
+                dns_names: &[],
+                owner: None,
+                counter: None,
+            },
             ttl,
             now,
         )

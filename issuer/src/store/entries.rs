@@ -287,8 +287,7 @@ async fn delete_tree(
             continue;
         }
         sqlx::query(
-            "UPDATE bound_x509_svids SET revoked_at = $2 \
-             WHERE entry_id = $1 AND not_after > $2 AND revoked_at = 0",
+            "UPDATE bound_serials SET revoked_at = $2 WHERE entry_id = $1 AND revoked_at = 0",
         )
         .bind(&next)
         .bind(now)
@@ -475,7 +474,7 @@ fn entry_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Entry, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::super::owners::tests::owner;
-    use super::super::{temp_store as store, BoundSvid, Table};
+    use super::super::{temp_store as store, Table};
     use super::*;
 
     const AGENT: &str = "spiffe://td/agent/x";
@@ -495,16 +494,6 @@ mod tests {
             },
         });
         entry
-    }
-
-    fn bound_svid(serial: &str, entry_id: &str, not_after: i64) -> BoundSvid {
-        BoundSvid {
-            serial: serial.into(),
-            authority: "x509-1".into(),
-            entry_id: entry_id.into(),
-            owner_id: "mailto:a@example.com".into(),
-            not_after,
-        }
     }
 
     fn fields(id: &str, parent: &str) -> EntryFields {
@@ -881,19 +870,16 @@ mod tests {
             .create_entry(&owned("spiffe://td/s", &a.id, ""), 5)
             .await
             .unwrap();
-        store
-            .record_bound_svids(&[
-                bound_svid("01", &root.id, 200),
-                bound_svid("02", &grandchild.id, 200),
-                // Expired by the deletion: no CRL needs it.
-                bound_svid("03", &child.id, 100),
-                bound_svid("04", &sibling.id, 200),
-            ])
-            .await
-            .unwrap();
+        // Child has signed nothing yet: it has no reservation.
+        for (entry, reserved) in [(&root, 64), (&grandchild, 128), (&sibling, 64)] {
+            store
+                .reserve_serials(&entry.id, &a.id, reserved, 6)
+                .await
+                .unwrap();
+        }
         let changes = store.subscribe();
         let deleted = store.delete_entry(&root.id, 100).await.unwrap();
-        assert_eq!(deleted, [root.id, child.id, grandchild.id.clone()]);
+        assert_eq!(deleted, [root.id.clone(), child.id, grandchild.id.clone()]);
         assert!(changes.has_changed().unwrap());
         let left: Vec<String> = store
             .list_entries(None, None)
@@ -902,25 +888,25 @@ mod tests {
             .into_iter()
             .map(|e| e.id)
             .collect();
-        assert_eq!(left, [sibling.id]);
-        let serials: Vec<(String, i64)> = store
-            .revoked_svids(100)
+        assert_eq!(left, std::slice::from_ref(&sibling.id));
+        let mut expected = vec![
+            (root.id.clone(), 100),
+            (grandchild.id.clone(), 100),
+            (sibling.id.clone(), 0),
+        ];
+        expected.sort();
+        assert_eq!(
+            super::super::reservations_revoked_at(&store).await,
+            expected
+        );
+        let revoked: Vec<u64> = store
+            .revoked_reservations()
             .await
             .unwrap()
-            .into_iter()
-            .map(|(svid, revoked_at)| (svid.serial, revoked_at))
+            .iter()
+            .map(|r| r.reserved)
             .collect();
-        assert_eq!(serials, [("01".into(), 100), ("02".into(), 100)]);
-        let revoked_at = super::super::serials_revoked_at(&store).await;
-        assert_eq!(
-            revoked_at,
-            [
-                ("01".into(), 100),
-                ("02".into(), 100),
-                ("03".into(), 0),
-                ("04".into(), 0)
-            ]
-        );
+        assert_eq!(revoked.iter().sum::<u64>(), 64 + 128);
         assert!(matches!(
             store.delete_entry(&grandchild.id, 101).await,
             Err(StoreError::EntryNotFound(id)) if id == grandchild.id

@@ -6,14 +6,14 @@
 //! so agents learn of changes by push rather than by polling.
 //!
 //! This module holds the pool, the migrations, the errors and the change
-//! counter; `entries`, `agents`, `tokens`, `owners` and `bound_svids` each add
+//! counter; `entries`, `agents`, `tokens`, `owners` and `serials` each add
 //! the [`Store`] methods of one table. No SPIFFE standard covers registration; the model follows SPIRE's.
 
 mod agents;
-mod bound_svids;
 mod entries;
 mod model;
 mod owners;
+mod serials;
 mod tokens;
 
 use std::path::Path;
@@ -24,7 +24,7 @@ use sqlx::SqlitePool;
 use tokio::sync::watch;
 
 pub use model::{
-    Agent, BoundSvid, Entry, EntryFields, EntryOwner, JoinTokenRecord, Owner, Selector,
+    Agent, Entry, EntryFields, EntryOwner, JoinTokenRecord, Owner, Selector, SerialReservation,
 };
 
 /// Why a store operation failed.
@@ -196,7 +196,7 @@ impl Store {
             Table::Agents => "SELECT COUNT(*) FROM agents",
             Table::UsedJoinTokens => "SELECT COUNT(*) FROM join_tokens WHERE used_at IS NOT NULL",
             Table::Owners => "SELECT COUNT(*) FROM owners",
-            Table::BoundX509Svids => "SELECT COUNT(*) FROM bound_x509_svids",
+            Table::BoundSerials => "SELECT COUNT(*) FROM bound_serials",
         };
         Ok(sqlx::query_scalar(sql).fetch_one(&self.pool).await?)
     }
@@ -209,7 +209,7 @@ pub enum Table {
     Agents,
     UsedJoinTokens,
     Owners,
-    BoundX509Svids,
+    BoundSerials,
 }
 
 /// A store in a fresh temporary directory.
@@ -222,19 +222,12 @@ async fn temp_store() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
-/// Every recorded SVID's serial and revocation time (0: not revoked), by
-/// serial: what tests check revocation marked.
+/// Every reservation's entry and revocation time (0: not revoked), by
+/// entry: what tests check revocation marked.
 #[cfg(test)]
-async fn serials_revoked_at(store: &Store) -> Vec<(String, i64)> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT serials, revoked_at FROM bound_x509_svids")
-            .fetch_all(&store.pool)
-            .await
-            .unwrap();
-    let mut serials: Vec<(String, i64)> = rows
-        .iter()
-        .flat_map(|(serials, at)| serials.split_whitespace().map(|s| (s.to_owned(), *at)))
-        .collect();
-    serials.sort();
-    serials
+async fn reservations_revoked_at(store: &Store) -> Vec<(String, i64)> {
+    sqlx::query_as("SELECT entry_id, revoked_at FROM bound_serials ORDER BY entry_id")
+        .fetch_all(&store.pool)
+        .await
+        .unwrap()
 }

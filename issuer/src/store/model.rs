@@ -84,15 +84,12 @@ pub struct Owner {
     pub revoked_at: i64,
 }
 
-/// An X509-SVID minted for an owner-bound entry, recorded so it can be
-/// revoked with its owner or entry.
+/// How far an owner-bound entry's serial counters are reserved, and since
+/// when it is revoked (0: not).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BoundSvid {
-    /// Hex, as the CA reports it.
-    pub serial: String,
-    /// Id of the X.509 authority that signed it.
-    pub authority: String,
+pub struct SerialReservation {
     pub entry_id: String,
     pub owner_id: String,
-    pub not_after: i64,
+    pub reserved: u64,
+    pub revoked_at: i64,
 }

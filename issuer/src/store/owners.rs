@@ -95,14 +95,11 @@ async fn write_revocation(
     let owner = fetch_owner(&mut *conn, id).await?;
     // Every call marks them, so an SVID recorded after a first revocation
     // still reaches the CRL on a second.
-    sqlx::query(
-        "UPDATE bound_x509_svids SET revoked_at = $2 \
-         WHERE owner_id = $1 AND not_after > $2 AND revoked_at = 0",
-    )
-    .bind(id)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query("UPDATE bound_serials SET revoked_at = $2 WHERE owner_id = $1 AND revoked_at = 0")
+        .bind(id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
     Ok(owner)
 }
 
@@ -149,7 +146,7 @@ fn owner_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Owner, StoreError> {
 
 #[cfg(test)]
 pub(super) mod tests {
-    use super::super::{temp_store as store, BoundSvid, Table};
+    use super::super::{temp_store as store, Table};
     use super::*;
 
     /// An owner in good standing whose key thumbprint is derived from `id`.
@@ -160,16 +157,6 @@ pub(super) mod tests {
             thumbprint: format!("tp-{id}"),
             created_at,
             revoked_at: 0,
-        }
-    }
-
-    fn svid(serial: &str, authority: &str, owner_id: &str, not_after: i64) -> BoundSvid {
-        BoundSvid {
-            serial: serial.into(),
-            authority: authority.into(),
-            entry_id: format!("entry-{serial}"),
-            owner_id: owner_id.into(),
-            not_after,
         }
     }
 
@@ -274,40 +261,35 @@ pub(super) mod tests {
     }
 
     #[tokio::test]
-    async fn revocation_marks_only_the_owners_unexpired_svids() {
+    async fn revocation_marks_only_the_owners_reservations() {
         let (_dir, store) = store().await;
         let a = owner("mailto:a@example.com", 1);
         let b = owner("mailto:b@example.com", 1);
         store.register_owner(&a).await.unwrap();
         store.register_owner(&b).await.unwrap();
-        let svids = [
-            svid("0a", "x509-2", &a.id, 500),
-            svid("0b", "x509-1", &a.id, 600),
-            // Already expired at the revocation: no CRL needs it.
-            svid("0c", "x509-1", &a.id, 100),
-            svid("0d", "x509-1", &b.id, 500),
-        ];
-        store.record_bound_svids(&svids).await.unwrap();
+        for (entry, owner_id) in [("ea1", &a.id), ("ea2", &a.id), ("eb1", &b.id)] {
+            store.reserve_serials(entry, owner_id, 64, 1).await.unwrap();
+        }
+        // No entry rows exist here, so every reservation counts as deleted
+        // at 1; revoking marks the rest. Clear that first.
+        sqlx::query("UPDATE bound_serials SET revoked_at = 0")
+            .execute(&store.pool)
+            .await
+            .unwrap();
         store.revoke_owner(&a.id, 100).await.unwrap();
-        // Ordered by authority, then serial.
         assert_eq!(
-            store.revoked_svids(100).await.unwrap(),
-            [(svids[1].clone(), 100), (svids[0].clone(), 100)]
+            super::super::reservations_revoked_at(&store).await,
+            [("ea1".into(), 100), ("ea2".into(), 100), ("eb1".into(), 0)]
         );
-        // Past an SVID's expiry it leaves the CRL.
+        // A reservation made after the revocation is born revoked.
+        store.reserve_serials("ea3", &a.id, 64, 200).await.unwrap();
+        let late = store.revoked_reservations().await.unwrap();
         assert_eq!(
-            store.revoked_svids(550).await.unwrap(),
-            [(svids[1].clone(), 100)]
-        );
-        let revoked_at = super::super::serials_revoked_at(&store).await;
-        assert_eq!(
-            revoked_at,
-            [
-                ("0a".into(), 100),
-                ("0b".into(), 100),
-                ("0c".into(), 0),
-                ("0d".into(), 0)
-            ]
+            late.iter()
+                .find(|r| r.entry_id == "ea3")
+                .unwrap()
+                .revoked_at,
+            100
         );
     }
 }
