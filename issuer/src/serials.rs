@@ -70,13 +70,13 @@ impl SerialCounters {
         Ok(first)
     }
 
-    /// Forgets the counters of entries no longer signed for, so memory
-    /// follows the entries that exist.
-    pub async fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
-        self.blocks
-            .lock()
-            .await
-            .retain(|entry_id, _| keep(entry_id));
+    /// Forgets the counters of deleted entries, so memory follows the
+    /// entries that exist. (Entry ids are never reused.)
+    pub async fn forget(&self, entry_ids: &[String]) {
+        let mut blocks = self.blocks.lock().await;
+        for id in entry_ids {
+            blocks.remove(id);
+        }
     }
 }
 
@@ -104,5 +104,11 @@ mod tests {
         // A restarted issuer continues above the reservation.
         let restarted = SerialCounters::default();
         assert_eq!(restarted.take(&store, "e1", "o", 1, 1).await.unwrap(), 208);
+        // Forgotten counters resume past the reservation too.
+        restarted.forget(&["e1".to_owned()]).await;
+        assert_eq!(
+            restarted.take(&store, "e1", "o", 1, 1).await.unwrap(),
+            208 + 1 + 64
+        );
     }
 }

@@ -7,7 +7,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::published::Revocations;
 use crate::serials::SerialCounters;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// The issuer's subsystems, shared by its endpoints.
 #[derive(Debug, Clone)]
@@ -20,4 +20,14 @@ pub struct IssuerState {
     pub revocations: Arc<Revocations>,
     /// The serial counters of owner-bound entries.
     pub serial_counters: Arc<SerialCounters>,
+}
+
+impl IssuerState {
+    /// Deletes an entry and everything delegated below it (revoking their
+    /// SVIDs), and forgets their serial counters. Returns the ids deleted.
+    pub async fn delete_entry(&self, id: &str, now: i64) -> Result<Vec<String>, StoreError> {
+        let deleted = self.store.delete_entry(id, now).await?;
+        self.serial_counters.forget(&deleted).await;
+        Ok(deleted)
+    }
 }

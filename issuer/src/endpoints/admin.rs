@@ -155,7 +155,6 @@ impl Admin for AdminService {
         let id = &request.get_ref().id;
         check_entry_id(id)?;
         self.state
-            .store
             .delete_entry(id, self.now())
             .await
             .map_err(store_status)?;

@@ -107,7 +107,6 @@ impl AgentService {
         let now = unix_secs(self.state.clock.now());
         let deleted_ids = self
             .state
-            .store
             .delete_entry(&child.id, now)
             .await
             .map_err(store_status)?;
