@@ -64,7 +64,12 @@ pub async fn refresh(state: &IssuerState) -> Result<bool, PublishError> {
             revoked_at: o.revoked_at.max(0) as u64,
         })
         .collect();
-    let authorities = state.ca.x509_authority_ids(now);
+    let authorities: Vec<String> = state
+        .ca
+        .valid_x509_authorities(now)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     let held = state.revocations.current();
     let due = held.expires_at - (RESIGN_BEFORE.as_secs() as i64) <= now_secs;
     if !due && held.revoked == revoked && held.owners == owners && held.authorities == authorities {
@@ -119,7 +124,12 @@ pub async fn publish_loop(state: IssuerState, mut shutdown: watch::Receiver<bool
         if now.saturating_sub(pruned_at) >= PRUNE_EVERY.as_secs() as i64 {
             // Revoked before every authority valid now: nothing they name
             // can still be valid.
-            let oldest = state.ca.oldest_x509_not_before(state.clock.now());
+            let oldest = state
+                .ca
+                .valid_x509_authorities(state.clock.now())
+                .into_iter()
+                .map(|(_, not_before)| not_before)
+                .min();
             match state.store.prune_reservations(oldest.unwrap_or(now)).await {
                 Ok(_) => pruned_at = now,
                 Err(error) => tracing::warn!(%error, "pruning revoked serial reservations failed"),

@@ -227,29 +227,17 @@ impl Ca {
         .map_err(CaError::Revocations)
     }
 
-    /// The ids of the X.509 authorities still valid at `now`: those with a CRL.
-    pub fn x509_authority_ids(&self, now: SystemTime) -> Vec<String> {
+    /// The X.509 authorities still valid at `now` (those with a CRL): each
+    /// one's id and when it became valid (Unix seconds).
+    pub fn valid_x509_authorities(&self, now: SystemTime) -> Vec<(String, i64)> {
         let now = unix_secs(now);
         let slots = self.slots.read().expect("CA lock");
         slots
             .x509
             .iter()
             .filter(|a| a.record.not_after > now)
-            .map(|a| a.record.id.clone())
+            .map(|a| (a.record.id.clone(), a.record.not_before))
             .collect()
-    }
-
-    /// When the oldest X.509 authority still valid at `now` became valid
-    /// (Unix seconds): nothing signed before it can still be valid.
-    pub fn oldest_x509_not_before(&self, now: SystemTime) -> Option<i64> {
-        let now = unix_secs(now);
-        let slots = self.slots.read().expect("CA lock");
-        slots
-            .x509
-            .iter()
-            .filter(|a| a.record.not_after > now)
-            .map(|a| a.record.not_before)
-            .min()
     }
 
     /// The expiry of the active X.509 CA, if any.
