@@ -37,6 +37,9 @@ pub struct FileConfig {
     pub wit_key_type: Option<String>,
     /// The `iss` of WIT-SVIDs; none when unset.
     pub wit_issuer: Option<String>,
+    /// The OIDC issuer URL: the `iss` of JWT-SVIDs and the base of the
+    /// discovery document; OIDC discovery is off when unset.
+    pub oidc_issuer: Option<String>,
     pub bundle_refresh_hint: Option<String>,
     /// Whether owner-bound X509-SVIDs carry the owner binding extension.
     pub x509_owner_extension: Option<bool>,
@@ -82,6 +85,7 @@ impl FileConfig {
             jwt_key_type: self.jwt_key_type.or(fallback.jwt_key_type),
             wit_key_type: self.wit_key_type.or(fallback.wit_key_type),
             wit_issuer: self.wit_issuer.or(fallback.wit_issuer),
+            oidc_issuer: self.oidc_issuer.or(fallback.oidc_issuer),
             bundle_refresh_hint: self.bundle_refresh_hint.or(fallback.bundle_refresh_hint),
             x509_owner_extension: self.x509_owner_extension.or(fallback.x509_owner_extension),
             log_level: self.log_level.or(fallback.log_level),
@@ -110,6 +114,8 @@ pub struct Config {
     pub jwt_key_type: KeyType,
     pub wit_key_type: KeyType,
     pub wit_issuer: Option<String>,
+    /// The OIDC issuer URL, without a trailing slash.
+    pub oidc_issuer: Option<String>,
     pub bundle_refresh_hint: Duration,
     /// Owner-bound X509-SVIDs carry the owner binding extension (default).
     /// Off for fleets of Go relying parties: Go's crypto/x509 cannot parse
@@ -123,6 +129,27 @@ pub struct Config {
 pub const DEFAULT_AGENT_API_ADDRESS: &str = "0.0.0.0:8081";
 pub const DEFAULT_HTTP_ADDRESS: &str = "0.0.0.0:8082";
 pub const DEFAULT_ADMIN_SOCKET: &str = "/tmp/sigil-issuer/private/admin.sock";
+
+/// An OIDC issuer URL (OpenID Connect Discovery 1.0, section 4.1): https
+/// (or http, for a proxy that terminates TLS in front of the issuer), a
+/// host, no query or fragment; its trailing slash is dropped.
+fn oidc_issuer(url: &str) -> Result<String, ConfigError> {
+    let invalid = |reason: &str| ConfigError::Invalid {
+        key: "oidc_issuer",
+        reason: format!("{url:?} {reason}"),
+    };
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| invalid("is not an https:// URL"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(invalid("has no host"));
+    }
+    if url.contains(['?', '#']) {
+        return Err(invalid("has a query or fragment"));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
 
 fn duration(
     key: &'static str,
@@ -205,6 +232,7 @@ impl Config {
                 });
             }
         }
+        let oidc_issuer = file.oidc_issuer.as_deref().map(oidc_issuer).transpose()?;
         let agent_svid_ttl = duration(
             "agent_svid_ttl",
             file.agent_svid_ttl.as_deref(),
@@ -240,6 +268,7 @@ impl Config {
             jwt_key_type: key_type("jwt_key_type", file.jwt_key_type.as_deref())?,
             wit_key_type: key_type("wit_key_type", file.wit_key_type.as_deref())?,
             wit_issuer: file.wit_issuer,
+            oidc_issuer,
             bundle_refresh_hint,
             x509_owner_extension: file.x509_owner_extension.unwrap_or(true),
             log_level,
@@ -266,6 +295,33 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oidc_issuers_are_urls_without_query_or_trailing_slash() {
+        let parse = |url: &str| {
+            Config::from_file(FileConfig {
+                oidc_issuer: Some(url.into()),
+                ..FileConfig::parse("trust_domain = \"example.org\"\ndata_dir = \"/d\"\n").unwrap()
+            })
+            .map(|c| c.oidc_issuer.unwrap())
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            parse("https://oidc.example.org/").unwrap(),
+            "https://oidc.example.org"
+        );
+        assert_eq!(
+            parse("https://example.org/tenant").unwrap(),
+            "https://example.org/tenant"
+        );
+        assert!(parse("oidc.example.org")
+            .unwrap_err()
+            .contains("is not an https:// URL"));
+        assert!(parse("https://example.org/?x=1")
+            .unwrap_err()
+            .contains("query or fragment"));
+        assert!(parse("https:///x").unwrap_err().contains("has no host"));
+    }
 
     #[test]
     fn unknown_keys_are_named() {

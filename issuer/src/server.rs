@@ -110,6 +110,7 @@ async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<IssuerState, Star
             jwt_key_type: config.jwt_key_type,
             wit_key_type: config.wit_key_type,
             wit_issuer: config.wit_issuer.clone(),
+            jwt_issuer: config.oidc_issuer.clone(),
             upstream: config.upstream_ca.clone(),
             refresh_hint: config.bundle_refresh_hint,
         },

@@ -113,6 +113,7 @@ fn fixture() -> Fixture {
             jwt_key_type: KeyType::EcP256,
             wit_key_type: KeyType::EcP256,
             wit_issuer: None,
+            jwt_issuer: None,
             upstream: None,
             refresh_hint: Duration::from_secs(300),
         },

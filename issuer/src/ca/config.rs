@@ -29,6 +29,8 @@ pub struct CaConfig {
     pub wit_key_type: KeyType,
     /// The `iss` claim of WIT-SVIDs.
     pub wit_issuer: Option<String>,
+    /// The `iss` claim of JWT-SVIDs (the OIDC issuer URL).
+    pub jwt_issuer: Option<String>,
     pub upstream: Option<UpstreamCa>,
     pub refresh_hint: Duration,
 }

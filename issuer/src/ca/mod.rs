@@ -158,6 +158,7 @@ impl Ca {
         let slots = self.slots.read().expect("CA lock");
         signing::jwt_svid(
             &slots.jwt,
+            self.config.jwt_issuer.as_deref(),
             spiffe_id,
             audience,
             owner,

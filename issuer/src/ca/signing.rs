@@ -113,6 +113,7 @@ pub(super) fn x509_svid(
 /// Signs a JWT-SVID with the active key of `keys`.
 pub(super) fn jwt_svid(
     keys: &[JwtKey],
+    issuer: Option<&str>,
     spiffe_id: &SpiffeId,
     audience: &[String],
     owner: Option<&OwnerBinding>,
@@ -126,7 +127,12 @@ pub(super) fn jwt_svid(
         exp: unix_secs(expires_at) as u64,
         iat: Some(unix_secs(now) as u64),
         owner: owner.cloned(),
-        extra: Default::default(),
+        // The OIDC issuer, so relying parties that trust it by discovery
+        // find the keys.
+        extra: issuer
+            .map(|iss| ("iss".to_owned(), serde_json::Value::from(iss)))
+            .into_iter()
+            .collect(),
     };
     let token = jwtsvid::sign(
         &claims,

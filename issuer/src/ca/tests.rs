@@ -27,6 +27,7 @@ fn config(dir: &std::path::Path) -> CaConfig {
         jwt_key_type: KeyType::EcP256,
         wit_key_type: KeyType::EcP256,
         wit_issuer: None,
+        jwt_issuer: None,
         upstream: None,
         refresh_hint: Duration::from_secs(300),
     }

@@ -8,6 +8,10 @@
 //!   revocation at once without polling hard.
 //! - `GET /v1/crl`: every current CRL, PEM.
 //! - `GET /v1/crl/{authority}`: one authority's CRL, DER (`application/pkix-crl`).
+//! - `GET /.well-known/openid-configuration` and `GET /keys`: OpenID Connect
+//!   Discovery 1.0 for JWT-SVIDs, when `oidc_issuer` is set: cloud providers
+//!   then trust JWT-SVIDs as tokens of that issuer (workload identity
+//!   federation). `/keys` holds the JWT-SVID keys only.
 
 use std::time::Duration;
 
@@ -17,6 +21,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+
+use workload_api::jwk::{Curve, PublicKey};
 
 use crate::state::IssuerState;
 
@@ -29,6 +35,11 @@ pub fn router(state: IssuerState) -> Router {
         .route("/v1/revocations", get(revocations))
         .route("/v1/crl", get(crls_pem))
         .route("/v1/crl/{authority}", get(crl_der))
+        .route(
+            "/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
+        .route("/keys", get(oidc_keys))
         .with_state(state)
 }
 
@@ -108,6 +119,67 @@ async fn crl_der(State(state): State<IssuerState>, Path(authority): Path<String>
             ),
         ),
     }
+}
+
+/// The OIDC issuer, or the answer that discovery is off.
+fn oidc_issuer(state: &IssuerState) -> Result<&str, Response> {
+    state.config.oidc_issuer.as_deref().ok_or_else(|| {
+        problem(
+            StatusCode::NOT_FOUND,
+            "OIDC discovery is off: set oidc_issuer in the issuer's configuration".into(),
+        )
+    })
+}
+
+async fn openid_configuration(State(state): State<IssuerState>) -> Response {
+    let issuer = match oidc_issuer(&state) {
+        Ok(issuer) => issuer,
+        Err(refused) => return refused,
+    };
+    let document = serde_json::json!({
+        "issuer": issuer,
+        "jwks_uri": format!("{issuer}/keys"),
+        // No authorization endpoint: tokens come from the Workload API.
+        "authorization_endpoint": "",
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256", "ES256", "ES384"],
+    });
+    reply("application/json", document.to_string())
+}
+
+async fn oidc_keys(State(state): State<IssuerState>) -> Response {
+    if let Err(refused) = oidc_issuer(&state) {
+        return refused;
+    }
+    let bundle = state.ca.bundle();
+    let keys: Vec<serde_json::Value> = bundle
+        .jwt_authorities()
+        .iter()
+        .map(|authority| {
+            let mut jwk = authority.key.to_jwk();
+            jwk.kid = Some(authority.kid.clone());
+            // OIDC clients take keys whose use is `sig` (or unset).
+            jwk.use_ = Some("sig".into());
+            // What the issuer's JWT keys sign with (ca_key types ec-p256,
+            // ec-p384, rsa-2048).
+            jwk.alg = Some(
+                match &authority.key {
+                    PublicKey::Ec {
+                        curve: Curve::P384, ..
+                    } => "ES384",
+                    PublicKey::Ec { .. } => "ES256",
+                    _ => "RS256",
+                }
+                .into(),
+            );
+            serde_json::to_value(jwk).expect("a JWK serializes")
+        })
+        .collect();
+    reply(
+        "application/json",
+        serde_json::json!({ "keys": keys }).to_string(),
+    )
 }
 
 #[cfg(test)]
