@@ -121,20 +121,17 @@ async fn crl_der(State(state): State<IssuerState>, Path(authority): Path<String>
     }
 }
 
-/// The OIDC issuer, or the answer that discovery is off.
-fn oidc_issuer(state: &IssuerState) -> Result<&str, Response> {
-    state.config.oidc_issuer.as_deref().ok_or_else(|| {
-        problem(
-            StatusCode::NOT_FOUND,
-            "OIDC discovery is off: set oidc_issuer in the issuer's configuration".into(),
-        )
-    })
+/// The answer while OIDC discovery is off.
+fn oidc_off() -> Response {
+    problem(
+        StatusCode::NOT_FOUND,
+        "OIDC discovery is off: set oidc_issuer in the issuer's configuration".into(),
+    )
 }
 
 async fn openid_configuration(State(state): State<IssuerState>) -> Response {
-    let issuer = match oidc_issuer(&state) {
-        Ok(issuer) => issuer,
-        Err(refused) => return refused,
+    let Some(issuer) = state.config.oidc_issuer.as_deref() else {
+        return oidc_off();
     };
     let document = serde_json::json!({
         "issuer": issuer,
@@ -149,8 +146,8 @@ async fn openid_configuration(State(state): State<IssuerState>) -> Response {
 }
 
 async fn oidc_keys(State(state): State<IssuerState>) -> Response {
-    if let Err(refused) = oidc_issuer(&state) {
-        return refused;
+    if state.config.oidc_issuer.is_none() {
+        return oidc_off();
     }
     let bundle = state.ca.bundle();
     let keys: Vec<serde_json::Value> = bundle
