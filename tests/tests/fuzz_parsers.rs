@@ -1,7 +1,8 @@
 //! Mutation fuzzing of every parser that takes untrusted bytes: SPIFFE IDs,
 //! bundles, JWT-SVIDs, X509-SVID chains, CSRs, DER certificate lists, WITs,
-//! WPTs (whole, and their JSON parts re-encoded), private JWKs, and the
-//! Signature-Input, Signature and Content-Digest fields of HTTP signatures.
+//! WPTs (whole, and their JSON parts re-encoded), private JWKs, the
+//! Signature-Input, Signature and Content-Digest fields of HTTP signatures,
+//! owner bindings (DER and claim), owner keys, consents and revocation lists.
 //! Each starts from a valid input and applies many seeded random mutations;
 //! every result must be a value or a typed error, never a panic. The seed is
 //! fixed so a failure reproduces; SIGIL_FUZZ_ITERATIONS raises the count.
@@ -95,6 +96,7 @@ struct Fixture {
     chain: Vec<Vec<u8>>,
     jwt: String,
     wit: String,
+    revocations: String,
     workload: KeyPair,
     csr: Vec<u8>,
     now: SystemTime,
@@ -168,11 +170,25 @@ fn fixture() -> Fixture {
         )
         .unwrap()
         .token;
+    let revocations = ca
+        .sign_revocation_list(&workload_api::revocation::RevocationClaims {
+            iss: "spiffe://example.org".into(),
+            seq: 7,
+            iat: 1_800_000_000,
+            exp: 1_800_003_600,
+            owners: vec![workload_api::revocation::RevokedOwner {
+                id: "mailto:bob@example.org".into(),
+                jkt: "a2V5".into(),
+                revoked_at: 1_799_999_000,
+            }],
+        })
+        .unwrap();
     Fixture {
         bundle: (*ca.bundle()).clone(),
         chain,
         jwt,
         wit,
+        revocations,
         workload,
         csr,
         now,
@@ -421,4 +437,85 @@ fn http_message_signature_fields() {
             }
         });
     }
+}
+
+#[test]
+fn owner_bindings_keys_consents_and_revocation_lists() {
+    use workload_api::consent::{self, ConsentClaims};
+    use workload_api::owner::{self, OwnerBinding};
+    use workload_api::revocation;
+    let f = fixture();
+    let binding = OwnerBinding {
+        owner_id: "mailto:alice@example.org".into(),
+        key_thumbprint: [5; 32],
+        consent_sha256: [6; 32],
+        actors: vec![
+            "spiffe://example.org/a".into(),
+            "spiffe://example.org/a/b".into(),
+        ],
+    };
+    fuzz("owner binding DER", &binding.to_der(), |input| {
+        let _ = OwnerBinding::from_der(input);
+    });
+    fuzz(
+        "owner claim",
+        binding.to_claim().to_string().as_bytes(),
+        |input| {
+            if let Ok(value) = serde_json::from_slice::<serde_json::Value>(input) {
+                let _ = OwnerBinding::from_claim(&value);
+            }
+        },
+    );
+    let key = KeyPair::generate(Algorithm::EdDSA).unwrap();
+    let public = serde_json::to_string(&key.public_key().to_jwk()).unwrap();
+    fuzz("owner public key", public.as_bytes(), |input| {
+        if let Ok(text) = std::str::from_utf8(input) {
+            let _ = owner::parse_public_key(text);
+        }
+    });
+    let claims = ConsentClaims {
+        iss: "mailto:alice@example.org".into(),
+        spiffe_id: None,
+        spiffe_id_prefix: Some("spiffe://example.org/agents/alice/".into()),
+        selectors: vec!["unix:uid:1000".into()],
+        iat: 100,
+        nbf: 100,
+        exp: 200,
+        jti: "j".into(),
+        delegation: Some(consent::Delegation {
+            max_depth: 2,
+            max_children: 3,
+        }),
+    };
+    let jws = consent::sign(&claims, &key).unwrap();
+    fuzz("consent", jws.as_bytes(), |input| {
+        if let Ok(token) = std::str::from_utf8(input) {
+            let result = consent::verify(token, key.public_key(), 150);
+            if token != jws {
+                assert!(result.is_err(), "a mutated consent verified: {token}");
+            }
+            let _ = consent::claimed_owner(token);
+        }
+    });
+    fuzz("consent claims", &decoded_part(&jws, 1), |input| {
+        let _ = consent::verify(&with_part(&jws, 1, input), key.public_key(), 150);
+    });
+    fuzz("revocation list", f.revocations.as_bytes(), |input| {
+        if let Ok(token) = std::str::from_utf8(input) {
+            let result = revocation::verify(token, &f.bundle);
+            if token != f.revocations {
+                assert!(
+                    result.is_err(),
+                    "a mutated revocation list verified: {token}"
+                );
+            }
+        }
+    });
+    fuzz(
+        "revocation claims",
+        &decoded_part(&f.revocations, 1),
+        |input| {
+            let _ = revocation::verify(&with_part(&f.revocations, 1, input), &f.bundle);
+        },
+    );
 }

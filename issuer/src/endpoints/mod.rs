@@ -8,6 +8,7 @@ pub mod agent;
 pub mod convert;
 mod delegation;
 pub mod http;
+mod signing;
 pub mod tls;
 
 use tonic::Status;
