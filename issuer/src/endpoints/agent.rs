@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::time::Duration;
 
 use proto::issuer as pb;
 use proto::issuer::agent_api_server::AgentApi;
@@ -15,11 +14,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
-use workload_api::id::{parse_spiffe_id, SpiffeId};
+use workload_api::id::SpiffeId;
 use workload_api::x509svid;
 
 use super::convert::{entry_to_proto, Reader};
-use super::signing::{owner_binding, Bindings};
 use super::store_status;
 use crate::attestation;
 use crate::ca::SvidSubject;
@@ -258,12 +256,7 @@ impl AgentApi for AgentService {
             )));
         }
         let entries = self.authorized(&agent).await?;
-        let mut counters = self.reserve_counters(&entries, params).await;
-        let mut bindings = Bindings::default();
-        let results = params
-            .iter()
-            .map(|p| self.sign_one(&entries, &mut bindings, &mut counters, p))
-            .collect();
+        let results = self.sign_x509_batch(&entries, params).await;
         Ok(Response::new(pb::BatchSignX509SvidsResponse { results }))
     }
 
@@ -280,11 +273,7 @@ impl AgentApi for AgentService {
             )));
         }
         let entries = self.authorized(&agent).await?;
-        let mut bindings = Bindings::default();
-        let results = params
-            .iter()
-            .map(|p| self.sign_one_wit(&entries, &mut bindings, p))
-            .collect();
+        let results = self.sign_wit_batch(&entries, params);
         Ok(Response::new(pb::BatchSignWitSvidsResponse { results }))
     }
 
@@ -303,31 +292,7 @@ impl AgentApi for AgentService {
                 request.entry_id
             ))
         })?;
-        let spiffe_id = parse_spiffe_id(&entry.fields.spiffe_id)
-            .map_err(|e| Status::internal(format!("stored entry is invalid: {e}")))?;
-        let ttl = match entry.fields.jwt_svid_ttl {
-            0 => self.state.config.default_jwt_svid_ttl,
-            secs => Duration::from_secs(secs as u64),
-        };
-        let owner = owner_binding(entry)?;
-        let signed = self
-            .state
-            .ca
-            .sign_jwt_svid(
-                &spiffe_id,
-                &request.audience,
-                owner.as_ref(),
-                ttl,
-                self.now(),
-            )
-            .map_err(|e| {
-                tracing::error!(error = %e, "JWT-SVID signing failed");
-                Status::internal("signing failed")
-            })?;
-        Ok(Response::new(pb::SignJwtSvidResponse {
-            token: signed.token,
-            expires_at: unix_secs(signed.expires_at),
-        }))
+        Ok(Response::new(self.sign_jwt(entry, &request.audience)?))
     }
 
     async fn register_child(

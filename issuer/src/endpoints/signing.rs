@@ -19,10 +19,64 @@ use crate::csr::{self, SubjectKey};
 use crate::store::Entry;
 
 impl AgentService {
+    /// Signs a batch of X509-SVIDs for authorised `entries`.
+    pub(super) async fn sign_x509_batch(
+        &self,
+        entries: &HashMap<String, Entry>,
+        params: &[pb::X509SvidParams],
+    ) -> Vec<pb::X509SvidResult> {
+        let mut counters = self.reserve_counters(entries, params).await;
+        let mut bindings = Bindings::default();
+        params
+            .iter()
+            .map(|p| self.sign_one(entries, &mut bindings, &mut counters, p))
+            .collect()
+    }
+
+    /// Signs a batch of WIT-SVIDs for authorised `entries`.
+    pub(super) fn sign_wit_batch(
+        &self,
+        entries: &HashMap<String, Entry>,
+        params: &[pb::WitSvidParams],
+    ) -> Vec<pb::WitSvidResult> {
+        let mut bindings = Bindings::default();
+        params
+            .iter()
+            .map(|p| self.sign_one_wit(entries, &mut bindings, p))
+            .collect()
+    }
+
+    /// Signs a JWT-SVID for `entry` and `audience` (already checked).
+    pub(super) fn sign_jwt(
+        &self,
+        entry: &Entry,
+        audience: &[String],
+    ) -> Result<pb::SignJwtSvidResponse, Status> {
+        let spiffe_id = parse_spiffe_id(&entry.fields.spiffe_id)
+            .map_err(|e| Status::internal(format!("stored entry is invalid: {e}")))?;
+        let ttl = match entry.fields.jwt_svid_ttl {
+            0 => self.state.config.default_jwt_svid_ttl,
+            secs => Duration::from_secs(secs as u64),
+        };
+        let owner = owner_binding(entry)?;
+        let signed = self
+            .state
+            .ca
+            .sign_jwt_svid(&spiffe_id, audience, owner.as_ref(), ttl, self.now())
+            .map_err(|e| {
+                tracing::error!(error = %e, "JWT-SVID signing failed");
+                Status::internal("signing failed")
+            })?;
+        Ok(pb::SignJwtSvidResponse {
+            token: signed.token,
+            expires_at: unix_secs(signed.expires_at),
+        })
+    }
+
     /// For each owner-bound entry a batch signs for, the first of as many
     /// serial counters as it asks (reserved in the store before any SVID
     /// carrying them leaves), or why none could be had.
-    pub(super) async fn reserve_counters(
+    async fn reserve_counters(
         &self,
         entries: &HashMap<String, Entry>,
         params: &[pb::X509SvidParams],
@@ -53,7 +107,7 @@ impl AgentService {
         counters
     }
 
-    pub(super) fn sign_one_wit(
+    fn sign_one_wit(
         &self,
         entries: &HashMap<String, Entry>,
         bindings: &mut Bindings,
@@ -106,7 +160,7 @@ impl AgentService {
 
     /// Signs one X509-SVID; an owner-bound entry's serial is derived from
     /// the next of the counters reserved for it in `counters`.
-    pub(super) fn sign_one(
+    fn sign_one(
         &self,
         entries: &HashMap<String, Entry>,
         bindings: &mut Bindings,
@@ -201,7 +255,7 @@ fn failed_x509(entry_id: &str, status: Status) -> pb::X509SvidResult {
 /// The owner bindings of the entries one call signs for, each derived once
 /// however many credentials the call asks for.
 #[derive(Default)]
-pub(super) struct Bindings(HashMap<String, Result<Option<OwnerBinding>, Status>>);
+struct Bindings(HashMap<String, Result<Option<OwnerBinding>, Status>>);
 
 impl Bindings {
     fn of(&mut self, entry: &Entry) -> Result<Option<&OwnerBinding>, Status> {
@@ -216,7 +270,7 @@ impl Bindings {
 }
 
 /// The owner binding an entry's credentials carry, if it has an owner.
-pub(super) fn owner_binding(entry: &Entry) -> Result<Option<OwnerBinding>, Status> {
+fn owner_binding(entry: &Entry) -> Result<Option<OwnerBinding>, Status> {
     entry
         .fields
         .owner
