@@ -248,6 +248,19 @@ impl Config {
             file.bundle_refresh_hint.as_deref(),
             Duration::from_secs(300),
         )?;
+        let lead = crate::ca::rotation::publication_lead(ca_ttl);
+        if bundle_refresh_hint * crate::ca::rotation::HINTS_BEFORE_USE > lead {
+            return Err(ConfigError::Invalid {
+                key: "bundle_refresh_hint",
+                reason: format!(
+                    "{} is too long: a new key is published {} before it signs (a third of ca_ttl), \
+                     which must span at least {} refresh hints",
+                    humantime::format_duration(bundle_refresh_hint),
+                    humantime::format_duration(lead),
+                    crate::ca::rotation::HINTS_BEFORE_USE
+                ),
+            });
+        }
         let log_format = LogFormat::parse(file.log_format.as_deref())?;
         let log_level = logging::parse_level(file.log_level.as_deref(), "info")?;
         Ok(Config {
@@ -295,6 +308,24 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_published_several_refresh_hints_before_use() {
+        let parse = |ca_ttl: &str, hint: &str| {
+            let text = format!(
+                "trust_domain = \"example.org\"\ndata_dir = \"/d\"\nca_ttl = \"{ca_ttl}\"\nbundle_refresh_hint = \"{hint}\"\n"
+            );
+            Config::from_file(FileConfig::parse(&text).unwrap()).map_err(|e| e.to_string())
+        };
+        // The defaults: published 8h before use, 96 hints of 5 minutes.
+        parse("24h", "5m").unwrap();
+        parse("9h", "1h").unwrap();
+        assert_eq!(
+            parse("9h", "61m").unwrap_err(),
+            "config key bundle_refresh_hint: 1h 1m is too long: a new key is published 3h before it \
+             signs (a third of ca_ttl), which must span at least 3 refresh hints"
+        );
+    }
 
     #[test]
     fn oidc_issuers_are_urls_without_query_or_trailing_slash() {

@@ -41,6 +41,18 @@ pub fn activate_at(active: &Lifetime) -> SystemTime {
     active.fraction(5, 6)
 }
 
+/// How long before its first use a key is published: from preparation (half
+/// the active key's lifetime) to activation (five sixths), a third of the
+/// lifetime.
+pub fn publication_lead(lifetime: Duration) -> Duration {
+    lifetime / 3
+}
+
+/// How many refresh hints at least must pass between a key's publication and
+/// its first use, so a relying party that refreshes at the hint, and misses
+/// a fetch or two, still holds the key before anything it signed arrives.
+pub const HINTS_BEFORE_USE: u32 = 3;
+
 /// What a slot of keys needs next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
