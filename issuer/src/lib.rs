@@ -4,6 +4,7 @@
 //! - [`store`]: registration entries, agents and join tokens (SQLite).
 //! - [`attestation`]: node attestation (join tokens).
 //! - [`endpoints`]: the agent API (gRPC over mTLS) and the admin API (local socket).
+//! - [`eventlog`]: the signed event log (RFC 6962 tree, C2SP checkpoints and tiles).
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`server`]: wires the subsystems together and runs them.
 
@@ -16,6 +17,7 @@ pub mod config;
 pub mod csr;
 pub mod delegation;
 pub mod endpoints;
+pub mod eventlog;
 pub mod ids;
 pub mod limits;
 pub mod owners;

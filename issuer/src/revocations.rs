@@ -95,6 +95,21 @@ pub async fn refresh(state: &IssuerState) -> Result<bool, PublishError> {
             "revocations published"
         );
     }
+    let event = state
+        .events
+        .event(workload_api::events::EventKind::CrlPublished, now)
+        .detail("seq", seq)
+        .detail("authorities", authorities.clone())
+        .detail("revoked_entries", revoked.len() as u64)
+        .detail(
+            "revoked_owners",
+            owners.iter().map(|o| o.id.clone()).collect::<Vec<_>>(),
+        )
+        .detail("next_update", expires_at);
+    // Revocation must not wait on the log: publish even if it is down.
+    if let Err(error) = state.events.append(&[event]).await {
+        tracing::error!(%error, seq, "the event log could not record a CRL publication");
+    }
     state.revocations.publish(Published {
         seq,
         crls,

@@ -20,6 +20,8 @@ use crate::config::Config;
 use crate::endpoints::admin::AdminService;
 use crate::endpoints::agent::AgentService;
 use crate::endpoints::tls::ServerTls;
+use crate::eventlog::key::LogKey;
+use crate::eventlog::EventLog;
 use crate::published::Revocations;
 use crate::revocations;
 use crate::state::IssuerState;
@@ -61,6 +63,12 @@ pub enum StartError {
     Tls(#[source] crate::endpoints::tls::TlsError),
     #[error("publishing revocations: {0}")]
     Revocations(#[from] revocations::PublishError),
+    #[error(transparent)]
+    LogKey(#[from] crate::eventlog::key::LogKeyError),
+    #[error("event log: {0}")]
+    EventLog(#[from] crate::eventlog::AppendError),
+    #[error("event log: {0}")]
+    Sequencing(#[from] crate::eventlog::sequencer::StepError),
 }
 
 /// How long shutdown waits for open connections to finish.
@@ -116,6 +124,16 @@ async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<IssuerState, Star
         },
         clock.now(),
     )?;
+    let log_key = LogKey::load_or_create(
+        &config.data_dir.join("log").join("log.jwk"),
+        &crate::eventlog::origin(&config.trust_domain),
+    )?;
+    let events = EventLog::open(
+        store.clone(),
+        log_key,
+        crate::eventlog::issuer_id(&config.trust_domain),
+    )
+    .await?;
     Ok(IssuerState {
         config: Arc::new(config),
         store,
@@ -123,6 +141,7 @@ async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<IssuerState, Star
         clock,
         revocations: Arc::new(Revocations::new()),
         serial_counters: Arc::default(),
+        events,
     })
 }
 
@@ -139,6 +158,9 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
     let state = open(config, clock).await?;
     // Agents and relying parties get a revocation list from the first request.
     revocations::refresh(&state).await?;
+    // The log has a checkpoint from the first request, and records queued
+    // before a crash are sequenced now.
+    crate::eventlog::sequencer::catch_up(&state.events).await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -189,6 +211,10 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
         state.clone(),
         shutdown_rx.clone(),
     )));
+    tasks.push(tokio::spawn(crate::eventlog::sequencer::run(
+        state.events.clone(),
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(rotation_loop(state.clone(), shutdown_rx)));
 
     tracing::info!(
@@ -196,6 +222,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
         agent_api = %agent_api_address,
         http = ?http_address,
         admin_socket = %admin_socket_path.display(),
+        event_log_key = %state.events.key().verifier_key(),
         "issuer started"
     );
     Ok(RunningIssuer {
@@ -317,10 +344,19 @@ async fn serve_admin_api(
 /// Runs CA rotation: checks at least every ten seconds, and sooner when the
 /// next step is due.
 async fn rotation_loop(state: IssuerState, mut shutdown: watch::Receiver<bool>) {
+    // Keys made at start are logged on the first pass.
+    let mut unlogged = true;
     loop {
         let now = state.clock.now();
-        if let Err(error) = state.ca.rotate(now) {
-            tracing::error!(%error, "CA rotation failed; retrying");
+        match state.ca.rotate(now) {
+            Ok(changed) => unlogged |= changed,
+            Err(error) => tracing::error!(%error, "CA rotation failed; retrying"),
+        }
+        if unlogged {
+            match crate::eventlog::witnessed::key_lifecycle(&state).await {
+                Ok(()) => unlogged = false,
+                Err(error) => tracing::error!(%error, "logging key rotation failed; retrying"),
+            }
         }
         let wait = state
             .ca

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::ca::Ca;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::eventlog::EventLog;
 use crate::published::Revocations;
 use crate::serials::SerialCounters;
 use crate::store::{Store, StoreError};
@@ -20,6 +21,8 @@ pub struct IssuerState {
     pub revocations: Arc<Revocations>,
     /// The serial counters of owner-bound entries.
     pub serial_counters: Arc<SerialCounters>,
+    /// The signed event log.
+    pub events: EventLog,
 }
 
 impl IssuerState {

@@ -20,6 +20,7 @@ use workload_api::bundle::split_der_concat;
 use workload_api::id::TrustDomain;
 use workload_api::Bundle;
 
+pub mod c2sp_check;
 pub mod owners;
 pub mod web;
 
@@ -216,6 +217,32 @@ pub async fn create_at(socket: &Path, fields: proto::admin::EntryFields) -> pb::
         .await
         .unwrap()
         .into_inner()
+}
+
+/// Creates an entry for `spiffe_id` (uid 1000 under a fixed agent) on an
+/// open admin client; the entry's id, or why it was refused.
+pub async fn try_create_with(
+    admin: &mut AdminClient<Channel>,
+    spiffe_id: &str,
+) -> Result<String, tonic::Status> {
+    let fields = proto::admin::EntryFields {
+        spiffe_id: spiffe_id.into(),
+        parent_id: "spiffe://example.org/agent/bulk".into(),
+        selectors: uid_selector(1000),
+        ..Default::default()
+    };
+    let entry = admin
+        .create_entry(proto::admin::CreateEntryRequest {
+            entry: Some(fields),
+        })
+        .await?
+        .into_inner();
+    Ok(entry.id)
+}
+
+/// [`try_create_with`] that must succeed.
+pub async fn create_with(admin: &mut AdminClient<Channel>, spiffe_id: &str) -> String {
+    try_create_with(admin, spiffe_id).await.unwrap()
 }
 
 fn uid_selector(uid: u32) -> Vec<pb::Selector> {

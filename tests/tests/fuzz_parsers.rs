@@ -519,3 +519,64 @@ fn owner_bindings_keys_consents_and_revocation_lists() {
         },
     );
 }
+
+/// The event log's parsers: canonical JSON, leaves, tile paths, checkpoint
+/// notes and whole exports (header and leaf lines), from a real log.
+#[test]
+fn event_log_leaves_tiles_checkpoints_and_exports() {
+    use sigil_issuer::eventlog::key::LogKey;
+    use sigil_issuer::eventlog::tiles::TilePath;
+    use sigil_issuer::eventlog::tree::Frontier;
+    use sigil_issuer::eventlog::{leaf, signed_note, verify};
+    use workload_api::events::canonical;
+    use workload_api::events::{Event, EventKind};
+
+    let dir = tempfile::tempdir().unwrap();
+    let origin = "example.org/sigil-event-log";
+    let key = LogKey::load_or_create(&dir.path().join("log.jwk"), origin).unwrap();
+    let vkey = key.verifier_key();
+    let verifier = signed_note::StandardVerifier::new(&vkey).unwrap();
+    let mut tree = Frontier::default();
+    let mut lines = Vec::new();
+    for i in 0..3u64 {
+        let event = Event::new(
+            EventKind::EntryCreated,
+            "spiffe://example.org/sigil/issuer",
+            SystemTime::now(),
+        )
+        .subject(format!("spiffe://example.org/w{i}"))
+        .detail("selectors", vec!["unix:uid:1000"]);
+        let sealed = leaf::seal(&leaf::record(&event).unwrap(), i, &key).unwrap();
+        tree.append(sealed.as_bytes());
+        lines.push(sealed);
+    }
+    let body = format!(
+        "{origin}\n3\n{}\n",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, tree.root().0)
+    );
+    let mut note = signed_note::Note::new(body.as_bytes(), &[]).unwrap();
+    note.add_sigs(&[&key]).unwrap();
+    let note = String::from_utf8(note.to_bytes()).unwrap();
+    let header = serde_json::json!({
+        "format": "sigil-event-log-export/1", "origin": origin, "log_key": vkey,
+        "checkpoint": note, "from": 0, "frontier": [],
+    });
+    let export = format!("{header}\n{}\n", lines.join("\n"));
+    assert!(verify::verify_export(export.as_bytes(), Some(&vkey), None).is_ok());
+
+    fuzz("canonical json", lines[0].as_bytes(), |input| {
+        let _ = canonical::parse_canonical(input);
+    });
+    fuzz("leaf", lines[1].as_bytes(), |input| {
+        let _ = leaf::open(input, 1, origin, &verifier);
+    });
+    fuzz("tile path", b"tile/entries/x001/234.p/5", |input| {
+        let _ = TilePath::parse(&String::from_utf8_lossy(input));
+    });
+    fuzz("checkpoint", note.as_bytes(), |input| {
+        let _ = verify::verify_checkpoint(&String::from_utf8_lossy(input), &vkey);
+    });
+    fuzz("export", export.as_bytes(), |input| {
+        let _ = verify::verify_export(input, Some(&vkey), None);
+    });
+}

@@ -12,6 +12,7 @@
 //! - [`owner`], [`consent`]: who answers for a workload, and the consent
 //!   that binds it into its credentials; [`revocation`]: the signed list of
 //!   revoked owners.
+//! - [`events`]: the records of the signed event log, in canonical JSON.
 //! - [`files`], [`pem`]: private files and directories, PEM text.
 //! - [`config_file`], [`logging`], [`stdout`] (feature `daemon`): what Sigil's
 //!   binaries share.
@@ -23,6 +24,7 @@ pub mod config_file;
 pub mod connection;
 pub mod consent;
 pub mod display;
+pub mod events;
 pub mod files;
 pub mod id;
 pub mod jwk;

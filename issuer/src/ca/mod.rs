@@ -112,6 +112,29 @@ impl Ca {
         Ok(changed)
     }
 
+    /// Every key the CA holds and where it is in its lifecycle.
+    pub fn key_states(&self) -> Vec<KeyState> {
+        let slots = self.slots.read().expect("CA lock");
+        let of = |kind: &'static str, record: &journal::Record| KeyState {
+            kind,
+            id: record.id.clone(),
+            status: match record.status {
+                journal::Status::Prepared => KeyStatus::Prepared,
+                journal::Status::Active => KeyStatus::Active,
+                journal::Status::Retired => KeyStatus::Retired,
+            },
+            not_before: record.not_before,
+            not_after: record.not_after,
+        };
+        slots
+            .x509
+            .iter()
+            .map(|a| of("x509", &a.record))
+            .chain(slots.jwt.iter().map(|k| of("jwt", &k.record)))
+            .chain(slots.wit.iter().map(|k| of("wit", &k.record)))
+            .collect()
+    }
+
     fn publish(&self) {
         let bundle = {
             let slots = self.slots.read().expect("CA lock");
@@ -257,4 +280,24 @@ impl Ca {
 /// time is cut to them first and every comparison agrees.
 fn whole_seconds(t: SystemTime) -> SystemTime {
     from_unix_secs(unix_secs(t))
+}
+
+/// A key's place in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    /// Published in the bundle, not yet signing.
+    Prepared,
+    Active,
+    /// No longer signing; published until it expires.
+    Retired,
+}
+
+/// One CA, JWT-SVID or WIT key: `kind` is `x509`, `jwt` or `wit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyState {
+    pub kind: &'static str,
+    pub id: String,
+    pub status: KeyStatus,
+    pub not_before: i64,
+    pub not_after: i64,
 }

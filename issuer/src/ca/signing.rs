@@ -39,6 +39,8 @@ pub struct SignedX509 {
 #[derive(Debug, Clone)]
 pub struct SignedJwt {
     pub token: String,
+    /// The token's `jti`, by which the event log names it.
+    pub jti: String,
     pub expires_at: SystemTime,
     pub shortened: bool,
 }
@@ -121,6 +123,9 @@ pub(super) fn jwt_svid(
     now: SystemTime,
 ) -> Result<SignedJwt, CaError> {
     let (key, expires_at, shortened) = active_key(keys, "JWT-SVID", spiffe_id, ttl, now)?;
+    // JWT-SVID.md leaves `jti` optional; Sigil sets one so a token's uses
+    // can be matched to its issuance in the event log.
+    let jti = base64_url(&crate::ids::random_bytes::<16>());
     let claims = Claims {
         sub: spiffe_id.to_string(),
         aud: Audience::Many(audience.to_vec()),
@@ -132,6 +137,7 @@ pub(super) fn jwt_svid(
         extra: issuer
             .map(|iss| ("iss".to_owned(), serde_json::Value::from(iss)))
             .into_iter()
+            .chain([("jti".to_owned(), serde_json::Value::from(jti.clone()))])
             .collect(),
     };
     let token = jwtsvid::sign(
@@ -142,6 +148,7 @@ pub(super) fn jwt_svid(
     )?;
     Ok(SignedJwt {
         token,
+        jti,
         expires_at,
         shortened,
     })
@@ -159,13 +166,14 @@ pub(super) fn wit_svid(
     now: SystemTime,
 ) -> Result<SignedJwt, CaError> {
     let (key, expires_at, shortened) = active_key(keys, "WIT-SVID", spiffe_id, ttl, now)?;
+    let jti = base64_url(&crate::ids::random_bytes::<16>());
     let claims = WitClaims {
         sub: spiffe_id.to_string(),
         iss: issuer,
         iat: unix_secs(now) as u64,
         nbf: Some(unix_secs(now) as u64),
         exp: unix_secs(expires_at) as u64,
-        jti: base64_url(&crate::ids::random_bytes::<16>()),
+        jti: jti.clone(),
         cnf: Confirmation { jwk: cnf_jwk },
         owner: owner.cloned(),
     };
@@ -178,6 +186,7 @@ pub(super) fn wit_svid(
     .map_err(CaError::Wit)?;
     Ok(SignedJwt {
         token,
+        jti,
         expires_at,
         shortened,
     })

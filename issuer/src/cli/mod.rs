@@ -1,6 +1,7 @@
 //! The `sigil-issuer` command line: `run` starts the issuer; every other
 //! command is a client of the admin API on its local socket.
 
+mod audit;
 mod output;
 mod owner;
 
@@ -45,6 +46,9 @@ enum Command {
     /// Show the trust bundle.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Export and verify the signed event log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Check that the issuer answers on its admin socket.
     Healthcheck {
         /// Print JSON instead of text.
@@ -395,6 +399,7 @@ async fn execute(command: Command) -> Result<(), String> {
         }
         Command::Agent(command) => agent(command).await,
         Command::Owner(command) => owner::run(command).await,
+        Command::Audit(command) => audit::run(command).await,
         Command::Bundle(BundleCommand::Show {
             format,
             json,

@@ -13,6 +13,7 @@ use super::convert::{agent_to_proto, entry_to_proto, fields_from_proto, owner_to
 use super::store_status;
 use crate::attestation;
 use crate::clock::unix_secs;
+use crate::eventlog::witnessed;
 use crate::owners::{self, ConsentRefusal};
 use crate::registration::{
     check_entry_id, check_entry_spiffe_id, check_id_filter, check_join_token_ttl, check_member,
@@ -20,6 +21,7 @@ use crate::registration::{
 };
 use crate::state::IssuerState;
 use crate::store::{EntryFields, Selector, StoreError};
+use workload_api::events::EventKind;
 
 /// The admin API service.
 #[derive(Debug, Clone)]
@@ -72,6 +74,15 @@ impl AdminService {
             }
         }
         Ok(fields)
+    }
+
+    /// Records what an operator changed. The change is already committed,
+    /// so a log failure is reported, naming that it was applied.
+    async fn log(&self, events: Vec<workload_api::events::Event>) -> Result<(), Status> {
+        self.state.events.append(&events).await.map_err(|e| {
+            tracing::error!(error = %e, "event log append failed after a change was applied");
+            Status::unavailable(format!("the change was applied, but {e}"))
+        })
     }
 
     fn agent_id(&self, id: &str) -> Result<String, Status> {
@@ -128,6 +139,11 @@ impl Admin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::info!(entry_id = %entry.id, spiffe_id = %entry.fields.spiffe_id, "entry created");
+        let at = self.state.clock.now();
+        let log = &self.state.events;
+        let mut events = vec![witnessed::entry(log, EventKind::EntryCreated, &entry, at)];
+        events.extend(witnessed::consent(log, &entry, at));
+        self.log(events).await?;
         Ok(Response::new(entry_to_proto(&entry, Reader::Operator)))
     }
 
@@ -145,6 +161,11 @@ impl Admin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::info!(entry_id = %entry.id, revision = entry.revision, "entry updated");
+        let at = self.state.clock.now();
+        let log = &self.state.events;
+        let mut events = vec![witnessed::entry(log, EventKind::EntryUpdated, &entry, at)];
+        events.extend(witnessed::consent(log, &entry, at));
+        self.log(events).await?;
         Ok(Response::new(entry_to_proto(&entry, Reader::Operator)))
     }
 
@@ -154,11 +175,16 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::DeleteEntryResponse>, Status> {
         let id = &request.get_ref().id;
         check_entry_id(id)?;
-        self.state
+        let entry = self.state.store.get_entry(id).await.map_err(store_status)?;
+        let deleted = self
+            .state
             .delete_entry(id, self.now())
             .await
             .map_err(store_status)?;
         tracing::info!(entry_id = %id, "entry deleted");
+        let events =
+            witnessed::deleted(&self.state.events, &entry, &deleted, self.state.clock.now());
+        self.log(events).await?;
         Ok(Response::new(pb::DeleteEntryResponse {}))
     }
 
@@ -273,6 +299,13 @@ impl Admin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::info!(agent_id = %id, "agent evicted");
+        let event = witnessed::agent(
+            &self.state.events,
+            EventKind::AgentEvicted,
+            &id,
+            self.state.clock.now(),
+        );
+        self.log(vec![event]).await?;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -287,6 +320,13 @@ impl Admin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::info!(agent_id = %id, "agent banned");
+        let event = witnessed::agent(
+            &self.state.events,
+            EventKind::AgentBanned,
+            &id,
+            self.state.clock.now(),
+        );
+        self.log(vec![event]).await?;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -316,6 +356,13 @@ impl Admin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::info!(owner = %owner.id, thumbprint = %owner.thumbprint, "owner registered");
+        let event = witnessed::owner(
+            &self.state.events,
+            EventKind::OwnerRegistered,
+            &owner,
+            self.state.clock.now(),
+        );
+        self.log(vec![event]).await?;
         Ok(Response::new(owner_to_proto(&owner)))
     }
 
@@ -350,6 +397,13 @@ impl Admin for AdminService {
             .await
             .map_err(store_status)?;
         tracing::warn!(owner = %owner.id, "owner revoked: every credential under it stops");
+        let event = witnessed::owner(
+            &self.state.events,
+            EventKind::OwnerRevoked,
+            &owner,
+            self.state.clock.now(),
+        );
+        self.log(vec![event]).await?;
         Ok(Response::new(owner_to_proto(&owner)))
     }
 

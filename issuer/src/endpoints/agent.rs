@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
+use workload_api::events::{Event, EventKind};
 use workload_api::id::SpiffeId;
 use workload_api::x509svid;
 
@@ -97,14 +98,17 @@ impl AgentService {
         Ok(AuthenticatedAgent { id })
     }
 
+    /// Signs an agent SVID, returning it with the event that records it
+    /// (its key's thumbprint is how the log knows the agent's signatures).
     fn sign_agent_svid(
         &self,
         id: &SpiffeId,
         csr_der: &[u8],
-    ) -> Result<crate::ca::SignedX509, Status> {
+    ) -> Result<(crate::ca::SignedX509, Event), Status> {
         let csr =
             csr::verify(csr_der).map_err(|e| Status::invalid_argument(format!("csr: {e}")))?;
-        self.state
+        let signed = self
+            .state
             .ca
             .sign_x509_svid(
                 SvidSubject {
@@ -120,7 +124,17 @@ impl AgentService {
             .map_err(|e| {
                 tracing::error!(error = %e, "agent SVID signing failed");
                 Status::internal("agent SVID signing failed")
-            })
+            })?;
+        let event = self
+            .state
+            .events
+            .event(EventKind::X509SvidIssued, self.now())
+            .subject(id.to_string())
+            .serial(signed.serial_hex.clone())
+            .jkt(csr.public_key.thumbprint())
+            .detail("authority", signed.authority_id.clone())
+            .detail("expires_at", unix_secs(signed.not_after));
+        Ok((signed, event))
     }
 
     pub(super) async fn authorized(
@@ -173,7 +187,7 @@ impl AgentApi for AgentService {
             .await
             .map_err(|e| refused(store_status(e)))?;
         let id = attestation::join_token_agent_id(&self.state.config.trust_domain, &token_id);
-        let signed = match self.sign_agent_svid(&id, &request.csr) {
+        let (signed, issued) = match self.sign_agent_svid(&id, &request.csr) {
             Ok(signed) => signed,
             Err(status) => {
                 let _ = self.state.store.release_join_token(&token_id).await;
@@ -194,6 +208,14 @@ impl AgentApi for AgentService {
             return Err(store_status(e));
         }
         tracing::info!(agent_id = %id, "agent attested");
+        let attested = self
+            .state
+            .events
+            .event(EventKind::NodeAttested, now)
+            .subject(id.to_string())
+            .detail("attestation_type", "join_token")
+            .detail("join_token_id", token_id.clone());
+        self.record(&[attested, issued]).await?;
         Ok(Response::new(pb::AttestAgentResponse {
             svid: Some(pb::AgentSvid {
                 spiffe_id: id.to_string(),
@@ -209,7 +231,10 @@ impl AgentApi for AgentService {
         request: Request<pb::RenewAgentRequest>,
     ) -> Result<Response<pb::RenewAgentResponse>, Status> {
         let agent = self.authenticate(&request).await?;
-        let signed = self.sign_agent_svid(&agent.id, &request.get_ref().csr)?;
+        let (signed, issued) = self.sign_agent_svid(&agent.id, &request.get_ref().csr)?;
+        // Logged before the new serial is accepted, so the log knows every
+        // agent key that can sign events.
+        self.record(&[issued]).await?;
         self.state
             .store
             .set_agent_new_serial(
@@ -256,7 +281,9 @@ impl AgentApi for AgentService {
             )));
         }
         let entries = self.authorized(&agent).await?;
-        let results = self.sign_x509_batch(&entries, params).await;
+        let results = self
+            .sign_x509_batch(&agent.id.to_string(), &entries, params)
+            .await;
         Ok(Response::new(pb::BatchSignX509SvidsResponse { results }))
     }
 
@@ -273,7 +300,9 @@ impl AgentApi for AgentService {
             )));
         }
         let entries = self.authorized(&agent).await?;
-        let results = self.sign_wit_batch(&entries, params);
+        let results = self
+            .sign_wit_batch(&agent.id.to_string(), &entries, params)
+            .await;
         Ok(Response::new(pb::BatchSignWitSvidsResponse { results }))
     }
 
@@ -292,7 +321,21 @@ impl AgentApi for AgentService {
                 request.entry_id
             ))
         })?;
-        Ok(Response::new(self.sign_jwt(entry, &request.audience)?))
+        Ok(Response::new(
+            self.sign_jwt(&agent.id.to_string(), entry, &request.audience)
+                .await?,
+        ))
+    }
+
+    async fn submit_events(
+        &self,
+        request: Request<pb::SubmitEventsRequest>,
+    ) -> Result<Response<pb::SubmitEventsResponse>, Status> {
+        let agent = self.authenticate(&request).await?;
+        Ok(Response::new(
+            self.submit_events_for(&agent.id.to_string(), request)
+                .await?,
+        ))
     }
 
     async fn register_child(

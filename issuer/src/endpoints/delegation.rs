@@ -83,6 +83,14 @@ impl AgentService {
             spiffe_id = %entry.fields.spiffe_id,
             "child entry registered by delegation"
         );
+        let event = crate::eventlog::witnessed::entry(
+            &self.state.events,
+            workload_api::events::EventKind::DelegatedEntryRegistered,
+            &entry,
+            self.state.clock.now(),
+        )
+        .detail("agent", agent.id.to_string());
+        self.record(&[event]).await?;
         Ok(entry_to_proto(&entry, Reader::Agent))
     }
 
@@ -111,6 +119,13 @@ impl AgentService {
             .await
             .map_err(store_status)?;
         tracing::info!(parent = %parent.id, deleted = ?deleted_ids, "child entries deleted by delegation");
+        let events = crate::eventlog::witnessed::deleted(
+            &self.state.events,
+            &child,
+            &deleted_ids,
+            self.state.clock.now(),
+        );
+        self.record(&events).await?;
         Ok(pb::DeleteChildResponse { deleted_ids })
     }
 }

@@ -12,6 +12,7 @@
 //!   Discovery 1.0 for JWT-SVIDs, when `oidc_issuer` is set: cloud providers
 //!   then trust JWT-SVIDs as tokens of that issuer (workload identity
 //!   federation). `/keys` holds the JWT-SVID keys only.
+//! - `/log/...`: the signed event log (see [`super::log_http`]).
 
 use std::time::Duration;
 
@@ -40,10 +41,11 @@ pub fn router(state: IssuerState) -> Router {
             get(openid_configuration),
         )
         .route("/keys", get(oidc_keys))
+        .merge(super::log_http::routes())
         .with_state(state)
 }
 
-fn reply(content_type: &'static str, body: impl Into<Body>) -> Response {
+pub(super) fn reply(content_type: &'static str, body: impl Into<Body>) -> Response {
     let mut response = Response::new(body.into());
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -52,7 +54,7 @@ fn reply(content_type: &'static str, body: impl Into<Body>) -> Response {
     response
 }
 
-fn problem(status: StatusCode, detail: String) -> Response {
+pub(super) fn problem(status: StatusCode, detail: String) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -61,20 +63,37 @@ fn problem(status: StatusCode, detail: String) -> Response {
         .into_response()
 }
 
+/// Numeric query parameters, each named in `allowed` and given at most
+/// once; anything else is refused, naming it.
+pub(super) fn numbers(
+    query: Option<&str>,
+    allowed: &[&str],
+) -> Result<std::collections::HashMap<String, u64>, String> {
+    let mut found = std::collections::HashMap::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let shown = workload_api::display::shown(pair);
+        let (name, value) = pair
+            .split_once('=')
+            .filter(|(name, _)| allowed.contains(name))
+            .ok_or_else(|| {
+                format!(
+                    "unknown query {shown:?}; understood: {}",
+                    allowed.join(", ")
+                )
+            })?;
+        let value: u64 = value
+            .parse()
+            .map_err(|_| format!("{name}: {shown:?} is not a whole number"))?;
+        if found.insert(name.to_string(), value).is_some() {
+            return Err(format!("{name} is given twice"));
+        }
+    }
+    Ok(found)
+}
+
 /// `after=SEQ` from the query string; other parameters are refused.
 fn after(query: Option<&str>) -> Result<Option<u64>, String> {
-    let Some(query) = query.filter(|q| !q.is_empty()) else {
-        return Ok(None);
-    };
-    match query.split_once('=') {
-        Some(("after", seq)) => seq
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("after: {seq:?} is not a sequence number")),
-        _ => Err(format!(
-            "unknown query {query:?}; only after=SEQ is understood"
-        )),
-    }
+    Ok(numbers(query, &["after"])?.get("after").copied())
 }
 
 async fn revocations(State(state): State<IssuerState>, RawQuery(query): RawQuery) -> Response {
@@ -189,7 +208,11 @@ mod tests {
         assert_eq!(after(Some("after=7")), Ok(Some(7)));
         assert_eq!(
             after(Some("after=x")),
-            Err("after: \"x\" is not a sequence number".into())
+            Err("after: \"after=x\" is not a whole number".into())
+        );
+        assert_eq!(
+            after(Some("after=1&after=2")),
+            Err("after is given twice".into())
         );
         assert!(after(Some("before=1"))
             .unwrap_err()

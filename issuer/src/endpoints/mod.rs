@@ -5,9 +5,11 @@
 
 pub mod admin;
 pub mod agent;
+mod agent_events;
 pub mod convert;
 mod delegation;
 pub mod http;
+mod log_http;
 mod signing;
 pub mod tls;
 
@@ -35,6 +37,7 @@ pub fn store_status(error: StoreError) -> Status {
             Status::failed_precondition(error.to_string())
         }
         StoreError::TooManyChildren { .. } => Status::permission_denied(error.to_string()),
+        StoreError::EventGap { .. } => Status::failed_precondition(error.to_string()),
         other => {
             tracing::error!(error = %other, "store failure");
             Status::internal("the registration store failed; see the issuer log")

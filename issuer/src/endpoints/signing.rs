@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use proto::issuer as pb;
 use tonic::Status;
+use workload_api::events::{Event, EventKind};
 use workload_api::id::parse_spiffe_id;
 use workload_api::owner::OwnerBinding;
 
@@ -19,36 +20,90 @@ use crate::csr::{self, SubjectKey};
 use crate::store::Entry;
 
 impl AgentService {
-    /// Signs a batch of X509-SVIDs for authorised `entries`.
+    /// Signs a batch of X509-SVIDs for authorised `entries`, on behalf of
+    /// `agent`. No SVID leaves before the log holds its issuance: if the
+    /// events cannot be stored, every SVID of the batch is withheld.
     pub(super) async fn sign_x509_batch(
         &self,
+        agent: &str,
         entries: &HashMap<String, Entry>,
         params: &[pb::X509SvidParams],
     ) -> Vec<pb::X509SvidResult> {
         let mut counters = self.reserve_counters(entries, params).await;
         let mut bindings = Bindings::default();
-        params
+        let mut events = Vec::new();
+        let mut results: Vec<pb::X509SvidResult> = params
             .iter()
-            .map(|p| self.sign_one(entries, &mut bindings, &mut counters, p))
-            .collect()
+            .map(|p| self.sign_one(agent, entries, &mut bindings, &mut counters, p, &mut events))
+            .collect();
+        if let Err(status) = self.record(&events).await {
+            for result in results.iter_mut().filter(|r| r.code == 0) {
+                *result = failed_x509(&result.entry_id, status.clone());
+            }
+        }
+        results
     }
 
-    /// Signs a batch of WIT-SVIDs for authorised `entries`.
-    pub(super) fn sign_wit_batch(
+    /// Signs a batch of WIT-SVIDs for authorised `entries`, on behalf of
+    /// `agent`, withheld unless their issuance is logged.
+    pub(super) async fn sign_wit_batch(
         &self,
+        agent: &str,
         entries: &HashMap<String, Entry>,
         params: &[pb::WitSvidParams],
     ) -> Vec<pb::WitSvidResult> {
         let mut bindings = Bindings::default();
-        params
+        let mut events = Vec::new();
+        let mut results: Vec<pb::WitSvidResult> = params
             .iter()
-            .map(|p| self.sign_one_wit(entries, &mut bindings, p))
-            .collect()
+            .map(|p| self.sign_one_wit(agent, entries, &mut bindings, p, &mut events))
+            .collect();
+        if let Err(status) = self.record(&events).await {
+            for result in results.iter_mut().filter(|r| r.code == 0) {
+                *result = pb::WitSvidResult {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                    entry_id: std::mem::take(&mut result.entry_id),
+                    token: String::new(),
+                    expires_at: 0,
+                };
+            }
+        }
+        results
+    }
+
+    /// Appends issuance events; UNAVAILABLE when the log cannot take them.
+    pub(super) async fn record(&self, events: &[Event]) -> Result<(), Status> {
+        self.state.events.append(events).await.map_err(|e| {
+            tracing::error!(error = %e, "event log append failed; credentials withheld");
+            Status::unavailable(format!(
+                "{e}; credentials are withheld until it is logged, retry"
+            ))
+        })
+    }
+
+    /// An issuance event for `entry`, requested by `agent`.
+    fn issued(&self, kind: EventKind, agent: &str, entry: &Entry, expires_at: i64) -> Event {
+        self.state
+            .events
+            .event(kind, self.now())
+            .subject(entry.fields.spiffe_id.clone())
+            .owner(
+                entry
+                    .fields
+                    .owner
+                    .as_ref()
+                    .map_or("", |o| o.owner_id.as_str()),
+            )
+            .entry(entry.id.clone())
+            .detail("agent", agent)
+            .detail("expires_at", expires_at)
     }
 
     /// Signs a JWT-SVID for `entry` and `audience` (already checked).
-    pub(super) fn sign_jwt(
+    pub(super) async fn sign_jwt(
         &self,
+        agent: &str,
         entry: &Entry,
         audience: &[String],
     ) -> Result<pb::SignJwtSvidResponse, Status> {
@@ -67,9 +122,15 @@ impl AgentService {
                 tracing::error!(error = %e, "JWT-SVID signing failed");
                 Status::internal("signing failed")
             })?;
+        let expires_at = unix_secs(signed.expires_at);
+        let event = self
+            .issued(EventKind::JwtSvidIssued, agent, entry, expires_at)
+            .jti(signed.jti)
+            .bounded_list("audience", audience);
+        self.record(&[event]).await?;
         Ok(pb::SignJwtSvidResponse {
             token: signed.token,
-            expires_at: unix_secs(signed.expires_at),
+            expires_at,
         })
     }
 
@@ -109,9 +170,11 @@ impl AgentService {
 
     fn sign_one_wit(
         &self,
+        agent: &str,
         entries: &HashMap<String, Entry>,
         bindings: &mut Bindings,
         params: &pb::WitSvidParams,
+        events: &mut Vec<Event>,
     ) -> pb::WitSvidResult {
         let fail = |status: Status| pb::WitSvidResult {
             code: status.code() as i32,
@@ -139,18 +202,29 @@ impl AgentService {
             Err(status) => return fail(status),
         };
         let ttl = self.state.config.default_wit_svid_ttl;
+        let jkt = workload_api::jwk::PublicKey::from_jwk(&jwk)
+            .expect("a confirmation key is made from a valid key")
+            .thumbprint();
         match self
             .state
             .ca
             .sign_wit_svid(&spiffe_id, jwk, owner, ttl, self.now())
         {
-            Ok(signed) => pb::WitSvidResult {
-                code: 0,
-                message: String::new(),
-                entry_id: entry.id.clone(),
-                token: signed.token,
-                expires_at: unix_secs(signed.expires_at),
-            },
+            Ok(signed) => {
+                let expires_at = unix_secs(signed.expires_at);
+                events.push(
+                    self.issued(EventKind::WitIssued, agent, entry, expires_at)
+                        .jti(signed.jti)
+                        .jkt(jkt),
+                );
+                pb::WitSvidResult {
+                    code: 0,
+                    message: String::new(),
+                    entry_id: entry.id.clone(),
+                    token: signed.token,
+                    expires_at,
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, entry_id = %entry.id, "WIT-SVID signing failed");
                 fail(Status::internal("signing failed"))
@@ -162,10 +236,12 @@ impl AgentService {
     /// the next of the counters reserved for it in `counters`.
     fn sign_one(
         &self,
+        agent: &str,
         entries: &HashMap<String, Entry>,
         bindings: &mut Bindings,
         counters: &mut HashMap<String, Result<u64, Status>>,
         params: &pb::X509SvidParams,
+        events: &mut Vec<Event>,
     ) -> pb::X509SvidResult {
         let fail = |status: Status| failed_x509(&params.entry_id, status);
         let Some(entry) = entries.get(&params.entry_id) else {
@@ -226,13 +302,22 @@ impl AgentService {
             counter,
         };
         match self.state.ca.sign_x509_svid(subject, ttl, self.now()) {
-            Ok(signed) => pb::X509SvidResult {
-                code: 0,
-                message: String::new(),
-                entry_id: entry.id.clone(),
-                cert_chain: signed.chain.concat(),
-                expires_at: unix_secs(signed.not_after),
-            },
+            Ok(signed) => {
+                let expires_at = unix_secs(signed.not_after);
+                events.push(
+                    self.issued(EventKind::X509SvidIssued, agent, entry, expires_at)
+                        .serial(signed.serial_hex)
+                        .jkt(csr.public_key.thumbprint())
+                        .detail("authority", signed.authority_id),
+                );
+                pb::X509SvidResult {
+                    code: 0,
+                    message: String::new(),
+                    entry_id: entry.id.clone(),
+                    cert_chain: signed.chain.concat(),
+                    expires_at,
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, entry_id = %entry.id, "X509-SVID signing failed");
                 fail(Status::internal("signing failed"))

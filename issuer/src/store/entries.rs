@@ -43,7 +43,7 @@ impl Store {
         now: i64,
     ) -> Result<Entry, StoreError> {
         let id = crate::ids::uuid_v4();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let result = async {
             if let Some(max) = max_children {
                 check_room_for_child(&mut tx, fields, max).await?;
@@ -65,7 +65,7 @@ impl Store {
         expected_revision: i64,
         now: i64,
     ) -> Result<Entry, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let result = write_update(&mut tx, id, fields, expected_revision, now).await;
         finish(tx, result).await?;
         self.changed();
@@ -76,7 +76,7 @@ impl Store {
     /// revokes their bound SVIDs still valid at `now` so the serials reach the
     /// CRLs. Returns the ids deleted, `id` first.
     pub async fn delete_entry(&self, id: &str, now: i64) -> Result<Vec<String>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let result = delete_tree(&mut tx, id, now).await;
         let deleted = finish(tx, result).await?;
         self.changed();

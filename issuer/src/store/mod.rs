@@ -6,11 +6,13 @@
 //! so agents learn of changes by push rather than by polling.
 //!
 //! This module holds the pool, the migrations, the errors and the change
-//! counter; `entries`, `agents`, `tokens`, `owners` and `serials` each add
-//! the [`Store`] methods of one table. No SPIFFE standard covers registration; the model follows SPIRE's.
+//! counter; `entries`, `agents`, `tokens`, `owners`, `serials`, `log` and
+//! `leases` each add the [`Store`] methods of their tables. No SPIFFE standard covers registration; the model follows SPIRE's.
 
 mod agents;
 mod entries;
+mod leases;
+mod log;
 mod model;
 mod owners;
 mod serials;
@@ -23,6 +25,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 use tokio::sync::watch;
 
+pub use log::{LogHead, Sequencing};
 pub use model::{
     Agent, Entry, EntryFields, EntryOwner, JoinTokenRecord, Owner, Selector, SerialReservation,
 };
@@ -62,6 +65,8 @@ pub enum StoreError {
     ParentEntryGone(String),
     #[error("entry {parent} already has {max} children, the most its owner's consent allows")]
     TooManyChildren { parent: String, max: i64 },
+    #[error("event seq {got} does not follow the last one held; expected {expected}")]
+    EventGap { expected: u64, got: u64 },
     #[error("stored data is corrupt: {column}: {source}")]
     Corrupt {
         column: &'static str,
@@ -109,6 +114,13 @@ fn migrator() -> sqlx::migrate::Migrator {
             Cow::Borrowed("owners"),
             MigrationType::Simple,
             Cow::Borrowed(include_str!("../../migrations/0002_owners.sql")),
+            false,
+        ),
+        Migration::new(
+            3,
+            Cow::Borrowed("event log"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0003_event_log.sql")),
             false,
         ),
     ];
@@ -177,6 +189,15 @@ impl Store {
         migrator().run(&pool).await?;
         let (changes, _) = watch::channel(0);
         Ok(Store { pool, changes })
+    }
+
+    /// Starts a write transaction. SQLite's default (deferred) transaction
+    /// reads from a snapshot and fails at once with "database is locked"
+    /// if another writer committed before its first write; taking the
+    /// write lock at BEGIN makes concurrent writers (admin calls, the event
+    /// log's writer and sequencer) queue on the busy timeout instead.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     /// A receiver that sees a new value after every committed change to

@@ -12,7 +12,7 @@ impl Store {
     /// Registers an owner. An id is never reused, not even a revoked one, and
     /// a key belongs to at most one owner.
     pub async fn register_owner(&self, owner: &Owner) -> Result<Owner, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let result = insert_owner(&mut tx, owner).await;
         match finish(tx, result).await {
             Ok(()) => {}
@@ -48,7 +48,7 @@ impl Store {
     /// Revokes an owner at `now` and marks its unexpired bound SVIDs revoked.
     /// Revoking again succeeds and keeps the first revocation time.
     pub async fn revoke_owner(&self, id: &str, now: i64) -> Result<Owner, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let result = write_revocation(&mut tx, id, now).await;
         let owner = finish(tx, result).await?;
         // Entry streams re-evaluate, dropping the owner's entries.

@@ -33,7 +33,7 @@ impl Store {
         secret_hash: &str,
         now: i64,
     ) -> Result<JoinTokenRecord, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let row =
             sqlx::query("SELECT id, expires_at, used_at FROM join_tokens WHERE secret_hash = $1")
                 .bind(secret_hash)

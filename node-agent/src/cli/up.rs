@@ -311,7 +311,7 @@ async fn serve(
         &agent,
         trust_domain,
         data_dir,
-        admin_socket,
+        issuer,
         socket_path,
     )
     .await;
@@ -330,9 +330,10 @@ async fn register_and_wait(
     agent: &crate::agent::RunningAgent,
     trust_domain: &str,
     data_dir: &Path,
-    admin_socket: &Path,
+    issuer: &sigil_issuer::server::RunningIssuer,
     socket_path: &Path,
 ) -> Result<(), UpError> {
+    let admin_socket = &issuer.admin_socket_path;
     // The node alias keeps the user's entry stable across agent identities.
     let agent_id = agent.node.svid().spiffe_id.to_string();
     let node_id = format!("spiffe://{trust_domain}/node/local");
@@ -383,7 +384,14 @@ async fn register_and_wait(
         socket_path.display()
     );
     workload_api::outln!("    export SIGIL_ADMIN_SOCKET={}", admin_socket.display());
+    if let Some(http) = issuer.http_address {
+        workload_api::outln!("    export SIGIL_ISSUER_URL=http://{http}");
+    }
     workload_api::outln!();
+    workload_api::outln!(
+        "Every issuance is in the signed event log (key {}): sigil-issuer audit export > events.jsonl",
+        issuer.state.events.key().verifier_key()
+    );
     workload_api::outln!(
         "Register more workloads with: sigil-issuer entry create --parent-id {node_id} --spiffe-id ... --selector unix:uid:..."
     );

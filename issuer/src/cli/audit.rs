@@ -1,0 +1,365 @@
+//! `sigil-issuer audit`: export the event log from a running issuer's HTTP
+//! endpoint, and verify an export offline, trusting nothing but the log's
+//! verifier key.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::eventlog::leaf::Leaf;
+use crate::eventlog::verify::{verify_export, verify_export_with, Report, VerifyError};
+
+#[derive(Debug, Subcommand)]
+pub(super) enum AuditCommand {
+    /// Write the log's events, its latest checkpoint and its key to stdout
+    /// as JSON lines: a header, then one leaf per line.
+    Export {
+        /// The first index to export; the header then carries the hashes
+        /// that stand for the events before it.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[command(flatten)]
+        url: LogUrlArg,
+    },
+    /// Check an export offline: the checkpoint's signature, every event's
+    /// signature and place, the tree's root, and consistency with an older
+    /// checkpoint. Names the first bad index.
+    Verify {
+        /// The export (`audit export` output).
+        file: PathBuf,
+        /// An older checkpoint (signed note) the log must have grown from.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// The log's verifier key as you know it (`<name>+<id>+<key>`).
+        /// Without it, the export's own key is used, and said so.
+        #[arg(long, env = "SIGIL_LOG_KEY")]
+        log_key: Option<String>,
+    },
+    /// Print the log's verifier key, as the issuer serves it.
+    Key {
+        #[command(flatten)]
+        url: LogUrlArg,
+    },
+    /// What was issued to whom, under which owner, and who used it: the
+    /// events about a SPIFFE ID or an owner, from a verified export.
+    Show {
+        /// Events whose subject is this SPIFFE ID.
+        #[arg(long, conflicts_with = "owner", required_unless_present = "owner")]
+        spiffe_id: Option<String>,
+        /// Events under this owner.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Read this export instead of asking the issuer.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        url: LogUrlArg,
+        #[arg(long, env = "SIGIL_LOG_KEY")]
+        log_key: Option<String>,
+        /// Print JSON lines (`{"index", "event"}`) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow the log: print each new event as a JSON line once its
+    /// checkpoint verified and the log was shown to have only grown.
+    Tail {
+        /// Start at this index (default: the log's end when tail starts).
+        #[arg(long)]
+        from: Option<u64>,
+        /// How often to look for new events.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        #[command(flatten)]
+        url: LogUrlArg,
+        #[arg(long, env = "SIGIL_LOG_KEY")]
+        log_key: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(super) struct LogUrlArg {
+    /// The issuer's HTTP endpoint.
+    #[arg(
+        long,
+        env = "SIGIL_ISSUER_URL",
+        default_value = "http://127.0.0.1:8082"
+    )]
+    url: String,
+}
+
+pub(super) async fn run(command: AuditCommand) -> Result<(), String> {
+    match command {
+        AuditCommand::Show {
+            spiffe_id,
+            owner,
+            file,
+            url,
+            log_key,
+            json,
+        } => {
+            let export = match file {
+                Some(path) => {
+                    std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?
+                }
+                None => get(&format!("{}/log/export", base(&url.url)?)).await?,
+            };
+            let wanted = |leaf: &Leaf| match (&spiffe_id, &owner) {
+                (Some(id), _) => leaf.event.subject.as_deref() == Some(id.as_str()),
+                (None, Some(owner)) => leaf.event.owner.as_deref() == Some(owner.as_str()),
+                (None, None) => false,
+            };
+            let mut found = Vec::new();
+            let report =
+                verify_export_with(export.as_slice(), log_key.as_deref(), None, &mut |leaf| {
+                    if wanted(&leaf) {
+                        found.push(leaf);
+                    }
+                })
+                .map_err(|e| {
+                    format!("the export does not verify, so nothing in it is shown: {e}")
+                })?;
+            if !report.key_pinned {
+                eprintln!(
+                    "note: checked with the export's own key {}; pin it with --log-key",
+                    report.log_key
+                );
+            }
+            for leaf in &found {
+                if json {
+                    workload_api::outln!("{}", leaf_json(leaf));
+                } else {
+                    workload_api::outln!("{}", describe(leaf));
+                }
+            }
+            if !json {
+                workload_api::outln!(
+                    "{} of {} events (checkpoint size {})",
+                    found.len(),
+                    report.kinds.values().sum::<u64>(),
+                    report.checkpoint.size
+                );
+            }
+            Ok(())
+        }
+        AuditCommand::Tail {
+            from,
+            interval,
+            url,
+            log_key,
+        } => tail(&base(&url.url)?, from, interval, log_key).await,
+        AuditCommand::Export { from, url } => {
+            get_to_stdout(&format!("{}/log/export?from={from}", base(&url.url)?)).await
+        }
+        AuditCommand::Key { url } => get_to_stdout(&format!("{}/log/key", base(&url.url)?)).await,
+        AuditCommand::Verify {
+            file,
+            checkpoint,
+            log_key,
+        } => {
+            let input =
+                std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let older = checkpoint
+                .map(|path| {
+                    std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+                })
+                .transpose()?;
+            let report = verify_export(
+                std::io::BufReader::new(input),
+                log_key.as_deref(),
+                older.as_deref(),
+            )
+            .map_err(|e: VerifyError| format!("audit verify failed: {e}"))?;
+            print_report(&report);
+            Ok(())
+        }
+    }
+}
+
+fn print_report(report: &Report) {
+    use base64::Engine as _;
+    let events: u64 = report.kinds.values().sum();
+    workload_api::outln!(
+        "ok: {events} events (indexes {}..{}) of log {}",
+        report.from,
+        report.checkpoint.size,
+        report.origin
+    );
+    workload_api::outln!(
+        "checkpoint: size {} root {}",
+        report.checkpoint.size,
+        base64::engine::general_purpose::STANDARD.encode(report.checkpoint.root.0)
+    );
+    if report.key_pinned {
+        workload_api::outln!("log key (pinned): {}", report.log_key);
+    } else {
+        workload_api::outln!(
+            "log key (taken from the export; pin it with --log-key): {}",
+            report.log_key
+        );
+    }
+    if let Some(old) = &report.consistent_with {
+        workload_api::outln!("consistent with the older checkpoint of size {}", old.size);
+    }
+    for (kind, count) in &report.kinds {
+        workload_api::outln!("  {:<20} {count}", kind.name());
+    }
+}
+
+/// A leaf as `audit show --json` and `audit tail` print it.
+fn leaf_json(leaf: &Leaf) -> String {
+    serde_json::json!({ "index": leaf.index, "event": leaf.event }).to_string()
+}
+
+/// One line of `audit show`: when, what, by whom, and the handles.
+fn describe(leaf: &Leaf) -> String {
+    let e = &leaf.event;
+    let mut line = format!(
+        "{} #{} {} by {}",
+        e.time,
+        leaf.index,
+        e.kind.name(),
+        e.actor
+    );
+    for (name, value) in [
+        ("subject", &e.subject),
+        ("owner", &e.owner),
+        ("serial", &e.serial),
+        ("jti", &e.jti),
+        ("jkt", &e.jkt),
+        ("entry", &e.entry_id),
+    ] {
+        if let Some(value) = value {
+            line.push_str(&format!(" {name}={value}"));
+        }
+    }
+    if !e.details.is_empty() {
+        line.push(' ');
+        line.push_str(&serde_json::to_string(&e.details).unwrap_or_default());
+    }
+    line
+}
+
+/// Follows the log: each round fetches the export from where the last one
+/// ended, checked against the last checkpoint, so a rewritten history stops
+/// the tail with an error instead of printing.
+async fn tail(
+    base: &str,
+    from: Option<u64>,
+    interval: std::time::Duration,
+    log_key: Option<String>,
+) -> Result<(), String> {
+    let mut at = match from {
+        Some(from) => from,
+        None => {
+            let note = String::from_utf8_lossy(&get(&format!("{base}/log/checkpoint")).await?)
+                .into_owned();
+            note.lines()
+                .nth(1)
+                .and_then(|size| size.parse().ok())
+                .ok_or_else(|| "the issuer's checkpoint has no size line".to_string())?
+        }
+    };
+    let mut older: Option<String> = None;
+    let mut key = log_key;
+    loop {
+        let export = get(&format!("{base}/log/export?from={at}")).await?;
+        let report = verify_export_with(
+            export.as_slice(),
+            key.as_deref(),
+            older.as_deref(),
+            &mut |leaf| {
+                workload_api::outln!("{}", leaf_json(&leaf));
+            },
+        )
+        .map_err(|e| format!("audit tail stopped: {e}"))?;
+        if key.is_none() {
+            eprintln!(
+                "note: following with the log's own key {}; pin it with --log-key",
+                report.log_key
+            );
+            key = Some(report.log_key.clone());
+        }
+        at = report.checkpoint.size;
+        older = Some(report.checkpoint_note);
+        let _ = std::io::stdout().flush();
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// The endpoint URL without a trailing slash; plain http only, since what
+/// it serves is checked by signature, not by transport.
+fn base(url: &str) -> Result<String, String> {
+    if !url.starts_with("http://") {
+        return Err(format!("--url {url:?}: only http:// URLs are supported"));
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+/// The whole body of a GET; a non-200 answer is an error carrying the
+/// endpoint's own message.
+async fn get(url: &str) -> Result<Vec<u8>, String> {
+    let mut buffer = Vec::new();
+    fetch(url, &mut buffer).await?;
+    Ok(buffer)
+}
+
+/// Streams the body of a GET to stdout; a non-200 answer is an error
+/// carrying the endpoint's own message.
+async fn get_to_stdout(url: &str) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    match fetch(url, &mut out).await {
+        Err(Fetch::Write(error)) if error.kind() == std::io::ErrorKind::BrokenPipe => {
+            std::process::exit(workload_api::stdout::BROKEN_PIPE_STATUS)
+        }
+        Err(error) => Err(error.to_string()),
+        Ok(()) => out.flush().map_err(|e| format!("writing to stdout: {e}")),
+    }
+}
+
+/// Why a GET failed.
+#[derive(Debug, thiserror::Error)]
+enum Fetch {
+    #[error("{0}")]
+    Http(String),
+    #[error("writing the answer: {0}")]
+    Write(std::io::Error),
+}
+
+impl From<Fetch> for String {
+    fn from(error: Fetch) -> String {
+        error.to_string()
+    }
+}
+
+/// GETs `url`, writing its body to `out` as it arrives.
+async fn fetch(url: &str, out: &mut dyn Write) -> Result<(), Fetch> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| Fetch::Http(format!("{url}: {e}")))?;
+    let response = client
+        .get(uri)
+        .await
+        .map_err(|e| Fetch::Http(format!("cannot reach {url}: {e}")))?;
+    let status = response.status();
+    let mut body = response.into_body();
+    if !status.is_success() {
+        let text = body
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        return Err(Fetch::Http(format!("{url}: {status}: {}", text.trim())));
+    }
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Fetch::Http(format!("{url}: the answer broke off: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            out.write_all(data).map_err(Fetch::Write)?;
+        }
+    }
+    Ok(())
+}

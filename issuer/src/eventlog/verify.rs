@@ -1,0 +1,240 @@
+//! The offline check of an export. With nothing but the log's verifier key
+//! (pinned by the auditor, or taken from the export and reported as such),
+//! it checks the checkpoint's signature, every leaf's canonical form, index
+//! and signature, recomputes the tree and compares its root with the
+//! checkpoint's, and, given an older checkpoint, that the log only grew
+//! since. The first bad index is named.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use signed_note::{Note, StandardVerifier, VerifierList};
+use tlog_tiles::Checkpoint;
+use workload_api::events::EventKind;
+
+use super::leaf::{self, Leaf, MAX_LEAF_BYTES};
+use super::reads::EXPORT_FORMAT;
+use super::tree::{Frontier, Hash};
+
+/// Why an export failed the check; `index` is the first bad leaf, when
+/// the failure is one leaf's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{reason}", index.map(|i| format!("index {i}: ")).unwrap_or_default())]
+pub struct VerifyError {
+    pub index: Option<u64>,
+    pub reason: String,
+}
+
+fn fail(reason: impl Into<String>) -> VerifyError {
+    VerifyError {
+        index: None,
+        reason: reason.into(),
+    }
+}
+
+fn fail_at(index: u64, reason: impl Into<String>) -> VerifyError {
+    VerifyError {
+        index: Some(index),
+        reason: reason.into(),
+    }
+}
+
+/// A checkpoint whose signature verified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedCheckpoint {
+    pub origin: String,
+    pub size: u64,
+    pub root: Hash,
+}
+
+/// What an export held, once checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub origin: String,
+    /// The verifier key used, and whether the auditor pinned it.
+    pub log_key: String,
+    pub key_pinned: bool,
+    pub from: u64,
+    pub checkpoint: VerifiedCheckpoint,
+    /// Events checked, by kind.
+    pub kinds: BTreeMap<EventKind, u64>,
+    /// The older checkpoint the log was shown consistent with.
+    pub consistent_with: Option<VerifiedCheckpoint>,
+    /// The checkpoint's signed note: the older checkpoint of the next check.
+    pub checkpoint_note: String,
+}
+
+/// Checks a signed checkpoint note against `key` (a verifier key string).
+pub fn verify_checkpoint(note: &str, key: &str) -> Result<VerifiedCheckpoint, String> {
+    let verifier = StandardVerifier::new(key).map_err(|e| format!("log key: {e}"))?;
+    let name = signed_note::Verifier::name(&verifier).to_string();
+    let note = Note::from_bytes(note.as_bytes()).map_err(|e| format!("checkpoint: {e}"))?;
+    note.verify(&VerifierList::new(vec![Box::new(verifier)]))
+        .map_err(|e| format!("checkpoint signature: {e}"))?;
+    let checkpoint = Checkpoint::from_bytes(note.text()).map_err(|e| format!("checkpoint: {e}"))?;
+    if checkpoint.origin() != name {
+        return Err(format!(
+            "the checkpoint is of log {:?}, not of the key's log {name:?}",
+            checkpoint.origin()
+        ));
+    }
+    Ok(VerifiedCheckpoint {
+        origin: checkpoint.origin().to_string(),
+        size: checkpoint.size(),
+        root: *checkpoint.hash(),
+    })
+}
+
+/// The export's first line.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    format: String,
+    origin: String,
+    log_key: String,
+    checkpoint: String,
+    from: u64,
+    frontier: Vec<String>,
+}
+
+/// Checks the export read from `input`. `pinned_key` is the log's verifier
+/// key as the auditor knows it; `older` an earlier checkpoint note.
+pub fn verify_export(
+    input: impl BufRead,
+    pinned_key: Option<&str>,
+    older: Option<&str>,
+) -> Result<Report, VerifyError> {
+    verify_export_with(input, pinned_key, older, &mut |_| {})
+}
+
+/// [`verify_export`], handing each leaf to `on_leaf` once it checked. The
+/// export as a whole may still fail after: act on leaves only once this
+/// returns Ok.
+pub fn verify_export_with(
+    input: impl BufRead,
+    pinned_key: Option<&str>,
+    older: Option<&str>,
+    on_leaf: &mut dyn FnMut(Leaf),
+) -> Result<Report, VerifyError> {
+    let mut lines = input.split(b'\n');
+    let header = lines
+        .next()
+        .ok_or_else(|| fail("the export is empty"))?
+        .map_err(|e| fail(format!("reading the export: {e}")))?;
+    let header: Header =
+        serde_json::from_slice(&header).map_err(|e| fail(format!("the export's header: {e}")))?;
+    if header.format != EXPORT_FORMAT {
+        return Err(fail(format!(
+            "the export is in format {:?}, not {EXPORT_FORMAT:?}",
+            header.format
+        )));
+    }
+    let key = pinned_key.unwrap_or(&header.log_key).trim().to_string();
+    let checkpoint = verify_checkpoint(&header.checkpoint, &key).map_err(fail)?;
+    if checkpoint.origin != header.origin {
+        return Err(fail("the header's origin is not the checkpoint's"));
+    }
+    let older = older
+        .map(|note| verify_checkpoint(note, &key).map_err(|e| fail(format!("older {e}"))))
+        .transpose()?;
+    if let Some(old) = &older {
+        if old.size < header.from {
+            return Err(fail(format!(
+                "the older checkpoint covers {} events but the export starts at index {}: export with --from {} or less",
+                old.size, header.from, old.size
+            )));
+        }
+        if old.size > checkpoint.size {
+            return Err(fail(format!(
+                "the older checkpoint covers {} events, more than the export's {}: the log shrank, or export again",
+                old.size, checkpoint.size
+            )));
+        }
+    }
+    let frontier: Vec<Hash> = header
+        .frontier
+        .iter()
+        .map(|h| {
+            let bytes = STANDARD.decode(h).ok()?;
+            Some(Hash(bytes.try_into().ok()?))
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| fail("the header's frontier holds a hash that is not 32 bytes of base64"))?;
+    let mut tree = Frontier::from_list(header.from, &frontier).map_err(fail)?;
+    let verifier = StandardVerifier::new(&key).map_err(|e| fail(format!("log key: {e}")))?;
+
+    let check_older = |tree: &Frontier| -> Result<(), VerifyError> {
+        match &older {
+            Some(old) if old.size == tree.size() && old.root != tree.root() => Err(VerifyError {
+                index: None,
+                reason: format!(
+                    "fork: the older checkpoint of size {} has root {}, but the events give {}",
+                    old.size,
+                    STANDARD.encode(old.root.0),
+                    STANDARD.encode(tree.root().0)
+                ),
+            }),
+            _ => Ok(()),
+        }
+    };
+    check_older(&tree)?;
+    let mut kinds = BTreeMap::new();
+    for line in lines {
+        let line = line.map_err(|e| fail(format!("reading the export: {e}")))?;
+        let index = tree.size();
+        if line.is_empty() {
+            // Only the newline that ends the file may leave an empty line.
+            continue;
+        }
+        if index >= checkpoint.size {
+            return Err(fail_at(
+                index,
+                format!(
+                    "the export holds more events than its checkpoint's {}",
+                    checkpoint.size
+                ),
+            ));
+        }
+        if line.len() > MAX_LEAF_BYTES {
+            return Err(fail_at(index, "the line is longer than any leaf"));
+        }
+        let opened = leaf::open(&line, index, &checkpoint.origin, &verifier)
+            .map_err(|e| fail_at(index, e.to_string()))?;
+        if opened.agent_sig.is_some() {
+            return Err(fail_at(
+                index,
+                "the leaf carries an agent signature this verifier does not know",
+            ));
+        }
+        *kinds.entry(opened.event.kind).or_insert(0) += 1;
+        on_leaf(opened);
+        tree.append(&line);
+        check_older(&tree)?;
+    }
+    if tree.size() < checkpoint.size {
+        return Err(fail_at(
+            tree.size(),
+            format!(
+                "the export ends here, but its checkpoint covers {} events: events are missing",
+                checkpoint.size
+            ),
+        ));
+    }
+    if tree.root() != checkpoint.root {
+        return Err(fail(
+            "the events and the header's frontier do not give the checkpoint's root",
+        ));
+    }
+    Ok(Report {
+        origin: checkpoint.origin.clone(),
+        log_key: key,
+        key_pinned: pinned_key.is_some(),
+        from: header.from,
+        checkpoint,
+        kinds,
+        consistent_with: older,
+        checkpoint_note: header.checkpoint,
+    })
+}

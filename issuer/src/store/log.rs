@@ -1,0 +1,293 @@
+//! The event log's tables: queued records, leaves, node hashes and
+//! checkpoints. The tree logic lives in `crate::eventlog`; this is its SQL.
+
+use std::collections::HashMap;
+
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{Store, StoreError};
+
+/// The latest checkpoint: the tree's size and root, and the signed note.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogHead {
+    pub size: u64,
+    pub root: [u8; 32],
+    pub note: String,
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn hash_from_hex(column: &'static str, text: &str) -> Result<[u8; 32], StoreError> {
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(text, &mut hash).map_err(|e| StoreError::Corrupt {
+        column,
+        source: serde::de::Error::custom(e),
+    })?;
+    Ok(hash)
+}
+
+fn head_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<LogHead, StoreError> {
+    Ok(LogHead {
+        size: row.try_get::<i64, _>("size")?.max(0) as u64,
+        root: hash_from_hex("log_checkpoints.root", row.try_get("root")?)?,
+        note: row.try_get("note")?,
+    })
+}
+
+const HEAD_SQL: &str = "SELECT size, root, note FROM log_checkpoints ORDER BY size DESC LIMIT 1";
+
+impl Store {
+    /// Queues records (id, canonical record) in one transaction: once this
+    /// returns, they are durable and will be sequenced.
+    pub async fn queue_log_records(&self, records: &[(String, String)]) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let mut result = Ok(());
+        for (id, record) in records {
+            if let Err(e) = sqlx::query("INSERT INTO log_queue (id, record) VALUES ($1, $2)")
+                .bind(id)
+                .bind(record)
+                .execute(&mut *tx)
+                .await
+            {
+                result = Err(e.into());
+                break;
+            }
+        }
+        super::finish(tx, result).await
+    }
+
+    /// Queues an agent's records, (seq, id, record) in seq order, in one
+    /// transaction with its sequence mark: records at or below the mark are
+    /// already held and skipped; the rest must follow it without a gap.
+    /// Returns the new mark.
+    pub async fn queue_agent_records(
+        &self,
+        agent_id: &str,
+        records: &[(u64, String, String)],
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let result = async {
+            let last: Option<i64> =
+                sqlx::query_scalar("SELECT last_seq FROM agent_event_seqs WHERE agent_id = $1")
+                    .bind(agent_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let mut last = last.unwrap_or(0).max(0) as u64;
+            let before = last;
+            for (seq, id, record) in records {
+                if *seq <= last {
+                    continue;
+                }
+                if *seq != last + 1 {
+                    return Err(StoreError::EventGap {
+                        expected: last + 1,
+                        got: *seq,
+                    });
+                }
+                sqlx::query("INSERT INTO log_queue (id, record) VALUES ($1, $2)")
+                    .bind(id)
+                    .bind(record)
+                    .execute(&mut *tx)
+                    .await?;
+                last = *seq;
+            }
+            if last != before {
+                sqlx::query(
+                    "INSERT INTO agent_event_seqs (agent_id, last_seq) VALUES ($1, $2) \
+                     ON CONFLICT (agent_id) DO UPDATE SET last_seq = excluded.last_seq",
+                )
+                .bind(agent_id)
+                .bind(to_i64(last))
+                .execute(&mut *tx)
+                .await?;
+            }
+            Ok(last)
+        }
+        .await;
+        super::finish(tx, result).await
+    }
+
+    /// How many records wait for the sequencer.
+    pub async fn log_queue_len(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM log_queue")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// The latest checkpoint, if one was ever signed.
+    pub async fn log_head(&self) -> Result<Option<LogHead>, StoreError> {
+        let row = sqlx::query(HEAD_SQL).fetch_optional(&self.pool).await?;
+        row.as_ref().map(head_from_row).transpose()
+    }
+
+    /// The checkpoint signed at `size`, if any.
+    pub async fn log_checkpoint(&self, size: u64) -> Result<Option<LogHead>, StoreError> {
+        let row = sqlx::query("SELECT size, root, note FROM log_checkpoints WHERE size = $1")
+            .bind(to_i64(size))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(head_from_row).transpose()
+    }
+
+    /// Leaves `from..to`, in index order.
+    pub async fn log_leaves(&self, from: u64, to: u64) -> Result<Vec<String>, StoreError> {
+        let rows =
+            sqlx::query("SELECT leaf FROM log_leaves WHERE idx >= $1 AND idx < $2 ORDER BY idx")
+                .bind(to_i64(from))
+                .bind(to_i64(to))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(|r| Ok(r.try_get("leaf")?)).collect()
+    }
+
+    /// The stored hashes at `indexes` that exist.
+    pub async fn log_hashes(&self, indexes: &[u64]) -> Result<HashMap<u64, [u8; 32]>, StoreError> {
+        read_hashes(&mut *self.pool.acquire().await?, indexes).await
+    }
+
+    /// Which of `names` are marked as logged.
+    pub async fn log_marks(&self, names: &[String]) -> Result<Vec<bool>, StoreError> {
+        let mut marked = Vec::with_capacity(names.len());
+        for name in names {
+            let found: Option<String> =
+                sqlx::query_scalar("SELECT name FROM log_marks WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            marked.push(found.is_some());
+        }
+        Ok(marked)
+    }
+
+    /// Marks `name` as logged.
+    pub async fn mark_logged(&self, name: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO log_marks (name, marked_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Starts a sequencing transaction.
+    pub async fn begin_sequencing(&self) -> Result<Sequencing, StoreError> {
+        Ok(Sequencing {
+            tx: self.write_tx().await?,
+        })
+    }
+}
+
+async fn read_hashes(
+    conn: &mut sqlx::SqliteConnection,
+    indexes: &[u64],
+) -> Result<HashMap<u64, [u8; 32]>, StoreError> {
+    let mut found = HashMap::with_capacity(indexes.len());
+    // Bounded IN lists keep every statement within the backends' limits.
+    for chunk in indexes.chunks(256) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT idx, hash FROM log_hashes WHERE idx IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for index in chunk {
+            query = query.bind(to_i64(*index));
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let idx: i64 = row.try_get("idx")?;
+            found.insert(
+                idx as u64,
+                hash_from_hex("log_hashes.hash", row.try_get("hash")?)?,
+            );
+        }
+    }
+    Ok(found)
+}
+
+/// One sequencing step as a transaction: read the head and the queue,
+/// write leaves, hashes and the checkpoint, drop the queued records, and
+/// commit all of it or none.
+#[derive(Debug)]
+pub struct Sequencing {
+    tx: Transaction<'static, Sqlite>,
+}
+
+impl Sequencing {
+    pub async fn head(&mut self) -> Result<Option<LogHead>, StoreError> {
+        let row = sqlx::query(HEAD_SQL).fetch_optional(&mut *self.tx).await?;
+        row.as_ref().map(head_from_row).transpose()
+    }
+
+    /// Up to `limit` queued records, (id, record), in id order.
+    pub async fn queued(&mut self, limit: u32) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT id, record FROM log_queue ORDER BY id LIMIT $1")
+            .bind(i64::from(limit))
+            .fetch_all(&mut *self.tx)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("record")?)))
+            .collect()
+    }
+
+    pub async fn hashes(&mut self, indexes: &[u64]) -> Result<HashMap<u64, [u8; 32]>, StoreError> {
+        read_hashes(&mut self.tx, indexes).await
+    }
+
+    pub async fn add_leaf(&mut self, index: u64, leaf: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO log_leaves (idx, leaf) VALUES ($1, $2)")
+            .bind(to_i64(index))
+            .bind(leaf)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn add_hash(&mut self, index: u64, hash: &[u8; 32]) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO log_hashes (idx, hash) VALUES ($1, $2)")
+            .bind(to_i64(index))
+            .bind(hex::encode(hash))
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn add_checkpoint(
+        &mut self,
+        head: &LogHead,
+        signed_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO log_checkpoints (size, root, note, signed_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(to_i64(head.size))
+        .bind(hex::encode(head.root))
+        .bind(&head.note)
+        .bind(signed_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn dequeue(&mut self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM log_queue WHERE id = $1")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Commits the step; dropping a `Sequencing` instead rolls it back.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn rollback(self) {
+        let _ = self.tx.rollback().await;
+    }
+}

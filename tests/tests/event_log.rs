@@ -1,0 +1,474 @@
+//! The signed event log end to end: issuance and registration reach the
+//! tree; `sigil-issuer audit export` and `audit verify` (the real CLI)
+//! check it offline; tampered exports name their first bad index; forks are
+//! caught; the Go reference implementation of signed notes and tlog
+//! (golang.org/x/mod/sumdb) verifies Sigil's checkpoints, tiles and proofs;
+//! and an issuer killed with SIGKILL mid-stream loses no acknowledged event.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use proto::workload as wpb;
+use sigil_issuer::eventlog::tree::Hash;
+use sigil_tests::c2sp_check::run_c2sp_check_async;
+use sigil_tests::{binary, free_port, run, TestIssuer, TestNode, TRUST_DOMAIN};
+use workload_api::client::{connect, EndpointAddress};
+
+/// The tree size of the issuer's latest checkpoint.
+async fn checkpoint_size(issuer: &TestIssuer) -> u64 {
+    let (status, note) = issuer.http_get("/log/checkpoint").await;
+    assert_eq!(status, 200, "{note}");
+    note.lines().nth(1).unwrap().parse().unwrap()
+}
+
+/// Waits until the log holds at least `size` leaves.
+async fn wait_for_size(issuer: &TestIssuer, size: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while checkpoint_size(issuer).await < size {
+        assert!(
+            Instant::now() < deadline,
+            "the log did not reach {size} leaves"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn url(issuer: &TestIssuer) -> String {
+    format!("http://{}", issuer.running.http_address.unwrap())
+}
+
+/// `sigil-issuer audit export` into `dir/name`.
+fn export(base_url: &str, dir: &Path, name: &str, from: u64) -> PathBuf {
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        run(Command::new(binary("sigil-issuer")).args([
+            "audit",
+            "export",
+            "--url",
+            base_url,
+            "--from",
+            &from.to_string(),
+        ]))
+    });
+    assert!(ok, "{err}");
+    let path = dir.join(name);
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+/// `sigil-issuer audit verify FILE --log-key KEY [--checkpoint OLD]`.
+fn verify(file: &Path, key: &str, older: Option<&Path>) -> (bool, String, String) {
+    let mut command = Command::new(binary("sigil-issuer"));
+    command
+        .args(["audit", "verify"])
+        .arg(file)
+        .args(["--log-key", key]);
+    if let Some(older) = older {
+        command.arg("--checkpoint").arg(older);
+    }
+    tokio::task::block_in_place(|| run(&mut command))
+}
+
+fn leaves(file: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuance_and_registration_are_logged_and_the_export_verifies() {
+    let node = TestNode::start().await;
+    let entry = node.register("spiffe://example.org/web", 3600, "").await;
+    node.wait_for_entry(&entry.id).await;
+    let key = node.issuer.running.state.events.key().verifier_key();
+    let dir = tempfile::tempdir().unwrap();
+    // Issuance waits for the append, not the checkpoint: poll for the tree.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let file = loop {
+        let file = export(&url(&node.issuer), dir.path(), "events.jsonl", 0);
+        let issued = leaves(&file).iter().any(|l| {
+            l["event"]["type"] == "x509_svid.issued"
+                && l["event"]["subject"] == "spiffe://example.org/web"
+        });
+        if issued {
+            break file;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the issuance never reached the log"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (ok, out, err) = verify(&file, &key, None);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("log key (pinned)"), "{out}");
+
+    let events: Vec<serde_json::Value> = leaves(&file)
+        .into_iter()
+        .map(|l| l["event"].clone())
+        .collect();
+    let of = |kind: &str| {
+        events
+            .iter()
+            .filter(|e| e["type"] == kind)
+            .collect::<Vec<_>>()
+    };
+    let attested = of("node.attested");
+    assert_eq!(attested.len(), 1);
+    assert_eq!(attested[0]["subject"], node.agent_id.as_str());
+    assert_eq!(attested[0]["actor"], "spiffe://example.org/sigil/issuer");
+    // The agent's own SVID is logged with its key's thumbprint.
+    assert!(of("x509_svid.issued")
+        .iter()
+        .any(|e| e["subject"] == node.agent_id.as_str() && e["jkt"].is_string()));
+    // Every CA, JWT and WIT key made at start is logged as active.
+    let activated: Vec<&str> = of("key.activated")
+        .iter()
+        .filter_map(|e| e["details"]["key_kind"].as_str())
+        .collect();
+    for kind in ["x509", "jwt", "wit"] {
+        assert!(activated.contains(&kind), "{kind} key not logged: {activated:?}");
+    }
+    assert!(!of("crl.published").is_empty());
+    let created = of("entry.created");
+    assert_eq!(created[0]["entry_id"], entry.id.as_str());
+    let svid = of("x509_svid.issued")
+        .into_iter()
+        .find(|e| e["subject"] == "spiffe://example.org/web")
+        .unwrap();
+    assert_eq!(svid["entry_id"], entry.id.as_str());
+    assert_eq!(svid["details"]["agent"], node.agent_id.as_str());
+    assert!(svid["serial"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(svid["jkt"].as_str().is_some_and(|s| s.len() == 43));
+    // Never a key or a token.
+    let text = std::fs::read_to_string(&file).unwrap();
+    for secret in ["BEGIN", "\"d\":", "eyJ"] {
+        assert!(!text.contains(secret), "the export holds {secret}");
+    }
+
+    // The agent's JWT-SVID and WIT requests are logged with their jti.
+    let address = EndpointAddress::Unix(node.socket.clone());
+    let mut client = connect(&address).await.unwrap();
+    let token = client
+        .fetch_jwtsvid(wpb::JwtsvidRequest {
+            audience: vec!["audience-a".into()],
+            spiffe_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .svids[0]
+        .svid
+        .clone();
+    let claims: serde_json::Value = {
+        use base64::Engine as _;
+        let payload = token.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let jti = claims["jti"]
+        .as_str()
+        .expect("JWT-SVIDs carry a jti")
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let file = export(&url(&node.issuer), dir.path(), "events2.jsonl", 0);
+        let found = leaves(&file)
+            .iter()
+            .any(|l| l["event"]["type"] == "jwt_svid.issued" && l["event"]["jti"] == jti.as_str());
+        if found {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the JWT-SVID never reached the log"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Rewrites the export's leaf lines (after the header) with `change`.
+fn tampered(file: &Path, name: &str, change: impl FnOnce(&mut Vec<String>)) -> PathBuf {
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut leaves = lines.split_off(1);
+    change(&mut leaves);
+    lines.extend(leaves);
+    let path = file.with_file_name(name);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_export_names_its_first_bad_index_and_a_fork_is_caught() {
+    let issuer = TestIssuer::start().await;
+    let key = issuer.running.state.events.key().verifier_key();
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..8 {
+        issuer
+            .create_entry(
+                &format!("spiffe://example.org/w{i}"),
+                "spiffe://example.org/agent/x",
+                &[],
+            )
+            .await;
+    }
+    wait_for_size(&issuer, 8).await;
+    let (_, older) = issuer.http_get("/log/checkpoint").await;
+    let older_size: u64 = older.lines().nth(1).unwrap().parse().unwrap();
+    let older_path = dir.path().join("older.note");
+    std::fs::write(&older_path, &older).unwrap();
+    for i in 8..12 {
+        issuer
+            .create_entry(
+                &format!("spiffe://example.org/w{i}"),
+                "spiffe://example.org/agent/x",
+                &[],
+            )
+            .await;
+    }
+    wait_for_size(&issuer, older_size + 4).await;
+    let file = export(&url(&issuer), dir.path(), "events.jsonl", 0);
+    let (ok, out, err) = verify(&file, &key, Some(&older_path));
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "consistent with the older checkpoint of size {older_size}"
+        )),
+        "{out}"
+    );
+
+    let cases: Vec<(&str, PathBuf)> = vec![
+        (
+            "edited",
+            tampered(&file, "edited.jsonl", |l| {
+                l[3] = l[3].replacen("\"actor\":\"spiffe://", "\"actor\":\"spiffe://x.", 1)
+            }),
+        ),
+        (
+            "deleted",
+            tampered(&file, "deleted.jsonl", |l| {
+                l.remove(3);
+            }),
+        ),
+        (
+            "reordered",
+            tampered(&file, "reordered.jsonl", |l| l.swap(3, 4)),
+        ),
+        (
+            "inserted",
+            tampered(&file, "inserted.jsonl", |l| {
+                let copy = l[1].clone();
+                l.insert(3, copy)
+            }),
+        ),
+    ];
+    for (what, path) in cases {
+        let (ok, out, err) = verify(&path, &key, None);
+        assert!(!ok, "{what}: {out}");
+        assert!(err.contains("index 3:"), "{what}: {err}");
+    }
+    // The last event cut off: the checkpoint still counts it.
+    let truncated = tampered(&file, "truncated.jsonl", |l| {
+        l.pop();
+    });
+    let size = leaves(&file).len();
+    let (ok, _, err) = verify(&truncated, &key, None);
+    assert!(
+        !ok && err.contains(&format!("index {}:", size - 1)),
+        "{err}"
+    );
+
+    // Another key: the checkpoint does not verify.
+    let other = tempfile::tempdir().unwrap();
+    let other_key = sigil_issuer::eventlog::key::LogKey::load_or_create(
+        &other.path().join("k.jwk"),
+        &sigil_issuer::eventlog::origin(&workload_api::id::TrustDomain::new(TRUST_DOMAIN).unwrap()),
+    )
+    .unwrap();
+    let (ok, _, err) = verify(&file, &other_key.verifier_key(), None);
+    assert!(!ok && err.contains("checkpoint signature"), "{err}");
+
+    // A fork: the log's own key signed another root for the older size.
+    let forked = sigil_issuer::eventlog::sequencer::sign_checkpoint(
+        &issuer.running.state.events,
+        older_size,
+        Hash([7; 32]),
+    );
+    let forked_path = dir.path().join("forked.note");
+    std::fs::write(&forked_path, &forked).unwrap();
+    let (ok, _, err) = verify(&file, &key, Some(&forked_path));
+    assert!(!ok && err.contains("fork"), "{err}");
+
+    // The Go reference implementation agrees on all of it.
+    let base = format!("{}/log", url(&issuer));
+    let output = run_c2sp_check_async(&key, &base, Some(&older_path), None).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = run_c2sp_check_async(&key, &base, Some(&forked_path), None).await;
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("fork"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_go_reference_implementation_verifies_a_log_of_several_tile_levels() {
+    let issuer = TestIssuer::start().await;
+    let key = issuer.running.state.events.key().verifier_key();
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("{}/log", url(&issuer));
+    let saved = dir.path().join("first.note");
+    let first = checkpoint_size(&issuer).await;
+    let output = run_c2sp_check_async(&key, &base, None, Some(&saved)).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Past 256 leaves: a full level-0 tile, a level-1 tile and partial tiles.
+    let mut admin = issuer.admin().await;
+    for i in 0..300 {
+        sigil_tests::create_with(&mut admin, &format!("spiffe://example.org/bulk/{i}")).await;
+    }
+    wait_for_size(&issuer, first + 300).await;
+    let output = run_c2sp_check_async(&key, &base, Some(&saved), None).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("consistent with size"));
+    // Sigil's own verifier, from an index past the first tile.
+    let file = export(&url(&issuer), dir.path(), "tail.jsonl", 260);
+    let (ok, out, err) = verify(&file, &key, None);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("(indexes 260.."), "{out}");
+}
+
+/// `sigil-issuer run` as a child process, killed with SIGKILL on drop.
+struct IssuerProcess {
+    child: std::process::Child,
+}
+
+impl Drop for IssuerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_issuer(dir: &Path, http_port: u16) -> IssuerProcess {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("issuer.log"))
+        .unwrap();
+    let child = Command::new(binary("sigil-issuer"))
+        .args(["run", "--trust-domain", TRUST_DOMAIN])
+        .args(["--agent-api-address", "127.0.0.1:0"])
+        .arg("--http-address")
+        .arg(format!("127.0.0.1:{http_port}"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--admin-socket-path")
+        .arg(dir.join("admin/admin.sock"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // The HTTP endpoint answers once the issuer is up (an admin socket
+    // left by a killed issuer would not tell).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
+        assert!(Instant::now() < deadline, "the issuer did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    IssuerProcess { child }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_killed_mid_stream_loses_no_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let http_port = free_port();
+    let socket = dir.path().join("admin/admin.sock");
+    let mut issuer = start_issuer(dir.path(), http_port);
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut writers = Vec::new();
+    for writer in 0..4 {
+        let acked = acked.clone();
+        let socket = socket.clone();
+        writers.push(tokio::spawn(async move {
+            let Ok(mut admin) = sigil_issuer::admin_client::connect(&socket).await else {
+                return;
+            };
+            for i in 0.. {
+                let id = format!("spiffe://example.org/stream/{writer}/{i}");
+                match sigil_tests::try_create_with(&mut admin, &id).await {
+                    Ok(entry_id) => acked.lock().unwrap().push(entry_id),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    // Kill it in the middle of the stream.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.lock().unwrap().len() < 150 {
+        assert!(Instant::now() < deadline, "appends did not flow");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    issuer.child.kill().unwrap();
+    issuer.child.wait().unwrap();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    drop(issuer);
+
+    let _issuer = tokio::task::block_in_place(|| start_issuer(dir.path(), http_port));
+    let base = format!("http://127.0.0.1:{http_port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let file = loop {
+        let file = export(&base, dir.path(), "after.jsonl", 0);
+        let logged: std::collections::HashSet<String> = leaves(&file)
+            .iter()
+            .filter(|l| l["event"]["type"] == "entry.created")
+            .filter_map(|l| l["event"]["entry_id"].as_str().map(str::to_string))
+            .collect();
+        if acked.iter().all(|id| logged.contains(id)) {
+            break file;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged events are missing after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let key = std::fs::read_to_string(dir.path().join("data/log/log.jwk"))
+        .map(|_| ())
+        .ok();
+    assert!(key.is_some(), "the log key is kept in the data directory");
+    let (ok, vkey, err) = tokio::task::block_in_place(|| {
+        run(Command::new(binary("sigil-issuer")).args(["audit", "key", "--url", &base]))
+    });
+    assert!(ok, "{err}");
+    let (ok, out, err) = verify(&file, vkey.trim(), None);
+    assert!(ok, "{out}{err}");
+    // No entry was logged twice.
+    let created: Vec<String> = leaves(&file)
+        .iter()
+        .filter(|l| l["event"]["type"] == "entry.created")
+        .map(|l| l["event"]["entry_id"].as_str().unwrap().to_string())
+        .collect();
+    let unique: std::collections::HashSet<&String> = created.iter().collect();
+    assert_eq!(unique.len(), created.len());
+}
