@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use proto::agent::agent_health_server::AgentHealthServer;
 use proto::agent::delegation_server::DelegationServer;
+use proto::agent::usage_server::UsageServer;
 use proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
@@ -16,6 +17,7 @@ use workload_api::server::WorkloadApi;
 use workload_api::source::Snapshot;
 
 use crate::config::AgentConfig;
+use crate::events::AgentEvents;
 use crate::issuer_health::IssuerHealth;
 use crate::node::{Node, NodeError};
 use crate::source::{AgentSource, Served};
@@ -47,6 +49,8 @@ pub struct RunningAgent {
     pub served: Arc<Served>,
     /// Whether the issuer is answering minting and signing calls.
     pub health: Arc<IssuerHealth>,
+    /// Events waiting for the issuer's log.
+    pub events: Arc<AgentEvents>,
     socket: BoundSocket,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -73,6 +77,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     let config = Arc::new(config);
     raise_open_file_limit();
     let node = Node::bootstrap(config.clone()).await?;
+    let events = node.events.clone();
     let (stop, stop_rx) = watch::channel(false);
     let (entries_tx, entries_rx) = watch::channel(Arc::new(Vec::new()));
     let delegation_entries = entries_rx.clone();
@@ -94,6 +99,11 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     let listener = UnixListener::from_std(listener).map_err(socket_error)?;
     let mut tasks = vec![
         tokio::spawn(node.clone().run_renewal(stop_rx.clone())),
+        tokio::spawn(crate::events::sender::run(
+            events.clone(),
+            node.clone(),
+            stop_rx.clone(),
+        )),
         tokio::spawn(crate::sync::run(
             node.clone(),
             entries_tx,
@@ -121,6 +131,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         .expect("the embedded descriptor set is valid");
     let delegation =
         crate::delegation::DelegationService::new(source.clone(), node.clone(), delegation_entries);
+    let usage = crate::usage::UsageService::new(source.clone(), node.clone(), events.clone());
     let probe = crate::probe::Probe {
         node: node.clone(),
         health: health.clone(),
@@ -133,6 +144,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
             .add_service(reflection)
             .add_service(AgentHealthServer::new(probe))
             .add_service(DelegationServer::new(delegation))
+            .add_service(UsageServer::new(usage))
             .serve_with_incoming_shutdown(
                 workload_api::connection::incoming(listener),
                 async move {
@@ -156,6 +168,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         snapshots: snapshot_rx,
         served,
         health,
+        events,
         socket,
         stop,
         tasks,

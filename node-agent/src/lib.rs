@@ -14,6 +14,7 @@ pub mod attestor;
 pub mod cli;
 pub mod config;
 pub mod delegation;
+pub mod events;
 pub mod issuer_client;
 pub mod issuer_health;
 pub mod keys;
@@ -22,6 +23,7 @@ pub mod probe;
 pub mod source;
 pub mod svid;
 pub mod sync;
+pub mod usage;
 
 /// One random byte, for rotation jitter.
 pub(crate) fn jitter_byte() -> u8 {

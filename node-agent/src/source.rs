@@ -9,7 +9,9 @@ use std::time::SystemTime;
 use tokio::sync::watch;
 use tonic::Status;
 use workload_api::selector::Selectors;
-use workload_api::source::{Caller, Identity, IdentitySource, IssuerOutage, JwtSvid, Snapshot};
+use workload_api::source::{
+    Caller, Delivery, Identity, IdentitySource, IssuerOutage, JwtSvid, Snapshot,
+};
 
 use crate::attestor::UnixAttestor;
 use crate::issuer_health::IssuerHealth;
@@ -91,5 +93,10 @@ impl IdentitySource for AgentSource {
 
     fn issuer_outage(&self) -> Option<IssuerOutage> {
         self.health.outage()
+    }
+
+    fn delivered(&self, delivery: Delivery<'_>) {
+        let agent_id = self.node.svid().spiffe_id.to_string();
+        self.node.events.delivered(&agent_id, &delivery);
     }
 }

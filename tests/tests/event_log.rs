@@ -131,7 +131,10 @@ async fn issuance_and_registration_are_logged_and_the_export_verifies() {
         .filter_map(|e| e["details"]["key_kind"].as_str())
         .collect();
     for kind in ["x509", "jwt", "wit"] {
-        assert!(activated.contains(&kind), "{kind} key not logged: {activated:?}");
+        assert!(
+            activated.contains(&kind),
+            "{kind} key not logged: {activated:?}"
+        );
     }
     assert!(!of("crl.published").is_empty());
     let created = of("entry.created");
@@ -471,4 +474,457 @@ async fn an_issuer_killed_mid_stream_loses_no_acknowledged_event() {
         .collect();
     let unique: std::collections::HashSet<&String> = created.iter().collect();
     assert_eq!(unique.len(), created.len());
+}
+
+/// The event leaves of an export whose event is `kind`.
+fn events_of(file: &Path, kind: &str) -> Vec<serde_json::Value> {
+    leaves(file)
+        .into_iter()
+        .filter(|l| l["event"]["type"] == kind)
+        .collect()
+}
+
+/// Exports until `done` holds for the leaves, then returns the file.
+async fn export_until(
+    base_url: &str,
+    dir: &Path,
+    what: &str,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> PathBuf {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let file = export(base_url, dir, "until.jsonl", 0);
+        if done(&leaves(&file)) {
+            return file;
+        }
+        assert!(Instant::now() < deadline, "{what} never reached the log");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn serial_of(chain: &[u8]) -> String {
+    let certs = workload_api::bundle::split_der_concat(chain).unwrap();
+    workload_api::x509svid::check_leaf(&certs[0])
+        .unwrap()
+        .serial_hex
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_are_logged_once_per_process_and_credential_signed_by_the_agent() {
+    let node = TestNode::start().await;
+    let entry = node.register("spiffe://example.org/web", 3600, "").await;
+    node.wait_for_entry(&entry.id).await;
+    let address = EndpointAddress::Unix(node.socket.clone());
+    // Twice from this process: one event.
+    let mut serials = Vec::new();
+    for _ in 0..2 {
+        let mut client = connect(&address).await.unwrap();
+        let mut stream = client
+            .fetch_x509svid(wpb::X509svidRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let message = stream.message().await.unwrap().unwrap();
+        serials.push(serial_of(&message.svids[0].x509_svid));
+    }
+    assert_eq!(serials[0], serials[1]);
+    let serial = serials[0].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let base = url(&node.issuer);
+    let pid = i64::from(std::process::id());
+    export_until(&base, dir.path(), "the delivery", |leaves| {
+        leaves.iter().any(|l| {
+            l["event"]["type"] == "credential.delivered" && l["event"]["serial"] == serial.as_str()
+        })
+    })
+    .await;
+    // Let a duplicate, if the agent made one, reach the log too.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let file = export(&base, dir.path(), "after.jsonl", 0);
+    let delivered: Vec<serde_json::Value> = events_of(&file, "credential.delivered")
+        .into_iter()
+        .filter(|l| l["event"]["serial"] == serial.as_str())
+        .collect();
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    let leaf = &delivered[0];
+    let event = &leaf["event"];
+    assert_eq!(event["actor"], node.agent_id.as_str());
+    assert_eq!(event["subject"], "spiffe://example.org/web");
+    assert_eq!(event["entry_id"], entry.id.as_str());
+    assert_eq!(event["details"]["pid"], pid);
+    assert_eq!(event["details"]["credential"], "x509_svid");
+    assert!(event["details"]["selectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s == &format!("unix:uid:{}", sigil_tests::current_uid())));
+    // Signed by the agent, with the key of its logged SVID.
+    assert_eq!(leaf["seq"].as_u64(), Some(1));
+    let jkt = sigil_issuer::eventlog::leaf::open(
+        serde_json::to_string(leaf).unwrap().as_bytes(),
+        leaf["index"].as_u64().unwrap(),
+        &sigil_issuer::eventlog::origin(&workload_api::id::TrustDomain::new(TRUST_DOMAIN).unwrap()),
+        &sigil_issuer::eventlog::signed_note::StandardVerifier::new(
+            &node.issuer.running.state.events.key().verifier_key(),
+        )
+        .unwrap(),
+    )
+    .unwrap()
+    .agent
+    .unwrap()
+    .jkt;
+    assert!(events_of(&file, "x509_svid.issued")
+        .iter()
+        .any(|l| l["event"]["subject"] == node.agent_id.as_str()
+            && l["event"]["jkt"] == jkt.as_str()));
+    let key = node.issuer.running.state.events.key().verifier_key();
+    let (ok, out, err) = verify(&file, &key, None);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("agent signatures: 1 checked"), "{out}");
+
+    // An altered agent event fails at its index, though the log re-signed
+    // nothing: the agent's signature is checked too.
+    let index = leaf["index"].as_u64().unwrap() as usize;
+    let forged = tampered(&file, "forged.jsonl", |l| {
+        l[index] = l[index].replace("\"uid\":", "\"uid\":1");
+    });
+    let (ok, _, err) = verify(&forged, &key, None);
+    assert!(!ok && err.contains(&format!("index {index}:")), "{err}");
+
+    // audit show lists the issuance and the delivery for the SPIFFE ID.
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        run(Command::new(binary("sigil-issuer")).args([
+            "audit",
+            "show",
+            "--spiffe-id",
+            "spiffe://example.org/web",
+            "--url",
+            &base,
+            "--log-key",
+            &key,
+        ]))
+    });
+    assert!(ok, "{err}");
+    assert!(out.contains("x509_svid.issued"), "{out}");
+    assert!(out.contains("credential.delivered"), "{out}");
+    assert!(out.contains(&format!("serial={serial}")), "{out}");
+    assert!(out.contains("entry.created"), "{out}");
+}
+
+/// An agent process's configuration against an issuer on fixed ports.
+fn agent_command(issuer_port: u16, bundle: &Path, data: &Path, socket: &Path) -> Command {
+    let mut command = Command::new(binary("sigil-agent"));
+    command
+        .args(["run", "--trust-domain", TRUST_DOMAIN])
+        .arg("--issuer-address")
+        .arg(format!("127.0.0.1:{issuer_port}"))
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--socket-path")
+        .arg(socket)
+        .arg("--trust-bundle")
+        .arg(bundle)
+        .stdout(Stdio::null());
+    command
+}
+
+/// `sigil-agent api fetch x509` from a process of its own: the serial of
+/// the SVID it was handed.
+fn try_fetch_in_new_process(socket: &Path) -> Result<String, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = run(Command::new(binary("sigil-agent"))
+        .args(["api", "fetch", "x509", "--write"])
+        .arg(dir.path())
+        .arg("--socket-path")
+        .arg(socket));
+    if !ok {
+        return Err(err);
+    }
+    let pem = std::fs::read_to_string(dir.path().join("svid.pem")).unwrap();
+    let der = workload_api::pem::blocks(&pem, "CERTIFICATE");
+    Ok(workload_api::x509svid::check_leaf(&der[0])
+        .unwrap()
+        .serial_hex)
+}
+
+fn fetch_in_new_process(socket: &Path) -> String {
+    try_fetch_in_new_process(socket).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_queue_survives_an_agent_restart_and_an_issuer_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let http_port = free_port();
+    let api_port = free_port();
+    let start_issuer_process = |dir: &Path| -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("issuer.log"))
+            .unwrap();
+        let child = Command::new(binary("sigil-issuer"))
+            .args(["run", "--trust-domain", TRUST_DOMAIN])
+            .arg("--agent-api-address")
+            .arg(format!("127.0.0.1:{api_port}"))
+            .arg("--http-address")
+            .arg(format!("127.0.0.1:{http_port}"))
+            .arg("--data-dir")
+            .arg(dir.join("issuer"))
+            .arg("--admin-socket-path")
+            .arg(dir.join("admin/admin.sock"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
+            assert!(Instant::now() < deadline, "the issuer did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    };
+    let admin = |args: &[&str]| {
+        run(Command::new(binary("sigil-issuer"))
+            .args(args)
+            .arg("--socket-path")
+            .arg(dir.path().join("admin/admin.sock")))
+    };
+    let mut issuer = IssuerProcess {
+        child: tokio::task::block_in_place(|| start_issuer_process(dir.path())),
+    };
+    let (ok, jwks, err) = admin(&["bundle", "show", "--format", "spiffe"]);
+    assert!(ok, "{err}");
+    let bundle = dir.path().join("bundle.json");
+    std::fs::write(&bundle, jwks).unwrap();
+    let (ok, token, err) = admin(&["token", "generate", "--json"]);
+    assert!(ok, "{err}");
+    let token: serde_json::Value = serde_json::from_str(&token).unwrap();
+    let socket = dir.path().join("agent-run/api.sock");
+    let spawn_agent = |token: Option<&str>| {
+        let mut command = agent_command(api_port, &bundle, &dir.path().join("agent"), &socket);
+        if let Some(token) = token {
+            command.env("SIGIL_JOIN_TOKEN", token);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("agent.log"))
+            .unwrap();
+        IssuerProcess {
+            child: command.stderr(log).spawn().unwrap(),
+        }
+    };
+    let mut agent = spawn_agent(token["token"].as_str());
+    let agent_id = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, out, _) = admin(&["agent", "list", "--json"]);
+            let agents: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            if let Some(id) = agents.get(0).and_then(|a| a["spiffe_id"].as_str()) {
+                break id.to_string();
+            }
+            assert!(Instant::now() < deadline, "the agent did not attest");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let uid = sigil_tests::current_uid().to_string();
+    let (ok, _, err) = admin(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/queued",
+        "--parent-id",
+        &agent_id,
+        "--selector",
+        &format!("unix:uid:{uid}"),
+    ]);
+    assert!(ok, "{err}");
+    let fetch = || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match try_fetch_in_new_process(&socket) {
+                Ok(serial) => return serial,
+                Err(err) => assert!(Instant::now() < deadline, "no SVID was served: {err}"),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let serial = tokio::task::block_in_place(fetch);
+
+    // The issuer goes away; workloads in new processes keep fetching.
+    issuer.child.kill().unwrap();
+    issuer.child.wait().unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            tokio::task::block_in_place(|| fetch_in_new_process(&socket)),
+            serial
+        );
+    }
+    // The agent restarts during the outage: its queue is on disk.
+    let queue = dir.path().join("agent/events/queue.jsonl");
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    assert!(
+        std::fs::metadata(&queue).unwrap().len() > 0,
+        "the queued events are on disk"
+    );
+    agent = spawn_agent(None);
+
+    // The issuer is back: every delivery arrives, each once.
+    issuer = IssuerProcess {
+        child: tokio::task::block_in_place(|| start_issuer_process(dir.path())),
+    };
+    // A restarted agent serves once it has its entries again (with an SVID
+    // it minted anew).
+    tokio::task::block_in_place(fetch);
+    let base = format!("http://127.0.0.1:{http_port}");
+    let file = export_until(&base, dir.path(), "the queued deliveries", |leaves| {
+        leaves
+            .iter()
+            .filter(|l| {
+                l["event"]["type"] == "credential.delivered"
+                    && l["event"]["subject"] == "spiffe://example.org/queued"
+            })
+            .count()
+            >= 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let file2 = export(&base, dir.path(), "settled.jsonl", 0);
+    let delivered: Vec<serde_json::Value> = events_of(&file2, "credential.delivered");
+    let seqs: Vec<u64> = delivered
+        .iter()
+        .map(|l| l["seq"].as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "every event once, in the agent's order");
+    let pids: std::collections::HashSet<i64> = delivered
+        .iter()
+        .map(|l| l["event"]["details"]["pid"].as_i64().unwrap())
+        .collect();
+    assert_eq!(pids.len(), delivered.len(), "one event per process");
+    assert_eq!(
+        delivered.len(),
+        4,
+        "one fetch before the outage, two during it, one after the restarts"
+    );
+    let (ok, vkey, err) = tokio::task::block_in_place(|| {
+        run(Command::new(binary("sigil-issuer")).args(["audit", "key", "--url", &base]))
+    });
+    assert!(ok, "{err}");
+    let (ok, out, err) = verify(&file2, vkey.trim(), None);
+    assert!(ok, "{out}{err}");
+    drop(file);
+    drop(agent);
+    drop(issuer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proof_verifications_reach_the_log_through_the_agent() {
+    use sigil_tests::web::{http_call, ExampleService};
+    use workload_api::wimse::WptForm;
+    const WEB: &str = "spiffe://example.org/web";
+    let node = TestNode::start().await;
+    node.register(WEB, 3600, "").await;
+    let address = EndpointAddress::Unix(node.socket.clone());
+    let mut client = connect(&address).await.unwrap();
+    let response = client
+        .fetch_witsvid(wpb::WitsvidRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let wit = response.svids[0].wit_svid.clone();
+    let key =
+        workload_api::keypair::KeyPair::from_jwk_json(&response.svids[0].wit_svid_key).unwrap();
+    let wit_jti = workload_api::source::token_jti(&wit);
+    let endpoint = node.endpoint();
+    let service = tokio::task::spawn_blocking(move || {
+        ExampleService::start_with(endpoint, &["--usage-report-interval", "1s"])
+    })
+    .await
+    .unwrap();
+    let proof = || {
+        let mut headers = http::HeaderMap::new();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        workload_api::wimse::http::add_proof_headers_as(
+            WptForm::Authorization,
+            &mut headers,
+            &wit,
+            &key,
+            "https://orders.example.org/orders",
+            60,
+            &[],
+            now,
+        )
+        .unwrap();
+        headers
+    };
+    let mut used = http::HeaderMap::new();
+    for _ in 0..3 {
+        used = proof();
+        let answer = http_call(&service.address, "GET", "/orders", &used, b"").await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    // A replayed proof is refused, and reported.
+    let answer = http_call(&service.address, "GET", "/orders", &used, b"").await;
+    assert_eq!(answer.status, 401);
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = url(&node.issuer);
+    let counted = |leaves: &[serde_json::Value]| -> u64 {
+        leaves
+            .iter()
+            .filter(|l| l["event"]["type"] == "proof.verified" && l["event"]["subject"] == WEB)
+            .map(|l| l["event"]["details"]["count"].as_u64().unwrap())
+            .sum()
+    };
+    let rejected = |leaves: &[serde_json::Value]| {
+        leaves.iter().any(|l| {
+            l["event"]["type"] == "proof.rejected"
+                && l["event"]["details"]["check"] == "wpt.jti"
+                && l["event"]["details"]["claimed_sender"] == WEB
+        })
+    };
+    let file = export_until(&base, dir.path(), "the verifications", |leaves| {
+        counted(leaves) >= 3 && rejected(leaves)
+    })
+    .await;
+    let leaves = leaves(&file);
+    assert_eq!(counted(&leaves), 3, "three requests, counted once");
+    let verified = leaves
+        .iter()
+        .find(|l| l["event"]["type"] == "proof.verified")
+        .unwrap();
+    let event = &verified["event"];
+    assert_eq!(event["actor"], node.agent_id.as_str());
+    assert_eq!(event["jti"], wit_jti.as_str());
+    assert_eq!(event["details"]["route"], "GET /orders");
+    assert_eq!(event["details"]["proof"], "wpt");
+    assert!(event["details"]["verifier_pid"].as_i64().is_some());
+    let key = node.issuer.running.state.events.key().verifier_key();
+    let (ok, out, err) = verify(&file, &key, None);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        run(Command::new(binary("sigil-issuer")).args([
+            "audit",
+            "show",
+            "--spiffe-id",
+            WEB,
+            "--url",
+            &base,
+            "--log-key",
+            &key,
+        ]))
+    });
+    assert!(ok, "{err}");
+    for kind in ["wit.issued", "credential.delivered", "proof.verified"] {
+        assert!(out.contains(kind), "{kind}: {out}");
+    }
 }

@@ -17,6 +17,9 @@ pub struct X509Material {
     /// Unique in this process: tells streams an SVID changed without
     /// comparing bytes.
     pub serial: u64,
+    /// The leaf certificate's serial number, lower-case hex: how the event
+    /// log names it.
+    pub cert_serial: String,
     /// DER chain, leaf first, concatenated.
     pub chain: Vec<u8>,
     /// PKCS#8 DER private key.
@@ -29,6 +32,7 @@ impl X509Material {
     pub fn new(chain: Vec<u8>, key_pkcs8: Zeroizing<Vec<u8>>, not_after: i64) -> Self {
         X509Material {
             serial: next_serial(),
+            cert_serial: leaf_serial_hex(&chain),
             chain,
             key_pkcs8,
             not_after,
@@ -62,6 +66,8 @@ impl std::fmt::Debug for X509Material {
 pub struct WitMaterial {
     /// Unique in this process, like [`X509Material::serial`].
     pub serial: u64,
+    /// The WIT's `jti`: how the event log names it.
+    pub jti: String,
     /// The WIT, compact JWS.
     pub token: String,
     /// The private key as a JWK (what FetchWITSVID hands over).
@@ -74,6 +80,7 @@ impl WitMaterial {
     pub fn new(token: String, key_jwk: Zeroizing<String>, expires_at: i64) -> Self {
         WitMaterial {
             serial: next_serial(),
+            jti: token_jti(&token),
             token,
             key_jwk,
             expires_at,
@@ -233,6 +240,65 @@ pub struct Caller {
     pub cache: Arc<crate::connection::ConnectionCache>,
 }
 
+/// The serial of the first certificate in a DER chain, lower-case hex
+/// (empty if it does not parse; the chain was checked when it arrived).
+fn leaf_serial_hex(chain: &[u8]) -> String {
+    x509_parser::parse_x509_certificate(chain)
+        .map(|(_, cert)| {
+            cert.raw_serial()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A token's `jti` claim (empty when it has none).
+pub fn token_jti(token: &str) -> String {
+    crate::jws::parse(token)
+        .ok()
+        .and_then(|jws| jws.str_claim("jti").map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// A kind of credential handed to a workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CredentialKind {
+    X509Svid,
+    JwtSvid,
+    WitSvid,
+}
+
+impl CredentialKind {
+    /// The name events carry.
+    pub fn name(self) -> &'static str {
+        match self {
+            CredentialKind::X509Svid => "x509_svid",
+            CredentialKind::JwtSvid => "jwt_svid",
+            CredentialKind::WitSvid => "wit",
+        }
+    }
+}
+
+/// One credential handed over, as the event log names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Delivered {
+    pub kind: CredentialKind,
+    pub entry_id: String,
+    pub spiffe_id: String,
+    /// The X509-SVID's serial (hex), or the token's `jti`.
+    pub handle: String,
+}
+
+/// What a caller was just sent.
+#[derive(Debug)]
+pub struct Delivery<'a> {
+    pub pid: Option<i32>,
+    pub uid: u32,
+    pub selectors: &'a [Selector],
+    pub credentials: Vec<Delivered>,
+}
+
 /// The node-side provider behind a Workload API server.
 #[tonic::async_trait]
 pub trait IdentitySource: Send + Sync + 'static {
@@ -253,4 +319,8 @@ pub trait IdentitySource: Send + Sync + 'static {
 
     /// Whether the issuer behind this source is failing, and since when.
     fn issuer_outage(&self) -> Option<IssuerOutage>;
+
+    /// Told what a caller was just sent, for the event log. Called on the
+    /// serving path: it must not block.
+    fn delivered(&self, _delivery: Delivery<'_>) {}
 }

@@ -44,6 +44,7 @@ use proto::workload as pb;
 use workload_api::client::{connect, EndpointAddress, ENDPOINT_ENV};
 use workload_api::keypair::KeyPair;
 use workload_api::wimse::layer::{ServiceIdentity, WimseLayer};
+use workload_api::wimse::usage::UsageReporter;
 use workload_api::wimse::{AcceptedForms, Profile, Proof, Verified, Verifier, VerifierConfig};
 use workload_api::{Bundle, TrustDomain};
 
@@ -78,6 +79,10 @@ struct Args {
     /// refused until a current list arrives.
     #[arg(long, value_name = "URL")]
     revocations_url: Option<String>,
+    /// How long accepted proofs are aggregated before they are reported to
+    /// the agent for the event log (refusals are reported one by one).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    usage_report_interval: std::time::Duration,
 }
 
 fn main() -> ExitCode {
@@ -163,9 +168,14 @@ async fn serve(args: Args) -> Result<(), String> {
         ),
     }
 
+    // Every verification, accepted or refused, goes to the agent for the
+    // signed event log.
+    let usage = UsageReporter::start_every(endpoint.clone(), args.usage_report_interval)
+        .map_err(|e| e.to_string())?;
     let mut layer = WimseLayer::new(verifier)
         .accepting(forms)
-        .signing_responses_as(identity);
+        .signing_responses_as(identity)
+        .reporting_usage(usage);
     if !args.accept_owners.is_empty() {
         layer = layer.accepting_owners(args.accept_owners);
     }

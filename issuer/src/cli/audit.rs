@@ -201,6 +201,19 @@ fn print_report(report: &Report) {
             report.log_key
         );
     }
+    if report.agent_events > 0 {
+        workload_api::outln!(
+            "agent signatures: {} checked against keys the log issued the agents",
+            report.agent_events
+        );
+    }
+    if report.agent_keys_before_export > 0 {
+        workload_api::outln!(
+            "agent signatures: {} made with keys issued before index {} (export from 0 to check those keys)",
+            report.agent_keys_before_export,
+            report.from
+        );
+    }
     if let Some(old) = &report.consistent_with {
         workload_api::outln!("consistent with the older checkpoint of size {}", old.size);
     }

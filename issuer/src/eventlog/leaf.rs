@@ -10,6 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::{Map, Value};
 use workload_api::events::canonical::{self, CanonicalError};
+use workload_api::events::signed::{self, AgentSigned, SignedEventError};
 use workload_api::events::{Event, MAX_EVENT_BYTES};
 
 use super::key::LogKey;
@@ -34,6 +35,8 @@ pub enum LeafError {
     Index { expected: u64, found: u64 },
     #[error("the log's signature does not verify: the leaf was altered")]
     Signature,
+    #[error("the agent's signature does not verify")]
+    AgentSignature,
     #[error("the leaf is {0} bytes; the most is {MAX_LEAF_BYTES}")]
     TooLarge(usize),
 }
@@ -83,8 +86,9 @@ pub fn seal(record: &str, index: u64, key: &LogKey) -> Result<String, LeafError>
 pub struct Leaf {
     pub index: u64,
     pub event: Event,
-    /// The agent's signature member, for events an agent signed.
-    pub agent_sig: Option<Value>,
+    /// For events an agent signed: the signature, checked, with the agent's
+    /// seq and key thumbprint.
+    pub agent: Option<AgentSigned>,
 }
 
 /// Reads leaf bytes expected at `index` of the log `origin`, checking that
@@ -117,18 +121,26 @@ pub fn open(
         return Err(LeafError::Signature);
     }
     members.remove("index");
-    let agent_sig = members.remove("agent_sig");
-    let event = members
-        .remove("event")
-        .ok_or_else(|| LeafError::Shape("the leaf has no event".into()))?;
+    let (event, agent) = if members.contains_key("agent_sig") {
+        let signed = signed::verify_members(&mut members).map_err(|e| match e {
+            SignedEventError::Signature => LeafError::AgentSignature,
+            other => LeafError::Shape(other.to_string()),
+        })?;
+        (signed.event.clone(), Some(signed))
+    } else {
+        let event = members
+            .remove("event")
+            .ok_or_else(|| LeafError::Shape("the leaf has no event".into()))?;
+        let event = Event::from_value(event).map_err(|e| LeafError::Shape(e.to_string()))?;
+        (event, None)
+    };
     if let Some(name) = members.keys().next() {
         return Err(LeafError::Shape(format!("unknown leaf member {name:?}")));
     }
-    let event = Event::from_value(event).map_err(|e| LeafError::Shape(e.to_string()))?;
     Ok(Leaf {
         index: found,
         event,
-        agent_sig,
+        agent,
     })
 }
 

@@ -5,7 +5,7 @@
 //! checkpoint's, and, given an older checkpoint, that the log only grew
 //! since. The first bad index is named.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::BufRead;
 
 use base64::engine::general_purpose::STANDARD;
@@ -62,6 +62,11 @@ pub struct Report {
     pub kinds: BTreeMap<EventKind, u64>,
     /// The older checkpoint the log was shown consistent with.
     pub consistent_with: Option<VerifiedCheckpoint>,
+    /// Agent-signed events checked against a key the log issued the agent.
+    pub agent_events: u64,
+    /// Agent-signed events whose key was issued before the export starts,
+    /// so only their signature could be checked.
+    pub agent_keys_before_export: u64,
     /// The checkpoint's signed note: the older checkpoint of the next check.
     pub checkpoint_note: String,
 }
@@ -181,6 +186,10 @@ pub fn verify_export_with(
     };
     check_older(&tree)?;
     let mut kinds = BTreeMap::new();
+    // The keys the log certified for each agent, from its own issuance
+    // events: an agent's signature counts only with one of them.
+    let mut agent_keys: HashMap<String, HashSet<String>> = HashMap::new();
+    let (mut agent_events, mut agent_keys_before_export) = (0, 0);
     for line in lines {
         let line = line.map_err(|e| fail(format!("reading the export: {e}")))?;
         let index = tree.size();
@@ -202,11 +211,35 @@ pub fn verify_export_with(
         }
         let opened = leaf::open(&line, index, &checkpoint.origin, &verifier)
             .map_err(|e| fail_at(index, e.to_string()))?;
-        if opened.agent_sig.is_some() {
-            return Err(fail_at(
-                index,
-                "the leaf carries an agent signature this verifier does not know",
-            ));
+        let event = &opened.event;
+        match &opened.agent {
+            None if event.kind == EventKind::X509SvidIssued => {
+                if let (Some(subject), Some(jkt)) = (&event.subject, &event.jkt) {
+                    agent_keys
+                        .entry(subject.clone())
+                        .or_default()
+                        .insert(jkt.clone());
+                }
+            }
+            None => {}
+            Some(signed) => {
+                let certified = agent_keys
+                    .get(&event.actor)
+                    .is_some_and(|keys| keys.contains(&signed.jkt));
+                if certified {
+                    agent_events += 1;
+                } else if header.from > 0 {
+                    agent_keys_before_export += 1;
+                } else {
+                    return Err(fail_at(
+                        index,
+                        format!(
+                            "signed by a key the log never issued to {}",
+                            workload_api::display::shown(&event.actor)
+                        ),
+                    ));
+                }
+            }
         }
         *kinds.entry(opened.event.kind).or_insert(0) += 1;
         on_leaf(opened);
@@ -235,6 +268,8 @@ pub fn verify_export_with(
         checkpoint,
         kinds,
         consistent_with: older,
+        agent_events,
+        agent_keys_before_export,
         checkpoint_note: header.checkpoint,
     })
 }

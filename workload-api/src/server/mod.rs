@@ -23,7 +23,10 @@ use tonic::{Request, Response, Status};
 use crate::id::trust_domain_id;
 use crate::jwtsvid;
 use crate::selector::{Selector, Selectors};
-use crate::source::{Caller, Identity, IdentitySource, IssuerOutage, JwtSvid, Snapshot};
+use crate::source::{
+    Caller, CredentialKind, Delivered, Delivery, Identity, IdentitySource, IssuerOutage, JwtSvid,
+    Snapshot,
+};
 
 /// The metadata key every Workload API request carries.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
@@ -68,8 +71,8 @@ impl<S: IdentitySource> WorkloadApi<S> {
     }
 
     /// Checks the security header and attests the caller.
-    async fn admit<T>(&self, request: &Request<T>) -> Result<Selectors, Status> {
-        admit(self.source.as_ref(), request).await
+    async fn admit<T>(&self, request: &Request<T>) -> Result<Admitted, Status> {
+        admit_caller(self.source.as_ref(), request).await
     }
 
     /// Answers now with `render(snapshot, selectors, now)` and again whenever
@@ -81,22 +84,30 @@ impl<S: IdentitySource> WorkloadApi<S> {
     /// serials, bundle sequences), so a stream keeps no copy of its SVIDs and
     /// unrelated changes cost no rendering. The stream is polled by the
     /// connection's own task: no task or channel per call.
-    fn stream<T, R, P>(
+    /// `deliver` names the credentials a Ready view hands over, which the
+    /// source is told of (for the event log).
+    fn stream<T, R, P, D>(
         &self,
-        selectors: Selectors,
+        caller: Admitted,
         render: R,
         fingerprint: P,
+        deliver: D,
     ) -> Result<Stream<T>, Status>
     where
         T: Send + 'static,
         R: Fn(&Snapshot, &[Selector], SystemTime) -> Result<View<T>, Status> + Send + 'static,
         P: Fn(&Snapshot, &[Selector], SystemTime) -> Fingerprint + Send + 'static,
+        D: Fn(&Snapshot, &[Selector], SystemTime) -> Vec<Delivered> + Send + 'static,
     {
         let mut snapshots = self.source.snapshots();
         let snapshot = snapshots.borrow_and_update().clone();
         let now = SystemTime::now();
+        let selectors = caller.selectors.clone();
         let first = match render(&snapshot, &selectors, now)? {
-            View::Ready(message) => Some(message),
+            View::Ready(message) => {
+                caller.report(self.source.as_ref(), deliver(&snapshot, &selectors, now));
+                Some(message)
+            }
             View::Pending => None,
             View::Expired => return Err(all_expired(self.source.issuer_outage(), now)),
         };
@@ -109,6 +120,8 @@ impl<S: IdentitySource> WorkloadApi<S> {
             selectors,
             render,
             fingerprint,
+            deliver,
+            caller,
             source: self.source.clone(),
             started: tokio::time::Instant::now(),
             ended: false,
@@ -138,6 +151,28 @@ pub fn check_header<T>(request: &Request<T>) -> Result<(), Status> {
 pub const MAX_AUDIENCES: usize = 32;
 /// Bytes of one audience.
 pub const MAX_AUDIENCE_BYTES: usize = 2048;
+/// A caller admitted to the socket: who it is and what it may see.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    pub selectors: Selectors,
+    pub pid: Option<i32>,
+    pub uid: u32,
+}
+
+impl Admitted {
+    /// Tells `source` what this caller was just sent.
+    fn report<S: IdentitySource + ?Sized>(&self, source: &S, credentials: Vec<Delivered>) {
+        if !credentials.is_empty() {
+            source.delivered(Delivery {
+                pid: self.pid,
+                uid: self.uid,
+                selectors: &self.selectors,
+                credentials,
+            });
+        }
+    }
+}
+
 /// Admits a caller of a service on the Workload API socket: checks the
 /// security header, attests the caller through `source`, and refuses while
 /// the node serves nothing (refused by its issuer, or awaiting its entries).
@@ -147,6 +182,14 @@ pub async fn admit<S: IdentitySource + ?Sized, T>(
     source: &S,
     request: &Request<T>,
 ) -> Result<Selectors, Status> {
+    Ok(admit_caller(source, request).await?.selectors)
+}
+
+/// [`admit`], keeping who the caller is beside its selectors.
+pub async fn admit_caller<S: IdentitySource + ?Sized, T>(
+    source: &S,
+    request: &Request<T>,
+) -> Result<Admitted, Status> {
     check_header(request)?;
     let info = request
         .extensions()
@@ -170,7 +213,11 @@ pub async fn admit<S: IdentitySource + ?Sized, T>(
     if snapshot.awaiting_entries {
         return Err(awaiting_entries(source.issuer_outage(), SystemTime::now()));
     }
-    Ok(selectors)
+    Ok(Admitted {
+        selectors,
+        pid: cred.pid(),
+        uid: cred.uid(),
+    })
 }
 
 /// Bytes of a JWT-SVID given to ValidateJWTSVID: room for every audience.
@@ -208,11 +255,12 @@ impl<S: IdentitySource> SpiffeWorkloadApi for WorkloadApi<S> {
         &self,
         request: Request<pb::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let selectors = self.admit(&request).await?;
+        let caller = self.admit(&request).await?;
         Ok(Response::new(self.stream(
-            selectors,
+            caller,
             x509_response,
             x509_fingerprint,
+            x509_delivered,
         )?))
     }
 
@@ -222,7 +270,7 @@ impl<S: IdentitySource> SpiffeWorkloadApi for WorkloadApi<S> {
         &self,
         request: Request<pb::X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let selectors = self.admit(&request).await?;
+        let caller = self.admit(&request).await?;
         let render = |snapshot: &Snapshot, selectors: &[Selector], _: SystemTime| {
             bundle_map(snapshot, selectors, |b| b.x509_der_concat()).map(|bundles| {
                 View::Ready(pb::X509BundlesResponse {
@@ -232,9 +280,10 @@ impl<S: IdentitySource> SpiffeWorkloadApi for WorkloadApi<S> {
             })
         };
         Ok(Response::new(self.stream(
-            selectors,
+            caller,
             render,
             x509_bundles_fingerprint,
+            no_credentials,
         )?))
     }
 
@@ -242,7 +291,8 @@ impl<S: IdentitySource> SpiffeWorkloadApi for WorkloadApi<S> {
         &self,
         request: Request<pb::JwtsvidRequest>,
     ) -> Result<Response<pb::JwtsvidResponse>, Status> {
-        let selectors = self.admit(&request).await?;
+        let caller = self.admit(&request).await?;
+        let selectors = caller.selectors.clone();
         let request = request.into_inner();
         check_audiences(&request.audience)?;
         if request.spiffe_id.len() > crate::id::MAX_SPIFFE_ID_BYTES {
@@ -261,14 +311,15 @@ impl<S: IdentitySource> SpiffeWorkloadApi for WorkloadApi<S> {
         if identities.is_empty() {
             return Err(no_identity());
         }
-        jwt_response(
+        let response = jwt_response(
             &self.source,
-            identities,
+            identities.clone(),
             request.audience,
             SystemTime::now(),
         )
-        .await
-        .map(Response::new)
+        .await?;
+        caller.report(self.source.as_ref(), jwt_delivered(&identities, &response));
+        Ok(Response::new(response))
     }
 
     type FetchJWTBundlesStream = Stream<pb::JwtBundlesResponse>;
@@ -277,15 +328,16 @@ impl<S: IdentitySource> SpiffeWorkloadApi for WorkloadApi<S> {
         &self,
         request: Request<pb::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        let selectors = self.admit(&request).await?;
+        let caller = self.admit(&request).await?;
         let render = |snapshot: &Snapshot, selectors: &[Selector], _: SystemTime| {
             bundle_map(snapshot, selectors, |b| b.jwt_only_jwks_json())
                 .map(|bundles| View::Ready(pb::JwtBundlesResponse { bundles }))
         };
         Ok(Response::new(self.stream(
-            selectors,
+            caller,
             render,
             bundles_fingerprint,
+            no_credentials,
         )?))
     }
 
@@ -335,20 +387,25 @@ impl<S: IdentitySource> SpiffeWorkloadApi for WorkloadApi<S> {
         &self,
         request: Request<pb::WitsvidRequest>,
     ) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
-        let selectors = self.admit(&request).await?;
+        let caller = self.admit(&request).await?;
         let wanted = request.into_inner().spiffe_id;
         let filter = move |identity: &Identity| wanted.is_empty() || identity.spiffe_id == wanted;
         let fingerprint_filter = filter.clone();
+        let deliver_filter = filter.clone();
         let render = move |snapshot: &Snapshot, selectors: &[Selector], now: SystemTime| {
             wit_response(snapshot, selectors, now, &filter)
         };
         let fingerprint = move |snapshot: &Snapshot, selectors: &[Selector], now: SystemTime| {
             wit_fingerprint(snapshot, selectors, now, &fingerprint_filter)
         };
+        let deliver = move |snapshot: &Snapshot, selectors: &[Selector], now: SystemTime| {
+            wit_delivered(snapshot, selectors, now, &deliver_filter)
+        };
         Ok(Response::new(self.stream(
-            selectors,
+            caller,
             render,
             fingerprint,
+            deliver,
         )?))
     }
 
@@ -358,7 +415,7 @@ impl<S: IdentitySource> SpiffeWorkloadApi for WorkloadApi<S> {
         &self,
         request: Request<pb::WitBundlesRequest>,
     ) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
-        let selectors = self.admit(&request).await?;
+        let caller = self.admit(&request).await?;
         let render = |snapshot: &Snapshot, selectors: &[Selector], _: SystemTime| {
             bundle_map(snapshot, selectors, |b| {
                 String::from_utf8(b.wit_only_jwks_json()).expect("JSON is UTF-8")
@@ -371,9 +428,10 @@ impl<S: IdentitySource> SpiffeWorkloadApi for WorkloadApi<S> {
             })
         };
         Ok(Response::new(self.stream(
-            selectors,
+            caller,
             render,
             bundles_fingerprint,
+            no_credentials,
         )?))
     }
 }

@@ -210,6 +210,8 @@ struct Fake {
     /// JWT-SVID answers by SPIFFE ID.
     jwt: std::collections::HashMap<String, Result<String, Status>>,
     outage: Option<IssuerOutage>,
+    /// What the server said it delivered, and to which pid.
+    delivered: std::sync::Mutex<Vec<(Option<i32>, Delivered)>>,
 }
 
 impl Fake {
@@ -218,6 +220,7 @@ impl Fake {
             snapshots: watch::channel(Arc::new(snapshot)).0,
             jwt: Default::default(),
             outage: None,
+            delivered: Default::default(),
         }
     }
 }
@@ -246,6 +249,22 @@ impl IdentitySource for Fake {
 
     fn issuer_outage(&self) -> Option<IssuerOutage> {
         self.outage.clone()
+    }
+
+    fn delivered(&self, delivery: Delivery<'_>) {
+        let mut delivered = self.delivered.lock().unwrap();
+        for credential in delivery.credentials {
+            delivered.push((delivery.pid, credential));
+        }
+    }
+}
+
+/// The caller of a stream: pid 7, uid 1000.
+fn admitted() -> Admitted {
+    Admitted {
+        selectors: caller().into(),
+        pid: Some(7),
+        uid: 1000,
     }
 }
 
@@ -367,12 +386,22 @@ async fn an_open_stream_drops_svids_as_they_expire() {
     )));
     let mut fake = Fake::new(snapshot(vec![short, long]));
     fake.outage = Some(outage());
-    let api = WorkloadApi::new(Arc::new(fake));
+    let fake = Arc::new(fake);
+    let api = WorkloadApi::new(fake.clone());
     let mut stream = api
-        .stream(caller().into(), x509_response, x509_fingerprint)
+        .stream(admitted(), x509_response, x509_fingerprint, x509_delivered)
         .unwrap();
     let first = stream.next().await.unwrap().unwrap();
     assert_eq!(first.svids.len(), 2);
+    // The source is told of each SVID handed over, and to whom.
+    let told: Vec<(Option<i32>, String)> = fake
+        .delivered
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(pid, d)| (*pid, d.entry_id.clone()))
+        .collect();
+    assert_eq!(told, [(Some(7), "short".into()), (Some(7), "long".into())]);
     let next = tokio::time::timeout(Duration::from_secs(5), stream.next())
         .await
         .expect("an update when the first SVID expires")
@@ -395,7 +424,7 @@ async fn an_open_stream_drops_svids_as_they_expire() {
     assert!(stream.next().await.is_none());
     // A new call is refused at once.
     let refused = api
-        .stream(caller().into(), x509_response, x509_fingerprint)
+        .stream(admitted(), x509_response, x509_fingerprint, x509_delivered)
         .err()
         .expect("refused");
     assert_eq!(refused.code(), tonic::Code::Unavailable);

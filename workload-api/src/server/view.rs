@@ -242,3 +242,71 @@ pub(super) fn wit_fingerprint(
         ..Fingerprint::of(hasher)
     }
 }
+
+/// The X509-SVIDs a Ready X.509 view hands over at `now`.
+pub(super) fn x509_delivered(
+    snapshot: &Snapshot,
+    selectors: &[Selector],
+    now: SystemTime,
+) -> Vec<Delivered> {
+    snapshot
+        .entitled(selectors)
+        .filter_map(|identity| {
+            let x509 = identity.x509.as_ref().filter(|x| x.valid_at(now))?;
+            Some(Delivered {
+                kind: CredentialKind::X509Svid,
+                entry_id: identity.entry_id.clone(),
+                spiffe_id: identity.spiffe_id.clone(),
+                handle: x509.cert_serial.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The WIT-SVIDs a Ready WIT view (those `filter` keeps) hands over.
+pub(super) fn wit_delivered(
+    snapshot: &Snapshot,
+    selectors: &[Selector],
+    now: SystemTime,
+    filter: &impl Fn(&Identity) -> bool,
+) -> Vec<Delivered> {
+    snapshot
+        .entitled(selectors)
+        .filter(|i| filter(i))
+        .filter_map(|identity| {
+            let wit = identity.wit.as_ref().filter(|w| w.valid_at(now))?;
+            Some(Delivered {
+                kind: CredentialKind::WitSvid,
+                entry_id: identity.entry_id.clone(),
+                spiffe_id: identity.spiffe_id.clone(),
+                handle: wit.jti.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Bundle views hand over no credential.
+pub(super) fn no_credentials(_: &Snapshot, _: &[Selector], _: SystemTime) -> Vec<Delivered> {
+    Vec::new()
+}
+
+/// The JWT-SVIDs a FetchJWTSVID answer hands over, named by their `jti`.
+pub(super) fn jwt_delivered(
+    identities: &[Identity],
+    response: &pb::JwtsvidResponse,
+) -> Vec<Delivered> {
+    response
+        .svids
+        .iter()
+        .map(|svid| Delivered {
+            kind: CredentialKind::JwtSvid,
+            entry_id: identities
+                .iter()
+                .find(|i| i.spiffe_id == svid.spiffe_id)
+                .map(|i| i.entry_id.clone())
+                .unwrap_or_default(),
+            spiffe_id: svid.spiffe_id.clone(),
+            handle: crate::source::token_jti(&svid.svid),
+        })
+        .collect()
+}

@@ -36,12 +36,15 @@ impl Fingerprint {
 }
 
 /// A stream's state between messages.
-pub(super) struct Watch<S, T, R, P> {
+pub(super) struct Watch<S, T, R, P, D> {
     pub(super) first: Option<T>,
     pub(super) snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
     pub(super) selectors: Selectors,
     pub(super) render: R,
     pub(super) fingerprint: P,
+    /// Names the credentials a Ready view hands over.
+    pub(super) deliver: D,
+    pub(super) caller: Admitted,
     /// Asked for the outage when everything has expired.
     pub(super) source: Arc<S>,
     /// The fingerprint of the last message sent; `None` before the first.
@@ -52,11 +55,12 @@ pub(super) struct Watch<S, T, R, P> {
     pub(super) ended: bool,
 }
 
-impl<S, T, R, P> Watch<S, T, R, P>
+impl<S, T, R, P, D> Watch<S, T, R, P, D>
 where
     S: IdentitySource,
     R: Fn(&Snapshot, &[Selector], SystemTime) -> Result<View<T>, Status>,
     P: Fn(&Snapshot, &[Selector], SystemTime) -> Fingerprint,
+    D: Fn(&Snapshot, &[Selector], SystemTime) -> Vec<Delivered>,
 {
     /// The next message: at once for the first, then on the next change the
     /// caller can see. `None` ends the stream.
@@ -102,6 +106,8 @@ where
             match (self.render)(&snapshot, &self.selectors, now) {
                 Ok(View::Ready(message)) => {
                     self.last = Some(print.hash);
+                    let delivered = (self.deliver)(&snapshot, &self.selectors, now);
+                    self.caller.report(self.source.as_ref(), delivered);
                     return Some(Ok(message));
                 }
                 Ok(View::Pending) if self.last.is_none() && self.started.elapsed() >= MINT_WAIT => {

@@ -45,6 +45,7 @@ use super::http::{
 };
 use super::httpsig::{self, RequestView};
 use super::revocations::{self, FollowError};
+use super::usage::{self, UsageReporter};
 use super::{Presented, Proof, SignedRequest, Verified, Verifier, WimseError, WIT_HEADER};
 use crate::keypair::KeyPair;
 
@@ -104,6 +105,7 @@ pub struct WimseLayer {
     identity: Option<Arc<ServiceIdentity>>,
     forms: AcceptedForms,
     owners: AcceptedOwners,
+    usage: Option<Arc<UsageReporter>>,
 }
 
 impl WimseLayer {
@@ -114,7 +116,15 @@ impl WimseLayer {
             identity: None,
             forms: AcceptedForms::Both,
             owners: None,
+            usage: None,
         }
+    }
+
+    /// Reports every verification, accepted or refused, to `reporter` (see
+    /// [`super::usage`]), for the agent to log.
+    pub fn reporting_usage(mut self, reporter: Arc<UsageReporter>) -> Self {
+        self.usage = Some(reporter);
+        self
     }
 
     /// Accepts the WPT only in `forms`; others are refused (`wpt.form`).
@@ -163,6 +173,7 @@ impl<S> Layer<S> for WimseLayer {
             identity: self.identity.clone(),
             forms: self.forms,
             owners: self.owners.clone(),
+            usage: self.usage.clone(),
         }
     }
 }
@@ -175,6 +186,7 @@ pub struct WimseService<S> {
     identity: Option<Arc<ServiceIdentity>>,
     forms: AcceptedForms,
     owners: AcceptedOwners,
+    usage: Option<Arc<UsageReporter>>,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for WimseService<S>
@@ -208,10 +220,46 @@ where
         let owners = self.owners.clone();
         let signed = request.headers().contains_key("signature-input")
             && presented_form(request.headers()).is_none();
+        let usage = self.usage.clone().map(|reporter| Usage {
+            reporter,
+            route: usage::route(request.method().as_str(), request.uri().path()),
+            wit: single(request.headers(), WIT_HEADER)
+                .ok()
+                .flatten()
+                .map(str::to_owned),
+            proof: if signed { "http_signature" } else { "wpt" },
+        });
         if signed {
-            Box::pin(handle_signed(inner, verifier, identity, owners, request))
+            Box::pin(handle_signed(
+                inner, verifier, identity, owners, usage, request,
+            ))
         } else {
-            Box::pin(handle_wpt(inner, verifier, forms, owners, request))
+            Box::pin(handle_wpt(inner, verifier, forms, owners, usage, request))
+        }
+    }
+}
+
+/// Where a service reports its verifications, and what it knows of the
+/// request before verifying it.
+struct Usage {
+    reporter: Arc<UsageReporter>,
+    route: String,
+    wit: Option<String>,
+    proof: &'static str,
+}
+
+impl Usage {
+    fn accepted(this: &Option<Usage>, verified: &Verified) {
+        if let Some(usage) = this {
+            usage.reporter.accepted(verified, &usage.route);
+        }
+    }
+
+    fn refused(this: &Option<Usage>, check: &str) {
+        if let Some(usage) = this {
+            usage
+                .reporter
+                .refused(usage.wit.as_deref(), usage.proof, check, &usage.route);
         }
     }
 }
@@ -221,6 +269,7 @@ async fn handle_wpt<S, B, ResBody>(
     verifier: Arc<Verifier>,
     forms: AcceptedForms,
     owners: AcceptedOwners,
+    usage: Option<Usage>,
     mut request: Request<B>,
 ) -> Result<Response<ResBody>, S::Error>
 where
@@ -230,13 +279,18 @@ where
     match verify_request_with(&verifier, &request, forms) {
         Ok(verified) => {
             if let Some(detail) = owner_refusal(owners.as_deref(), &verified) {
+                Usage::refused(&usage, OWNER_CHECK);
                 return Ok(refused_owner(&detail));
             }
+            Usage::accepted(&usage, &verified);
             admit(&mut request, verified);
             inner.call(request).await
         }
-        Err(error) if error.is_owner_refusal() => Ok(refused_owner_revoked(&error)),
         Err(error) => {
+            Usage::refused(&usage, error.check());
+            if error.is_owner_refusal() {
+                return Ok(refused_owner_revoked(&error));
+            }
             let form = presented_form(request.headers());
             Ok(refused_wpt(&error, form, forms))
         }
@@ -248,6 +302,7 @@ async fn handle_signed<S, B, ResBody>(
     verifier: Arc<Verifier>,
     identity: Option<Arc<ServiceIdentity>>,
     owners: AcceptedOwners,
+    usage: Option<Usage>,
     request: Request<B>,
 ) -> Result<Response<ResBody>, S::Error>
 where
@@ -261,21 +316,27 @@ where
     let content = match read_body(body).await {
         Ok(content) => content,
         Err(error) => {
+            Usage::refused(&usage, "body");
             return Ok(problem(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body",
                 &error.to_string(),
-            ))
+            ));
         }
     };
     let wit = match single(&parts.headers, WIT_HEADER) {
         Ok(Some(wit)) => wit.to_owned(),
         Ok(None) => {
-            return Ok(refused(&WimseError::MissingHeader {
+            let error = WimseError::MissingHeader {
                 header: "Workload-Identity-Token",
-            }))
+            };
+            Usage::refused(&usage, error.check());
+            return Ok(refused(&error));
         }
-        Err(error) => return Ok(refused(&error)),
+        Err(error) => {
+            Usage::refused(&usage, error.check());
+            return Ok(refused(&error));
+        }
     };
     let target = parts
         .uri
@@ -294,12 +355,19 @@ where
     };
     let verified = match verifier.verify_signed(&signed, SystemTime::now()) {
         Ok(verified) => verified,
-        Err(error) if error.is_owner_refusal() => return Ok(refused_owner_revoked(&error)),
-        Err(error) => return Ok(refused(&error)),
+        Err(error) => {
+            Usage::refused(&usage, error.check());
+            if error.is_owner_refusal() {
+                return Ok(refused_owner_revoked(&error));
+            }
+            return Ok(refused(&error));
+        }
     };
     if let Some(detail) = owner_refusal(owners.as_deref(), &verified) {
+        Usage::refused(&usage, OWNER_CHECK);
         return Ok(refused_owner(&detail));
     }
+    Usage::accepted(&usage, &verified);
     let respond_signed = match &verified.proof {
         Proof::HttpSignature(checked) if checked.sign_response => Some(checked.nonce.clone()),
         _ => None,

@@ -25,6 +25,7 @@ pub mod httpsig;
 pub mod layer;
 pub mod replay;
 pub mod revocations;
+pub mod usage;
 pub mod verifier;
 pub mod wit;
 pub mod wpt;
