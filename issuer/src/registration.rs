@@ -238,6 +238,8 @@ pub enum ValueRule {
     Sha256,
     /// An agent's SPIFFE ID: this trust domain, under `/agent/`.
     AgentId,
+    /// Text that may hold colons: a label `key:value`, an image reference.
+    Text,
 }
 
 /// A selector type some attestor produces: the stored selector `kind`, and
@@ -298,6 +300,14 @@ pub const SELECTOR_TYPES: &[SelectorType] = &[
     SelectorType::named("unix", "supplementary_gid", ValueRule::Number),
     SelectorType::named("unix", "path", ValueRule::AbsolutePath),
     SelectorType::named("unix", "sha256", ValueRule::Sha256),
+    SelectorType::named("k8s", "ns", ValueRule::Name),
+    SelectorType::named("k8s", "sa", ValueRule::Name),
+    SelectorType::named("k8s", "pod-name", ValueRule::Name),
+    SelectorType::named("k8s", "pod-uid", ValueRule::Name),
+    SelectorType::named("k8s", "pod-label", ValueRule::Text),
+    SelectorType::named("k8s", "container-name", ValueRule::Name),
+    SelectorType::named("k8s", "container-image", ValueRule::Text),
+    SelectorType::named("k8s", "node-name", ValueRule::Name),
     // Node aliases: entries that select agents by their SPIFFE ID.
     SelectorType::whole("spiffe_id", ValueRule::AgentId),
 ];
@@ -371,6 +381,9 @@ pub fn check_selector(selector: &Selector, trust_domain: &TrustDomain) -> Result
                 format!("{name} must be a name without colon, whitespace or control characters")
             })
         }
+        ValueRule::Text => (value.is_empty()
+            || value.chars().any(|c| c.is_whitespace() || c.is_control()))
+        .then(|| format!("{name} must be text without whitespace or control characters")),
         ValueRule::AbsolutePath => (!is_normalized_absolute_path(value)).then(|| {
             format!(
                 "{name} must be an absolute path without empty, . or .. segments or a trailing /"

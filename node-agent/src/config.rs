@@ -2,12 +2,15 @@
 //! by flags and environment variables, validated into [`AgentConfig`].
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
-use workload_api::config_file::{load_toml, required_trust_domain};
+use workload_api::config_file::{load_toml, parse_duration, required_trust_domain};
 use workload_api::id::TrustDomain;
 use workload_api::jwk::Algorithm;
 use workload_api::logging::{self, LogFormat};
+
+use crate::attestor::k8s::{self, kubelet::KubeletTrust, K8sConfig};
 
 /// Why a configuration was refused; every variant names the key.
 pub use workload_api::config_file::ConfigError;
@@ -31,6 +34,20 @@ pub struct FileConfig {
     pub wit_key_algorithm: Option<String>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
+    /// Adds the Kubernetes workload attestor's `k8s` selectors (default off).
+    pub k8s_workload_attestor: Option<bool>,
+    /// `https://host:port` of the kubelet's authenticated port.
+    pub kubelet_address: Option<String>,
+    /// PEM CA certificates the kubelet's serving certificate is checked with.
+    pub kubelet_ca_path: Option<PathBuf>,
+    /// The service account token sent to the kubelet, re-read for each request.
+    pub kubelet_token_path: Option<PathBuf>,
+    /// Accept any kubelet certificate.
+    pub kubelet_skip_verification_dangerous: Option<bool>,
+    /// How many times the pod list is read for a starting container.
+    pub k8s_pod_retries: Option<u32>,
+    /// The pause between those reads (`250ms`).
+    pub k8s_pod_retry_interval: Option<String>,
 }
 
 impl FileConfig {
@@ -53,6 +70,19 @@ impl FileConfig {
             wit_key_algorithm: self.wit_key_algorithm.or(fallback.wit_key_algorithm),
             log_level: self.log_level.or(fallback.log_level),
             log_format: self.log_format.or(fallback.log_format),
+            k8s_workload_attestor: self
+                .k8s_workload_attestor
+                .or(fallback.k8s_workload_attestor),
+            kubelet_address: self.kubelet_address.or(fallback.kubelet_address),
+            kubelet_ca_path: self.kubelet_ca_path.or(fallback.kubelet_ca_path),
+            kubelet_token_path: self.kubelet_token_path.or(fallback.kubelet_token_path),
+            kubelet_skip_verification_dangerous: self
+                .kubelet_skip_verification_dangerous
+                .or(fallback.kubelet_skip_verification_dangerous),
+            k8s_pod_retries: self.k8s_pod_retries.or(fallback.k8s_pod_retries),
+            k8s_pod_retry_interval: self
+                .k8s_pod_retry_interval
+                .or(fallback.k8s_pod_retry_interval),
         }
     }
 }
@@ -76,6 +106,8 @@ pub struct AgentConfig {
     pub wit_key_alg: Algorithm,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// The Kubernetes workload attestor, when on.
+    pub k8s: Option<K8sConfig>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -93,6 +125,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("trust_bundle_url", &self.trust_bundle_url)
             .field("insecure_bootstrap", &self.insecure_bootstrap)
             .field("wit_key_alg", &self.wit_key_alg)
+            .field("k8s", &self.k8s)
             .finish()
     }
 }
@@ -111,6 +144,7 @@ pub const DEFAULT_ISSUER_ADDRESS: &str = "127.0.0.1:8081";
 impl AgentConfig {
     pub fn from_file(file: FileConfig) -> Result<Self, ConfigError> {
         let trust_domain = required_trust_domain(file.trust_domain.as_deref())?;
+        let k8s = k8s_config(&file)?;
         let issuer_address = file
             .issuer_address
             .unwrap_or_else(|| DEFAULT_ISSUER_ADDRESS.into());
@@ -192,8 +226,121 @@ impl AgentConfig {
             wit_key_alg,
             log_level,
             log_format,
+            k8s,
         })
     }
+}
+
+/// The Kubernetes workload attestor's keys, validated; `None` when it is off.
+fn k8s_config(file: &FileConfig) -> Result<Option<K8sConfig>, ConfigError> {
+    if !file.k8s_workload_attestor.unwrap_or(false) {
+        let stray = [
+            ("kubelet_address", file.kubelet_address.is_some()),
+            ("kubelet_ca_path", file.kubelet_ca_path.is_some()),
+            ("kubelet_token_path", file.kubelet_token_path.is_some()),
+            (
+                "kubelet_skip_verification_dangerous",
+                file.kubelet_skip_verification_dangerous.is_some(),
+            ),
+            ("k8s_pod_retries", file.k8s_pod_retries.is_some()),
+            (
+                "k8s_pod_retry_interval",
+                file.k8s_pod_retry_interval.is_some(),
+            ),
+        ];
+        if let Some((key, _)) = stray.into_iter().find(|(_, set)| *set) {
+            return Err(ConfigError::Invalid {
+                key,
+                reason: "only used with k8s_workload_attestor = true".into(),
+            });
+        }
+        return Ok(None);
+    }
+    let address = file
+        .kubelet_address
+        .as_deref()
+        .unwrap_or(k8s::DEFAULT_KUBELET_ADDRESS);
+    let kubelet_address =
+        parse_kubelet_address(address).map_err(|reason| ConfigError::Invalid {
+            key: "kubelet_address",
+            reason: format!("{address:?} {reason}"),
+        })?;
+    let kubelet_trust = if file.kubelet_skip_verification_dangerous.unwrap_or(false) {
+        if file.kubelet_ca_path.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "kubelet_ca_path",
+                reason: "set kubelet_ca_path or kubelet_skip_verification_dangerous, not both"
+                    .into(),
+            });
+        }
+        KubeletTrust::DangerousSkipVerification
+    } else {
+        let path = file
+            .kubelet_ca_path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(k8s::DEFAULT_KUBELET_CA_PATH));
+        let invalid = |reason: String| ConfigError::Invalid {
+            key: "kubelet_ca_path",
+            reason: format!("{}: {reason}", path.display()),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| invalid(e.to_string()))?;
+        let ders = k8s::kubelet::ca_certificates(&text).map_err(invalid)?;
+        KubeletTrust::CaCertificates { path, ders }
+    };
+    let pod_retries = file.k8s_pod_retries.unwrap_or(k8s::DEFAULT_POD_RETRIES);
+    if !(1..=100).contains(&pod_retries) {
+        return Err(ConfigError::Invalid {
+            key: "k8s_pod_retries",
+            reason: format!("{pod_retries} is not from 1 to 100"),
+        });
+    }
+    let pod_retry_interval = match file.k8s_pod_retry_interval.as_deref() {
+        None => k8s::DEFAULT_POD_RETRY_INTERVAL,
+        Some(text) => {
+            let interval = parse_duration(text).map_err(|e| ConfigError::Invalid {
+                key: "k8s_pod_retry_interval",
+                reason: e.to_string(),
+            })?;
+            if !(Duration::from_millis(10)..=Duration::from_secs(10)).contains(&interval) {
+                return Err(ConfigError::Invalid {
+                    key: "k8s_pod_retry_interval",
+                    reason: format!("{text:?} is not from 10ms to 10s"),
+                });
+            }
+            interval
+        }
+    };
+    Ok(Some(K8sConfig {
+        kubelet_address,
+        kubelet_trust,
+        token_path: file
+            .kubelet_token_path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(k8s::DEFAULT_KUBELET_TOKEN_PATH)),
+        pod_retries,
+        pod_retry_interval,
+        pod_list_ttl: k8s::DEFAULT_POD_LIST_TTL,
+        kubelet_timeout: k8s::DEFAULT_KUBELET_TIMEOUT,
+        proc_root: PathBuf::from("/proc"),
+    }))
+}
+
+/// `https://host:port` (the port defaulting to 443), nothing after it.
+fn parse_kubelet_address(address: &str) -> Result<hyper::Uri, &'static str> {
+    let uri: hyper::Uri = address.parse().map_err(|_| "is not a URL")?;
+    if uri.scheme_str() != Some("https") {
+        return Err("must be an https URL");
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("has no host");
+    }
+    let bare = uri
+        .path_and_query()
+        .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/");
+    if !bare {
+        return Err("must be https://host:port, without a path or query");
+    }
+    Ok(uri)
 }
 
 #[cfg(test)]
@@ -264,5 +411,145 @@ mod tests {
             err.contains("join_token_file") && err.contains("absent"),
             "{err}"
         );
+    }
+    #[test]
+    fn kubernetes_attestor_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_path = dir.path().join("ca.crt");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(&ca_path, ca.pem()).unwrap();
+        let text = format!(
+            r#"
+            trust_domain = "example.org"
+            data_dir = "/tmp/x"
+            k8s_workload_attestor = true
+            kubelet_address = "https://10.0.0.5:10250"
+            kubelet_ca_path = "{}"
+            kubelet_token_path = "/run/token"
+            k8s_pod_retries = 3
+            k8s_pod_retry_interval = "100ms"
+            "#,
+            ca_path.display()
+        );
+        let file: FileConfig = toml::from_str(&text).unwrap();
+        let k8s = AgentConfig::from_file(file.clone()).unwrap().k8s.unwrap();
+        assert_eq!(k8s.kubelet_address.host(), Some("10.0.0.5"));
+        assert_eq!(k8s.token_path, PathBuf::from("/run/token"));
+        assert_eq!(k8s.pod_retries, 3);
+        assert_eq!(k8s.pod_retry_interval, Duration::from_millis(100));
+        assert!(matches!(
+            &k8s.kubelet_trust,
+            KubeletTrust::CaCertificates { ders, .. } if ders == &[ca.der().to_vec()]
+        ));
+
+        let base = FileConfig {
+            trust_domain: Some("example.org".into()),
+            data_dir: Some("/tmp/x".into()),
+            ..FileConfig::default()
+        };
+        assert!(AgentConfig::from_file(base.clone()).unwrap().k8s.is_none());
+        let skip = FileConfig {
+            k8s_workload_attestor: Some(true),
+            kubelet_skip_verification_dangerous: Some(true),
+            ..base.clone()
+        };
+        let k8s = AgentConfig::from_file(skip.clone()).unwrap().k8s.unwrap();
+        assert_eq!(k8s.kubelet_address.to_string(), "https://127.0.0.1:10250/");
+        assert_eq!(k8s.pod_retries, 10);
+        assert!(matches!(
+            k8s.kubelet_trust,
+            KubeletTrust::DangerousSkipVerification
+        ));
+
+        let garbage = dir.path().join("garbage.crt");
+        std::fs::write(&garbage, "not pem").unwrap();
+        let refused: Vec<(FileConfig, &str)> = vec![
+            (
+                FileConfig {
+                    kubelet_address: Some("https://x".into()),
+                    ..base.clone()
+                },
+                "kubelet_address",
+            ),
+            (
+                FileConfig {
+                    kubelet_skip_verification_dangerous: Some(true),
+                    k8s_workload_attestor: Some(false),
+                    ..base.clone()
+                },
+                "kubelet_skip_verification_dangerous",
+            ),
+            (
+                FileConfig {
+                    kubelet_address: Some("http://127.0.0.1:10255".into()),
+                    ..skip.clone()
+                },
+                "kubelet_address",
+            ),
+            (
+                FileConfig {
+                    kubelet_address: Some("https://127.0.0.1:10250/pods".into()),
+                    ..skip.clone()
+                },
+                "kubelet_address",
+            ),
+            (
+                FileConfig {
+                    kubelet_ca_path: Some(ca_path.clone()),
+                    ..skip.clone()
+                },
+                "kubelet_ca_path",
+            ),
+            (
+                FileConfig {
+                    kubelet_skip_verification_dangerous: None,
+                    kubelet_ca_path: Some(garbage),
+                    ..skip.clone()
+                },
+                "kubelet_ca_path",
+            ),
+            (
+                FileConfig {
+                    kubelet_skip_verification_dangerous: None,
+                    kubelet_ca_path: Some(dir.path().join("absent.crt")),
+                    ..skip.clone()
+                },
+                "kubelet_ca_path",
+            ),
+            (
+                FileConfig {
+                    k8s_pod_retries: Some(0),
+                    ..skip.clone()
+                },
+                "k8s_pod_retries",
+            ),
+            (
+                FileConfig {
+                    k8s_pod_retry_interval: Some("1ms".into()),
+                    ..skip.clone()
+                },
+                "k8s_pod_retry_interval",
+            ),
+            (
+                FileConfig {
+                    k8s_pod_retry_interval: Some("soon".into()),
+                    ..skip.clone()
+                },
+                "k8s_pod_retry_interval",
+            ),
+        ];
+        for (file, key) in refused {
+            let err = AgentConfig::from_file(file).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("config key {key}:")),
+                "{key}: {err}"
+            );
+        }
+        let err = toml::from_str::<FileConfig>("k8s_workload_atestor = true").unwrap_err();
+        assert!(err.message().contains("k8s_workload_atestor"), "{err}");
     }
 }

@@ -1,6 +1,7 @@
 //! The agent as the Workload API's identity source: attests callers with the
-//! unix attestor, signs JWT-SVIDs through the cache, and reports the issuer
-//! outage the SVID cache and the JWT-SVID cache have seen.
+//! unix attestor (and the Kubernetes one, when configured), signs JWT-SVIDs
+//! through the cache, and reports the issuer outage the SVID cache and the
+//! JWT-SVID cache have seen.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use workload_api::source::{
     Caller, Delivery, Identity, IdentitySource, IssuerOutage, JwtSvid, Snapshot,
 };
 
-use crate::attestor::UnixAttestor;
+use crate::attestor::{K8sAttestor, UnixAttestor};
 use crate::issuer_health::IssuerHealth;
 use crate::node::Node;
 use crate::svid::jwt::JwtCache;
@@ -31,6 +32,7 @@ pub struct AgentSource {
     node: Arc<Node>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     attestor: Arc<UnixAttestor>,
+    k8s: Option<K8sAttestor>,
     jwt: JwtCache,
     health: Arc<IssuerHealth>,
     pub served: Arc<Served>,
@@ -38,30 +40,25 @@ pub struct AgentSource {
 
 impl AgentSource {
     /// A source serving `snapshots`; `health` is shared with the SVID cache.
+    /// The Kubernetes attestor runs when the node's configuration has it.
     pub fn new(
         node: Arc<Node>,
         snapshots: watch::Receiver<Arc<Snapshot>>,
         health: Arc<IssuerHealth>,
     ) -> Self {
+        let k8s = node.config.k8s.clone().map(K8sAttestor::new);
         AgentSource {
             node,
             snapshots,
             attestor: Arc::new(UnixAttestor::default()),
+            k8s,
             jwt: JwtCache::default(),
             health,
             served: Arc::default(),
         }
     }
-}
 
-#[tonic::async_trait]
-impl IdentitySource for AgentSource {
-    fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
-        self.snapshots.clone()
-    }
-
-    async fn attest(&self, caller: Caller) -> Result<Selectors, Status> {
-        self.served.calls.fetch_add(1, Ordering::Relaxed);
+    async fn attest_unix(&self, caller: Caller) -> Result<Selectors, Status> {
         let refused = |e: crate::attestor::AttestError| {
             Status::permission_denied(format!("workload attestation failed: {e}"))
         };
@@ -75,6 +72,30 @@ impl IdentitySource for AgentSource {
             .await
             .map_err(|_| Status::internal("workload attestation panicked"))?
             .map_err(refused)
+    }
+}
+
+#[tonic::async_trait]
+impl IdentitySource for AgentSource {
+    fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshots.clone()
+    }
+
+    async fn attest(&self, caller: Caller) -> Result<Selectors, Status> {
+        self.served.calls.fetch_add(1, Ordering::Relaxed);
+        let pid = caller.pid.filter(|p| *p > 0);
+        let unix = self.attest_unix(caller).await?;
+        let (Some(k8s), Some(pid)) = (&self.k8s, pid) else {
+            return Ok(unix);
+        };
+        let found = k8s.attest(pid).await.map_err(|error| {
+            tracing::warn!(pid, %error, "kubernetes workload attestation failed");
+            Status::permission_denied(format!("kubernetes workload attestation failed: {error}"))
+        })?;
+        if found.is_empty() {
+            return Ok(unix);
+        }
+        Ok(unix.iter().cloned().chain(found).collect())
     }
 
     async fn fetch_jwt_svid(

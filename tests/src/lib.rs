@@ -21,6 +21,7 @@ use workload_api::id::TrustDomain;
 use workload_api::Bundle;
 
 pub mod c2sp_check;
+pub mod fake_kubelet;
 pub mod owners;
 pub mod web;
 

@@ -299,7 +299,6 @@ fn file_key(path: &Path) -> std::io::Result<FileKey> {
     })
 }
 
-/// Field 22 of /proc/<pid>/stat: the process start time in clock ticks.
 /// Why a caller's `/proc` files could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -319,6 +318,11 @@ fn start_time(dir: &Path) -> Result<u64, ProcError> {
         file: "stat",
         kind: e.kind(),
     })?;
+    parse_start_time(&stat)
+}
+
+/// Field 22 of the text of a `/proc/<pid>/stat` file.
+pub(crate) fn parse_start_time(stat: &str) -> Result<u64, ProcError> {
     let malformed = ProcError::Malformed { file: "stat" };
     // The command name (field 2) is in parentheses and may contain spaces.
     let (_, after_name) = stat.rsplit_once(')').ok_or(malformed.clone())?;

@@ -133,6 +133,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         wit_key_algorithm: args.wit_key_algorithm,
         log_level: args.log_level,
         log_format: args.log_format,
+        ..FileConfig::default()
     };
     let file = match &args.config {
         Some(path) => FileConfig::load(path).map_err(|e| e.to_string())?,

@@ -1,0 +1,375 @@
+//! The kubelet's read-only pod list over its authenticated port (10250):
+//! HTTPS, the agent's service account token as the bearer token (the
+//! kubelet checks it with a TokenReview and asks for `get` on
+//! `nodes/proxy`), the answer bounded in size and time.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::header::{HeaderValue, AUTHORIZATION};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use zeroize::Zeroizing;
+
+use super::pods::PodList;
+
+/// The largest pod list read: a node's pods with their full specs, with room
+/// for the largest nodes.
+pub const MAX_POD_LIST_BYTES: usize = 32 << 20;
+
+/// The largest token file read; projected tokens are about a kilobyte.
+const MAX_TOKEN_BYTES: u64 = 64 * 1024;
+
+/// Why the pod list could not be had. No variant holds the token.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KubeletError {
+    #[error("service account token {}: {kind}", .path.display())]
+    TokenRead {
+        path: PathBuf,
+        kind: std::io::ErrorKind,
+    },
+    #[error("service account token {} is empty or too large", .path.display())]
+    TokenSize { path: PathBuf },
+    #[error("service account token {} is not valid in an HTTP header", .path.display())]
+    TokenInvalid { path: PathBuf },
+    #[error("{url}: no answer within {after:?}")]
+    TimedOut { url: String, after: Duration },
+    #[error("{url}: {reason}")]
+    Request { url: String, reason: String },
+    #[error("{url}: the kubelet did not accept the service account token (HTTP 401)")]
+    Unauthorized { url: String },
+    #[error("{url}: the service account may not read the kubelet's pods (HTTP 403; it needs get on nodes/proxy)")]
+    Forbidden { url: String },
+    #[error("{url}: HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url}: the pod list is over {MAX_POD_LIST_BYTES} bytes")]
+    TooLarge { url: String },
+    #[error("{url}: the pod list could not be read: {reason}")]
+    Body { url: String, reason: String },
+    #[error("{url}: the answer is not a pod list: {source}")]
+    Json {
+        url: String,
+        source: serde_json::Error,
+    },
+}
+
+/// How the kubelet's serving certificate is checked.
+#[derive(Clone)]
+pub enum KubeletTrust {
+    /// Verified against these CA certificates (DER), read from `path`.
+    CaCertificates { path: PathBuf, ders: Vec<Vec<u8>> },
+    /// Not verified: anyone on the path to the kubelet can answer as it and
+    /// choose every pod's selectors.
+    DangerousSkipVerification,
+}
+
+impl std::fmt::Debug for KubeletTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KubeletTrust::CaCertificates { path, ders } => f
+                .debug_struct("CaCertificates")
+                .field("path", path)
+                .field("certificates", &ders.len())
+                .finish(),
+            KubeletTrust::DangerousSkipVerification => f.write_str("DangerousSkipVerification"),
+        }
+    }
+}
+
+/// The CA certificates in PEM `text`, each one a trust anchor rustls accepts.
+pub fn ca_certificates(text: &str) -> Result<Vec<Vec<u8>>, String> {
+    let ders = workload_api::pem::blocks(text, "CERTIFICATE");
+    if ders.is_empty() {
+        return Err("no PEM CERTIFICATE in the file".into());
+    }
+    let mut roots = RootCertStore::empty();
+    for (index, der) in ders.iter().enumerate() {
+        roots
+            .add(CertificateDer::from(der.as_slice()))
+            .map_err(|e| format!("certificate {}: {e}", index + 1))?;
+    }
+    Ok(ders)
+}
+
+/// A kubelet client: one connection pool, the token re-read for each request.
+pub struct KubeletClient {
+    pods_uri: hyper::Uri,
+    token_path: PathBuf,
+    timeout: Duration,
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+}
+
+impl std::fmt::Debug for KubeletClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeletClient")
+            .field("pods_uri", &self.pods_uri)
+            .field("token_path", &self.token_path)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubeletClient {
+    /// A client for `GET <base>/pods`; `base` is `https://host:port`.
+    pub fn new(
+        base: &hyper::Uri,
+        trust: &KubeletTrust,
+        token_path: PathBuf,
+        timeout: Duration,
+    ) -> Self {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports the default protocol versions");
+        let tls = match trust {
+            KubeletTrust::CaCertificates { ders, .. } => {
+                let mut roots = RootCertStore::empty();
+                // Checked when the configuration was validated.
+                roots.add_parsable_certificates(
+                    ders.iter().map(|d| CertificateDer::from(d.as_slice())),
+                );
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            KubeletTrust::DangerousSkipVerification => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyKubeletCertificate(provider)))
+                .with_no_client_auth(),
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .build();
+        let pods_uri = format!("{}/pods", base.to_string().trim_end_matches('/'))
+            .parse()
+            .expect("a validated base URL with /pods is a URL");
+        KubeletClient {
+            pods_uri,
+            token_path,
+            timeout,
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// `GET /pods`, parsed.
+    pub async fn pods(&self) -> Result<PodList, KubeletError> {
+        let url = self.pods_uri.to_string();
+        let token = read_token(&self.token_path).await?;
+        let bearer = Zeroizing::new(format!("Bearer {}", token.as_str()));
+        let mut authorization =
+            HeaderValue::from_str(&bearer).map_err(|_| KubeletError::TokenInvalid {
+                path: self.token_path.clone(),
+            })?;
+        authorization.set_sensitive(true);
+        let request = hyper::Request::get(self.pods_uri.clone())
+            .header(AUTHORIZATION, authorization)
+            .header(hyper::header::ACCEPT, "application/json")
+            .body(Empty::new())
+            .expect("a GET with valid headers is a request");
+        let exchange = async {
+            let response =
+                self.client
+                    .request(request)
+                    .await
+                    .map_err(|e| KubeletError::Request {
+                        url: url.clone(),
+                        reason: error_chain(&e),
+                    })?;
+            match response.status().as_u16() {
+                200 => {}
+                401 => return Err(KubeletError::Unauthorized { url: url.clone() }),
+                403 => return Err(KubeletError::Forbidden { url: url.clone() }),
+                status => {
+                    return Err(KubeletError::Status {
+                        url: url.clone(),
+                        status,
+                    })
+                }
+            }
+            let declared = response
+                .headers()
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > MAX_POD_LIST_BYTES as u64) {
+                return Err(KubeletError::TooLarge { url: url.clone() });
+            }
+            Limited::new(response.into_body(), MAX_POD_LIST_BYTES)
+                .collect()
+                .await
+                .map(|body| body.to_bytes())
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        KubeletError::TooLarge { url: url.clone() }
+                    } else {
+                        KubeletError::Body {
+                            url: url.clone(),
+                            reason: error_chain(e.as_ref()),
+                        }
+                    }
+                })
+        };
+        let body = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| KubeletError::TimedOut {
+                url: url.clone(),
+                after: self.timeout,
+            })??;
+        serde_json::from_slice(&body).map_err(|source| KubeletError::Json { url, source })
+    }
+}
+
+/// The projected token, read afresh each time: the kubelet rotates it in
+/// place, and a read per pod-list request costs nothing next to the request.
+async fn read_token(path: &Path) -> Result<Zeroizing<String>, KubeletError> {
+    use tokio::io::AsyncReadExt;
+    let unreadable = |e: std::io::Error| KubeletError::TokenRead {
+        path: path.to_owned(),
+        kind: e.kind(),
+    };
+    let file = tokio::fs::File::open(path).await.map_err(unreadable)?;
+    let mut bytes = Zeroizing::new(Vec::new());
+    file.take(MAX_TOKEN_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(unreadable)?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| KubeletError::TokenInvalid {
+        path: path.to_owned(),
+    })?;
+    let token = text.trim();
+    if token.is_empty() || bytes.len() as u64 > MAX_TOKEN_BYTES {
+        return Err(KubeletError::TokenSize {
+            path: path.to_owned(),
+        });
+    }
+    Ok(Zeroizing::new(token.to_owned()))
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// `kubelet_skip_verification_dangerous`: any certificate is taken as the
+/// kubelet's. Handshake signatures are still checked, so the peer holds the
+/// key of the certificate it showed, whoever that is.
+#[derive(Debug)]
+struct AnyKubeletCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyKubeletCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_token_is_read_trimmed_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "eyJhbGciOi.s3cr3t.sig\n").unwrap();
+        assert_eq!(
+            read_token(&path).await.unwrap().as_str(),
+            "eyJhbGciOi.s3cr3t.sig"
+        );
+        // Rotated in place: the next read has the new token.
+        std::fs::write(&path, "rotated").unwrap();
+        assert_eq!(read_token(&path).await.unwrap().as_str(), "rotated");
+        std::fs::write(&path, " \n").unwrap();
+        assert!(matches!(
+            read_token(&path).await,
+            Err(KubeletError::TokenSize { .. })
+        ));
+        std::fs::write(&path, vec![b'a'; MAX_TOKEN_BYTES as usize + 1]).unwrap();
+        assert!(matches!(
+            read_token(&path).await,
+            Err(KubeletError::TokenSize { .. })
+        ));
+        let missing = read_token(&dir.path().join("absent")).await.unwrap_err();
+        assert!(missing.to_string().contains("absent"), "{missing}");
+
+        // A token that cannot be a header value is refused without being shown.
+        std::fs::write(&path, "s3cr3t\u{7f}x").unwrap();
+        let client = KubeletClient::new(
+            &"https://127.0.0.1:1".parse().unwrap(),
+            &KubeletTrust::DangerousSkipVerification,
+            path.clone(),
+            Duration::from_secs(1),
+        );
+        let err = client.pods().await.unwrap_err();
+        assert!(matches!(err, KubeletError::TokenInvalid { .. }), "{err}");
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
+        assert!(!format!("{client:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn ca_files_must_hold_certificates() {
+        assert!(ca_certificates("").is_err());
+        let not_a_cert = workload_api::pem::encode("CERTIFICATE", b"nonsense");
+        let err = ca_certificates(&not_a_cert).unwrap_err();
+        assert!(err.starts_with("certificate 1:"), "{err}");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert_eq!(ca_certificates(&ca.pem()).unwrap(), [ca.der().to_vec()]);
+    }
+}
