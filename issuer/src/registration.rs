@@ -681,7 +681,9 @@ mod tests {
                     ..good()
                 },
                 "selectors: unknown selector type \"unx\"; known types: unix:uid, unix:gid, \
-                 unix:user, unix:group, unix:supplementary_gid, unix:path, unix:sha256, spiffe_id",
+                 unix:user, unix:group, unix:supplementary_gid, unix:path, unix:sha256, k8s:ns, \
+                 k8s:sa, k8s:pod-name, k8s:pod-uid, k8s:pod-label, k8s:container-name, \
+                 k8s:container-image, k8s:node-name, spiffe_id",
             ),
             (
                 EntryFields {
@@ -726,6 +728,9 @@ mod tests {
             )),
             uid(&format!("sha256:{hash}")),
             Selector::new("spiffe_id", agent),
+            Selector::new("k8s", "ns:default"),
+            Selector::new("k8s", "pod-label:app:web"),
+            Selector::new("k8s", "container-image:ghcr.io/acme/web@sha256:abc"),
         ];
         for selector in &accepted {
             assert_eq!(check_selector(selector, &td()), Ok(()), "{selector}");
@@ -770,9 +775,10 @@ mod tests {
                 Selector::new("unx", "uid:1"),
                 "unknown selector type \"unx\"",
             ),
+            (Selector::new("k8s", "colour:blue"), "unknown selector type"),
             (
-                Selector::new("k8s", "ns:default"),
-                "unknown selector type \"k8s\"",
+                Selector::new("k8s", "pod-label:app:my web"),
+                "without whitespace",
             ),
             (Selector::new("", "x"), "unknown selector type \"\""),
             (Selector::new("spiffe_id", "not an id"), "not a SPIFFE ID"),

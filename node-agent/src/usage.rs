@@ -61,9 +61,12 @@ fn check_line(i: usize, report: &VerificationReport) -> Result<(), Status> {
             )));
         }
     }
-    if !matches!(report.proof.as_str(), "" | "wpt" | "http_signature") {
+    if !matches!(
+        report.proof.as_str(),
+        "" | "wpt" | "http_signature" | "jwt_svid"
+    ) {
         return Err(Status::invalid_argument(format!(
-            "reports[{i}].proof: {:?} is not wpt or http_signature",
+            "reports[{i}].proof: {:?} is not wpt, http_signature or jwt_svid",
             workload_api::display::shown(&report.proof)
         )));
     }

@@ -94,7 +94,9 @@ async fn reported_defects_are_refused_naming_field_and_limit() {
                 ..good_fields("spiffe://example.org/b")
             },
             "selectors: unknown selector type \"unx\"; known types: unix:uid, unix:gid, unix:user, \
-             unix:group, unix:supplementary_gid, unix:path, unix:sha256, spiffe_id",
+             unix:group, unix:supplementary_gid, unix:path, unix:sha256, k8s:ns, k8s:sa, \
+             k8s:pod-name, k8s:pod-uid, k8s:pod-label, k8s:container-name, k8s:container-image, \
+             k8s:node-name, spiffe_id",
         ),
         (
             EntryFields {
@@ -112,10 +114,10 @@ async fn reported_defects_are_refused_naming_field_and_limit() {
         ),
         (
             EntryFields {
-                selectors: vec![selector("k8s", "ns:default")],
+                selectors: vec![selector("k8s_psat", "cluster:c")],
                 ..good_fields("spiffe://example.org/e")
             },
-            "selectors: unknown selector type \"k8s\"",
+            "selectors: unknown selector type \"k8s_psat\"",
         ),
         (
             EntryFields {
@@ -766,7 +768,10 @@ fn invalid_selector(rng: &mut Rng) -> pb::Selector {
     let unix = |v: &str| selector("unix", v);
     match rng.below(30) {
         0 => selector("unx", "uid:1"),
-        1 => selector("k8s", "ns:default"),
+        1 => selector(
+            "k8s",
+            rng.pick(&["colour:blue", "ns:", "ns:a b", "pod-label:x\ty"]),
+        ),
         2 => selector("k8s_psat", "cluster:c"),
         3 => selector("UNIX", "uid:1"),
         4 => selector("", "uid:1"),

@@ -370,7 +370,10 @@ impl Drop for IssuerProcess {
     }
 }
 
-fn start_issuer(dir: &Path, http_port: u16) -> IssuerProcess {
+/// Starts `sigil-issuer run` with its data in `dir/data`, its admin socket
+/// at `dir/admin/admin.sock`, the agent API on `api_port` (any free one
+/// when 0) and the HTTP endpoint on `http_port`; returns once it answers.
+fn start_issuer_on(dir: &Path, api_port: u16, http_port: u16) -> IssuerProcess {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -378,7 +381,8 @@ fn start_issuer(dir: &Path, http_port: u16) -> IssuerProcess {
         .unwrap();
     let child = Command::new(binary("sigil-issuer"))
         .args(["run", "--trust-domain", TRUST_DOMAIN])
-        .args(["--agent-api-address", "127.0.0.1:0"])
+        .arg("--agent-api-address")
+        .arg(format!("127.0.0.1:{api_port}"))
         .arg("--http-address")
         .arg(format!("127.0.0.1:{http_port}"))
         .arg("--data-dir")
@@ -397,6 +401,10 @@ fn start_issuer(dir: &Path, http_port: u16) -> IssuerProcess {
         std::thread::sleep(Duration::from_millis(50));
     }
     IssuerProcess { child }
+}
+
+fn start_issuer(dir: &Path, http_port: u16) -> IssuerProcess {
+    start_issuer_on(dir, 0, http_port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -656,42 +664,14 @@ async fn the_agent_queue_survives_an_agent_restart_and_an_issuer_outage() {
     let dir = tempfile::tempdir().unwrap();
     let http_port = free_port();
     let api_port = free_port();
-    let start_issuer_process = |dir: &Path| -> std::process::Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("issuer.log"))
-            .unwrap();
-        let child = Command::new(binary("sigil-issuer"))
-            .args(["run", "--trust-domain", TRUST_DOMAIN])
-            .arg("--agent-api-address")
-            .arg(format!("127.0.0.1:{api_port}"))
-            .arg("--http-address")
-            .arg(format!("127.0.0.1:{http_port}"))
-            .arg("--data-dir")
-            .arg(dir.join("issuer"))
-            .arg("--admin-socket-path")
-            .arg(dir.join("admin/admin.sock"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
-            assert!(Instant::now() < deadline, "the issuer did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        child
-    };
     let admin = |args: &[&str]| {
         run(Command::new(binary("sigil-issuer"))
             .args(args)
             .arg("--socket-path")
             .arg(dir.path().join("admin/admin.sock")))
     };
-    let mut issuer = IssuerProcess {
-        child: tokio::task::block_in_place(|| start_issuer_process(dir.path())),
-    };
+    let mut issuer =
+        tokio::task::block_in_place(|| start_issuer_on(dir.path(), api_port, http_port));
     let (ok, jwks, err) = admin(&["bundle", "show", "--format", "spiffe"]);
     assert!(ok, "{err}");
     let bundle = dir.path().join("bundle.json");
@@ -771,9 +751,7 @@ async fn the_agent_queue_survives_an_agent_restart_and_an_issuer_outage() {
     agent = spawn_agent(None);
 
     // The issuer is back: every delivery arrives, each once.
-    issuer = IssuerProcess {
-        child: tokio::task::block_in_place(|| start_issuer_process(dir.path())),
-    };
+    issuer = tokio::task::block_in_place(|| start_issuer_on(dir.path(), api_port, http_port));
     // A restarted agent serves once it has its entries again (with an SVID
     // it minted anew).
     tokio::task::block_in_place(fetch);
@@ -926,5 +904,183 @@ async fn proof_verifications_reach_the_log_through_the_agent() {
     assert!(ok, "{err}");
     for kind in ["wit.issued", "credential.delivered", "proof.verified"] {
         assert!(out.contains(kind), "{kind}: {out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_quickstart_audit_show_lists_issuance_delivery_and_revocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("sigil");
+    let up = tokio::task::block_in_place(|| sigil_tests::UpProcess::start(&data, &[]));
+    let lines = tokio::task::block_in_place(|| up.wait_for("Press Ctrl-C"));
+    let value = |prefix: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_string))
+            .unwrap_or_else(|| panic!("no {prefix:?} in {lines:?}"))
+    };
+    let socket = value("export SPIFFE_ENDPOINT_SOCKET=unix://");
+    let admin_socket = value("export SIGIL_ADMIN_SOCKET=");
+    let base = value("export SIGIL_ISSUER_URL=");
+    let key = lines
+        .iter()
+        .find_map(|l| {
+            l.split("(key ")
+                .nth(1)
+                .and_then(|rest| rest.split(')').next())
+                .filter(|k| k.contains("sigil-event-log+"))
+                .map(str::to_string)
+        })
+        .expect("up prints the log's verifier key");
+    let user_id = lines
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("Processes of uid ")
+                .and_then(|rest| rest.split(" are ").nth(1))
+                .map(|id| id.trim_end_matches('.').to_string())
+        })
+        .expect("up names the user's SPIFFE ID");
+    let owner = format!(
+        "spiffe://example.org/owner/{}",
+        user_id.rsplit('/').next().unwrap()
+    );
+    let serial = tokio::task::block_in_place(|| fetch_in_new_process(Path::new(&socket)));
+
+    let show = |args: &[&str]| {
+        tokio::task::block_in_place(|| {
+            run(Command::new(binary("sigil-issuer"))
+                .args(["audit", "show"])
+                .args(args)
+                .env("SIGIL_ISSUER_URL", &base)
+                .env("SIGIL_LOG_KEY", &key))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out, err) = show(&["--spiffe-id", &user_id]);
+        assert!(ok, "{err}");
+        let issued = out.lines().any(|l| l.contains("x509_svid.issued"));
+        let delivered = out
+            .lines()
+            .any(|l| l.contains("credential.delivered") && l.contains(&format!("serial={serial}")));
+        if issued && delivered {
+            assert!(out.contains(&format!("owner={owner}")), "{out}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Revoking the owner is in the log too.
+    let (ok, _, err) = tokio::task::block_in_place(|| {
+        run(Command::new(binary("sigil-issuer"))
+            .args(["owner", "revoke", "--id", &owner])
+            .env("SIGIL_ADMIN_SOCKET", &admin_socket))
+    });
+    assert!(ok, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out, err) = show(&["--owner", &owner]);
+        assert!(ok, "{err}");
+        if out.contains("owner.revoked") {
+            assert!(out.contains("owner.registered"), "{out}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    drop(up);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_tail_follows_the_log_as_it_grows() {
+    use std::io::BufRead;
+    let issuer = TestIssuer::start().await;
+    let key = issuer.running.state.events.key().verifier_key();
+    let mut tail = Command::new(binary("sigil-issuer"))
+        .args(["audit", "tail", "--from", "0", "--interval", "200ms"])
+        .args(["--url", &url(&issuer), "--log-key", &key])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = tail.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => {
+                    let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+                    return value;
+                }
+                Ok(_) => {}
+                Err(_) => panic!("audit tail never printed {needle}"),
+            }
+        }
+    };
+    issuer
+        .create_entry(
+            "spiffe://example.org/first",
+            "spiffe://example.org/agent/x",
+            &[],
+        )
+        .await;
+    let first = tokio::task::block_in_place(|| wait_for("spiffe://example.org/first"));
+    assert_eq!(first["event"]["type"], "entry.created");
+    // Events arriving later are printed as they come.
+    issuer
+        .create_entry(
+            "spiffe://example.org/second",
+            "spiffe://example.org/agent/x",
+            &[],
+        )
+        .await;
+    let second = tokio::task::block_in_place(|| wait_for("spiffe://example.org/second"));
+    assert!(second["index"].as_u64() > first["index"].as_u64());
+    let _ = tail.kill();
+    let _ = tail.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_events_arrive_a_checkpoint_is_signed_every_second() {
+    let issuer = TestIssuer::start().await;
+    let mut admin = issuer.admin().await;
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let until = Instant::now() + Duration::from_millis(4500);
+    let mut i = 0;
+    while Instant::now() < until {
+        sigil_tests::create_with(&mut admin, &format!("spiffe://example.org/steady/{i}")).await;
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every whole second strictly inside the stream has a checkpoint.
+    let db = issuer.dir.path().join("data/sigil.db");
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        run(Command::new(sigil_tests::python()).args([
+            "-c",
+            "import sqlite3, sys; print(' '.join(str(r[0]) for r in sqlite3.connect(sys.argv[1]).execute('SELECT DISTINCT signed_at FROM log_checkpoints')))",
+            db.to_str().unwrap(),
+        ]))
+    });
+    assert!(ok, "{err}");
+    let seconds: std::collections::HashSet<u64> =
+        out.split_whitespace().map(|s| s.parse().unwrap()).collect();
+    for second in started + 1..started + 4 {
+        assert!(seconds.contains(&second), "no checkpoint signed in second {second}: {seconds:?}");
     }
 }

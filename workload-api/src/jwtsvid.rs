@@ -88,6 +88,33 @@ pub struct Claims {
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
+impl JwtSvidError {
+    /// A short, stable name of the failed check, as WIMSE problems have:
+    /// what verification reports and the event log name.
+    pub fn check(&self) -> &'static str {
+        match self {
+            JwtSvidError::Malformed | JwtSvidError::BadJson { .. } => "jwt_svid.malformed",
+            JwtSvidError::AlgorithmNotAllowed { .. } => "jwt_svid.alg",
+            JwtSvidError::TypeNotAllowed { .. } => "jwt_svid.typ",
+            JwtSvidError::MissingKid => "jwt_svid.kid",
+            JwtSvidError::MissingClaim { .. } => "jwt_svid.claim",
+            JwtSvidError::InvalidSubject(_) => "jwt_svid.sub",
+            JwtSvidError::NoBundle(_) => "jwt_svid.trust_domain",
+            JwtSvidError::UnknownKey { .. } | JwtSvidError::KeyAlgorithmMismatch { .. } => {
+                "jwt_svid.key"
+            }
+            JwtSvidError::BadSignature => "jwt_svid.signature",
+            JwtSvidError::Expired { .. } => "jwt_svid.exp",
+            JwtSvidError::NotYetValid { .. } => "jwt_svid.nbf",
+            JwtSvidError::NoExpectedAudience | JwtSvidError::AudienceMismatch { .. } => {
+                "jwt_svid.aud"
+            }
+            JwtSvidError::Signing(_) => "jwt_svid.signing",
+            JwtSvidError::OwnerBinding(_) => "jwt_svid.owner",
+        }
+    }
+}
+
 /// A JWT-SVID that passed validation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidatedJwtSvid {

@@ -38,11 +38,17 @@ pub(super) enum AuditCommand {
         /// Without it, the export's own key is used, and said so.
         #[arg(long, env = "SIGIL_LOG_KEY")]
         log_key: Option<String>,
+        /// Print the report as JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the log's verifier key, as the issuer serves it.
     Key {
         #[command(flatten)]
         url: LogUrlArg,
+        /// Print `{"log_key": ...}` instead of the bare key.
+        #[arg(long)]
+        json: bool,
     },
     /// What was issued to whom, under which owner, and who used it: the
     /// events about a SPIFFE ID or an owner, from a verified export.
@@ -58,6 +64,8 @@ pub(super) enum AuditCommand {
         file: Option<PathBuf>,
         #[command(flatten)]
         url: LogUrlArg,
+        /// The log's verifier key as you know it; without it, the export's
+        /// own key is used, and said so.
         #[arg(long, env = "SIGIL_LOG_KEY")]
         log_key: Option<String>,
         /// Print JSON lines (`{"index", "event"}`) instead of text.
@@ -75,6 +83,8 @@ pub(super) enum AuditCommand {
         interval: std::time::Duration,
         #[command(flatten)]
         url: LogUrlArg,
+        /// The log's verifier key as you know it; without it, the first
+        /// export's own key is used, and said so.
         #[arg(long, env = "SIGIL_LOG_KEY")]
         log_key: Option<String>,
     },
@@ -154,11 +164,22 @@ pub(super) async fn run(command: AuditCommand) -> Result<(), String> {
         AuditCommand::Export { from, url } => {
             get_to_stdout(&format!("{}/log/export?from={from}", base(&url.url)?)).await
         }
-        AuditCommand::Key { url } => get_to_stdout(&format!("{}/log/key", base(&url.url)?)).await,
+        AuditCommand::Key { url, json } => {
+            let url = format!("{}/log/key", base(&url.url)?);
+            if !json {
+                return get_to_stdout(&url).await;
+            }
+            let key = String::from_utf8_lossy(&get(&url).await?)
+                .trim()
+                .to_string();
+            workload_api::outln!("{}", serde_json::json!({ "log_key": key }));
+            Ok(())
+        }
         AuditCommand::Verify {
             file,
             checkpoint,
             log_key,
+            json,
         } => {
             let input =
                 std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -173,7 +194,11 @@ pub(super) async fn run(command: AuditCommand) -> Result<(), String> {
                 older.as_deref(),
             )
             .map_err(|e: VerifyError| format!("audit verify failed: {e}"))?;
-            print_report(&report);
+            if json {
+                print_report_json(&report);
+            } else {
+                print_report(&report);
+            }
             Ok(())
         }
     }
@@ -220,6 +245,29 @@ fn print_report(report: &Report) {
     for (kind, count) in &report.kinds {
         workload_api::outln!("  {:<20} {count}", kind.name());
     }
+}
+
+fn print_report_json(report: &Report) {
+    use base64::Engine as _;
+    let kinds: serde_json::Map<String, serde_json::Value> = report
+        .kinds
+        .iter()
+        .map(|(kind, count)| (kind.name(), (*count).into()))
+        .collect();
+    let document = serde_json::json!({
+        "ok": true,
+        "origin": report.origin,
+        "log_key": report.log_key,
+        "key_pinned": report.key_pinned,
+        "from": report.from,
+        "size": report.checkpoint.size,
+        "root": base64::engine::general_purpose::STANDARD.encode(report.checkpoint.root.0),
+        "consistent_with_size": report.consistent_with.as_ref().map(|c| c.size),
+        "agent_events": report.agent_events,
+        "agent_keys_before_export": report.agent_keys_before_export,
+        "kinds": kinds,
+    });
+    workload_api::outln!("{document}");
 }
 
 /// A leaf as `audit show --json` and `audit tail` print it.

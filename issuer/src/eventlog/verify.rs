@@ -71,14 +71,22 @@ pub struct Report {
     pub checkpoint_note: String,
 }
 
-/// Checks a signed checkpoint note against `key` (a verifier key string).
-pub fn verify_checkpoint(note: &str, key: &str) -> Result<VerifiedCheckpoint, String> {
+/// Checks a C2SP signed note against `key` (a verifier key string):
+/// returns the key's name and the note's text once a signature by that key
+/// verifies.
+pub fn verify_note(note: &str, key: &str) -> Result<(String, Vec<u8>), String> {
     let verifier = StandardVerifier::new(key).map_err(|e| format!("log key: {e}"))?;
     let name = signed_note::Verifier::name(&verifier).to_string();
     let note = Note::from_bytes(note.as_bytes()).map_err(|e| format!("checkpoint: {e}"))?;
     note.verify(&VerifierList::new(vec![Box::new(verifier)]))
         .map_err(|e| format!("checkpoint signature: {e}"))?;
-    let checkpoint = Checkpoint::from_bytes(note.text()).map_err(|e| format!("checkpoint: {e}"))?;
+    Ok((name, note.text().to_vec()))
+}
+
+/// Checks a signed checkpoint note against `key` (a verifier key string).
+pub fn verify_checkpoint(note: &str, key: &str) -> Result<VerifiedCheckpoint, String> {
+    let (name, text) = verify_note(note, key)?;
+    let checkpoint = Checkpoint::from_bytes(&text).map_err(|e| format!("checkpoint: {e}"))?;
     if checkpoint.origin() != name {
         return Err(format!(
             "the checkpoint is of log {:?}, not of the key's log {name:?}",
@@ -272,4 +280,25 @@ pub fn verify_export_with(
         agent_keys_before_export,
         checkpoint_note: header.checkpoint,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example of c2sp.org/signed-note (../shared/vectors).
+    const EXAMPLE_KEY: &str =
+        "example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k";
+    const EXAMPLE_NOTE: &str = "This is an example message.\n\n\u{2014} example.com/foo Uw2QOkn8srV1yJGh2VYRlL1Tnagv1YEq6TfXppzi2ONncAlTgK7Ztg1ERYNZXsYjOBH3mFXmRKuwHjG1Yu72IneyaQM=\n";
+
+    #[test]
+    fn the_published_signed_note_example_verifies() {
+        let (name, text) = verify_note(EXAMPLE_NOTE, EXAMPLE_KEY).unwrap();
+        assert_eq!(name, "example.com/foo");
+        assert_eq!(text, b"This is an example message.\n");
+        let altered = EXAMPLE_NOTE.replace("an example", "a changed");
+        assert!(verify_note(&altered, EXAMPLE_KEY).is_err());
+        // Not a checkpoint: the body is no origin, size and root.
+        assert!(verify_checkpoint(EXAMPLE_NOTE, EXAMPLE_KEY).is_err());
+    }
 }

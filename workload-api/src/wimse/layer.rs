@@ -227,7 +227,11 @@ where
                 .ok()
                 .flatten()
                 .map(str::to_owned),
-            proof: if signed { "http_signature" } else { "wpt" },
+            proof: if signed {
+                usage::HTTP_SIGNATURE
+            } else {
+                usage::WPT
+            },
         });
         if signed {
             Box::pin(handle_signed(

@@ -1,5 +1,9 @@
 //! Reports what a service verified to its local Sigil agent, which signs
 //! and forwards them to the issuer's event log: who proved what to whom.
+//! The WIMSE layer reports its proofs by itself
+//! ([`super::layer::WimseLayer::reporting_usage`]); a service checking
+//! JWT-SVIDs with [`crate::jwtsvid::validate`] reports each result with
+//! [`UsageReporter::jwt_svid`].
 //!
 //! Acceptances are aggregated per sender, credential (the WIT's `jti`),
 //! proof form and route over a [`WINDOW`] of ten seconds, with a count and
@@ -20,6 +24,7 @@ use proto::agent::{ReportVerificationsRequest, VerificationReport};
 
 use super::{Proof, Verified};
 use crate::client::{channel, EndpointAddress, SecurityHeader};
+use crate::jwtsvid::{JwtSvidError, ValidatedJwtSvid};
 
 /// How long acceptances are aggregated before they are reported.
 pub const WINDOW: Duration = Duration::from_secs(10);
@@ -70,10 +75,24 @@ pub fn route(method: &str, path: &str) -> String {
     route
 }
 
+/// The proof forms a report names.
+pub const WPT: &str = "wpt";
+pub const HTTP_SIGNATURE: &str = "http_signature";
+pub const JWT_SVID: &str = "jwt_svid";
+
 fn proof_name(proof: &Proof) -> &'static str {
     match proof {
-        Proof::Wpt(_) => "wpt",
-        Proof::HttpSignature(_) => "http_signature",
+        Proof::Wpt(_) => WPT,
+        Proof::HttpSignature(_) => HTTP_SIGNATURE,
+    }
+}
+
+/// The proof form named `name`, as the reporter keeps it.
+fn known_proof(name: &str) -> &'static str {
+    match name {
+        WPT => WPT,
+        JWT_SVID => JWT_SVID,
+        _ => HTTP_SIGNATURE,
     }
 }
 
@@ -95,12 +114,44 @@ impl UsageReporter {
         Ok(reporter)
     }
 
-    /// Counts an accepted request.
+    /// Counts a request the WIMSE layer accepted.
     pub fn accepted(&self, verified: &Verified, route: &str) {
+        self.accepted_from(
+            &verified.wit.subject,
+            verified.wit.jti.as_deref().unwrap_or_default(),
+            proof_name(&verified.proof),
+            route,
+        );
+    }
+
+    /// Reports a JWT-SVID check made with [`crate::jwtsvid::validate`]:
+    /// `token` is the JWT-SVID presented, `route` what it was presented for.
+    pub fn jwt_svid(
+        &self,
+        token: &str,
+        result: &Result<ValidatedJwtSvid, JwtSvidError>,
+        route: &str,
+    ) {
+        match result {
+            Ok(validated) => {
+                let jti = validated.claims.get("jti").and_then(|j| j.as_str());
+                self.accepted_from(
+                    &validated.spiffe_id.to_string(),
+                    jti.unwrap_or_default(),
+                    JWT_SVID,
+                    route,
+                );
+            }
+            Err(error) => self.refused(Some(token), JWT_SVID, error.check(), route),
+        }
+    }
+
+    /// Counts an accepted request from `sender` with credential `jti`.
+    fn accepted_from(&self, sender: &str, jti: &str, proof: &'static str, route: &str) {
         let key = Key {
-            sender: verified.wit.subject.clone(),
-            jti: verified.wit.jti.clone().unwrap_or_default(),
-            proof: proof_name(&verified.proof),
+            sender: sender.to_string(),
+            jti: jti.to_string(),
+            proof,
             route: route.to_string(),
         };
         let now = unix_now();
@@ -190,11 +241,7 @@ impl UsageReporter {
                 let key = Key {
                     sender: report.sender,
                     jti: report.credential_jti,
-                    proof: if report.proof == "wpt" {
-                        "wpt"
-                    } else {
-                        "http_signature"
-                    },
+                    proof: known_proof(&report.proof),
                     route: report.route,
                 };
                 let full = window.accepted.len() >= MAX_ACCEPTED_KEYS;
@@ -257,6 +304,41 @@ mod tests {
         assert_eq!(route("GET", "/orders"), "GET /orders");
         let long = route("GET", &format!("/{}", "é".repeat(300)));
         assert!(long.len() <= MAX_ROUTE_BYTES && long.starts_with("GET /"));
+    }
+
+    #[test]
+    fn jwt_svid_checks_are_aggregated_or_reported_one_by_one() {
+        let reporter = UsageReporter::default();
+        let mut claims = serde_json::Map::new();
+        claims.insert("jti".into(), "j1".into());
+        let validated = ValidatedJwtSvid {
+            spiffe_id: crate::id::parse_spiffe_id("spiffe://example.org/web").unwrap(),
+            audience: vec!["db".into()],
+            expiry: 0,
+            owner: None,
+            claims,
+        };
+        for _ in 0..2 {
+            reporter.jwt_svid("t", &Ok(validated.clone()), "query");
+        }
+        reporter.jwt_svid("not.a.jwt", &Err(JwtSvidError::BadSignature), "query");
+        let mut reports = reporter.take();
+        reports.sort_by_key(|r| r.accepted);
+        assert_eq!(reports.len(), 2);
+        let (refused, accepted) = (&reports[0], &reports[1]);
+        assert_eq!(
+            (
+                accepted.sender.as_str(),
+                accepted.credential_jti.as_str(),
+                accepted.count
+            ),
+            ("spiffe://example.org/web", "j1", 2)
+        );
+        assert_eq!(accepted.proof, JWT_SVID);
+        assert_eq!(
+            (refused.check.as_str(), refused.proof.as_str()),
+            ("jwt_svid.signature", JWT_SVID)
+        );
     }
 
     #[test]
