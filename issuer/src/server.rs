@@ -353,7 +353,10 @@ async fn rotation_loop(state: IssuerState, mut shutdown: watch::Receiver<bool>) 
             Err(error) => tracing::error!(%error, "CA rotation failed; retrying"),
         }
         if unlogged {
-            match crate::eventlog::witnessed::key_lifecycle(&state).await {
+            let keys = state.ca.key_states();
+            let logged =
+                crate::eventlog::witnessed::key_lifecycle(&state.events, &keys, state.clock.now());
+            match logged.await {
                 Ok(()) => unlogged = false,
                 Err(error) => tracing::error!(%error, "logging key rotation failed; retrying"),
             }

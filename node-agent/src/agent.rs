@@ -32,6 +32,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 pub enum AgentError {
     #[error(transparent)]
     Node(#[from] NodeError),
+    #[error(transparent)]
+    Events(#[from] crate::events::queue::QueueError),
     #[error("workload API socket {path}: {source}")]
     Socket {
         path: String,
@@ -77,7 +79,10 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     let config = Arc::new(config);
     raise_open_file_limit();
     let node = Node::bootstrap(config.clone()).await?;
-    let events = node.events.clone();
+    let events = Arc::new(AgentEvents::open(
+        &config.data_dir,
+        &node.svid().spiffe_id.to_string(),
+    )?);
     let (stop, stop_rx) = watch::channel(false);
     let (entries_tx, entries_rx) = watch::channel(Arc::new(Vec::new()));
     let delegation_entries = entries_rx.clone();
@@ -123,6 +128,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         node.clone(),
         snapshot_rx.clone(),
         health.clone(),
+        events.clone(),
     ));
     let served = source.served.clone();
     let reflection = tonic_reflection::server::Builder::configure()

@@ -15,6 +15,7 @@ use workload_api::source::{
 };
 
 use crate::attestor::{K8sAttestor, UnixAttestor};
+use crate::events::AgentEvents;
 use crate::issuer_health::IssuerHealth;
 use crate::node::Node;
 use crate::svid::jwt::JwtCache;
@@ -34,6 +35,8 @@ pub struct AgentSource {
     attestor: Arc<UnixAttestor>,
     k8s: Option<K8sAttestor>,
     jwt: JwtCache,
+    /// Where deliveries are recorded for the event log.
+    events: Arc<AgentEvents>,
     health: Arc<IssuerHealth>,
     pub served: Arc<Served>,
 }
@@ -45,6 +48,7 @@ impl AgentSource {
         node: Arc<Node>,
         snapshots: watch::Receiver<Arc<Snapshot>>,
         health: Arc<IssuerHealth>,
+        events: Arc<AgentEvents>,
     ) -> Self {
         let k8s = node.config.k8s.clone().map(K8sAttestor::new);
         AgentSource {
@@ -53,6 +57,7 @@ impl AgentSource {
             attestor: Arc::new(UnixAttestor::default()),
             k8s,
             jwt: JwtCache::default(),
+            events,
             health,
             served: Arc::default(),
         }
@@ -118,6 +123,6 @@ impl IdentitySource for AgentSource {
 
     fn delivered(&self, delivery: Delivery<'_>) {
         let agent_id = self.node.svid().spiffe_id.to_string();
-        self.node.events.delivered(&agent_id, &delivery);
+        self.events.delivered(&agent_id, &delivery);
     }
 }

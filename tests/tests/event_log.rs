@@ -1081,6 +1081,9 @@ async fn while_events_arrive_a_checkpoint_is_signed_every_second() {
     let seconds: std::collections::HashSet<u64> =
         out.split_whitespace().map(|s| s.parse().unwrap()).collect();
     for second in started + 1..started + 4 {
-        assert!(seconds.contains(&second), "no checkpoint signed in second {second}: {seconds:?}");
+        assert!(
+            seconds.contains(&second),
+            "no checkpoint signed in second {second}: {seconds:?}"
+        );
     }
 }

@@ -16,15 +16,15 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 
 use workload_api::jwk::{Curve, PublicKey};
 
+use super::web::{numbers, problem, reply};
 use crate::state::IssuerState;
 
 /// The longest a `?after=` request waits for news.
@@ -43,52 +43,6 @@ pub fn router(state: IssuerState) -> Router {
         .route("/keys", get(oidc_keys))
         .merge(super::log_http::routes())
         .with_state(state)
-}
-
-pub(super) fn reply(content_type: &'static str, body: impl Into<Body>) -> Response {
-    let mut response = Response::new(body.into());
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    // Always fetch anew: these change the moment something is revoked.
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
-}
-
-pub(super) fn problem(status: StatusCode, detail: String) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        detail,
-    )
-        .into_response()
-}
-
-/// Numeric query parameters, each named in `allowed` and given at most
-/// once; anything else is refused, naming it.
-pub(super) fn numbers(
-    query: Option<&str>,
-    allowed: &[&str],
-) -> Result<std::collections::HashMap<String, u64>, String> {
-    let mut found = std::collections::HashMap::new();
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let shown = workload_api::display::shown(pair);
-        let (name, value) = pair
-            .split_once('=')
-            .filter(|(name, _)| allowed.contains(name))
-            .ok_or_else(|| {
-                format!(
-                    "unknown query {shown:?}; understood: {}",
-                    allowed.join(", ")
-                )
-            })?;
-        let value: u64 = value
-            .parse()
-            .map_err(|_| format!("{name}: {shown:?} is not a whole number"))?;
-        if found.insert(name.to_string(), value).is_some() {
-            return Err(format!("{name} is given twice"));
-        }
-    }
-    Ok(found)
 }
 
 /// `after=SEQ` from the query string; other parameters are refused.

@@ -21,7 +21,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::http::{numbers, problem, reply};
+use super::web::{numbers, problem, reply};
 use crate::eventlog::reads::{self, ReadError};
 use crate::eventlog::tiles::TilePath;
 use crate::state::IssuerState;

@@ -12,6 +12,7 @@ pub mod http;
 mod log_http;
 mod signing;
 pub mod tls;
+mod web;
 
 use tonic::Status;
 

@@ -8,7 +8,6 @@ use workload_api::events::{Event, EventKind};
 
 use super::EventLog;
 use crate::ca::{KeyState, KeyStatus};
-use crate::state::IssuerState;
 use crate::store::{Entry, Owner, StoreError};
 
 /// An entry created, updated, deleted or registered under delegation.
@@ -103,32 +102,26 @@ fn key_event(log: &EventLog, key: &KeyState, at: SystemTime) -> (String, Event) 
     (format!("key.{status}/{}/{}", key.kind, key.id), event)
 }
 
-/// Logs each CA, JWT and WIT key's lifecycle step once: after every
-/// rotation, and at start for keys made before the log could record them.
-pub async fn key_lifecycle(state: &IssuerState) -> Result<(), String> {
-    let at = state.clock.now();
-    let (names, events): (Vec<String>, Vec<Event>) = state
-        .ca
-        .key_states()
-        .iter()
-        .map(|key| key_event(&state.events, key, at))
-        .unzip();
-    let marked = state
-        .store
+/// Logs each of `keys`' lifecycle step once: after every rotation, and at
+/// start for keys made before the log could record them.
+pub async fn key_lifecycle(
+    log: &EventLog,
+    keys: &[KeyState],
+    at: SystemTime,
+) -> Result<(), String> {
+    let (names, events): (Vec<String>, Vec<Event>) =
+        keys.iter().map(|key| key_event(log, key, at)).unzip();
+    let store = log.store();
+    let marked = store
         .log_marks(&names)
         .await
         .map_err(|e: StoreError| e.to_string())?;
     let new: Vec<usize> = (0..names.len()).filter(|i| !marked[*i]).collect();
     let fresh: Vec<Event> = new.iter().map(|i| events[*i].clone()).collect();
-    state
-        .events
-        .append(&fresh)
-        .await
-        .map_err(|e| e.to_string())?;
+    log.append(&fresh).await.map_err(|e| e.to_string())?;
     let now = crate::clock::unix_secs(at);
     for i in new {
-        state
-            .store
+        store
             .mark_logged(&names[i], now)
             .await
             .map_err(|e| e.to_string())?;

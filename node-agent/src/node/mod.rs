@@ -31,7 +31,6 @@ use workload_api::{Bundle, BundleError};
 use zeroize::Zeroizing;
 
 use crate::config::AgentConfig;
-use crate::events::AgentEvents;
 use crate::issuer_client::{self, ServerTrust};
 use crate::keys::{new_key_and_csr, KeyError};
 use identity::{AgentSvid, IdentityDir, IdentityError};
@@ -82,8 +81,6 @@ pub enum NodeError {
     BadChain(#[source] BundleError),
     #[error("the issuer's answer was invalid: {0}")]
     BadSvid(#[source] X509SvidError),
-    #[error(transparent)]
-    Events(#[from] crate::events::queue::QueueError),
 }
 
 /// The agent's current SVID, bundle and issuer connection.
@@ -100,8 +97,6 @@ pub struct Node {
     /// Set once the configured join token has been tried after a refusal:
     /// a token is single use, so it is not tried again.
     token_tried: AtomicBool,
-    /// The events this agent witnessed and owes the issuer's log.
-    pub events: Arc<AgentEvents>,
 }
 
 /// Whether the issuer still accepts this agent.
@@ -197,10 +192,6 @@ impl Node {
         dir.save_bundle(&bundle)?;
         let client = connect(&config, &bundle, &svid)?;
         let stored_revocations = revocations::load(&dir, &bundle);
-        let events = Arc::new(AgentEvents::open(
-            &config.data_dir,
-            &svid.spiffe_id.to_string(),
-        )?);
         let (svid, _) = watch::channel(Arc::new(svid));
         let (bundle, _) = watch::channel(Arc::new(bundle));
         Ok(Arc::new(Node {
@@ -212,7 +203,6 @@ impl Node {
             client: RwLock::new(client),
             standing: watch::channel(Standing::Good).0,
             token_tried: AtomicBool::new(false),
-            events,
         }))
     }
 
