@@ -9,6 +9,10 @@
 //! leaves (one SQLite transaction per batch, committed with
 //! `synchronous = FULL`, so one WAL fsync per batch). Both are measured here:
 //! the rows go to the issuer's real store in a temporary data directory.
+//! Every SVID, bound or not, also has its issuance event made durable in
+//! the event log before it leaves, and the log's sequencer (sealing each
+//! leaf with an Ed25519 signature, hashing the tree, signing checkpoints)
+//! runs on the same pinned core: the figures include the log's whole cost.
 //!
 //! Run: cargo bench -p sigil-tests --bench svid_signing
 //! Tunables: SIGIL_BENCH_SECS (default 5, per phase), SIGIL_BENCH_BATCH (100),

@@ -567,7 +567,7 @@ async fn deliveries_are_logged_once_per_process_and_credential_signed_by_the_age
         .iter()
         .any(|s| s == &format!("unix:uid:{}", sigil_tests::current_uid())));
     // Signed by the agent, with the key of its logged SVID.
-    assert_eq!(leaf["seq"].as_u64(), Some(1));
+    assert_eq!(leaf["agent_sig"]["seq"].as_u64(), Some(1));
     let jkt = sigil_issuer::eventlog::leaf::open(
         serde_json::to_string(leaf).unwrap().as_bytes(),
         leaf["index"].as_u64().unwrap(),
@@ -772,7 +772,7 @@ async fn the_agent_queue_survives_an_agent_restart_and_an_issuer_outage() {
     let delivered: Vec<serde_json::Value> = events_of(&file2, "credential.delivered");
     let seqs: Vec<u64> = delivered
         .iter()
-        .map(|l| l["seq"].as_u64().unwrap())
+        .map(|l| l["agent_sig"]["seq"].as_u64().unwrap())
         .collect();
     let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
     assert_eq!(seqs, expected, "every event once, in the agent's order");

@@ -41,14 +41,17 @@ pub enum LeafError {
     TooLarge(usize),
 }
 
-/// The queued record of an event the issuer itself witnessed.
+/// The queued record of an event the issuer itself witnessed:
+/// `{"event": <canonical event>}`, canonical as it stands.
 pub fn record(event: &Event) -> Result<String, LeafError> {
     let event = event
         .to_canonical()
         .map_err(|e| LeafError::Shape(e.to_string()))?;
-    let event: Value = serde_json::from_slice(&event).expect("canonical JSON parses");
-    let bytes = canonical::to_vec(&serde_json::json!({ "event": event }))?;
-    Ok(String::from_utf8(bytes).expect("canonical JSON is UTF-8"))
+    let mut record = String::with_capacity(event.len() + 10);
+    record.push_str("{\"event\":");
+    record.push_str(std::str::from_utf8(&event).expect("canonical JSON is UTF-8"));
+    record.push('}');
+    Ok(record)
 }
 
 fn signing_input(origin: &str, unsigned: &[u8]) -> Vec<u8> {
@@ -67,18 +70,35 @@ fn as_object(value: Value) -> Result<Map<String, Value>, LeafError> {
     }
 }
 
-/// Seals a queued record as leaf `index`.
+/// Appends `,"<name>":<value>}` to a canonical object missing its closing
+/// brace: canonical still when `name` sorts after every member already in.
+fn append_member(object: &mut String, name: &str, value: &str) {
+    object.push_str(",\"");
+    object.push_str(name);
+    object.push_str("\":");
+    object.push_str(value);
+    object.push('}');
+}
+
+/// Seals a queued record as leaf `index`. Records are canonical objects
+/// whose members (`agent_sig`, `event`) sort before `index` and `log_sig`,
+/// so sealing appends the two members without parsing the record again.
 pub fn seal(record: &str, index: u64, key: &LogKey) -> Result<String, LeafError> {
-    let mut members = as_object(canonical::parse_canonical(record.as_bytes())?)?;
-    members.insert("index".into(), index.into());
-    let unsigned = canonical::to_vec(&members)?;
-    let signature = key.sign_bytes(&signing_input(key.name(), &unsigned));
-    members.insert("log_sig".into(), URL_SAFE_NO_PAD.encode(signature).into());
-    let leaf = canonical::to_vec(&members)?;
+    let body = record
+        .strip_suffix('}')
+        .filter(|b| b.starts_with("{\"") && record.len() <= MAX_RECORD_BYTES)
+        .ok_or_else(|| LeafError::Shape("a record is a JSON object".into()))?;
+    let mut leaf = String::with_capacity(record.len() + 128);
+    leaf.push_str(body);
+    append_member(&mut leaf, "index", &index.to_string());
+    let signature = key.sign_bytes(&signing_input(key.name(), leaf.as_bytes()));
+    leaf.pop();
+    let signature = format!("\"{}\"", URL_SAFE_NO_PAD.encode(signature));
+    append_member(&mut leaf, "log_sig", &signature);
     if leaf.len() > MAX_LEAF_BYTES {
         return Err(LeafError::TooLarge(leaf.len()));
     }
-    Ok(String::from_utf8(leaf).expect("canonical JSON is UTF-8"))
+    Ok(leaf)
 }
 
 /// A leaf read back and checked.
@@ -160,6 +180,24 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_record_seals_into_a_canonical_leaf() {
+        let (_dir, key) = key();
+        let verifier = signed_note::StandardVerifier::new(&key.verifier_key()).unwrap();
+        let agent =
+            workload_api::keypair::KeyPair::generate(workload_api::jwk::Algorithm::ES256).unwrap();
+        let event = Event::new(
+            EventKind::CredentialDelivered,
+            "spiffe://example.org/agent/a",
+            SystemTime::now(),
+        );
+        let record = signed::sign(&event, 3, &agent).unwrap();
+        let leaf = seal(&record, 12, &key).unwrap();
+        assert!(canonical::parse_canonical(leaf.as_bytes()).is_ok());
+        let opened = open(leaf.as_bytes(), 12, "example.org/log", &verifier).unwrap();
+        assert_eq!(opened.agent.unwrap().seq, 3);
+    }
+
+    #[test]
     fn a_sealed_leaf_opens_only_unaltered_at_its_index() {
         let (_dir, key) = key();
         let verifier = signed_note::StandardVerifier::new(&key.verifier_key()).unwrap();
@@ -170,6 +208,8 @@ mod tests {
         )
         .subject("spiffe://example.org/web");
         let leaf = seal(&record(&event).unwrap(), 7, &key).unwrap();
+        // Sealing appends to the record, and the leaf is canonical JSON.
+        assert!(canonical::parse_canonical(leaf.as_bytes()).is_ok());
         let opened = open(leaf.as_bytes(), 7, "example.org/log", &verifier).unwrap();
         assert_eq!(opened.event, event);
         assert_eq!(

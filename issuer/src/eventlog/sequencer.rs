@@ -68,15 +68,19 @@ pub async fn step(log: &EventLog, now: i64) -> Result<Option<LogHead>, StepError
             )));
         }
     }
+    let mut leaves = Vec::with_capacity(queued.len());
+    let mut hashes = Vec::with_capacity(queued.len() * 2);
     for (id, record) in &queued {
         let index = frontier.size();
         match leaf::seal(record, index, log.key()) {
             Ok(sealed) => {
-                let (first, hashes) = frontier.append(sealed.as_bytes());
-                tx.add_leaf(index, &sealed).await?;
-                for (offset, hash) in hashes.iter().enumerate() {
-                    tx.add_hash(first + offset as u64, &hash.0).await?;
-                }
+                let (first, new) = frontier.append(sealed.as_bytes());
+                hashes.extend(
+                    new.iter()
+                        .enumerate()
+                        .map(|(offset, hash)| (first + offset as u64, hash.0)),
+                );
+                leaves.push((index, sealed));
             }
             // Appends check records, so this is a record written by other
             // means; it cannot become a leaf, and must not stop the rest.
@@ -84,8 +88,11 @@ pub async fn step(log: &EventLog, now: i64) -> Result<Option<LogHead>, StepError
                 tracing::error!(%id, %error, "event log: dropping a queued record that cannot be sealed")
             }
         }
-        tx.dequeue(id).await?;
     }
+    tx.add_leaves(&leaves).await?;
+    tx.add_hashes(&hashes).await?;
+    let ids: Vec<String> = queued.into_iter().map(|(id, _)| id).collect();
+    tx.dequeue(&ids).await?;
     let root = frontier.root();
     let new_head = LogHead {
         size: frontier.size(),

@@ -43,18 +43,7 @@ impl Store {
     /// returns, they are durable and will be sequenced.
     pub async fn queue_log_records(&self, records: &[(String, String)]) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
-        let mut result = Ok(());
-        for (id, record) in records {
-            if let Err(e) = sqlx::query("INSERT INTO log_queue (id, record) VALUES ($1, $2)")
-                .bind(id)
-                .bind(record)
-                .execute(&mut *tx)
-                .await
-            {
-                result = Err(e.into());
-                break;
-            }
-        }
+        let result = insert_queued(&mut tx, records.iter().map(|(id, r)| (id, r))).await;
         super::finish(tx, result).await
     }
 
@@ -76,6 +65,7 @@ impl Store {
                     .await?;
             let mut last = last.unwrap_or(0).max(0) as u64;
             let before = last;
+            let mut fresh = Vec::with_capacity(records.len());
             for (seq, id, record) in records {
                 if *seq <= last {
                     continue;
@@ -86,13 +76,10 @@ impl Store {
                         got: *seq,
                     });
                 }
-                sqlx::query("INSERT INTO log_queue (id, record) VALUES ($1, $2)")
-                    .bind(id)
-                    .bind(record)
-                    .execute(&mut *tx)
-                    .await?;
+                fresh.push((id, record));
                 last = *seq;
             }
+            insert_queued(&mut tx, fresh.into_iter()).await?;
             if last != before {
                 sqlx::query(
                     "INSERT INTO agent_event_seqs (agent_id, last_seq) VALUES ($1, $2) \
@@ -182,6 +169,43 @@ impl Store {
     }
 }
 
+/// Rows per multi-row statement: well inside every backend's limit on
+/// bound parameters.
+const ROWS_PER_STATEMENT: usize = 200;
+
+/// `INSERT INTO <table> (<columns>) VALUES ($1, $2), ($3, $4), ...` for
+/// `rows` rows of `columns.len()` values.
+fn insert_sql(table: &str, columns: &[&str], rows: usize) -> String {
+    let width = columns.len();
+    let tuples: Vec<String> = (0..rows)
+        .map(|r| {
+            let params: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO {table} ({}) VALUES {}",
+        columns.join(", "),
+        tuples.join(", ")
+    )
+}
+
+async fn insert_queued<'a>(
+    tx: &mut Transaction<'static, Sqlite>,
+    rows: impl Iterator<Item = (&'a String, &'a String)>,
+) -> Result<(), StoreError> {
+    let rows: Vec<_> = rows.collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let sql = insert_sql("log_queue", &["id", "record"], chunk.len());
+        let mut query = sqlx::query(&sql);
+        for (id, record) in chunk {
+            query = query.bind(*id).bind(*record);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 async fn read_hashes(
     conn: &mut sqlx::SqliteConnection,
     indexes: &[u64],
@@ -238,21 +262,29 @@ impl Sequencing {
         read_hashes(&mut self.tx, indexes).await
     }
 
-    pub async fn add_leaf(&mut self, index: u64, leaf: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO log_leaves (idx, leaf) VALUES ($1, $2)")
-            .bind(to_i64(index))
-            .bind(leaf)
-            .execute(&mut *self.tx)
-            .await?;
+    /// Stores leaves (index, leaf).
+    pub async fn add_leaves(&mut self, leaves: &[(u64, String)]) -> Result<(), StoreError> {
+        for chunk in leaves.chunks(ROWS_PER_STATEMENT) {
+            let sql = insert_sql("log_leaves", &["idx", "leaf"], chunk.len());
+            let mut query = sqlx::query(&sql);
+            for (index, leaf) in chunk {
+                query = query.bind(to_i64(*index)).bind(leaf);
+            }
+            query.execute(&mut *self.tx).await?;
+        }
         Ok(())
     }
 
-    pub async fn add_hash(&mut self, index: u64, hash: &[u8; 32]) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO log_hashes (idx, hash) VALUES ($1, $2)")
-            .bind(to_i64(index))
-            .bind(hex::encode(hash))
-            .execute(&mut *self.tx)
-            .await?;
+    /// Stores node hashes (stored-hash index, hash).
+    pub async fn add_hashes(&mut self, hashes: &[(u64, [u8; 32])]) -> Result<(), StoreError> {
+        for chunk in hashes.chunks(ROWS_PER_STATEMENT) {
+            let sql = insert_sql("log_hashes", &["idx", "hash"], chunk.len());
+            let mut query = sqlx::query(&sql);
+            for (index, hash) in chunk {
+                query = query.bind(to_i64(*index)).bind(hex::encode(hash));
+            }
+            query.execute(&mut *self.tx).await?;
+        }
         Ok(())
     }
 
@@ -273,11 +305,17 @@ impl Sequencing {
         Ok(())
     }
 
-    pub async fn dequeue(&mut self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM log_queue WHERE id = $1")
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await?;
+    /// Drops the queued records `ids`, now leaves.
+    pub async fn dequeue(&mut self, ids: &[String]) -> Result<(), StoreError> {
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!("DELETE FROM log_queue WHERE id IN ({})", params.join(", "));
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            query.execute(&mut *self.tx).await?;
+        }
         Ok(())
     }
 

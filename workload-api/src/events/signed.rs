@@ -1,6 +1,6 @@
 //! Events an agent signs with its own key (the key of its X509-SVID), so
 //! the issuer that logs them cannot rewrite them. The record is canonical
-//! JSON `{"agent_sig": {"alg", "jwk", "sig"}, "event": ..., "seq": N}`:
+//! JSON `{"agent_sig": {"alg", "jwk", "seq", "sig"}, "event": ...}`:
 //! `seq` numbers the agent's events from 1 with no gaps, so the issuer
 //! takes each once however often it is resent, and `sig` (base64url, JWS
 //! form) covers `"sigil agent event\n" || canonical({"event", "seq"})`. An
@@ -58,10 +58,10 @@ pub fn sign(event: &Event, seq: u64, key: &KeyPair) -> Result<String, SignedEven
         "agent_sig": {
             "alg": key.algorithm().name(),
             "jwk": key.public_jwk(),
+            "seq": seq,
             "sig": URL_SAFE_NO_PAD.encode(signature),
         },
         "event": event_value,
-        "seq": seq,
     });
     Ok(String::from_utf8(canonical::to_vec(&record)?).expect("canonical JSON is UTF-8"))
 }
@@ -70,20 +70,20 @@ fn shape(reason: impl Into<String>) -> SignedEventError {
     SignedEventError::Shape(reason.into())
 }
 
-/// Checks a record's members: `agent_sig`, `event` and `seq` are taken out
-/// of `members` (whatever else it holds is the caller's to judge).
+/// Checks a record's members: `agent_sig` and `event` are taken out of
+/// `members` (whatever else it holds is the caller's to judge).
 pub fn verify_members(members: &mut Map<String, Value>) -> Result<AgentSigned, SignedEventError> {
-    let seq = members
-        .remove("seq")
-        .and_then(|s| s.as_u64())
-        .filter(|s| *s > 0)
-        .ok_or_else(|| shape("seq is missing or not a positive integer"))?;
     let event_value = members
         .remove("event")
         .ok_or_else(|| shape("event is missing"))?;
     let Some(Value::Object(mut sig)) = members.remove("agent_sig") else {
         return Err(shape("agent_sig is missing"));
     };
+    let seq = sig
+        .remove("seq")
+        .and_then(|s| s.as_u64())
+        .filter(|s| *s > 0)
+        .ok_or_else(|| shape("agent_sig.seq is missing or not a positive integer"))?;
     let alg = sig
         .remove("alg")
         .and_then(|a| a.as_str().and_then(Algorithm::from_name))
