@@ -1087,3 +1087,79 @@ async fn while_events_arrive_a_checkpoint_is_signed_every_second() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_svid_checks_a_service_reports_reach_the_log() {
+    use workload_api::wimse::usage::UsageReporter;
+    const WEB: &str = "spiffe://example.org/web";
+    let node = TestNode::start().await;
+    node.register(WEB, 3600, "").await;
+    let address = EndpointAddress::Unix(node.socket.clone());
+    let mut client = connect(&address).await.unwrap();
+    let token = client
+        .fetch_jwtsvid(wpb::JwtsvidRequest {
+            audience: vec!["db".into()],
+            spiffe_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .svids[0]
+        .svid
+        .clone();
+    let bundles = client
+        .fetch_jwt_bundles(wpb::JwtBundlesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let td = workload_api::id::TrustDomain::new(TRUST_DOMAIN).unwrap();
+    let bundle =
+        workload_api::Bundle::from_jwks_json(td.clone(), &bundles.bundles["spiffe://example.org"])
+            .unwrap();
+    // A service checks JWT-SVIDs with the library and reports each result.
+    let reporter = UsageReporter::start_every(address.clone(), Duration::from_millis(500)).unwrap();
+    let now = std::time::SystemTime::now();
+    let check = |token: &str| {
+        workload_api::jwtsvid::validate(token, "db", |d| (*d == td).then_some(&bundle), now)
+    };
+    for _ in 0..2 {
+        reporter.jwt_svid(&token, &check(&token), "query orders");
+    }
+    // The same token with its signature's first character changed.
+    let (signed, signature) = token.rsplit_once('.').unwrap();
+    let first = if signature.starts_with('A') { "B" } else { "A" };
+    let forged = format!("{signed}.{first}{}", &signature[1..]);
+    let refused = check(&forged);
+    assert!(refused.is_err());
+    reporter.jwt_svid(&forged, &refused, "query orders");
+
+    let dir = tempfile::tempdir().unwrap();
+    let jti = workload_api::source::token_jti(&token);
+    let file = export_until(
+        &url(&node.issuer),
+        dir.path(),
+        "the JWT-SVID checks",
+        |leaves| {
+            let verified = leaves.iter().any(|l| {
+                l["event"]["type"] == "proof.verified"
+                    && l["event"]["details"]["proof"] == "jwt_svid"
+                    && l["event"]["jti"] == jti.as_str()
+                    && l["event"]["details"]["count"] == 2
+            });
+            let rejected = leaves.iter().any(|l| {
+                l["event"]["type"] == "proof.rejected"
+                    && l["event"]["details"]["check"] == "jwt_svid.signature"
+            });
+            verified && rejected
+        },
+    )
+    .await;
+    let key = node.issuer.running.state.events.key().verifier_key();
+    let (ok, out, err) = verify(&file, &key, None);
+    assert!(ok, "{out}{err}");
+    drop(reporter);
+}
