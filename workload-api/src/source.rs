@@ -209,12 +209,14 @@ impl IssuerOutage {
     }
 }
 
-/// A JWT-SVID as a source hands it over: the compact token and its `exp`,
-/// so the server need not parse the token again to keep expired ones back.
+/// A JWT-SVID as a source hands it over: the compact token, its `exp` and
+/// its `jti`, so the server need not parse the token again to keep expired
+/// ones back or to say which it delivered.
 #[derive(Clone, PartialEq, Eq)]
 pub struct JwtSvid {
     pub token: String,
     pub expires_at: SystemTime,
+    pub jti: Arc<str>,
 }
 
 impl std::fmt::Debug for JwtSvid {
@@ -242,15 +244,32 @@ pub struct Caller {
 
 /// The serial of the first certificate in a DER chain, lower-case hex
 /// (empty if it does not parse; the chain was checked when it arrived).
+/// Read in place, without decoding the certificate: this runs for every
+/// SVID minted, and a full parse's many small allocations fragment the
+/// heap that holds the SVIDs.
 fn leaf_serial_hex(chain: &[u8]) -> String {
-    x509_parser::parse_x509_certificate(chain)
-        .map(|(_, cert)| {
-            cert.raw_serial()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect()
-        })
-        .unwrap_or_default()
+    use der::{Decode, Reader, SliceReader, Tag, TagNumber};
+    let serial = || -> der::Result<String> {
+        let mut reader = SliceReader::new(chain)?;
+        let certificate = der::Header::decode(&mut reader)?;
+        certificate.tag.assert_eq(Tag::Sequence)?;
+        let tbs = der::Header::decode(&mut reader)?;
+        tbs.tag.assert_eq(Tag::Sequence)?;
+        // [0] EXPLICIT version, when present, comes before the serial.
+        let version = Tag::ContextSpecific {
+            constructed: true,
+            number: TagNumber::N0,
+        };
+        if reader.peek_tag()? == version {
+            let header = der::Header::decode(&mut reader)?;
+            reader.read_slice(header.length)?;
+        }
+        // The INTEGER's content octets as written, as serial_hex elsewhere.
+        let number = der::asn1::AnyRef::decode(&mut reader)?;
+        der::Tagged::tag(&number).assert_eq(Tag::Integer)?;
+        Ok(number.value().iter().map(|b| format!("{b:02x}")).collect())
+    };
+    serial().unwrap_or_default()
 }
 
 /// A token's `jti` claim (empty when it has none).
@@ -323,4 +342,25 @@ pub trait IdentitySource: Send + Sync + 'static {
     /// Told what a caller was just sent, for the event log. Called on the
     /// serving path: it must not block.
     fn delivered(&self, _delivery: Delivery<'_>) {}
+}
+
+#[cfg(test)]
+mod serial_tests {
+    use super::leaf_serial_hex;
+
+    #[test]
+    fn the_leaf_serial_is_read_in_place_as_x509_parser_reads_it() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["a.example".into()]).unwrap();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x80, 1, 2, 3]));
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let expected: String = parsed
+            .raw_serial()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(leaf_serial_hex(&der), expected);
+        assert_eq!(leaf_serial_hex(b"\x30\x03"), "");
+    }
 }

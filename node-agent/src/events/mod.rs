@@ -31,24 +31,32 @@ pub struct AgentEvents {
     seen: Mutex<SeenDeliveries>,
 }
 
-/// Who got which credential, bounded, oldest forgotten first.
-#[derive(Debug, Default)]
+/// Who got which credential, bounded, oldest forgotten first. Pairs are
+/// kept as 64-bit SipHash digests under a key drawn at start: a repeat
+/// fetch, the common case on the serving path, allocates nothing.
+#[derive(Debug)]
 struct SeenDeliveries {
-    set: HashSet<DeliveryKey>,
-    order: VecDeque<DeliveryKey>,
+    hasher: std::collections::hash_map::RandomState,
+    set: HashSet<u64>,
+    order: VecDeque<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct DeliveryKey {
-    pid: Option<i32>,
-    uid: u32,
-    kind: CredentialKind,
-    handle: String,
+impl Default for SeenDeliveries {
+    fn default() -> Self {
+        SeenDeliveries {
+            hasher: std::collections::hash_map::RandomState::new(),
+            set: HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
 }
 
 impl SeenDeliveries {
-    /// True the first time `key` is seen (while remembered).
-    fn first(&mut self, key: DeliveryKey) -> bool {
+    /// True the first time (`pid`, `uid`, `kind`, `handle`) is seen while
+    /// remembered.
+    fn first(&mut self, pid: Option<i32>, uid: u32, kind: CredentialKind, handle: &str) -> bool {
+        use std::hash::BuildHasher;
+        let key = self.hasher.hash_one((pid, uid, kind, handle));
         if self.set.contains(&key) {
             return false;
         }
@@ -57,7 +65,7 @@ impl SeenDeliveries {
                 self.set.remove(&old);
             }
         }
-        self.order.push_back(key.clone());
+        self.order.push_back(key);
         self.set.insert(key);
         true
     }
@@ -84,18 +92,18 @@ impl AgentEvents {
 
     /// Logs what a workload was handed: once per process and credential.
     pub fn delivered(&self, agent_id: &str, delivery: &Delivery<'_>) {
-        let selectors: Vec<String> = delivery.selectors.iter().map(|s| s.to_string()).collect();
         let now = SystemTime::now();
         for credential in &delivery.credentials {
-            let key = DeliveryKey {
-                pid: delivery.pid,
-                uid: delivery.uid,
-                kind: credential.kind,
-                handle: credential.handle.clone(),
-            };
-            if !self.seen.lock().expect("deliveries").first(key) {
+            let first = self.seen.lock().expect("deliveries").first(
+                delivery.pid,
+                delivery.uid,
+                credential.kind,
+                &credential.handle,
+            );
+            if !first {
                 continue;
             }
+            let selectors: Vec<String> = delivery.selectors.iter().map(|s| s.to_string()).collect();
             let mut event = Event::new(EventKind::CredentialDelivered, agent_id, now)
                 .subject(credential.spiffe_id.clone())
                 .entry(credential.entry_id.clone())

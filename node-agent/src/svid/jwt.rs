@@ -26,6 +26,8 @@ const ENTRY_OVERHEAD_BYTES: usize = 128;
 struct Cached {
     /// Shared, so a cache hit copies a pointer, not the token.
     token: Arc<str>,
+    /// Read once from the token, for the event log.
+    jti: Arc<str>,
     refresh_at: SystemTime,
     expires_at: SystemTime,
 }
@@ -35,6 +37,7 @@ impl Cached {
     fn new(token: String, issued_at: SystemTime, expires_at: SystemTime) -> Self {
         let life = expires_at.duration_since(issued_at).unwrap_or_default();
         Cached {
+            jti: workload_api::source::token_jti(&token).into(),
             token: token.into(),
             refresh_at: issued_at + life / 2,
             expires_at,
@@ -50,6 +53,7 @@ impl Cached {
         JwtSvid {
             token: self.token.to_string(),
             expires_at: self.expires_at,
+            jti: self.jti.clone(),
         }
     }
 }

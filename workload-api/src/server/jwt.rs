@@ -7,27 +7,37 @@ use super::*;
 /// JWT-SVIDs for each of `identities`, fetched side by side (as futures
 /// of this call, no task each): those that can be had (cached and
 /// unexpired, or freshly signed) are returned, in order; the call fails
-/// only if none can.
+/// only if none can. Beside the answer: which tokens it delivers.
 pub(super) async fn jwt_response<S: IdentitySource>(
     source: &Arc<S>,
     identities: Vec<Identity>,
     audience: Vec<String>,
     now: SystemTime,
-) -> Result<pb::JwtsvidResponse, Status> {
+) -> Result<(pb::JwtsvidResponse, Vec<Delivered>), Status> {
     let fetched = futures_util::future::join_all(identities.iter().map(|identity| async {
         let svid = source.fetch_jwt_svid(identity, &audience, now).await?;
-        unexpired_jwt(svid, now)
+        let jti = svid.jti.clone();
+        Ok::<_, Status>((unexpired_jwt(svid, now)?, jti))
     }))
     .await;
     let mut svids = Vec::with_capacity(identities.len());
+    let mut delivered = Vec::with_capacity(identities.len());
     let mut refusals = Vec::new();
     for (identity, result) in identities.into_iter().zip(fetched) {
         match result {
-            Ok(svid) => svids.push(pb::Jwtsvid {
-                spiffe_id: identity.spiffe_id,
-                svid,
-                hint: identity.hint,
-            }),
+            Ok((svid, jti)) => {
+                delivered.push(Delivered {
+                    kind: CredentialKind::JwtSvid,
+                    entry_id: identity.entry_id,
+                    spiffe_id: identity.spiffe_id.clone(),
+                    handle: jti.to_string(),
+                });
+                svids.push(pb::Jwtsvid {
+                    spiffe_id: identity.spiffe_id,
+                    svid,
+                    hint: identity.hint,
+                });
+            }
             Err(status) => {
                 tracing::debug!(spiffe_id = %identity.spiffe_id, error = %status.message(), "JWT-SVID unavailable");
                 refusals.push(status);
@@ -37,7 +47,7 @@ pub(super) async fn jwt_response<S: IdentitySource>(
     if svids.is_empty() {
         return Err(no_jwt_svid(refusals, source.issuer_outage(), now));
     }
-    Ok(pb::JwtsvidResponse { svids })
+    Ok((pb::JwtsvidResponse { svids }, delivered))
 }
 
 /// The token if it is valid at `now`: strictly before its `exp` (RFC 7519

@@ -311,14 +311,14 @@ impl<S: IdentitySource> SpiffeWorkloadApi for WorkloadApi<S> {
         if identities.is_empty() {
             return Err(no_identity());
         }
-        let response = jwt_response(
+        let (response, delivered) = jwt_response(
             &self.source,
-            identities.clone(),
+            identities,
             request.audience,
             SystemTime::now(),
         )
         .await?;
-        caller.report(self.source.as_ref(), jwt_delivered(&identities, &response));
+        caller.report(self.source.as_ref(), delivered);
         Ok(Response::new(response))
     }
 

@@ -243,6 +243,7 @@ impl IdentitySource for Fake {
     ) -> Result<JwtSvid, Status> {
         self.jwt[&identity.spiffe_id].clone().map(|token| JwtSvid {
             expires_at: token_exp(&token),
+            jti: crate::source::token_jti(&token).into(),
             token,
         })
     }
@@ -294,7 +295,7 @@ async fn jwt_svids_are_returned_for_the_identities_that_have_one() {
         ("denied", Err(Status::permission_denied("not authorized"))),
         ("valid-too", Ok(token(11))),
     ]);
-    let response = jwt_response(&fake, identities, vec!["db".into()], at(10))
+    let (response, delivered) = jwt_response(&fake, identities, vec!["db".into()], at(10))
         .await
         .unwrap();
     let ids: Vec<_> = response
@@ -310,6 +311,9 @@ async fn jwt_svids_are_returned_for_the_identities_that_have_one() {
         ]
     );
     assert_eq!(response.svids[0].svid, token(300));
+    // What is delivered is exactly what is answered, by entry.
+    let entries: Vec<_> = delivered.iter().map(|d| d.entry_id.as_str()).collect();
+    assert_eq!(entries, ["valid", "valid-too"]);
 }
 
 #[tokio::test]
@@ -355,6 +359,7 @@ fn token_exp(token: &str) -> SystemTime {
 fn a_jwt_svid_is_served_strictly_before_its_exp() {
     let svid = |token: String| JwtSvid {
         expires_at: token_exp(&token),
+        jti: "j".into(),
         token,
     };
     assert!(unexpired_jwt(svid(token(10)), at(9)).is_ok());

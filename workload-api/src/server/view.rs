@@ -289,24 +289,3 @@ pub(super) fn wit_delivered(
 pub(super) fn no_credentials(_: &Snapshot, _: &[Selector], _: SystemTime) -> Vec<Delivered> {
     Vec::new()
 }
-
-/// The JWT-SVIDs a FetchJWTSVID answer hands over, named by their `jti`.
-pub(super) fn jwt_delivered(
-    identities: &[Identity],
-    response: &pb::JwtsvidResponse,
-) -> Vec<Delivered> {
-    response
-        .svids
-        .iter()
-        .map(|svid| Delivered {
-            kind: CredentialKind::JwtSvid,
-            entry_id: identities
-                .iter()
-                .find(|i| i.spiffe_id == svid.spiffe_id)
-                .map(|i| i.entry_id.clone())
-                .unwrap_or_default(),
-            spiffe_id: svid.spiffe_id.clone(),
-            handle: crate::source::token_jti(&svid.svid),
-        })
-        .collect()
-}
