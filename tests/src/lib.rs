@@ -160,6 +160,37 @@ impl TestIssuer {
         (answer.status, answer.body)
     }
 
+    /// The leaves of the signed event log, read from `GET /log/export`.
+    pub async fn log_leaves(&self) -> Vec<serde_json::Value> {
+        let (status, body) = self.http_get("/log/export").await;
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .skip(1)
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    /// Waits until the event log holds an event for which `wanted` holds;
+    /// returns that event.
+    pub async fn wait_for_event(
+        &self,
+        what: &str,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let leaves = self.log_leaves().await;
+            if let Some(leaf) = leaves.iter().find(|l| wanted(&l["event"])) {
+                return leaf["event"].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} never reached the event log"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Creates an entry parented by `parent` with selector `unix:uid:1000`.
     pub async fn create_entry(&self, spiffe_id: &str, parent: &str, dns: &[&str]) -> pb::Entry {
         create_entry_at(&self.running.admin_socket_path, spiffe_id, parent, dns).await

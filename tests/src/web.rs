@@ -44,9 +44,14 @@ pub async fn http_call(
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     stream.write_all(body).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete HTTP response");
+    let head = String::from_utf8(response[..split].to_vec()).unwrap();
+    let body = &response[split + 4..];
     let mut lines = head.lines();
     let status = lines
         .next()
@@ -64,10 +69,39 @@ pub async fn http_call(
             value.trim().parse().unwrap(),
         );
     }
+    let chunked = headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+    let body = if chunked {
+        unchunk(body)
+    } else {
+        body.to_vec()
+    };
     Answer {
         status,
         headers,
-        body: body.to_owned(),
+        body: String::from_utf8(body).unwrap(),
+    }
+}
+
+/// The payload of a body in HTTP/1.1 chunked transfer coding (RFC 9112
+/// section 7.1): hex size lines, each chunk followed by CRLF, ending with
+/// a zero-size chunk.
+fn unchunk(mut body: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    loop {
+        let line_end = body
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("a chunk size line");
+        let size_text = std::str::from_utf8(&body[..line_end]).unwrap();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return payload;
+        }
+        payload.extend_from_slice(&body[..size]);
+        body = &body[size + 2..];
     }
 }
 

@@ -106,6 +106,33 @@ async fn a_workload_registers_a_child_within_its_owners_consent() {
     assert_eq!(bound.actors, [PLANNER]);
     node.wait_for_entry(&registered.id).await;
 
+    // The log records the consent the parent was bound by, and the child
+    // registered under it, with its actor chain.
+    let consented = node
+        .issuer
+        .wait_for_event("the consent", |e| {
+            e["type"] == "consent.accepted" && e["entry_id"] == parent.id.as_str()
+        })
+        .await;
+    assert_eq!(consented["owner"], ALICE);
+    assert_eq!(
+        consented["details"]["consent_sha256"],
+        hex::encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            consent.as_bytes()
+        ))
+    );
+    let delegated = node
+        .issuer
+        .wait_for_event("the delegated child", |e| {
+            e["type"] == "entry.delegated" && e["entry_id"] == registered.id.as_str()
+        })
+        .await;
+    assert_eq!(delegated["subject"], search.as_str());
+    assert_eq!(delegated["details"]["delegated_from"], parent.id.as_str());
+    assert_eq!(delegated["details"]["actors"], serde_json::json!([PLANNER]));
+    assert_eq!(delegated["details"]["agent"], node.agent_id.as_str());
+
     // The child's SVID names the owner and, as its actor chain, the parent.
     let mut client = connect(&EndpointAddress::Unix(node.socket.clone()))
         .await

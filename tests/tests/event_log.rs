@@ -984,6 +984,9 @@ async fn after_the_quickstart_audit_show_lists_issuance_delivery_and_revocation(
         assert!(ok, "{err}");
         if out.contains("owner.revoked") {
             assert!(out.contains("owner.registered"), "{out}");
+            // Under the owner: its workloads' issuance and use too.
+            assert!(out.contains("x509_svid.issued"), "{out}");
+            assert!(out.contains("credential.delivered"), "{out}");
             break;
         }
         assert!(Instant::now() < deadline, "{out}");
@@ -1162,4 +1165,73 @@ async fn jwt_svid_checks_a_service_reports_reach_the_log() {
     let (ok, out, err) = verify(&file, &key, None);
     assert!(ok, "{out}{err}");
     drop(reporter);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_changes_to_entries_and_agents_are_logged() {
+    use proto::admin as adm;
+    let issuer = TestIssuer::start().await;
+    let mut admin = issuer.admin().await;
+    let entry = issuer
+        .create_entry(
+            "spiffe://example.org/changed",
+            "spiffe://example.org/agent/x",
+            &[],
+        )
+        .await;
+    let mut fields = adm::EntryFields {
+        spiffe_id: entry.spiffe_id.clone(),
+        parent_id: entry.parent_id.clone(),
+        selectors: entry.selectors.clone(),
+        ..Default::default()
+    };
+    fields.x509_svid_ttl = 600;
+    admin
+        .update_entry(adm::UpdateEntryRequest {
+            id: entry.id.clone(),
+            entry: Some(fields),
+            revision: entry.revision,
+        })
+        .await
+        .unwrap();
+    admin
+        .delete_entry(adm::EntryId {
+            id: entry.id.clone(),
+        })
+        .await
+        .unwrap();
+    let banned = issuer.attest().await;
+    let evicted = issuer.attest().await;
+    admin
+        .ban_agent(adm::AgentId {
+            spiffe_id: banned.id.clone(),
+        })
+        .await
+        .unwrap();
+    admin
+        .evict_agent(adm::AgentId {
+            spiffe_id: evicted.id.clone(),
+        })
+        .await
+        .unwrap();
+
+    for (kind, subject) in [
+        ("entry.updated", entry.spiffe_id.as_str()),
+        ("entry.deleted", entry.spiffe_id.as_str()),
+        ("node.attested", banned.id.as_str()),
+        ("agent.banned", banned.id.as_str()),
+        ("agent.evicted", evicted.id.as_str()),
+    ] {
+        let event = issuer
+            .wait_for_event(kind, |e| e["type"] == kind && e["subject"] == subject)
+            .await;
+        assert_eq!(
+            event["actor"], "spiffe://example.org/sigil/issuer",
+            "{kind}"
+        );
+    }
+    let updated = issuer
+        .wait_for_event("the update", |e| e["type"] == "entry.updated")
+        .await;
+    assert_eq!(updated["details"]["revision"], entry.revision + 1);
 }

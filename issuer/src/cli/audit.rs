@@ -51,7 +51,8 @@ pub(super) enum AuditCommand {
         json: bool,
     },
     /// What was issued to whom, under which owner, and who used it: the
-    /// events about a SPIFFE ID or an owner, from a verified export.
+    /// events about a SPIFFE ID, or under an owner (with every later event
+    /// about a SPIFFE ID issued under it), from a verified export.
     Show {
         /// Events whose subject is this SPIFFE ID.
         #[arg(long, conflicts_with = "owner", required_unless_present = "owner")]
@@ -117,15 +118,11 @@ pub(super) async fn run(command: AuditCommand) -> Result<(), String> {
                 }
                 None => get(&format!("{}/log/export", base(&url.url)?)).await?,
             };
-            let wanted = |leaf: &Leaf| match (&spiffe_id, &owner) {
-                (Some(id), _) => leaf.event.subject.as_deref() == Some(id.as_str()),
-                (None, Some(owner)) => leaf.event.owner.as_deref() == Some(owner.as_str()),
-                (None, None) => false,
-            };
+            let mut selection = Selection::new(spiffe_id, owner);
             let mut found = Vec::new();
             let report =
                 verify_export_with(export.as_slice(), log_key.as_deref(), None, &mut |leaf| {
-                    if wanted(&leaf) {
+                    if selection.wants(&leaf) {
                         found.push(leaf);
                     }
                 })
@@ -268,6 +265,46 @@ fn print_report_json(report: &Report) {
         "kinds": kinds,
     });
     workload_api::outln!("{document}");
+}
+
+/// What `audit show` lists: events about a SPIFFE ID (as subject, or as
+/// the claimed sender of a refused request), or events under an owner and,
+/// since a credential is issued before it is used, every later event about
+/// a SPIFFE ID issued under that owner.
+#[derive(Debug)]
+struct Selection {
+    spiffe_id: Option<String>,
+    owner: Option<String>,
+    owned_subjects: std::collections::HashSet<String>,
+}
+
+impl Selection {
+    fn new(spiffe_id: Option<String>, owner: Option<String>) -> Self {
+        Selection {
+            spiffe_id,
+            owner,
+            owned_subjects: Default::default(),
+        }
+    }
+
+    fn wants(&mut self, leaf: &Leaf) -> bool {
+        let event = &leaf.event;
+        let claimed = event.details.get("claimed_sender").and_then(|s| s.as_str());
+        if let Some(id) = &self.spiffe_id {
+            return event.subject.as_deref() == Some(id.as_str()) || claimed == Some(id.as_str());
+        }
+        let Some(owner) = &self.owner else {
+            return false;
+        };
+        if event.owner.as_deref() == Some(owner.as_str()) {
+            if let Some(subject) = &event.subject {
+                self.owned_subjects.insert(subject.clone());
+            }
+            return true;
+        }
+        let about = |id: Option<&str>| id.is_some_and(|id| self.owned_subjects.contains(id));
+        about(event.subject.as_deref()) || about(claimed)
+    }
 }
 
 /// A leaf as `audit show --json` and `audit tail` print it.
