@@ -16,6 +16,23 @@ use sigil_tests::c2sp_check::run_c2sp_check_async;
 use sigil_tests::{binary, free_port, run, TestIssuer, TestNode, TRUST_DOMAIN};
 use workload_api::client::{connect, EndpointAddress};
 
+/// The caller's first JWT-SVID for `audience`, from the node's agent.
+async fn fetch_jwt(node: &TestNode, audience: &str) -> String {
+    let address = EndpointAddress::Unix(node.socket.clone());
+    let mut client = connect(&address).await.unwrap();
+    client
+        .fetch_jwtsvid(wpb::JwtsvidRequest {
+            audience: vec![audience.into()],
+            spiffe_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .svids[0]
+        .svid
+        .clone()
+}
+
 /// The tree size of the issuer's latest checkpoint.
 async fn checkpoint_size(issuer: &TestIssuer) -> u64 {
     let (status, note) = issuer.http_get("/log/checkpoint").await;
@@ -154,19 +171,7 @@ async fn issuance_and_registration_are_logged_and_the_export_verifies() {
     }
 
     // The agent's JWT-SVID and WIT requests are logged with their jti.
-    let address = EndpointAddress::Unix(node.socket.clone());
-    let mut client = connect(&address).await.unwrap();
-    let token = client
-        .fetch_jwtsvid(wpb::JwtsvidRequest {
-            audience: vec!["audience-a".into()],
-            spiffe_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .svids[0]
-        .svid
-        .clone();
+    let token = fetch_jwt(&node, "audience-a").await;
     let claims: serde_json::Value = {
         use base64::Engine as _;
         let payload = token.split('.').nth(1).unwrap();
@@ -1097,19 +1102,9 @@ async fn jwt_svid_checks_a_service_reports_reach_the_log() {
     const WEB: &str = "spiffe://example.org/web";
     let node = TestNode::start().await;
     node.register(WEB, 3600, "").await;
+    let token = fetch_jwt(&node, "db").await;
     let address = EndpointAddress::Unix(node.socket.clone());
     let mut client = connect(&address).await.unwrap();
-    let token = client
-        .fetch_jwtsvid(wpb::JwtsvidRequest {
-            audience: vec!["db".into()],
-            spiffe_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .svids[0]
-        .svid
-        .clone();
     let bundles = client
         .fetch_jwt_bundles(wpb::JwtBundlesRequest {})
         .await
