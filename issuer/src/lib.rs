@@ -20,6 +20,7 @@ pub mod endpoints;
 pub mod eventlog;
 pub mod ids;
 pub mod limits;
+pub mod metrics;
 pub mod owners;
 pub mod published;
 pub mod registration;

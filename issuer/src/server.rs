@@ -155,6 +155,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
         }
     })?;
     let lock = DirLock::acquire(&config.data_dir)?;
+    // Metrics recorded from here on reach GET /metrics.
+    crate::metrics::handle();
     let state = open(config, clock).await?;
     // Agents and relying parties get a revocation list from the first request.
     revocations::refresh(&state).await?;
@@ -349,7 +351,12 @@ async fn rotation_loop(state: IssuerState, mut shutdown: watch::Receiver<bool>) 
     loop {
         let now = state.clock.now();
         match state.ca.rotate(now) {
-            Ok(changed) => unlogged |= changed,
+            Ok(changed) => {
+                if changed {
+                    metrics::counter!(crate::metrics::KEY_ROTATIONS).increment(1);
+                }
+                unlogged |= changed;
+            }
             Err(error) => tracing::error!(%error, "CA rotation failed; retrying"),
         }
         if unlogged {

@@ -216,6 +216,7 @@ impl AgentApi for AgentService {
             .detail("attestation_type", "join_token")
             .detail("join_token_id", token_id.clone());
         self.record(&[attested, issued]).await?;
+        crate::metrics::issued("x509", 1);
         Ok(Response::new(pb::AttestAgentResponse {
             svid: Some(pb::AgentSvid {
                 spiffe_id: id.to_string(),
@@ -235,6 +236,7 @@ impl AgentApi for AgentService {
         // Logged before the new serial is accepted, so the log knows every
         // agent key that can sign events.
         self.record(&[issued]).await?;
+        crate::metrics::issued("x509", 1);
         self.state
             .store
             .set_agent_new_serial(
@@ -376,6 +378,7 @@ impl AgentService {
         agent: AuthenticatedAgent,
         tx: mpsc::Sender<Result<pb::SyncEntriesResponse, Status>>,
     ) {
+        let _connected = crate::metrics::ConnectedAgent::start();
         let mut store_changes = self.state.store.subscribe();
         let mut bundle_changes = self.state.ca.subscribe_bundle();
         let mut revocation_changes = self.state.revocations.subscribe();

@@ -13,6 +13,8 @@
 //!   then trust JWT-SVIDs as tokens of that issuer (workload identity
 //!   federation). `/keys` holds the JWT-SVID keys only.
 //! - `/log/...`: the signed event log (see [`super::log_http`]).
+//! - `/live`, `/ready`, `/metrics`: health and Prometheus metrics (see
+//!   [`super::health_http`]).
 
 use std::time::Duration;
 
@@ -42,6 +44,7 @@ pub fn router(state: IssuerState) -> Router {
         )
         .route("/keys", get(oidc_keys))
         .merge(super::log_http::routes())
+        .merge(super::health_http::routes())
         .with_state(state)
 }
 

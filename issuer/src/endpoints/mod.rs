@@ -8,6 +8,7 @@ pub mod agent;
 mod agent_events;
 pub mod convert;
 mod delegation;
+mod health_http;
 pub mod http;
 mod log_http;
 mod signing;

@@ -36,9 +36,12 @@ impl AgentService {
             .iter()
             .map(|p| self.sign_one(agent, entries, &mut bindings, &mut counters, p, &mut events))
             .collect();
-        if let Err(status) = self.record(&events).await {
-            for result in results.iter_mut().filter(|r| r.code == 0) {
-                *result = failed_x509(&result.entry_id, status.clone());
+        match self.record(&events).await {
+            Ok(()) => crate::metrics::issued("x509", events.len()),
+            Err(status) => {
+                for result in results.iter_mut().filter(|r| r.code == 0) {
+                    *result = failed_x509(&result.entry_id, status.clone());
+                }
             }
         }
         results
@@ -58,7 +61,11 @@ impl AgentService {
             .iter()
             .map(|p| self.sign_one_wit(agent, entries, &mut bindings, p, &mut events))
             .collect();
-        if let Err(status) = self.record(&events).await {
+        let recorded = self.record(&events).await;
+        if recorded.is_ok() {
+            crate::metrics::issued("wit", events.len());
+        }
+        if let Err(status) = recorded {
             for result in results.iter_mut().filter(|r| r.code == 0) {
                 *result = pb::WitSvidResult {
                     code: status.code() as i32,
@@ -128,6 +135,7 @@ impl AgentService {
             .jti(signed.jti)
             .bounded_list("audience", audience);
         self.record(&[event]).await?;
+        crate::metrics::issued("jwt", 1);
         Ok(pb::SignJwtSvidResponse {
             token: signed.token,
             expires_at,

@@ -106,6 +106,7 @@ pub async fn step(log: &EventLog, now: i64) -> Result<Option<LogHead>, StepError
     }
     tx.add_checkpoint(&new_head, now).await?;
     tx.commit().await?;
+    metrics::gauge!(crate::metrics::EVENT_LOG_SIZE).set(new_head.size as f64);
     Ok(Some(new_head))
 }
 

@@ -1,0 +1,81 @@
+//! The issuer's health and Prometheus metrics on its HTTP endpoint: what an
+//! orchestrator's probes and a Prometheus scrape see.
+
+use proto::workload as wpb;
+use sigil_tests::TestNode;
+use workload_api::client::{connect, EndpointAddress};
+
+/// The value of the sample `name` (with its labels, as rendered) in a
+/// Prometheus text exposition.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_issuer_says_it_is_live_and_ready_and_counts_what_it_issues() {
+    let node = TestNode::start().await;
+    let issuer = &node.issuer;
+    assert_eq!(issuer.http_get("/live").await, (200, "live\n".to_string()));
+    assert_eq!(
+        issuer.http_get("/ready").await,
+        (200, "ready\n".to_string())
+    );
+
+    let entry = node.register("spiffe://example.org/web", 3600, "").await;
+    node.wait_for_entry(&entry.id).await;
+    let mut client = connect(&EndpointAddress::Unix(node.socket.clone()))
+        .await
+        .unwrap();
+    client
+        .fetch_jwtsvid(wpb::JwtsvidRequest {
+            audience: vec!["db".into()],
+            spiffe_id: String::new(),
+        })
+        .await
+        .unwrap();
+    // Events reach the tree within a second.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
+    let (status, text) = issuer.http_get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("# HELP sigil_issuer_svids_issued_total"),
+        "{text}"
+    );
+    // The recorder is process-wide: other tests' issuers count too.
+    let at_least = |name: &str, floor: f64| {
+        let value = sample(&text, name).unwrap_or_else(|| panic!("no {name} in {text}"));
+        assert!(
+            value >= floor,
+            "{name} is {value}, expected at least {floor}"
+        );
+    };
+    at_least(r#"sigil_issuer_svids_issued_total{kind="x509"}"#, 2.0);
+    at_least(r#"sigil_issuer_svids_issued_total{kind="wit"}"#, 1.0);
+    at_least(r#"sigil_issuer_svids_issued_total{kind="jwt"}"#, 1.0);
+    at_least("sigil_issuer_connected_agents", 1.0);
+    at_least("sigil_issuer_event_log_size", 5.0);
+
+    // The agent's entry stream ends with the agent.
+    let before = sample(&text, "sigil_issuer_connected_agents").unwrap();
+    let mut node = node;
+    node.stop_agent().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, text) = node.issuer.http_get("/metrics").await;
+        if sample(&text, "sigil_issuer_connected_agents").unwrap() < before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream was never counted out"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
