@@ -1,6 +1,5 @@
 //! The issuer's Prometheus metrics, served at `GET /metrics` on its HTTP
-//! endpoint. The recorder is process-wide (an issuer embedded in
-//! `sigil-agent up` shares it with the agent), installed once.
+//! endpoint (the recorder is [`workload_api::metrics`]'s, process-wide).
 //!
 //! - `sigil_issuer_svids_issued_total{kind}`: X509-SVIDs (`x509`, agents'
 //!   included), JWT-SVIDs (`jwt`) and WITs (`wit`) handed out.
@@ -8,29 +7,17 @@
 //! - `sigil_issuer_key_rotations_total`: rotation steps of CA, JWT and WIT keys.
 //! - `sigil_issuer_event_log_size`: leaves in the signed event log.
 
-use std::sync::OnceLock;
-
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-
 pub const SVIDS_ISSUED: &str = "sigil_issuer_svids_issued_total";
 pub const CONNECTED_AGENTS: &str = "sigil_issuer_connected_agents";
 pub const KEY_ROTATIONS: &str = "sigil_issuer_key_rotations_total";
 pub const EVENT_LOG_SIZE: &str = "sigil_issuer_event_log_size";
 
-/// The process's Prometheus handle, installing the recorder on first use.
-/// When another recorder was installed first, metrics go there and this
-/// handle renders what it has (nothing).
-pub fn handle() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        if metrics::set_global_recorder(recorder).is_err() {
-            tracing::warn!("another metrics recorder is installed; /metrics stays empty");
-        }
-        describe();
-        handle
-    })
+/// The process's Prometheus handle, with the issuer's metrics described.
+pub fn handle() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    let handle = workload_api::metrics::handle();
+    DESCRIBED.call_once(describe);
+    handle
 }
 
 fn describe() {

@@ -34,6 +34,11 @@ pub enum AgentError {
     Node(#[from] NodeError),
     #[error(transparent)]
     Events(#[from] crate::events::queue::QueueError),
+    #[error("health address {address}: {source}")]
+    HealthAddress {
+        address: String,
+        source: std::io::Error,
+    },
     #[error("workload API socket {path}: {source}")]
     Socket {
         path: String,
@@ -53,6 +58,8 @@ pub struct RunningAgent {
     pub health: Arc<IssuerHealth>,
     /// Events waiting for the issuer's log.
     pub events: Arc<AgentEvents>,
+    /// Where /live, /ready and /metrics are served, when they are.
+    pub health_address: Option<std::net::SocketAddr>,
     socket: BoundSocket,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -146,6 +153,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     let mut shutdown = stop_rx.clone();
     tasks.push(tokio::spawn(async move {
         let result = workload_api::connection::server_builder()
+            .layer(crate::metrics::CallMetricsLayer)
             .add_service(SpiffeWorkloadApiServer::new(WorkloadApi::new(source)))
             .add_service(reflection)
             .add_service(AgentHealthServer::new(probe))
@@ -162,9 +170,42 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
             tracing::error!(%error, "workload API stopped");
         }
     }));
+    let health_address = match config.health_address {
+        Some(address) => {
+            let failed = |source| AgentError::HealthAddress {
+                address: address.to_string(),
+                source,
+            };
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(failed)?;
+            let bound = listener.local_addr().map_err(failed)?;
+            crate::metrics::handle();
+            let app = crate::health_http::router(crate::health_http::HealthState {
+                snapshots: snapshot_rx.clone(),
+                health: health.clone(),
+                events: events.clone(),
+            });
+            let mut shutdown = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = shutdown.wait_for(|s| *s).await;
+                };
+                if let Err(error) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+                {
+                    tracing::error!(%error, "health endpoint stopped");
+                }
+            }));
+            Some(bound)
+        }
+        None => None,
+    };
     tracing::info!(
         agent_id = %node.svid().spiffe_id,
         socket = %config.socket_path.display(),
+        health = ?health_address,
         "agent started"
     );
     Ok(RunningAgent {
@@ -175,6 +216,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         served,
         health,
         events,
+        health_address,
         socket,
         stop,
         tasks,

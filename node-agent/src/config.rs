@@ -34,6 +34,8 @@ pub struct FileConfig {
     pub wit_key_algorithm: Option<String>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
+    /// `host:port` serving /live, /ready and /metrics over HTTP; off when unset.
+    pub health_address: Option<String>,
     /// Adds the Kubernetes workload attestor's `k8s` selectors (default off).
     pub k8s_workload_attestor: Option<bool>,
     /// `https://host:port` of the kubelet's authenticated port.
@@ -70,6 +72,7 @@ impl FileConfig {
             wit_key_algorithm: self.wit_key_algorithm.or(fallback.wit_key_algorithm),
             log_level: self.log_level.or(fallback.log_level),
             log_format: self.log_format.or(fallback.log_format),
+            health_address: self.health_address.or(fallback.health_address),
             k8s_workload_attestor: self
                 .k8s_workload_attestor
                 .or(fallback.k8s_workload_attestor),
@@ -106,6 +109,8 @@ pub struct AgentConfig {
     pub wit_key_alg: Algorithm,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Where /live, /ready and /metrics are served; None: not served.
+    pub health_address: Option<std::net::SocketAddr>,
     /// The Kubernetes workload attestor, when on.
     pub k8s: Option<K8sConfig>,
 }
@@ -212,6 +217,16 @@ impl AgentConfig {
         };
         let log_format = LogFormat::parse(file.log_format.as_deref())?;
         let log_level = logging::parse_level(file.log_level.as_deref(), "info")?;
+        let health_address = file
+            .health_address
+            .as_deref()
+            .map(|address| {
+                address.parse().map_err(|_| ConfigError::Invalid {
+                    key: "health_address",
+                    reason: format!("{address:?} is not host:port with an IP address"),
+                })
+            })
+            .transpose()?;
         Ok(AgentConfig {
             trust_domain,
             issuer_address,
@@ -226,6 +241,7 @@ impl AgentConfig {
             wit_key_alg,
             log_level,
             log_format,
+            health_address,
             k8s,
         })
     }

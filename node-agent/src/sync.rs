@@ -92,6 +92,7 @@ async fn follow(
         .into_inner();
     let mut snapshot: Option<BTreeMap<String, pb::Entry>> = None;
     while let Some(message) = stream.message().await? {
+        crate::metrics::synced();
         if !message.bundle.is_empty() {
             match Bundle::from_jwks_json(node.config.trust_domain.clone(), &message.bundle) {
                 Ok(bundle) => node.update_bundle(bundle).await,

@@ -79,3 +79,75 @@ async fn the_issuer_says_it_is_live_and_ready_and_counts_what_it_issues() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_says_it_is_live_and_ready_and_counts_its_calls() {
+    let mut node = TestNode::start().await;
+    node.restart_agent_with(|config| {
+        config.health_address = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let address = node
+        .agent
+        .as_ref()
+        .unwrap()
+        .health_address
+        .expect("the health endpoint is on")
+        .to_string();
+    let get = |path: &'static str| {
+        let address = address.clone();
+        async move {
+            let answer =
+                sigil_tests::web::http_call(&address, "GET", path, &http::HeaderMap::new(), b"")
+                    .await;
+            (answer.status, answer.body)
+        }
+    };
+    assert_eq!(get("/live").await, (200, "live\n".to_string()));
+    let entry = node.register("spiffe://example.org/web", 3600, "").await;
+    node.wait_for_entry(&entry.id).await;
+    assert_eq!(get("/ready").await, (200, "ready\n".to_string()));
+
+    let mut client = connect(&EndpointAddress::Unix(node.socket.clone()))
+        .await
+        .unwrap();
+    client
+        .fetch_jwtsvid(wpb::JwtsvidRequest {
+            audience: vec!["db".into()],
+            spiffe_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let (status, text) = get("/metrics").await;
+    assert_eq!(status, 200);
+    let at_least = |name: &str, floor: f64| {
+        let value = sample(&text, name).unwrap_or_else(|| panic!("no {name} in {text}"));
+        assert!(
+            value >= floor,
+            "{name} is {value}, expected at least {floor}"
+        );
+    };
+    at_least(
+        r#"sigil_agent_workload_api_calls_total{method="FetchJWTSVID"}"#,
+        1.0,
+    );
+    at_least(
+        r#"sigil_agent_workload_api_call_seconds_count{method="FetchJWTSVID"}"#,
+        1.0,
+    );
+    at_least(r#"sigil_agent_svids_minted_total{kind="x509"}"#, 1.0);
+    at_least(r#"sigil_agent_svids_minted_total{kind="wit"}"#, 1.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    at_least("sigil_agent_last_sync_timestamp_seconds", now - 600.0);
+    assert!(
+        sample(&text, "sigil_agent_issuer_unreachable_seconds").is_some(),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "sigil_agent_events_pending").is_some(),
+        "{text}"
+    );
+}

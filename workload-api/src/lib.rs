@@ -14,8 +14,8 @@
 //!   revoked owners.
 //! - [`events`]: the records of the signed event log, in canonical JSON.
 //! - [`files`], [`pem`]: private files and directories, PEM text.
-//! - [`config_file`], [`logging`], [`stdout`] (feature `daemon`): what Sigil's
-//!   binaries share.
+//! - [`config_file`], [`logging`], [`metrics`], [`stdout`] (feature
+//!   `daemon`): what Sigil's binaries share.
 
 pub mod bundle;
 pub mod client;
@@ -33,6 +33,8 @@ pub mod jwtsvid;
 pub mod keypair;
 #[cfg(feature = "daemon")]
 pub mod logging;
+#[cfg(feature = "daemon")]
+pub mod metrics;
 pub mod owner;
 pub mod pem;
 pub mod revocation;

@@ -89,6 +89,9 @@ struct RunArgs {
     /// text (default) or json.
     #[arg(long, env = "SIGIL_LOG_FORMAT")]
     log_format: Option<String>,
+    /// host:port serving /live, /ready and /metrics over HTTP (off by default).
+    #[arg(long, env = "SIGIL_AGENT_HEALTH_ADDRESS")]
+    health_address: Option<String>,
 }
 
 /// Runs the command line and returns the process exit code.
@@ -133,6 +136,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         wit_key_algorithm: args.wit_key_algorithm,
         log_level: args.log_level,
         log_format: args.log_format,
+        health_address: args.health_address,
         ..FileConfig::default()
     };
     let file = match &args.config {

@@ -364,6 +364,7 @@ async fn mint(
             })
             .ok_or("issuer returned an invalid SVID")?;
         tracing::debug!(entry_id = %result.entry_id, spiffe_id = %leaf.spiffe_id, "X509-SVID minted");
+        crate::metrics::minted("x509", 1);
         minted.insert(
             result.entry_id,
             Minted {

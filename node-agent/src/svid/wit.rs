@@ -85,6 +85,7 @@ pub async fn mint(
     super::settle(WHAT, pending, results, |result, key, revision| {
         let expires_at = expiry(&result.token).ok_or("issuer returned an invalid WIT")?;
         tracing::debug!(entry_id = %result.entry_id, "WIT-SVID minted");
+        crate::metrics::minted("wit", 1);
         minted.insert(
             result.entry_id,
             MintedWit {
