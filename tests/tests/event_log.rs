@@ -1230,3 +1230,67 @@ async fn operator_changes_to_entries_and_agents_are_logged() {
         .await;
     assert_eq!(updated["details"]["revision"], entry.revision + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_is_logged_step_by_step() {
+    let clock = sigil_issuer::clock::ManualClock::new(std::time::SystemTime::now());
+    let issuer = TestIssuer::start_with(Arc::new(clock.clone()), |_| {}).await;
+    let ttl = issuer.running.state.config.ca_ttl;
+    let first_x509 = issuer
+        .wait_for_event("the first CA key", |e| {
+            e["type"] == "key.activated" && e["details"]["key_kind"] == "x509"
+        })
+        .await;
+    let first_id = first_x509["details"]["key_id"].clone();
+    // Past half the CA's life its successor is prepared and published...
+    clock.advance(ttl * 11 / 20);
+    let prepared = issuer
+        .wait_for_event("a prepared CA key", |e| {
+            e["type"] == "key.prepared" && e["details"]["key_kind"] == "x509"
+        })
+        .await;
+    let next_id = prepared["details"]["key_id"].clone();
+    assert_ne!(next_id, first_id);
+    // ... and past five sixths it takes over; the old one is retired.
+    clock.advance(ttl * 7 / 20);
+    issuer
+        .wait_for_event("the successor's activation", |e| {
+            e["type"] == "key.activated" && e["details"]["key_id"] == next_id
+        })
+        .await;
+    issuer
+        .wait_for_event("the old key's retirement", |e| {
+            e["type"] == "key.retired" && e["details"]["key_id"] == first_id
+        })
+        .await;
+    for kind in ["jwt", "wit"] {
+        issuer
+            .wait_for_event("the token keys' rotation", |e| {
+                e["type"] == "key.retired" && e["details"]["key_kind"] == kind
+            })
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_verifies_with_no_issuer_running() {
+    let issuer = TestIssuer::start().await;
+    let key = issuer.running.state.events.key().verifier_key();
+    issuer
+        .create_entry(
+            "spiffe://example.org/offline",
+            "spiffe://example.org/agent/x",
+            &[],
+        )
+        .await;
+    wait_for_size(&issuer, 5).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = export(&url(&issuer), dir.path(), "events.jsonl", 0);
+    let TestIssuer {
+        dir: _data,
+        running,
+    } = issuer;
+    running.shutdown().await;
+    let (ok, out, err) = verify(&file, &key, None);
+    assert!(ok, "{out}{err}");
+}
