@@ -5,6 +5,20 @@ use proto::workload as wpb;
 use sigil_tests::TestNode;
 use workload_api::client::{connect, EndpointAddress};
 
+/// A JWT-SVID for audience `db` from the node's agent.
+async fn fetch_jwt(node: &TestNode) {
+    let mut client = connect(&EndpointAddress::Unix(node.socket.clone()))
+        .await
+        .unwrap();
+    client
+        .fetch_jwtsvid(wpb::JwtsvidRequest {
+            audience: vec!["db".into()],
+            spiffe_id: String::new(),
+        })
+        .await
+        .unwrap();
+}
+
 /// The value of the sample `name` (with its labels, as rendered) in a
 /// Prometheus text exposition.
 fn sample(text: &str, name: &str) -> Option<f64> {
@@ -29,16 +43,7 @@ async fn the_issuer_says_it_is_live_and_ready_and_counts_what_it_issues() {
 
     let entry = node.register("spiffe://example.org/web", 3600, "").await;
     node.wait_for_entry(&entry.id).await;
-    let mut client = connect(&EndpointAddress::Unix(node.socket.clone()))
-        .await
-        .unwrap();
-    client
-        .fetch_jwtsvid(wpb::JwtsvidRequest {
-            audience: vec!["db".into()],
-            spiffe_id: String::new(),
-        })
-        .await
-        .unwrap();
+    fetch_jwt(&node).await;
     // Events reach the tree within a second.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
 
@@ -108,16 +113,7 @@ async fn the_agent_says_it_is_live_and_ready_and_counts_its_calls() {
     node.wait_for_entry(&entry.id).await;
     assert_eq!(get("/ready").await, (200, "ready\n".to_string()));
 
-    let mut client = connect(&EndpointAddress::Unix(node.socket.clone()))
-        .await
-        .unwrap();
-    client
-        .fetch_jwtsvid(wpb::JwtsvidRequest {
-            audience: vec!["db".into()],
-            spiffe_id: String::new(),
-        })
-        .await
-        .unwrap();
+    fetch_jwt(&node).await;
     let (status, text) = get("/metrics").await;
     assert_eq!(status, 200);
     let at_least = |name: &str, floor: f64| {

@@ -93,16 +93,15 @@ impl AgentEvents {
     /// Logs what a workload was handed: once per process and credential.
     pub fn delivered(&self, agent_id: &str, delivery: &Delivery<'_>) {
         let now = SystemTime::now();
-        for credential in &delivery.credentials {
-            let first = self.seen.lock().expect("deliveries").first(
-                delivery.pid,
-                delivery.uid,
-                credential.kind,
-                &credential.handle,
-            );
-            if !first {
-                continue;
-            }
+        let fresh: Vec<_> = {
+            let mut seen = self.seen.lock().expect("deliveries");
+            delivery
+                .credentials
+                .iter()
+                .filter(|c| seen.first(delivery.pid, delivery.uid, c.kind, &c.handle))
+                .collect()
+        };
+        for credential in fresh {
             let selectors: Vec<String> = delivery.selectors.iter().map(|s| s.to_string()).collect();
             let mut event = Event::new(EventKind::CredentialDelivered, agent_id, now)
                 .subject(credential.spiffe_id.clone())

@@ -27,7 +27,7 @@ pub enum FetchError {
     NoRoots(#[source] std::io::Error),
     #[error("{url}: timed out after {}s", TIMEOUT.as_secs())]
     TimedOut { url: String },
-    #[error("{url}: {}", error_chain(.source))]
+    #[error("{url}: {}", crate::error_chain(.source))]
     Request {
         url: String,
         source: hyper_util::client::legacy::Error,
@@ -90,15 +90,4 @@ pub async fn fetch(url: &str) -> Result<Vec<u8>, FetchError> {
         source,
     })?;
     Ok(body.to_bytes().to_vec())
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }

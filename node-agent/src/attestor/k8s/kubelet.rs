@@ -14,10 +14,8 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::CertificateDer;
+use rustls::RootCertStore;
 use zeroize::Zeroizing;
 
 use super::pods::PodList;
@@ -142,7 +140,9 @@ impl KubeletClient {
             }
             KubeletTrust::DangerousSkipVerification => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyKubeletCertificate(provider)))
+                // Handshake signatures are still checked: the peer holds
+                // the key of the certificate it showed, whoever that is.
+                .with_custom_certificate_verifier(crate::issuer_client::any_certificate(provider))
                 .with_no_client_auth(),
         };
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -183,7 +183,7 @@ impl KubeletClient {
                     .await
                     .map_err(|e| KubeletError::Request {
                         url: url.clone(),
-                        reason: error_chain(&e),
+                        reason: crate::error_chain(&e),
                     })?;
             match response.status().as_u16() {
                 200 => {}
@@ -213,7 +213,7 @@ impl KubeletClient {
                     } else {
                         KubeletError::Body {
                             url: url.clone(),
-                            reason: error_chain(e.as_ref()),
+                            reason: crate::error_chain(e.as_ref()),
                         }
                     }
                 })
@@ -252,68 +252,6 @@ async fn read_token(path: &Path) -> Result<Zeroizing<String>, KubeletError> {
         });
     }
     Ok(Zeroizing::new(token.to_owned()))
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
-}
-
-/// `kubelet_skip_verification_dangerous`: any certificate is taken as the
-/// kubelet's. Handshake signatures are still checked, so the peer holds the
-/// key of the certificate it showed, whoever that is.
-#[derive(Debug)]
-struct AnyKubeletCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyKubeletCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]
