@@ -1294,3 +1294,103 @@ async fn an_export_verifies_with_no_issuer_running() {
     let (ok, out, err) = verify(&file, &key, None);
     assert!(ok, "{out}{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_events_refuses_what_an_agent_may_not_log_and_takes_each_seq_once() {
+    use proto::issuer as pb;
+    use workload_api::events::{signed, Event, EventKind};
+    use workload_api::jwk::Algorithm;
+    use workload_api::keypair::KeyPair;
+    let issuer = TestIssuer::start().await;
+    let agent = issuer.attest().await;
+    let key = KeyPair::from_pkcs8(Algorithm::ES256, &agent.identity.pkcs8).unwrap();
+    let delivered = |actor: &str| {
+        Event::new(
+            EventKind::CredentialDelivered,
+            actor,
+            std::time::SystemTime::now(),
+        )
+        .subject("spiffe://example.org/web")
+    };
+    let submit = |records: Vec<String>| {
+        let mut client = agent.client.clone();
+        async move {
+            client
+                .submit_events(pb::SubmitEventsRequest { records })
+                .await
+                .map(|r| r.into_inner().acknowledged_through)
+        }
+    };
+    let refused = |result: Result<u64, tonic::Status>, code: tonic::Code, text: &str| {
+        let status = result.expect_err(text);
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(status.message().contains(text), "{status:?}");
+    };
+    let id = agent.id.clone();
+    // Another agent's name as actor.
+    let other = signed::sign(&delivered("spiffe://example.org/agent/other"), 1, &key).unwrap();
+    refused(
+        submit(vec![other]).await,
+        tonic::Code::InvalidArgument,
+        "records[0]: the event's actor",
+    );
+    // A kind only the issuer witnesses.
+    let issued = Event::new(
+        EventKind::X509SvidIssued,
+        id.as_str(),
+        std::time::SystemTime::now(),
+    );
+    let issued = signed::sign(&issued, 1, &key).unwrap();
+    refused(
+        submit(vec![issued]).await,
+        tonic::Code::InvalidArgument,
+        "may not report x509_svid.issued",
+    );
+    // Signed with a key that is not the caller's SVID key.
+    let stranger = KeyPair::generate(Algorithm::ES256).unwrap();
+    let foreign = signed::sign(&delivered(&id), 1, &stranger).unwrap();
+    refused(
+        submit(vec![foreign]).await,
+        tonic::Code::InvalidArgument,
+        "other than the agent's current SVID key",
+    );
+    // An altered record.
+    let altered = signed::sign(&delivered(&id), 1, &key)
+        .unwrap()
+        .replace("/web", "/db");
+    refused(
+        submit(vec![altered]).await,
+        tonic::Code::InvalidArgument,
+        "signature does not verify",
+    );
+    // A gap in the numbering.
+    let third = signed::sign(&delivered(&id), 3, &key).unwrap();
+    refused(
+        submit(vec![third]).await,
+        tonic::Code::FailedPrecondition,
+        "expected 1",
+    );
+    // Too many in one call.
+    let many = vec![signed::sign(&delivered(&id), 1, &key).unwrap(); 257];
+    refused(
+        submit(many).await,
+        tonic::Code::InvalidArgument,
+        "257 records in one call",
+    );
+    // In order, each seq is taken once however often it is sent.
+    let first = signed::sign(&delivered(&id), 1, &key).unwrap();
+    assert_eq!(submit(vec![first.clone()]).await.unwrap(), 1);
+    assert_eq!(submit(vec![first]).await.unwrap(), 1);
+    let second = signed::sign(&delivered(&id), 2, &key).unwrap();
+    assert_eq!(submit(vec![second]).await.unwrap(), 2);
+    let leaves = issuer.log_leaves().await;
+    let from_agent = |l: &&serde_json::Value| l["event"]["actor"] == id.as_str();
+    // Give the sequencer its step before counting.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut count = leaves.iter().filter(from_agent).count();
+    while count < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        count = issuer.log_leaves().await.iter().filter(from_agent).count();
+    }
+    assert_eq!(count, 2, "each seq logged once");
+}
