@@ -180,11 +180,7 @@ pub(super) async fn run(command: AuditCommand) -> Result<(), String> {
         } => {
             let input =
                 std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-            let older = checkpoint
-                .map(|path| {
-                    std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
-                })
-                .transpose()?;
+            let older = checkpoint.map(|path| read_note(&path)).transpose()?;
             let report = verify_export(
                 std::io::BufReader::new(input),
                 log_key.as_deref(),
@@ -305,6 +301,24 @@ impl Selection {
         let about = |id: Option<&str>| id.is_some_and(|id| self.owned_subjects.contains(id));
         about(event.subject.as_deref()) || about(claimed)
     }
+}
+
+/// The most a checkpoint file may hold: a note with a few signatures.
+const MAX_NOTE_BYTES: u64 = 64 * 1024;
+
+/// A signed note from a file, refused unread when it is too large.
+fn read_note(path: &std::path::Path) -> Result<String, String> {
+    let shown = || path.display().to_string();
+    let size = std::fs::metadata(path)
+        .map_err(|e| format!("{}: {e}", shown()))?
+        .len();
+    if size > MAX_NOTE_BYTES {
+        return Err(format!(
+            "{}: {size} bytes; a checkpoint is at most {MAX_NOTE_BYTES}",
+            shown()
+        ));
+    }
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", shown()))
 }
 
 /// A leaf as `audit show --json` and `audit tail` print it.

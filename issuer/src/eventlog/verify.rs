@@ -100,6 +100,38 @@ pub fn verify_checkpoint(note: &str, key: &str) -> Result<VerifiedCheckpoint, St
     })
 }
 
+/// The longest header line read: a checkpoint and at most 64 frontier
+/// hashes fit many times over.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// The next line of `input` without its newline, None at the end; a line
+/// longer than `max` is refused without reading the rest of it.
+fn read_line(input: &mut impl BufRead, max: usize) -> Result<Option<Vec<u8>>, String> {
+    let mut line = Vec::new();
+    loop {
+        let available = input
+            .fill_buf()
+            .map_err(|e| format!("reading the export: {e}"))?;
+        if available.is_empty() {
+            return Ok((!line.is_empty()).then_some(line));
+        }
+        let (taken, done) = match memchr::memchr(b'\n', available) {
+            Some(at) => (at, true),
+            None => (available.len(), false),
+        };
+        if line.len() + taken > max {
+            return Err(format!(
+                "a line is longer than {max} bytes, more than any it may hold"
+            ));
+        }
+        line.extend_from_slice(&available[..taken]);
+        input.consume(taken + usize::from(done));
+        if done {
+            return Ok(Some(line));
+        }
+    }
+}
+
 /// The export's first line.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,11 +163,10 @@ pub fn verify_export_with(
     older: Option<&str>,
     on_leaf: &mut dyn FnMut(Leaf),
 ) -> Result<Report, VerifyError> {
-    let mut lines = input.split(b'\n');
-    let header = lines
-        .next()
-        .ok_or_else(|| fail("the export is empty"))?
-        .map_err(|e| fail(format!("reading the export: {e}")))?;
+    let mut input = input;
+    let header = read_line(&mut input, MAX_HEADER_BYTES)
+        .map_err(|e| fail(format!("the export's header: {e}")))?
+        .ok_or_else(|| fail("the export is empty"))?;
     let header: Header =
         serde_json::from_slice(&header).map_err(|e| fail(format!("the export's header: {e}")))?;
     if header.format != EXPORT_FORMAT {
@@ -198,9 +229,12 @@ pub fn verify_export_with(
     // events: an agent's signature counts only with one of them.
     let mut agent_keys: HashMap<String, HashSet<String>> = HashMap::new();
     let (mut agent_events, mut agent_keys_before_export) = (0, 0);
-    for line in lines {
-        let line = line.map_err(|e| fail(format!("reading the export: {e}")))?;
+    loop {
         let index = tree.size();
+        let Some(line) = read_line(&mut input, MAX_LEAF_BYTES).map_err(|e| fail_at(index, e))?
+        else {
+            break;
+        };
         if line.is_empty() {
             // Only the newline that ends the file may leave an empty line.
             continue;
@@ -213,9 +247,6 @@ pub fn verify_export_with(
                     checkpoint.size
                 ),
             ));
-        }
-        if line.len() > MAX_LEAF_BYTES {
-            return Err(fail_at(index, "the line is longer than any leaf"));
         }
         let opened = leaf::open(&line, index, &checkpoint.origin, &verifier)
             .map_err(|e| fail_at(index, e.to_string()))?;
@@ -290,6 +321,18 @@ mod tests {
     const EXAMPLE_KEY: &str =
         "example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k";
     const EXAMPLE_NOTE: &str = "This is an example message.\n\n\u{2014} example.com/foo Uw2QOkn8srV1yJGh2VYRlL1Tnagv1YEq6TfXppzi2ONncAlTgK7Ztg1ERYNZXsYjOBH3mFXmRKuwHjG1Yu72IneyaQM=\n";
+
+    #[test]
+    fn lines_are_read_within_their_bound() {
+        let mut input = std::io::Cursor::new(b"ab\ncd".to_vec());
+        assert_eq!(read_line(&mut input, 2).unwrap(), Some(b"ab".to_vec()));
+        assert_eq!(read_line(&mut input, 2).unwrap(), Some(b"cd".to_vec()));
+        assert_eq!(read_line(&mut input, 2).unwrap(), None);
+        let mut long = std::io::BufReader::with_capacity(4, std::io::Cursor::new(vec![b'x'; 100]));
+        assert!(read_line(&mut long, 10)
+            .unwrap_err()
+            .contains("longer than 10 bytes"));
+    }
 
     #[test]
     fn the_published_signed_note_example_verifies() {
