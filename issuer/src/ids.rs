@@ -1,4 +1,4 @@
-//! Random identifiers.
+//! Identifiers: random ones, and the issuer's own SPIFFE ID.
 
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -35,4 +35,10 @@ pub fn serial_number() -> [u8; 16] {
         b[0] = 0x01;
     }
     b
+}
+
+/// The issuer's SPIFFE ID: what its TLS certificate names, the actor of the
+/// events it witnesses, and the parent of node aliases by attested selectors.
+pub fn issuer_id(trust_domain: &workload_api::id::TrustDomain) -> String {
+    format!("spiffe://{trust_domain}/sigil/issuer")
 }

@@ -3,6 +3,7 @@
 //! - [`ca`]: CA certificates and JWT keys, their rotation, SVID signing.
 //! - [`store`]: registration entries, agents and join tokens (SQLite).
 //! - [`attestation`]: node attestation (join tokens).
+//! - [`k8s`]: Kubernetes: k8s_psat attestation, identity rules for pods, the bundle ConfigMap.
 //! - [`endpoints`]: the agent API (gRPC over mTLS) and the admin API (local socket).
 //! - [`eventlog`]: the signed event log (RFC 6962 tree, C2SP checkpoints and tiles).
 //! - [`config`]: the TOML configuration and its validation.
@@ -19,6 +20,7 @@ pub mod delegation;
 pub mod endpoints;
 pub mod eventlog;
 pub mod ids;
+pub mod k8s;
 pub mod limits;
 pub mod metrics;
 pub mod owners;

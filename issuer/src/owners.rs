@@ -58,6 +58,8 @@ pub enum ConsentRefusal {
     AnotherSpiffeId { scope: String, spiffe_id: String },
     #[error("consent: its selectors [{consented}] differ from the entry's [{entry}]")]
     SelectorsDiffer { consented: String, entry: String },
+    #[error("consent: its selectors [{consented}] are not all among the entry's [{entry}]")]
+    SelectorsMissing { consented: String, entry: String },
     #[error("owner_id: the owner's stored key is unusable: {0}")]
     StoredKey(OwnerKeyError),
 }
@@ -71,6 +73,38 @@ pub fn bind_entry(
     owner: &Owner,
     consent_jws: &str,
     now: i64,
+) -> Result<ConsentClaims, ConsentRefusal> {
+    bind(fields, owner, consent_jws, now, SelectorScope::Exactly)
+}
+
+/// How a consent's selectors must relate to its entry's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SelectorScope {
+    /// An entry an operator makes lists exactly the consented selectors.
+    Exactly,
+    /// An entry an identity rule makes for a pod carries every consented
+    /// selector and the pod's own (its uid), which only narrows whom the
+    /// entry selects: one consent covers the rule's pods.
+    AtLeast,
+}
+
+/// As [`bind_entry`], for an entry an identity rule makes: the consent's
+/// selectors must all be among the entry's ([`SelectorScope::AtLeast`]).
+pub fn bind_rule_entry(
+    fields: &mut EntryFields,
+    owner: &Owner,
+    consent_jws: &str,
+    now: i64,
+) -> Result<ConsentClaims, ConsentRefusal> {
+    bind(fields, owner, consent_jws, now, SelectorScope::AtLeast)
+}
+
+fn bind(
+    fields: &mut EntryFields,
+    owner: &Owner,
+    consent_jws: &str,
+    now: i64,
+    scope: SelectorScope,
 ) -> Result<ConsentClaims, ConsentRefusal> {
     let claimed = consent::claimed_owner(consent_jws)?;
     if claimed != owner.id {
@@ -88,11 +122,20 @@ pub fn bind_entry(
         });
     }
     let entry_selectors = selector_strings(fields);
-    if entry_selectors != claims.selectors {
-        return Err(ConsentRefusal::SelectorsDiffer {
-            consented: claims.selectors.join(", "),
-            entry: entry_selectors.join(", "),
-        });
+    match scope {
+        SelectorScope::Exactly if entry_selectors != claims.selectors => {
+            return Err(ConsentRefusal::SelectorsDiffer {
+                consented: claims.selectors.join(", "),
+                entry: entry_selectors.join(", "),
+            });
+        }
+        SelectorScope::AtLeast if !claims.selectors.iter().all(|s| entry_selectors.contains(s)) => {
+            return Err(ConsentRefusal::SelectorsMissing {
+                consented: claims.selectors.join(", "),
+                entry: entry_selectors.join(", "),
+            });
+        }
+        _ => {}
     }
     let consent_expiry = i64::try_from(claims.exp).unwrap_or(i64::MAX);
     if fields.expires_at == 0 || fields.expires_at > consent_expiry {
@@ -228,6 +271,31 @@ mod tests {
             "consent: signed for owner mailto:bob@example.org, not mailto:alice@example.org"
         );
         assert!(refuse("not.a.jws").starts_with("consent is not a compact JWS"));
+    }
+
+    #[test]
+    fn a_rules_entry_may_add_selectors_to_its_consents_but_not_drop_any() {
+        let (owner, key) = owner_and_key();
+        let jws = consent(&key, |_| {});
+        let mut narrower = fields();
+        narrower
+            .selectors
+            .push(Selector::parse("k8s:pod-uid:0b6f").unwrap());
+        // An operator's entry lists exactly the consented selectors.
+        assert!(matches!(
+            bind_entry(&mut narrower.clone(), &owner, &jws, NOW),
+            Err(ConsentRefusal::SelectorsDiffer { .. })
+        ));
+        bind_rule_entry(&mut narrower, &owner, &jws, NOW).unwrap();
+        assert!(narrower.owner.is_some());
+        let mut wider = fields();
+        wider.selectors = vec![Selector::parse("k8s:pod-uid:0b6f").unwrap()];
+        assert_eq!(
+            bind_rule_entry(&mut wider, &owner, &jws, NOW)
+                .unwrap_err()
+                .to_string(),
+            "consent: its selectors [unix:uid:1000] are not all among the entry's [k8s:pod-uid:0b6f]"
+        );
     }
 
     #[test]

@@ -310,7 +310,20 @@ pub const SELECTOR_TYPES: &[SelectorType] = &[
     SelectorType::named("k8s", "node-name", ValueRule::Name),
     // Node aliases: entries that select agents by their SPIFFE ID.
     SelectorType::whole("spiffe_id", ValueRule::AgentId),
+    // Node aliases by what k8s_psat attestation found (issuer/src/k8s/psat.rs).
+    SelectorType::named(NODE_SELECTOR_KIND, "cluster", ValueRule::Name),
+    SelectorType::named(NODE_SELECTOR_KIND, "agent_ns", ValueRule::Name),
+    SelectorType::named(NODE_SELECTOR_KIND, "agent_sa", ValueRule::Name),
+    SelectorType::named(NODE_SELECTOR_KIND, "agent_pod_name", ValueRule::Name),
+    SelectorType::named(NODE_SELECTOR_KIND, "agent_pod_uid", ValueRule::Name),
+    SelectorType::named(NODE_SELECTOR_KIND, "agent_node_name", ValueRule::Name),
+    SelectorType::named(NODE_SELECTOR_KIND, "agent_node_uid", ValueRule::Name),
+    SelectorType::named(NODE_SELECTOR_KIND, "agent_node_label", ValueRule::Text),
 ];
+
+/// The selector kind node attestation gives agents; entries with it are
+/// node aliases parented by the issuer.
+pub const NODE_SELECTOR_KIND: &str = "k8s_psat";
 
 /// The known selector types, for error messages.
 pub fn known_selector_types() -> String {
@@ -446,6 +459,7 @@ pub fn validate_entry(fields: &EntryFields, trust_domain: &TrustDomain) -> Resul
     for selector in &fields.selectors {
         check_selector(selector, trust_domain)?;
     }
+    check_alias_selectors(fields, trust_domain)?;
 
     in_range(
         "x509_svid_ttl",
@@ -488,6 +502,40 @@ pub fn validate_entry(fields: &EntryFields, trust_domain: &TrustDomain) -> Resul
         MAX_EXPIRES_AT,
         " (unix seconds; 0 is never)",
     )
+}
+
+/// An entry parented by the issuer is a node alias for every agent whose
+/// attested selectors include the entry's, so it takes node selectors
+/// only; node selectors anywhere else could never match a workload.
+fn check_alias_selectors(
+    fields: &EntryFields,
+    trust_domain: &TrustDomain,
+) -> Result<(), FieldError> {
+    let issuer = crate::ids::issuer_id(trust_domain);
+    let by_issuer = fields.parent_id == issuer;
+    match fields
+        .selectors
+        .iter()
+        .find(|s| (s.kind == NODE_SELECTOR_KIND) != by_issuer)
+    {
+        None => Ok(()),
+        Some(selector) if by_issuer => Err(invalid(
+            "selectors",
+            &selector.to_string(),
+            format!(
+                "an entry parented by the issuer ({issuer}) selects agents: only \
+                 {NODE_SELECTOR_KIND}:... selectors"
+            ),
+        )),
+        Some(selector) => Err(invalid(
+            "selectors",
+            &selector.to_string(),
+            format!(
+                "{NODE_SELECTOR_KIND} selectors select agents, not workloads: parent the \
+                 entry on {issuer} to make a node alias"
+            ),
+        )),
+    }
 }
 
 /// A trust domain name or ID (`other.org`, `spiffe://other.org`), not ours.
@@ -800,6 +848,39 @@ mod tests {
             assert_eq!(err.field(), "selectors");
             assert!(err.to_string().contains(expected), "{selector}: {err}");
         }
+    }
+
+    #[test]
+    fn node_selectors_belong_to_entries_the_issuer_parents() {
+        let alias = |selectors: &[&str]| {
+            with(|f| {
+                f.parent_id = "spiffe://example.org/sigil/issuer".into();
+                f.dns_names.clear();
+                f.selectors = selectors
+                    .iter()
+                    .map(|s| Selector::parse(s).unwrap())
+                    .collect();
+            })
+        };
+        assert_eq!(
+            alias(&[
+                "k8s_psat:cluster:demo",
+                "k8s_psat:agent_node_label:topology.kubernetes.io/zone:eu-1"
+            ]),
+            Ok(())
+        );
+        let err = alias(&["k8s_psat:cluster:demo", "unix:uid:0"]).unwrap_err();
+        assert!(
+            err.to_string().contains("only k8s_psat:... selectors"),
+            "{err}"
+        );
+        let err = with(|f| f.selectors = vec![Selector::parse("k8s_psat:cluster:demo").unwrap()])
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("parent the entry on spiffe://example.org/sigil/issuer"),
+            "{err}"
+        );
     }
 
     #[test]

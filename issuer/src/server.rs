@@ -22,6 +22,7 @@ use crate::endpoints::agent::AgentService;
 use crate::endpoints::tls::ServerTls;
 use crate::eventlog::key::LogKey;
 use crate::eventlog::EventLog;
+use crate::k8s::Clusters;
 use crate::published::Revocations;
 use crate::revocations;
 use crate::state::IssuerState;
@@ -69,6 +70,8 @@ pub enum StartError {
     EventLog(#[from] crate::eventlog::AppendError),
     #[error("event log: {0}")]
     Sequencing(#[from] crate::eventlog::sequencer::StepError),
+    #[error(transparent)]
+    Kubernetes(#[from] crate::k8s::client::ClientSetupError),
 }
 
 /// How long shutdown waits for open connections to finish.
@@ -131,7 +134,7 @@ async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<IssuerState, Star
     let events = EventLog::open(
         store.clone(),
         log_key,
-        crate::eventlog::issuer_id(&config.trust_domain),
+        crate::ids::issuer_id(&config.trust_domain),
     )
     .await?;
     Ok(IssuerState {
@@ -157,6 +160,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
     let lock = DirLock::acquire(&config.data_dir)?;
     // Metrics recorded from here on reach GET /metrics.
     crate::metrics::handle();
+    let k8s = Arc::new(Clusters::connect(&config.k8s_clusters).await?);
     let state = open(config, clock).await?;
     // Agents and relying parties get a revocation list from the first request.
     revocations::refresh(&state).await?;
@@ -180,7 +184,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
     tasks.push(tokio::spawn(serve_agent_api(
         listener,
         tls,
-        AgentService::new(state.clone()),
+        AgentService::new(state.clone(), k8s.clone()),
         shutdown_rx.clone(),
     )));
 
@@ -217,6 +221,25 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
         state.events.clone(),
         shutdown_rx.clone(),
     )));
+    let removed = crate::k8s::registrar::remove_unconfigured(&state, &k8s).await?;
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            "entries of Kubernetes clusters no longer configured deleted"
+        );
+    }
+    for task in crate::k8s::registrar::tasks(&state, &k8s)
+        .into_iter()
+        .chain(crate::k8s::bundle_map::tasks(&state, &k8s))
+    {
+        let shutdown = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                _ = task => {}
+                _ = wait_for(shutdown) => {}
+            }
+        }));
+    }
     tasks.push(tokio::spawn(rotation_loop(state.clone(), shutdown_rx)));
 
     tracing::info!(

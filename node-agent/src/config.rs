@@ -27,6 +27,12 @@ pub struct FileConfig {
     /// A file holding the join token, so it need not appear in the process
     /// list or the configuration.
     pub join_token_file: Option<PathBuf>,
+    /// How the agent attests its node: `join_token` (default) or `k8s_psat`.
+    pub node_attestor: Option<String>,
+    /// k8s_psat: the cluster's name as configured on the issuer.
+    pub k8s_psat_cluster: Option<String>,
+    /// k8s_psat: the projected service account token, re-read at each attestation.
+    pub k8s_psat_token_path: Option<PathBuf>,
     pub trust_bundle_path: Option<PathBuf>,
     pub trust_bundle_url: Option<String>,
     pub insecure_bootstrap: Option<bool>,
@@ -66,6 +72,9 @@ impl FileConfig {
             socket_path: self.socket_path.or(fallback.socket_path),
             join_token: self.join_token.or(fallback.join_token),
             join_token_file: self.join_token_file.or(fallback.join_token_file),
+            node_attestor: self.node_attestor.or(fallback.node_attestor),
+            k8s_psat_cluster: self.k8s_psat_cluster.or(fallback.k8s_psat_cluster),
+            k8s_psat_token_path: self.k8s_psat_token_path.or(fallback.k8s_psat_token_path),
             trust_bundle_path: self.trust_bundle_path.or(fallback.trust_bundle_path),
             trust_bundle_url: self.trust_bundle_url.or(fallback.trust_bundle_url),
             insecure_bootstrap: self.insecure_bootstrap.or(fallback.insecure_bootstrap),
@@ -99,6 +108,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     pub socket_path: PathBuf,
     pub join_token: Option<String>,
+    /// How the node is attested when the agent has no valid SVID.
+    pub node_attestor: NodeAttestor,
     /// PEM CA certificates or a SPIFFE bundle (JWK Set) to trust the issuer by.
     pub trust_bundle_path: Option<PathBuf>,
     /// An https URL serving the bundle, authenticated by the system's roots.
@@ -126,6 +137,7 @@ impl std::fmt::Debug for AgentConfig {
                 "join_token",
                 &self.join_token.as_ref().map(|_| "[redacted]"),
             )
+            .field("node_attestor", &self.node_attestor)
             .field("trust_bundle_path", &self.trust_bundle_path)
             .field("trust_bundle_url", &self.trust_bundle_url)
             .field("insecure_bootstrap", &self.insecure_bootstrap)
@@ -143,6 +155,22 @@ pub const WIT_KEY_ALGORITHMS: [Algorithm; 4] = [
     Algorithm::PS256,
 ];
 
+/// How the agent proves its node to the issuer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeAttestor {
+    /// A single-use join token (`join_token` / `join_token_file`).
+    JoinToken,
+    /// The pod's projected service account token, reviewed by the issuer
+    /// with the cluster's API server.
+    K8sPsat {
+        cluster: String,
+        token_path: PathBuf,
+    },
+}
+
+/// Where Kubernetes mounts the agent's projected token (the Helm chart's path).
+pub const DEFAULT_K8S_PSAT_TOKEN_PATH: &str = "/var/run/secrets/tokens/sigil-agent";
+
 pub const DEFAULT_SOCKET: &str = "/tmp/sigil-agent/public/api.sock";
 pub const DEFAULT_ISSUER_ADDRESS: &str = "127.0.0.1:8081";
 
@@ -150,6 +178,10 @@ impl AgentConfig {
     pub fn from_file(file: FileConfig) -> Result<Self, ConfigError> {
         let trust_domain = required_trust_domain(file.trust_domain.as_deref())?;
         let k8s = k8s_config(&file)?;
+        let node_attestor = node_attestor(
+            &file,
+            file.join_token.is_some() || file.join_token_file.is_some(),
+        )?;
         let issuer_address = file
             .issuer_address
             .unwrap_or_else(|| DEFAULT_ISSUER_ADDRESS.into());
@@ -235,6 +267,7 @@ impl AgentConfig {
                 .socket_path
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
             join_token,
+            node_attestor,
             trust_bundle_path: file.trust_bundle_path,
             trust_bundle_url: file.trust_bundle_url,
             insecure_bootstrap: file.insecure_bootstrap.unwrap_or(false),
@@ -244,6 +277,51 @@ impl AgentConfig {
             health_address,
             k8s,
         })
+    }
+}
+
+/// The node attestor's keys, validated.
+fn node_attestor(file: &FileConfig, has_join_token: bool) -> Result<NodeAttestor, ConfigError> {
+    match file.node_attestor.as_deref().unwrap_or("join_token") {
+        "join_token" => {
+            let stray = [
+                ("k8s_psat_cluster", file.k8s_psat_cluster.is_some()),
+                ("k8s_psat_token_path", file.k8s_psat_token_path.is_some()),
+            ];
+            if let Some((key, _)) = stray.into_iter().find(|(_, set)| *set) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "only used with node_attestor = \"k8s_psat\"".into(),
+                });
+            }
+            Ok(NodeAttestor::JoinToken)
+        }
+        "k8s_psat" => {
+            if has_join_token {
+                return Err(ConfigError::Invalid {
+                    key: "join_token",
+                    reason: "not used with node_attestor = \"k8s_psat\"".into(),
+                });
+            }
+            let cluster = file
+                .k8s_psat_cluster
+                .clone()
+                .filter(|c| !c.is_empty())
+                .ok_or(ConfigError::Missing {
+                    key: "k8s_psat_cluster",
+                })?;
+            Ok(NodeAttestor::K8sPsat {
+                cluster,
+                token_path: file
+                    .k8s_psat_token_path
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_K8S_PSAT_TOKEN_PATH)),
+            })
+        }
+        other => Err(ConfigError::Invalid {
+            key: "node_attestor",
+            reason: format!("{other:?} is not join_token or k8s_psat"),
+        }),
     }
 }
 
@@ -428,6 +506,51 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn node_attestor_keys() {
+        let base = FileConfig {
+            trust_domain: Some("example.org".into()),
+            data_dir: Some("/tmp/x".into()),
+            ..FileConfig::default()
+        };
+        let config = AgentConfig::from_file(base.clone()).unwrap();
+        assert_eq!(config.node_attestor, NodeAttestor::JoinToken);
+        let psat = FileConfig {
+            node_attestor: Some("k8s_psat".into()),
+            k8s_psat_cluster: Some("demo".into()),
+            ..base.clone()
+        };
+        assert_eq!(
+            AgentConfig::from_file(psat.clone()).unwrap().node_attestor,
+            NodeAttestor::K8sPsat {
+                cluster: "demo".into(),
+                token_path: DEFAULT_K8S_PSAT_TOKEN_PATH.into(),
+            }
+        );
+        let err = |file: FileConfig| AgentConfig::from_file(file).unwrap_err().to_string();
+        assert!(err(FileConfig {
+            k8s_psat_cluster: None,
+            ..psat.clone()
+        })
+        .contains("k8s_psat_cluster is required"));
+        assert!(err(FileConfig {
+            join_token: Some("t".into()),
+            ..psat.clone()
+        })
+        .contains("join_token: not used with node_attestor"));
+        assert!(err(FileConfig {
+            k8s_psat_cluster: Some("demo".into()),
+            ..base.clone()
+        })
+        .contains("k8s_psat_cluster: only used with node_attestor"));
+        assert!(err(FileConfig {
+            node_attestor: Some("tpm".into()),
+            ..base
+        })
+        .contains("node_attestor: \"tpm\" is not join_token or k8s_psat"));
+    }
+
     #[test]
     fn kubernetes_attestor_keys() {
         let dir = tempfile::tempdir().unwrap();

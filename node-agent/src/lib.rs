@@ -40,15 +40,4 @@ pub(crate) fn with_jitter(base: std::time::Duration) -> std::time::Duration {
     base + base * u32::from(jitter_byte()) / 510
 }
 
-/// An error and every cause under it, joined with ": ", for messages that
-/// must say why a connection failed, not only that it did.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
-}
+pub(crate) use workload_api::display::error_chain;

@@ -6,9 +6,9 @@
 //! filter answers), and `GET /pods` answered with a `v1.PodList` in the JSON
 //! the kubelet writes, chunked once it is over 2 KiB as Go's `net/http` does.
 //!
-//! TLS is terminated by the handshake function the test passes in, since
-//! rustls is only a dev-dependency of this crate; the certificates come
-//! from [`ServingCertificate::generate`].
+//! TLS is terminated by the handshake function the test passes in, so a
+//! test can serve an untrusted certificate; the certificates come from
+//! [`serving_certificate`].
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,49 +18,23 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub use crate::fake_tls::ServingCertificate;
+
 /// The node name the fake kubelet runs on.
 pub const NODE_NAME: &str = "node-1";
 
 /// The largest request head read; a kubelet client sends a few hundred bytes.
 const MAX_HEAD: usize = 64 * 1024;
 
-/// A kubelet's serving certificate for 127.0.0.1 and the CA that signed it.
-#[derive(Debug, Clone)]
-pub struct ServingCertificate {
-    pub ca_pem: String,
-    pub chain_der: Vec<Vec<u8>>,
-    pub key_pkcs8_der: Vec<u8>,
-}
-
-impl ServingCertificate {
-    /// A fresh CA and a certificate from it naming `127.0.0.1`, `localhost`
-    /// and the node name, as a kubelet's serving certificate does.
-    pub fn generate() -> Self {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{NODE_NAME}-ca"));
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_owned(), NODE_NAME.to_owned()])
-                .unwrap();
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, NODE_NAME);
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        ServingCertificate {
-            ca_pem: ca.pem(),
-            chain_der: vec![cert.der().to_vec()],
-            key_pkcs8_der: key.serialize_der(),
-        }
-    }
+/// A kubelet's serving certificate: a fresh CA and a certificate from it
+/// naming `127.0.0.1`, `localhost` and the node name, as a kubelet's does.
+pub fn serving_certificate() -> ServingCertificate {
+    ServingCertificate::generate(
+        &format!("{NODE_NAME}-ca"),
+        NODE_NAME,
+        &["localhost", NODE_NAME],
+        &[[127, 0, 0, 1]],
+    )
 }
 
 /// A container of a [`FakePod`].
@@ -449,21 +423,5 @@ async fn respond<S: AsyncWrite + Unpin>(
     if status == 401 {
         head.push_str("X-Content-Type-Options: nosniff\r\n");
     }
-    if body.len() > 2048 {
-        head.push_str("Transfer-Encoding: chunked\r\n\r\n");
-        stream.write_all(head.as_bytes()).await?;
-        for chunk in body.chunks(4096) {
-            stream
-                .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
-                .await?;
-            stream.write_all(chunk).await?;
-            stream.write_all(b"\r\n").await?;
-        }
-        stream.write_all(b"0\r\n\r\n").await?;
-    } else {
-        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body).await?;
-    }
-    stream.flush().await
+    crate::fake_http::write_response(stream, head, body).await
 }

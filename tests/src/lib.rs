@@ -21,7 +21,10 @@ use workload_api::id::TrustDomain;
 use workload_api::Bundle;
 
 pub mod c2sp_check;
+pub mod fake_apiserver;
+pub mod fake_http;
 pub mod fake_kubelet;
+pub mod fake_tls;
 pub mod owners;
 pub mod web;
 
@@ -137,8 +140,14 @@ impl TestIssuer {
     /// Stops this issuer and starts it again on the same data directory:
     /// what it knows after is what it kept on disk.
     pub async fn restart(self) -> Self {
+        self.restart_with(|_| {}).await
+    }
+
+    /// As [`TestIssuer::restart`], with the configuration adjusted.
+    pub async fn restart_with(self, customize: impl FnOnce(&mut Config)) -> Self {
         let TestIssuer { dir, running } = self;
-        let config = (*running.state.config).clone();
+        let mut config = (*running.state.config).clone();
+        customize(&mut config);
         running.shutdown().await;
         let running = sigil_issuer::server::start(config, Arc::new(SystemClock))
             .await

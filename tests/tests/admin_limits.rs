@@ -117,7 +117,7 @@ async fn reported_defects_are_refused_naming_field_and_limit() {
                 selectors: vec![selector("k8s_psat", "cluster:c")],
                 ..good_fields("spiffe://example.org/e")
             },
-            "selectors: unknown selector type \"k8s_psat\"",
+            "selectors: k8s_psat:cluster:c: k8s_psat selectors select agents, not workloads",
         ),
         (
             EntryFields {

@@ -14,7 +14,9 @@ use std::time::Duration;
 use proto::workload as wl;
 use sigil_agent::attestor::{K8sAttestor, K8sConfig, K8sError};
 use sigil_agent::config::{AgentConfig, FileConfig};
-use sigil_tests::fake_kubelet::{FakeContainer, FakeKubelet, FakePod, ServingCertificate};
+use sigil_tests::fake_kubelet::{
+    serving_certificate, FakeContainer, FakeKubelet, FakePod, ServingCertificate,
+};
 use sigil_tests::*;
 use tokio::net::TcpStream;
 use tonic::Code;
@@ -27,21 +29,7 @@ const WEB: &str = "spiffe://example.org/shop/web";
 
 /// A fake kubelet serving `cert`, accepting `token`.
 async fn kubelet(cert: &ServingCertificate, token: &str) -> FakeKubelet {
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        cert.chain_der
-            .iter()
-            .map(|d| rustls::pki_types::CertificateDer::from(d.clone()))
-            .collect(),
-        rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pkcs8_der.clone().into()),
-    )
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = cert.acceptor(&[]);
     FakeKubelet::start(token, move |tcp: TcpStream| acceptor.accept(tcp)).await
 }
 
@@ -156,7 +144,7 @@ fn pid() -> i32 {
 
 #[tokio::test]
 async fn the_agent_issues_an_svid_by_k8s_and_unix_selectors() {
-    let cert = ServingCertificate::generate();
+    let cert = serving_certificate();
     let kubelet = kubelet(&cert, TOKEN).await;
     kubelet.add_pod(web_pod(0));
     let dir = tempfile::tempdir().unwrap();
@@ -205,7 +193,7 @@ async fn the_agent_issues_an_svid_by_k8s_and_unix_selectors() {
 
 #[tokio::test]
 async fn outside_a_container_only_unix_selectors_count() {
-    let cert = ServingCertificate::generate();
+    let cert = serving_certificate();
     let kubelet = kubelet(&cert, TOKEN).await;
     let dir = tempfile::tempdir().unwrap();
     let proc_root = fake_proc(
@@ -230,7 +218,7 @@ async fn outside_a_container_only_unix_selectors_count() {
 
 #[tokio::test]
 async fn the_agent_refuses_when_the_kubelet_refuses_the_token_and_rereads_it() {
-    let cert = ServingCertificate::generate();
+    let cert = serving_certificate();
     let kubelet = kubelet(&cert, "the-token-the-kubelet-expects").await;
     kubelet.add_pod(web_pod(0));
     let dir = tempfile::tempdir().unwrap();
@@ -271,7 +259,7 @@ async fn the_agent_refuses_when_the_kubelet_refuses_the_token_and_rereads_it() {
 
 #[tokio::test]
 async fn the_agent_refuses_a_container_the_kubelet_never_lists() {
-    let cert = ServingCertificate::generate();
+    let cert = serving_certificate();
     let kubelet = kubelet(&cert, TOKEN).await;
     let dir = tempfile::tempdir().unwrap();
     let proc_root = fake_proc(dir.path(), &pod_cgroup());
@@ -296,7 +284,7 @@ async fn the_agent_refuses_a_container_the_kubelet_never_lists() {
 
 #[tokio::test]
 async fn the_attestors_selectors_for_a_pod() {
-    let cert = ServingCertificate::generate();
+    let cert = serving_certificate();
     let kubelet = kubelet(&cert, TOKEN).await;
     kubelet.add_pod(web_pod(0));
     let dir = tempfile::tempdir().unwrap();
@@ -338,12 +326,12 @@ async fn the_attestors_selectors_for_a_pod() {
 
 #[tokio::test]
 async fn an_untrusted_kubelet_certificate_is_refused_unless_dangerously_skipped() {
-    let cert = ServingCertificate::generate();
+    let cert = serving_certificate();
     let kubelet = kubelet(&cert, TOKEN).await;
     kubelet.add_pod(web_pod(0));
     let dir = tempfile::tempdir().unwrap();
     let proc_root = fake_proc(dir.path(), &pod_cgroup());
-    let other_ca = ServingCertificate::generate().ca_pem;
+    let other_ca = serving_certificate().ca_pem;
     let attestor = K8sAttestor::new(k8s_config(
         &kubelet,
         dir.path(),
@@ -372,7 +360,7 @@ async fn an_untrusted_kubelet_certificate_is_refused_unless_dangerously_skipped(
 
 #[tokio::test]
 async fn a_starting_container_is_attested_once_listed() {
-    let cert = ServingCertificate::generate();
+    let cert = serving_certificate();
     let kubelet = kubelet(&cert, TOKEN).await;
     // The container's status carries no containerID in the first two lists.
     kubelet.add_pod(web_pod(2));
@@ -393,7 +381,7 @@ async fn a_starting_container_is_attested_once_listed() {
 
 #[tokio::test]
 async fn a_burst_of_attestations_is_one_kubelet_request() {
-    let cert = ServingCertificate::generate();
+    let cert = serving_certificate();
     let kubelet = kubelet(&cert, TOKEN).await;
     kubelet.add_pod(web_pod(0));
     let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,23 @@
 //! message may travel in a gRPC header and a refused 100 KiB value must not
 //! come back in it.
 
+/// An error and every cause under it, joined with ": ", for messages that
+/// must say why something failed, not only that it did. A cause whose text
+/// the message already holds (wrappers often repeat their source) is left out.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// How much of a refused value an error message quotes.
 pub const SHOWN_BYTES: usize = 64;
 

@@ -65,6 +65,7 @@ fn entry_json(e: &Entry) -> serde_json::Value {
             "delegated_from": o.delegated_from,
             "actors": o.actors,
         })),
+        "managed_by": e.managed_by,
     })
 }
 
@@ -116,6 +117,9 @@ fn entries_text(entries: &[Entry]) {
         if e.downstream {
             workload_api::outln!("Downstream       : true");
         }
+        if !e.managed_by.is_empty() {
+            workload_api::outln!("Managed by       : {}", e.managed_by);
+        }
         if let Some(owner) = &e.owner {
             workload_api::outln!("Owner            : {}", owner.id);
             workload_api::outln!("Owner key        : {}", owner.key_thumbprint);
@@ -142,6 +146,7 @@ fn agent_json(a: &Agent) -> serde_json::Value {
         "expires_at": a.expires_at,
         "banned": a.banned,
         "attested_at": a.attested_at,
+        "selectors": a.selectors.iter().map(|s| serde_json::json!({"type": s.r#type, "value": s.value})).collect::<Vec<_>>(),
     })
 }
 
@@ -241,5 +246,8 @@ fn agents_text(agents: &[Agent]) {
         workload_api::outln!("Attested at      : {}", date(a.attested_at));
         workload_api::outln!("Expires at       : {}", date(a.expires_at));
         workload_api::outln!("Banned           : {}", a.banned);
+        for s in &a.selectors {
+            workload_api::outln!("Selector         : {}:{}", s.r#type, s.value);
+        }
     }
 }

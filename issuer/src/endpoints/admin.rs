@@ -90,6 +90,18 @@ impl AdminService {
     }
 }
 
+/// FAILED_PRECONDITION for a hand edit of an entry an identity rule keeps,
+/// which the rule would undo.
+fn refuse_managed(entry: &crate::store::Entry) -> Result<(), Status> {
+    if entry.fields.managed_by.is_empty() {
+        return Ok(());
+    }
+    Err(Status::failed_precondition(format!(
+        "entry {} is kept by an identity rule ({}); change the rule in the issuer configuration instead",
+        entry.id, entry.fields.managed_by
+    )))
+}
+
 /// INVALID_ARGUMENT naming what in the consent was wrong.
 fn refused(refusal: ConsentRefusal) -> Status {
     Status::invalid_argument(refusal.to_string())
@@ -153,6 +165,13 @@ impl Admin for AdminService {
     ) -> Result<Response<EntryMessage>, Status> {
         let request = request.into_inner();
         check_entry_id(&request.id)?;
+        let current = self
+            .state
+            .store
+            .get_entry(&request.id)
+            .await
+            .map_err(store_status)?;
+        refuse_managed(&current)?;
         let fields = self.checked_fields(request.entry.as_ref()).await?;
         let entry = self
             .state
@@ -176,6 +195,7 @@ impl Admin for AdminService {
         let id = &request.get_ref().id;
         check_entry_id(id)?;
         let entry = self.state.store.get_entry(id).await.map_err(store_status)?;
+        refuse_managed(&entry)?;
         let deleted = self
             .state
             .delete_entry(id, self.now())

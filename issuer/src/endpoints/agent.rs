@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use proto::issuer as pb;
 use proto::issuer::agent_api_server::AgentApi;
@@ -24,6 +25,7 @@ use crate::attestation;
 use crate::ca::SvidSubject;
 use crate::clock::unix_secs;
 use crate::csr::{self, SubjectKey};
+use crate::k8s::Clusters;
 use crate::state::IssuerState;
 use crate::store::{Agent, Entry};
 
@@ -36,6 +38,8 @@ pub const MAX_BATCH: usize = 1000;
 #[derive(Debug, Clone)]
 pub struct AgentService {
     pub(super) state: IssuerState,
+    /// The Kubernetes clusters whose agents attest by k8s_psat.
+    k8s: Arc<Clusters>,
 }
 
 /// An agent that presented a current SVID.
@@ -45,8 +49,8 @@ pub(super) struct AuthenticatedAgent {
 }
 
 impl AgentService {
-    pub fn new(state: IssuerState) -> Self {
-        AgentService { state }
+    pub fn new(state: IssuerState, k8s: Arc<Clusters>) -> Self {
+        AgentService { state, k8s }
     }
 
     pub(super) fn now(&self) -> std::time::SystemTime {
@@ -151,6 +155,60 @@ impl AgentService {
     }
 }
 
+/// A node that proved itself: the agent ID it gets and what was found.
+struct AttestedNode {
+    agent_id: SpiffeId,
+    attestation_type: &'static str,
+    selectors: Vec<crate::store::Selector>,
+    /// The join token claimed, released again if the agent is not recorded.
+    join_token_id: Option<String>,
+}
+
+impl AgentService {
+    /// Checks the node's proof by its method.
+    async fn attest_node(
+        &self,
+        method: pb::attest_agent_request::Method,
+        now: std::time::SystemTime,
+    ) -> Result<AttestedNode, Status> {
+        let trust_domain = &self.state.config.trust_domain;
+        match method {
+            pb::attest_agent_request::Method::JoinToken(join) => {
+                if join.token.is_empty() {
+                    return Err(Status::invalid_argument("join token is empty"));
+                }
+                let token_id = attestation::redeem_join_token(&self.state.store, &join.token, now)
+                    .await
+                    .map_err(store_status)?;
+                Ok(AttestedNode {
+                    agent_id: attestation::join_token_agent_id(trust_domain, &token_id),
+                    attestation_type: "join_token",
+                    selectors: Vec::new(),
+                    join_token_id: Some(token_id),
+                })
+            }
+            pb::attest_agent_request::Method::K8sPsat(psat) => {
+                let node =
+                    crate::k8s::psat::attest(&self.k8s, trust_domain, &psat.cluster, &psat.token)
+                        .await
+                        .map_err(|e| e.status())?;
+                // A banned node stays banned; refused before anything is signed.
+                match self.state.store.get_agent(&node.agent_id.to_string()).await {
+                    Ok(agent) if agent.banned => return Err(banned(&agent.spiffe_id)),
+                    Ok(_) | Err(crate::store::StoreError::AgentNotFound(_)) => {}
+                    Err(e) => return Err(store_status(e)),
+                }
+                Ok(AttestedNode {
+                    agent_id: node.agent_id,
+                    attestation_type: "k8s_psat",
+                    selectors: node.selectors,
+                    join_token_id: None,
+                })
+            }
+        }
+    }
+}
+
 type SyncStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::SyncEntriesResponse, Status>> + Send>>;
 
@@ -171,50 +229,63 @@ impl AgentApi for AgentService {
             status
         };
         let request = request.into_inner();
-        let Some(pb::attest_agent_request::Method::JoinToken(join)) = request.method else {
+        let Some(method) = request.method else {
             return Err(refused(Status::invalid_argument(
-                "attestation method is missing; send a join token",
+                "attestation method is missing; send a join token or a k8s_psat token",
             )));
         };
-        if join.token.is_empty() {
-            return Err(refused(Status::invalid_argument("join token is empty")));
-        }
-        // Check the CSR before claiming the token so a bad request costs nothing.
+        // Check the CSR before claiming a token so a bad request costs nothing.
         csr::verify(&request.csr)
             .map_err(|e| refused(Status::invalid_argument(format!("csr: {e}"))))?;
         let now = self.now();
-        let token_id = attestation::redeem_join_token(&self.state.store, &join.token, now)
-            .await
-            .map_err(|e| refused(store_status(e)))?;
-        let id = attestation::join_token_agent_id(&self.state.config.trust_domain, &token_id);
-        let (signed, issued) = match self.sign_agent_svid(&id, &request.csr) {
+        let node = self.attest_node(method, now).await.map_err(refused)?;
+        let id = &node.agent_id;
+        let release_token = || async {
+            if let Some(token_id) = &node.join_token_id {
+                let _ = self.state.store.release_join_token(token_id).await;
+            }
+        };
+        let (signed, issued) = match self.sign_agent_svid(id, &request.csr) {
             Ok(signed) => signed,
             Err(status) => {
-                let _ = self.state.store.release_join_token(&token_id).await;
+                release_token().await;
                 return Err(status);
             }
         };
         let agent = Agent {
             spiffe_id: id.to_string(),
-            attestation_type: "join_token".into(),
+            attestation_type: node.attestation_type.into(),
             serial: signed.serial_hex.clone(),
             new_serial: String::new(),
             expires_at: unix_secs(signed.not_after),
             banned: false,
             attested_at: unix_secs(now),
+            selectors: node.selectors.clone(),
         };
-        if let Err(e) = self.state.store.upsert_agent(&agent, unix_secs(now)).await {
-            let _ = self.state.store.release_join_token(&token_id).await;
-            return Err(store_status(e));
+        match self.state.store.upsert_agent(&agent, unix_secs(now)).await {
+            Ok(()) => {}
+            Err(crate::store::StoreError::AgentBanned(_)) => {
+                return Err(refused(banned(&id.to_string())))
+            }
+            Err(e) => {
+                release_token().await;
+                return Err(store_status(e));
+            }
         }
-        tracing::info!(agent_id = %id, "agent attested");
-        let attested = self
+        tracing::info!(agent_id = %id, attestation_type = node.attestation_type, "agent attested");
+        let selectors: Vec<String> = node.selectors.iter().map(|s| s.to_string()).collect();
+        let mut attested = self
             .state
             .events
             .event(EventKind::NodeAttested, now)
             .subject(id.to_string())
-            .detail("attestation_type", "join_token")
-            .detail("join_token_id", token_id.clone());
+            .detail("attestation_type", node.attestation_type);
+        if let Some(token_id) = &node.join_token_id {
+            attested = attested.detail("join_token_id", token_id.clone());
+        }
+        if !selectors.is_empty() {
+            attested = attested.bounded_list("selectors", &selectors);
+        }
         self.record(&[attested, issued]).await?;
         crate::metrics::issued("x509", 1);
         Ok(Response::new(pb::AttestAgentResponse {

@@ -32,6 +32,7 @@ pub fn entry_to_proto(entry: &Entry, reader: Reader) -> pb::Entry {
         created_at: entry.created_at,
         sequence: entry.sequence,
         owner: f.owner.as_ref().map(|o| entry_owner_to_proto(o, reader)),
+        managed_by: f.managed_by.clone(),
     }
 }
 
@@ -90,6 +91,8 @@ pub fn fields_from_proto(f: &proto::admin::EntryFields) -> EntryFields {
         expires_at: f.expires_at,
         // Bound only once the consent is checked.
         owner: None,
+        // Only identity rules set it.
+        managed_by: String::new(),
     }
 }
 
@@ -101,6 +104,6 @@ pub fn agent_to_proto(agent: &Agent) -> proto::admin::Agent {
         expires_at: agent.expires_at,
         banned: agent.banned,
         attested_at: agent.attested_at,
-        selectors: Vec::new(),
+        selectors: agent.selectors.iter().map(selector_to_proto).collect(),
     }
 }

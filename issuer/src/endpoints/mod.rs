@@ -38,7 +38,9 @@ pub fn store_status(error: StoreError) -> Status {
         StoreError::OwnerRevoked { .. } | StoreError::ParentEntryGone(_) => {
             Status::failed_precondition(error.to_string())
         }
-        StoreError::TooManyChildren { .. } => Status::permission_denied(error.to_string()),
+        StoreError::TooManyChildren { .. } | StoreError::AgentBanned(_) => {
+            Status::permission_denied(error.to_string())
+        }
         StoreError::EventGap { .. } => Status::failed_precondition(error.to_string()),
         other => {
             tracing::error!(error = %other, "store failure");

@@ -38,11 +38,6 @@ pub fn origin(trust_domain: &workload_api::id::TrustDomain) -> String {
     format!("{trust_domain}/sigil-event-log")
 }
 
-/// The issuer's SPIFFE ID, the actor of the events it witnesses.
-pub fn issuer_id(trust_domain: &workload_api::id::TrustDomain) -> String {
-    format!("spiffe://{trust_domain}/sigil/issuer")
-}
-
 /// Why events could not be appended.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]

@@ -25,6 +25,9 @@ pub fn entry(log: &EventLog, kind: EventKind, entry: &Entry, at: SystemTime) -> 
         .detail("parent_id", fields.parent_id.clone())
         .bounded_list("selectors", &selectors)
         .detail("revision", entry.revision);
+    if !fields.managed_by.is_empty() {
+        event = event.detail("managed_by", fields.managed_by.clone());
+    }
     if let Some(owner) = &fields.owner {
         event = event.owner(&owner.owner_id);
         if !owner.delegated_from.is_empty() {

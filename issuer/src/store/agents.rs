@@ -4,15 +4,20 @@
 
 use sqlx::Row;
 
-use super::{Agent, Store, StoreError};
+use super::{Agent, Selector, Store, StoreError};
 
 impl Store {
+    /// Records an attested agent. An agent attesting again under the same
+    /// SPIFFE ID (k8s_psat: the same node) replaces its old record, unless
+    /// it is banned, which only eviction lifts.
     pub async fn upsert_agent(&self, agent: &Agent, now: i64) -> Result<(), StoreError> {
-        sqlx::query(
+        let selectors = serde_json::to_string(&agent.selectors).expect("selectors serialize");
+        let done = sqlx::query(
             "INSERT INTO agents (spiffe_id, attestation_type, serial, new_serial, expires_at, banned, \
-             attested_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             attested_at, updated_at, selectors) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (spiffe_id) DO UPDATE SET attestation_type = $2, serial = $3, \
-             new_serial = $4, expires_at = $5, banned = $6, attested_at = $7, updated_at = $8",
+             new_serial = $4, expires_at = $5, banned = $6, attested_at = $7, updated_at = $8, \
+             selectors = $9 WHERE agents.banned = FALSE",
         )
         .bind(&agent.spiffe_id)
         .bind(&agent.attestation_type)
@@ -22,8 +27,12 @@ impl Store {
         .bind(agent.banned)
         .bind(agent.attested_at)
         .bind(now)
+        .bind(&selectors)
         .execute(&self.pool)
         .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::AgentBanned(agent.spiffe_id.clone()));
+        }
         self.changed();
         Ok(())
     }
@@ -66,8 +75,8 @@ impl Store {
 
     pub async fn get_agent(&self, spiffe_id: &str) -> Result<Agent, StoreError> {
         let row = sqlx::query(
-            "SELECT spiffe_id, attestation_type, serial, new_serial, expires_at, banned, attested_at \
-             FROM agents WHERE spiffe_id = $1",
+            "SELECT spiffe_id, attestation_type, serial, new_serial, expires_at, banned, attested_at, \
+             selectors FROM agents WHERE spiffe_id = $1",
         )
         .bind(spiffe_id)
         .fetch_optional(&self.pool)
@@ -76,10 +85,25 @@ impl Store {
         agent_from_row(&row)
     }
 
+    /// What node attestation found for the agent; none for an unknown agent.
+    pub async fn agent_selectors(&self, spiffe_id: &str) -> Result<Vec<Selector>, StoreError> {
+        let text: Option<String> =
+            sqlx::query_scalar("SELECT selectors FROM agents WHERE spiffe_id = $1")
+                .bind(spiffe_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        text.map_or(Ok(Vec::new()), |text| {
+            serde_json::from_str(&text).map_err(|source| StoreError::Corrupt {
+                column: "agents.selectors",
+                source,
+            })
+        })
+    }
+
     pub async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
         let rows = sqlx::query(
-            "SELECT spiffe_id, attestation_type, serial, new_serial, expires_at, banned, attested_at \
-             FROM agents ORDER BY attested_at, spiffe_id",
+            "SELECT spiffe_id, attestation_type, serial, new_serial, expires_at, banned, attested_at, \
+             selectors FROM agents ORDER BY attested_at, spiffe_id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -129,5 +153,11 @@ fn agent_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Agent, StoreError> {
         expires_at: row.try_get("expires_at")?,
         banned: row.try_get("banned")?,
         attested_at: row.try_get("attested_at")?,
+        selectors: serde_json::from_str(&row.try_get::<String, _>("selectors")?).map_err(
+            |source| StoreError::Corrupt {
+                column: "agents.selectors",
+                source,
+            },
+        )?,
     })
 }

@@ -11,7 +11,7 @@ use super::{finish, DuplicateEntry, Entry, EntryFields, EntryOwner, Selector, St
 
 const ENTRY_COLUMNS: &str = "id, spiffe_id, parent_id, selectors, x509_svid_ttl, jwt_svid_ttl, \
     dns_names, hint, federates_with, admin, downstream, expires_at, revision, sequence, created_at, \
-    owner_id, owner_thumbprint, consent, delegated_from, actors";
+    owner_id, owner_thumbprint, consent, delegated_from, actors, managed_by";
 
 impl Store {
     /// Creates an entry. An entry bound to an owner is written only if the
@@ -122,6 +122,18 @@ impl Store {
         rows.iter().map(entry_from_row).collect()
     }
 
+    /// The entries whose `managed_by` starts with `prefix`, oldest first.
+    pub async fn list_managed_entries(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM entries \
+             WHERE managed_by <> '' AND substr(managed_by, 1, length($1)) = $1 ORDER BY sequence"
+        ))
+        .bind(prefix)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(entry_from_row).collect()
+    }
+
     /// Every entry an agent may mint for: those parented by the agent, and,
     /// transitively, those parented by an entry already in the set (node aliases).
     /// Entries of revoked owners, and so everything delegated below them
@@ -148,6 +160,24 @@ impl Store {
             .map(entry_from_row)
             .collect::<Result<Vec<_>, _>>()?;
         let mut parents = std::collections::BTreeSet::from([agent_id.to_owned()]);
+        // Node aliases by attested selectors: entries parented by the issuer
+        // whose selectors the agent all has make their SPIFFE IDs parents.
+        if let Ok(id) = workload_api::id::SpiffeId::new(agent_id) {
+            let issuer = crate::ids::issuer_id(id.trust_domain());
+            let agent_selectors = self.agent_selectors(agent_id).await?;
+            for alias in all.iter().filter(|e| e.fields.parent_id == issuer) {
+                let live = alias.fields.expires_at == 0 || alias.fields.expires_at > now;
+                if live
+                    && alias
+                        .fields
+                        .selectors
+                        .iter()
+                        .all(|s| agent_selectors.contains(s))
+                {
+                    parents.insert(alias.fields.spiffe_id.clone());
+                }
+            }
+        }
         let mut included = std::collections::BTreeSet::new();
         loop {
             let mut grew = false;
@@ -188,9 +218,9 @@ async fn write_create(
         "INSERT INTO entries (id, spiffe_id, parent_id, selectors, selectors_key, x509_svid_ttl, \
          jwt_svid_ttl, dns_names, hint, federates_with, admin, downstream, expires_at, revision, \
          sequence, created_at, updated_at, owner_id, owner_thumbprint, consent, delegated_from, \
-         actors) \
+         actors, managed_by) \
          SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, \
-         COALESCE(MAX(sequence), 0) + 1, $14, $14, $15, $16, $17, $18, $19 FROM entries",
+         COALESCE(MAX(sequence), 0) + 1, $14, $14, $15, $16, $17, $18, $19, $20 FROM entries",
     );
     let result = bind_entry_columns(query.bind(id), fields, &columns, now)
         .execute(&mut *conn)
@@ -253,8 +283,8 @@ async fn write_update(
         "UPDATE entries SET spiffe_id = $2, parent_id = $3, selectors = $4, selectors_key = $5, \
          x509_svid_ttl = $6, jwt_svid_ttl = $7, dns_names = $8, hint = $9, federates_with = $10, \
          admin = $11, downstream = $12, expires_at = $13, revision = revision + 1, updated_at = $14, \
-         owner_id = $15, owner_thumbprint = $16, consent = $17, delegated_from = $18, actors = $19 \
-         WHERE id = $1",
+         owner_id = $15, owner_thumbprint = $16, consent = $17, delegated_from = $18, actors = $19, \
+         managed_by = $20 WHERE id = $1",
     );
     let result = bind_entry_columns(query.bind(id), fields, &columns, now)
         .execute(&mut *conn)
@@ -307,8 +337,9 @@ async fn delete_tree(
 
 type EntryQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
 
-/// Binds an entry's fields as `$2`..`$13`, `now` as `$14` and the owner
-/// columns as `$15`..`$19`, the order both the insert and the update use.
+/// Binds an entry's fields as `$2`..`$13`, `now` as `$14`, the owner
+/// columns as `$15`..`$19` and `managed_by` as `$20`, the order both the
+/// insert and the update use.
 fn bind_entry_columns<'q>(
     query: EntryQuery<'q>,
     fields: &'q EntryFields,
@@ -334,6 +365,7 @@ fn bind_entry_columns<'q>(
         .bind(&columns.owner.consent)
         .bind(&columns.owner.delegated_from)
         .bind(&columns.actors)
+        .bind(&fields.managed_by)
 }
 
 /// Takes the lock that keeps `owner` in good standing until the transaction
@@ -464,6 +496,7 @@ fn entry_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Entry, StoreError> {
             downstream: row.try_get("downstream")?,
             expires_at: row.try_get("expires_at")?,
             owner,
+            managed_by: row.try_get("managed_by")?,
         },
         revision: row.try_get("revision")?,
         sequence: row.try_get("sequence")?,
@@ -474,7 +507,7 @@ fn entry_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Entry, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::super::owners::tests::owner;
-    use super::super::{temp_store as store, Table};
+    use super::super::{temp_store as store, Agent, Table};
     use super::*;
 
     const AGENT: &str = "spiffe://td/agent/x";
@@ -589,6 +622,71 @@ mod tests {
             ids,
             ["spiffe://td/node/n1", "spiffe://td/w1", "spiffe://td/w2"]
         );
+    }
+
+    #[tokio::test]
+    async fn agents_with_all_an_issuer_parented_aliass_selectors_get_its_children() {
+        let (_dir, store) = store().await;
+        let issuer = "spiffe://td/sigil/issuer";
+        let node = |id: &str, selectors: &[&str]| Agent {
+            spiffe_id: id.into(),
+            attestation_type: "k8s_psat".into(),
+            serial: "01".into(),
+            new_serial: String::new(),
+            expires_at: 100,
+            banned: false,
+            attested_at: 1,
+            selectors: selectors
+                .iter()
+                .map(|s| Selector::parse(s).unwrap())
+                .collect(),
+        };
+        let demo_sigil = ["k8s_psat:cluster:demo", "k8s_psat:agent_ns:sigil"];
+        let in_demo = "spiffe://td/agent/k8s_psat/demo/n1";
+        let elsewhere = "spiffe://td/agent/k8s_psat/prod/n2";
+        store
+            .upsert_agent(&node(in_demo, &demo_sigil), 1)
+            .await
+            .unwrap();
+        store
+            .upsert_agent(&node(elsewhere, &["k8s_psat:cluster:prod"]), 1)
+            .await
+            .unwrap();
+        let mut alias = fields("spiffe://td/k8s/demo", issuer);
+        alias.selectors = vec![Selector::parse("k8s_psat:cluster:demo").unwrap()];
+        store.create_entry(&alias, 1).await.unwrap();
+        let mut expired = fields("spiffe://td/k8s/old", issuer);
+        expired.selectors = alias.selectors.clone();
+        expired.expires_at = 5;
+        store.create_entry(&expired, 1).await.unwrap();
+        store
+            .create_entry(&fields("spiffe://td/w1", "spiffe://td/k8s/demo"), 2)
+            .await
+            .unwrap();
+        store
+            .create_entry(&fields("spiffe://td/w-old", "spiffe://td/k8s/old"), 2)
+            .await
+            .unwrap();
+        let ids = |agent: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .authorized_entries(agent, 10)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| e.fields.spiffe_id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(ids(in_demo).await, ["spiffe://td/w1"]);
+        assert!(ids(elsewhere).await.is_empty());
+        // A banned node attesting again stays banned.
+        store.ban_agent(in_demo, 3).await.unwrap();
+        assert!(matches!(
+            store.upsert_agent(&node(in_demo, &demo_sigil), 4).await,
+            Err(StoreError::AgentBanned(_))
+        ));
     }
 
     #[tokio::test]

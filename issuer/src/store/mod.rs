@@ -46,6 +46,8 @@ pub enum StoreError {
     },
     #[error("agent {0} not found")]
     AgentNotFound(String),
+    #[error("agent {0} is banned; evict it before it can attest again")]
+    AgentBanned(String),
     #[error("join token is unknown")]
     TokenUnknown,
     #[error("join token was already used")]
@@ -121,6 +123,13 @@ fn migrator() -> sqlx::migrate::Migrator {
             Cow::Borrowed("event log"),
             MigrationType::Simple,
             Cow::Borrowed(include_str!("../../migrations/0003_event_log.sql")),
+            false,
+        ),
+        Migration::new(
+            4,
+            Cow::Borrowed("kubernetes"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0004_kubernetes.sql")),
             false,
         ),
     ];

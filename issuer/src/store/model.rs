@@ -21,6 +21,9 @@ pub struct EntryFields {
     pub expires_at: i64,
     /// The owner the entry is bound to; `None` for an unbound entry.
     pub owner: Option<EntryOwner>,
+    /// `k8s/<cluster>/<rule>/<pod uid>` for an entry an identity rule keeps;
+    /// empty for an entry an operator made.
+    pub managed_by: String,
 }
 
 /// The owner an entry is bound to, and the consent that binds it.
@@ -60,6 +63,8 @@ pub struct Agent {
     pub expires_at: i64,
     pub banned: bool,
     pub attested_at: i64,
+    /// What node attestation found (k8s_psat); none for join tokens.
+    pub selectors: Vec<Selector>,
 }
 
 /// A join token as stored: its id and expiry, never its secret.

@@ -92,6 +92,9 @@ struct RunArgs {
     /// host:port serving /live, /ready and /metrics over HTTP (off by default).
     #[arg(long, env = "SIGIL_AGENT_HEALTH_ADDRESS")]
     health_address: Option<String>,
+    /// https://host:port of the kubelet (on Kubernetes, the node's IP).
+    #[arg(long, env = "SIGIL_KUBELET_ADDRESS")]
+    kubelet_address: Option<String>,
 }
 
 /// Runs the command line and returns the process exit code.
@@ -137,6 +140,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         log_level: args.log_level,
         log_format: args.log_format,
         health_address: args.health_address,
+        kubelet_address: args.kubelet_address,
         ..FileConfig::default()
     };
     let file = match &args.config {

@@ -30,7 +30,8 @@ use workload_api::x509svid::X509SvidError;
 use workload_api::{Bundle, BundleError};
 use zeroize::Zeroizing;
 
-use crate::config::AgentConfig;
+use crate::attestor::k8s::token::read_token;
+use crate::config::{AgentConfig, NodeAttestor};
 use crate::issuer_client::{self, ServerTrust};
 use crate::keys::{new_key_and_csr, KeyError};
 use identity::{AgentSvid, IdentityDir, IdentityError};
@@ -59,6 +60,8 @@ pub enum NodeError {
     NeedJoinToken,
     #[error("agent key: {0}")]
     Key(#[from] KeyError),
+    #[error("k8s_psat: {0}")]
+    PsatToken(#[from] crate::attestor::k8s::token::TokenError),
     #[error("attestation refused by the issuer: {}", .0.message())]
     AttestationRefused(#[source] tonic::Status),
     #[error("cannot reach the issuer at {address}: {reason}")]
@@ -182,11 +185,8 @@ impl Node {
                     }
                     None => return Err(NodeError::NoTrustBundle),
                 };
-                let token = config
-                    .join_token
-                    .as_deref()
-                    .ok_or(NodeError::NeedJoinToken)?;
-                attest(&config, &dir, trust, token).await?
+                let method = attestation_method(&config).await?;
+                attest(&config, &dir, trust, method).await?
             }
         };
         dir.save_bundle(&bundle)?;
@@ -347,36 +347,62 @@ impl Node {
             .metadata()
             .get(proto::AGENT_STANDING_KEY)
             .is_some_and(|standing| standing == "banned");
-        if let Some(token) = self.config.join_token.as_deref() {
-            if !self.token_tried.swap(true, Ordering::SeqCst) {
-                let bundle = self.bundle();
-                match attest(&self.config, &self.dir, ServerTrust::Bundle(&bundle), token).await {
-                    Ok((svid, bundle)) => {
-                        tracing::info!(agent_id = %svid.spiffe_id, "agent attested anew with the configured join token");
-                        self.svid.send_replace(Arc::new(svid));
-                        self.bundle.send_replace(Arc::new(bundle));
-                        self.reconnect().await;
-                        self.standing.send_replace(Standing::Good);
-                        return;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "attesting anew with the configured join token failed")
-                    }
+        // A join token is single-use, so it is tried once; a projected
+        // service account token proves the node afresh each time.
+        let may_attest = match self.config.node_attestor {
+            NodeAttestor::JoinToken => {
+                self.config.join_token.is_some() && !self.token_tried.swap(true, Ordering::SeqCst)
+            }
+            NodeAttestor::K8sPsat { .. } => true,
+        };
+        if may_attest {
+            let bundle = self.bundle();
+            let attested = match attestation_method(&self.config).await {
+                Ok(method) => {
+                    attest(
+                        &self.config,
+                        &self.dir,
+                        ServerTrust::Bundle(&bundle),
+                        method,
+                    )
+                    .await
                 }
+                Err(error) => Err(error),
+            };
+            match attested {
+                Ok((svid, bundle)) => {
+                    tracing::info!(agent_id = %svid.spiffe_id, "agent attested anew");
+                    self.svid.send_replace(Arc::new(svid));
+                    self.bundle.send_replace(Arc::new(bundle));
+                    self.reconnect().await;
+                    self.standing.send_replace(Standing::Good);
+                    return;
+                }
+                Err(error) => tracing::warn!(%error, "attesting anew failed"),
             }
         }
         let agent_id = &self.svid().spiffe_id;
-        let reason = if banned {
-            format!(
+        let reason = match (&self.config.node_attestor, banned) {
+            (NodeAttestor::JoinToken, true) => format!(
                 "agent {agent_id} is banned by the issuer; it serves nothing. To serve again as a \
                  new agent: sigil-issuer token generate, then sigil-agent run --join-token <token>"
-            )
-        } else {
-            format!(
+            ),
+            (NodeAttestor::JoinToken, false) => format!(
                 "agent {agent_id} is no longer accepted by the issuer ({}); a new join token is \
                  needed: sigil-issuer token generate, then sigil-agent run --join-token <token>",
                 status.message()
-            )
+            ),
+            // The node's identity is its own: only evicting the banned agent
+            // (sigil-issuer agent evict) lets this node attest again.
+            (NodeAttestor::K8sPsat { .. }, true) => format!(
+                "agent {agent_id} is banned by the issuer; it serves nothing until the agent is \
+                 evicted (sigil-issuer agent evict --spiffe-id {agent_id})"
+            ),
+            (NodeAttestor::K8sPsat { .. }, false) => format!(
+                "agent {agent_id} is no longer accepted by the issuer ({}); k8s_psat attestation \
+                 is retried",
+                status.message()
+            ),
         };
         if self.standing.borrow().clone()
             != (Standing::Refused {
@@ -391,11 +417,40 @@ impl Node {
     }
 }
 
+/// The proof this node presents, read when it is needed: a projected
+/// service account token is rotated by the kubelet.
+async fn attestation_method(
+    config: &AgentConfig,
+) -> Result<pb::attest_agent_request::Method, NodeError> {
+    use pb::attest_agent_request::Method;
+    match &config.node_attestor {
+        NodeAttestor::JoinToken => {
+            let token = config
+                .join_token
+                .as_deref()
+                .ok_or(NodeError::NeedJoinToken)?;
+            Ok(Method::JoinToken(pb::JoinTokenAttestation {
+                token: token.to_owned(),
+            }))
+        }
+        NodeAttestor::K8sPsat {
+            cluster,
+            token_path,
+        } => {
+            let token = read_token(token_path).await?;
+            Ok(Method::K8sPsat(pb::K8sPsatAttestation {
+                cluster: cluster.clone(),
+                token: token.as_str().to_owned(),
+            }))
+        }
+    }
+}
+
 async fn attest(
     config: &AgentConfig,
     dir: &IdentityDir,
     trust: ServerTrust<'_>,
-    token: &str,
+    method: pb::attest_agent_request::Method,
 ) -> Result<(AgentSvid, Bundle), NodeError> {
     let unreachable = |error: &(dyn std::error::Error + 'static)| {
         let address = config.issuer_address.clone();
@@ -417,11 +472,7 @@ async fn attest(
         .map_err(|e| unreachable(&e))?;
     let response = client
         .attest_agent(pb::AttestAgentRequest {
-            method: Some(pb::attest_agent_request::Method::JoinToken(
-                pb::JoinTokenAttestation {
-                    token: token.to_owned(),
-                },
-            )),
+            method: Some(method),
             csr,
         })
         .await
@@ -437,7 +488,7 @@ async fn attest(
     let svid =
         AgentSvid::new(chain, key, &bundle, SystemTime::now()).map_err(NodeError::BadSvid)?;
     dir.save_svid(&svid)?;
-    tracing::info!(agent_id = %svid.spiffe_id, "agent attested with a join token");
+    tracing::info!(agent_id = %svid.spiffe_id, "agent attested");
     Ok((svid, bundle))
 }
 

@@ -3,7 +3,7 @@
 //! kubelet checks it with a TokenReview and asks for `get` on
 //! `nodes/proxy`), the answer bounded in size and time.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,27 +19,18 @@ use rustls::RootCertStore;
 use zeroize::Zeroizing;
 
 use super::pods::PodList;
+use super::token::{read_token, TokenError};
 
 /// The largest pod list read: a node's pods with their full specs, with room
 /// for the largest nodes.
 pub const MAX_POD_LIST_BYTES: usize = 32 << 20;
 
-/// The largest token file read; projected tokens are about a kilobyte.
-const MAX_TOKEN_BYTES: u64 = 64 * 1024;
-
 /// Why the pod list could not be had. No variant holds the token.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KubeletError {
-    #[error("service account token {}: {kind}", .path.display())]
-    TokenRead {
-        path: PathBuf,
-        kind: std::io::ErrorKind,
-    },
-    #[error("service account token {} is empty or too large", .path.display())]
-    TokenSize { path: PathBuf },
-    #[error("service account token {} is not valid in an HTTP header", .path.display())]
-    TokenInvalid { path: PathBuf },
+    #[error(transparent)]
+    Token(#[from] TokenError),
     #[error("{url}: no answer within {after:?}")]
     TimedOut { url: String, after: Duration },
     #[error("{url}: {reason}")]
@@ -167,7 +158,7 @@ impl KubeletClient {
         let token = read_token(&self.token_path).await?;
         let bearer = Zeroizing::new(format!("Bearer {}", token.as_str()));
         let mut authorization =
-            HeaderValue::from_str(&bearer).map_err(|_| KubeletError::TokenInvalid {
+            HeaderValue::from_str(&bearer).map_err(|_| TokenError::Invalid {
                 path: self.token_path.clone(),
             })?;
         authorization.set_sensitive(true);
@@ -228,61 +219,14 @@ impl KubeletClient {
     }
 }
 
-/// The projected token, read afresh each time: the kubelet rotates it in
-/// place, and a read per pod-list request costs nothing next to the request.
-async fn read_token(path: &Path) -> Result<Zeroizing<String>, KubeletError> {
-    use tokio::io::AsyncReadExt;
-    let unreadable = |e: std::io::Error| KubeletError::TokenRead {
-        path: path.to_owned(),
-        kind: e.kind(),
-    };
-    let file = tokio::fs::File::open(path).await.map_err(unreadable)?;
-    let mut bytes = Zeroizing::new(Vec::new());
-    file.take(MAX_TOKEN_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(unreadable)?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| KubeletError::TokenInvalid {
-        path: path.to_owned(),
-    })?;
-    let token = text.trim();
-    if token.is_empty() || bytes.len() as u64 > MAX_TOKEN_BYTES {
-        return Err(KubeletError::TokenSize {
-            path: path.to_owned(),
-        });
-    }
-    Ok(Zeroizing::new(token.to_owned()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_token_is_read_trimmed_and_never_shown() {
+    async fn a_bad_token_is_refused_without_being_shown() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
-        std::fs::write(&path, "eyJhbGciOi.s3cr3t.sig\n").unwrap();
-        assert_eq!(
-            read_token(&path).await.unwrap().as_str(),
-            "eyJhbGciOi.s3cr3t.sig"
-        );
-        // Rotated in place: the next read has the new token.
-        std::fs::write(&path, "rotated").unwrap();
-        assert_eq!(read_token(&path).await.unwrap().as_str(), "rotated");
-        std::fs::write(&path, " \n").unwrap();
-        assert!(matches!(
-            read_token(&path).await,
-            Err(KubeletError::TokenSize { .. })
-        ));
-        std::fs::write(&path, vec![b'a'; MAX_TOKEN_BYTES as usize + 1]).unwrap();
-        assert!(matches!(
-            read_token(&path).await,
-            Err(KubeletError::TokenSize { .. })
-        ));
-        let missing = read_token(&dir.path().join("absent")).await.unwrap_err();
-        assert!(missing.to_string().contains("absent"), "{missing}");
-
         // A token that cannot be a header value is refused without being shown.
         std::fs::write(&path, "s3cr3t\u{7f}x").unwrap();
         let client = KubeletClient::new(
@@ -292,7 +236,10 @@ mod tests {
             Duration::from_secs(1),
         );
         let err = client.pods().await.unwrap_err();
-        assert!(matches!(err, KubeletError::TokenInvalid { .. }), "{err}");
+        assert!(
+            matches!(err, KubeletError::Token(TokenError::Invalid { .. })),
+            "{err}"
+        );
         assert!(!err.to_string().contains("s3cr3t"), "{err}");
         assert!(!format!("{client:?}").contains("s3cr3t"));
     }

@@ -13,6 +13,7 @@
 pub mod cgroup;
 pub mod kubelet;
 pub mod pods;
+pub mod token;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -13,6 +13,11 @@ use workload_api::logging::{self, LogFormat};
 
 pub use workload_api::config_file::ConfigError;
 
+pub mod k8s;
+pub mod template;
+
+use self::k8s::K8sCluster;
+
 use crate::ca::keys::KeyType;
 use crate::ca::UpstreamCa;
 
@@ -46,6 +51,8 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub log_format: Option<String>,
     pub upstream_ca: Option<UpstreamCaFile>,
+    /// Kubernetes clusters whose agents attest by k8s_psat.
+    pub k8s_clusters: Option<Vec<k8s::ClusterFile>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,6 +98,7 @@ impl FileConfig {
             log_level: self.log_level.or(fallback.log_level),
             log_format: self.log_format.or(fallback.log_format),
             upstream_ca: self.upstream_ca.or(fallback.upstream_ca),
+            k8s_clusters: self.k8s_clusters.or(fallback.k8s_clusters),
         }
     }
 }
@@ -124,6 +132,9 @@ pub struct Config {
     pub log_level: String,
     pub log_format: LogFormat,
     pub upstream_ca: Option<UpstreamCa>,
+    /// Kubernetes clusters: k8s_psat node attestation, identity rules and
+    /// the bundle ConfigMap.
+    pub k8s_clusters: Vec<K8sCluster>,
 }
 
 pub const DEFAULT_AGENT_API_ADDRESS: &str = "0.0.0.0:8081";
@@ -291,6 +302,7 @@ impl Config {
                 key_file: u.key_file,
                 bundle_file: u.bundle_file,
             }),
+            k8s_clusters: K8sCluster::all_from_files(file.k8s_clusters.unwrap_or_default())?,
         })
     }
 
