@@ -1,6 +1,9 @@
 //! The issuer's health and Prometheus metrics on its HTTP endpoint: what an
 //! orchestrator's probes and a Prometheus scrape see.
 
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+
 use proto::workload as wpb;
 use sigil_tests::TestNode;
 use workload_api::client::{connect, EndpointAddress};
@@ -19,16 +22,37 @@ async fn fetch_jwt(node: &TestNode) {
         .unwrap();
 }
 
-/// The value of the sample `name` (with its labels, as rendered) in a
-/// Prometheus text exposition.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        line.strip_prefix(name)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
+/// Every sample of a Prometheus text exposition, parsed by the reference
+/// Python client's parser (which refuses a malformed exposition), keyed as
+/// `name{label="value",...}`.
+fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    use std::io::Write;
+    let mut child = Command::new(sigil_tests::python())
+        .arg(sigil_tests::workspace_root().join("tests/python/prometheus_parse.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The value of the sample `name` (with its labels, as keyed by
+/// [`parse_metrics`]).
+fn sample(samples: &HashMap<String, f64>, name: &str) -> Option<f64> {
+    samples.get(name).copied()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,13 +73,14 @@ async fn the_issuer_says_it_is_live_and_ready_and_counts_what_it_issues() {
 
     let (status, text) = issuer.http_get("/metrics").await;
     assert_eq!(status, 200);
+    let samples = parse_metrics(&text);
     assert!(
         text.contains("# HELP sigil_issuer_svids_issued_total"),
         "{text}"
     );
     // The recorder is process-wide: other tests' issuers count too.
     let at_least = |name: &str, floor: f64| {
-        let value = sample(&text, name).unwrap_or_else(|| panic!("no {name} in {text}"));
+        let value = sample(&samples, name).unwrap_or_else(|| panic!("no {name} in {text}"));
         assert!(
             value >= floor,
             "{name} is {value}, expected at least {floor}"
@@ -68,13 +93,13 @@ async fn the_issuer_says_it_is_live_and_ready_and_counts_what_it_issues() {
     at_least("sigil_issuer_event_log_size", 5.0);
 
     // The agent's entry stream ends with the agent.
-    let before = sample(&text, "sigil_issuer_connected_agents").unwrap();
+    let before = sample(&samples, "sigil_issuer_connected_agents").unwrap();
     let mut node = node;
     node.stop_agent().await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let (_, text) = node.issuer.http_get("/metrics").await;
-        if sample(&text, "sigil_issuer_connected_agents").unwrap() < before {
+        if sample(&parse_metrics(&text), "sigil_issuer_connected_agents").unwrap() < before {
             break;
         }
         assert!(
@@ -116,8 +141,9 @@ async fn the_agent_says_it_is_live_and_ready_and_counts_its_calls() {
     fetch_jwt(&node).await;
     let (status, text) = get("/metrics").await;
     assert_eq!(status, 200);
+    let samples = parse_metrics(&text);
     let at_least = |name: &str, floor: f64| {
-        let value = sample(&text, name).unwrap_or_else(|| panic!("no {name} in {text}"));
+        let value = sample(&samples, name).unwrap_or_else(|| panic!("no {name} in {text}"));
         assert!(
             value >= floor,
             "{name} is {value}, expected at least {floor}"
@@ -139,11 +165,11 @@ async fn the_agent_says_it_is_live_and_ready_and_counts_its_calls() {
         .as_secs_f64();
     at_least("sigil_agent_last_sync_timestamp_seconds", now - 600.0);
     assert!(
-        sample(&text, "sigil_agent_issuer_unreachable_seconds").is_some(),
+        sample(&samples, "sigil_agent_issuer_unreachable_seconds").is_some(),
         "{text}"
     );
     assert!(
-        sample(&text, "sigil_agent_events_pending").is_some(),
+        sample(&samples, "sigil_agent_events_pending").is_some(),
         "{text}"
     );
 }
