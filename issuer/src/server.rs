@@ -19,9 +19,11 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::endpoints::admin::AdminService;
 use crate::endpoints::agent::AgentService;
+use crate::endpoints::bundle_endpoint::BundleEndpointServer;
 use crate::endpoints::tls::ServerTls;
 use crate::eventlog::key::LogKey;
 use crate::eventlog::EventLog;
+use crate::federation::poller::Poller;
 use crate::k8s::Clusters;
 use crate::published::Revocations;
 use crate::revocations;
@@ -72,6 +74,8 @@ pub enum StartError {
     Sequencing(#[from] crate::eventlog::sequencer::StepError),
     #[error(transparent)]
     Kubernetes(#[from] crate::k8s::client::ClientSetupError),
+    #[error(transparent)]
+    BundleEndpoint(#[from] crate::endpoints::bundle_endpoint::EndpointError),
 }
 
 /// How long shutdown waits for open connections to finish.
@@ -84,6 +88,8 @@ pub struct RunningIssuer {
     pub agent_api_address: SocketAddr,
     /// Where the public HTTP endpoint listens, when it is on.
     pub http_address: Option<SocketAddr>,
+    /// Where the SPIFFE Federation bundle endpoint listens, when it is on.
+    pub bundle_endpoint_address: Option<SocketAddr>,
     pub admin_socket_path: PathBuf,
     admin_socket: BoundSocket,
     shutdown: watch::Sender<bool>,
@@ -181,6 +187,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
         source,
     })?;
     let tls = Arc::new(ServerTls::new(state.clone()).map_err(StartError::Tls)?);
+    let issuer_svid = tls.svid();
     tasks.push(tokio::spawn(serve_agent_api(
         listener,
         tls,
@@ -206,11 +213,23 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
         None => None,
     };
 
+    let bundle_endpoint_address = match &state.config.bundle_endpoint {
+        Some(endpoint) => {
+            let server =
+                BundleEndpointServer::bind(endpoint, state.clone(), issuer_svid.clone()).await?;
+            let bound = server.local_addr();
+            tasks.push(tokio::spawn(server.serve(shutdown_rx.clone())));
+            Some(bound)
+        }
+        None => None,
+    };
+
     let admin_socket_path = state.config.admin_socket_path.clone();
     let (admin_listener, admin_socket) = bind_admin_socket(&admin_socket_path)?;
+    let poller = Poller::new(state.clone());
     tasks.push(tokio::spawn(serve_admin_api(
         admin_listener,
-        AdminService::new(state.clone()),
+        AdminService::new(state.clone(), poller.clone()),
         shutdown_rx.clone(),
     )));
     tasks.push(tokio::spawn(revocations::publish_loop(
@@ -228,17 +247,12 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
             "entries of Kubernetes clusters no longer configured deleted"
         );
     }
+    tasks.push(until_shutdown(poller.run(), shutdown_rx.clone()));
     for task in crate::k8s::registrar::tasks(&state, &k8s)
         .into_iter()
         .chain(crate::k8s::bundle_map::tasks(&state, &k8s))
     {
-        let shutdown = shutdown_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            tokio::select! {
-                _ = task => {}
-                _ = wait_for(shutdown) => {}
-            }
-        }));
+        tasks.push(until_shutdown(task, shutdown_rx.clone()));
     }
     tasks.push(tokio::spawn(rotation_loop(state.clone(), shutdown_rx)));
 
@@ -246,6 +260,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
         trust_domain = %state.config.trust_domain,
         agent_api = %agent_api_address,
         http = ?http_address,
+        bundle_endpoint = ?bundle_endpoint_address,
         admin_socket = %admin_socket_path.display(),
         event_log_key = %state.events.key().verifier_key(),
         "issuer started"
@@ -254,6 +269,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
         state,
         agent_api_address,
         http_address,
+        bundle_endpoint_address,
         admin_socket_path,
         admin_socket,
         shutdown,
@@ -264,6 +280,19 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
 
 async fn wait_for(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Spawns a background job that runs until it ends or the issuer stops.
+fn until_shutdown(
+    job: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = job => {}
+            _ = wait_for(shutdown) => {}
+        }
+    })
 }
 
 /// Serves the agent API on `listener`. A connection must complete TLS and

@@ -1,6 +1,7 @@
 //! Entry sync: follows the issuer's entry stream and keeps the authorised
-//! entries in memory. The stream opens with a chunked snapshot and then carries
-//! only changes, so nothing polls. On a broken stream the cache is kept and the
+//! entries in memory, and hands the bundles and revocations it carries to the
+//! [`Node`]. The stream opens with a chunked snapshot and then carries only
+//! changes, so nothing polls. On a broken stream the cache is kept and the
 //! stream is reopened with backoff; workloads keep being served meanwhile.
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use tokio::sync::watch;
 use workload_api::Bundle;
 
 use crate::issuer_health::IssuerHealth;
+use crate::node::federated::FederatedChange;
 use crate::node::Node;
 
 /// The entries an agent holds, in registration order.
@@ -91,6 +93,8 @@ async fn follow(
         .await?
         .into_inner();
     let mut snapshot: Option<BTreeMap<String, pb::Entry>> = None;
+    // A snapshot's foreign bundles replace those held once it is complete.
+    let mut snapshot_federated = FederatedChange::complete();
     while let Some(message) = stream.message().await? {
         crate::metrics::synced();
         if !message.bundle.is_empty() {
@@ -109,9 +113,14 @@ async fn follow(
             for entry in message.upserted {
                 building.insert(entry.id.clone(), entry);
             }
+            snapshot_federated.add(message.federated_bundles);
             if message.snapshot_complete {
                 health.succeeded();
                 *current = snapshot.take().unwrap_or_default();
+                node.update_federated(std::mem::replace(
+                    &mut snapshot_federated,
+                    FederatedChange::complete(),
+                ));
                 entries.send_replace(ordered(current));
                 tracing::debug!(entries = current.len(), "entry snapshot received");
             }
@@ -122,6 +131,14 @@ async fn follow(
         }
         for id in &message.removed_ids {
             current.remove(id);
+        }
+        if !message.federated_bundles.is_empty() || !message.removed_federated_bundles.is_empty() {
+            let mut change = FederatedChange {
+                removed: message.removed_federated_bundles,
+                ..Default::default()
+            };
+            change.add(message.federated_bundles);
+            node.update_federated(change);
         }
         entries.send_replace(ordered(current));
     }

@@ -486,7 +486,7 @@ impl TestNode {
         let bundle_path = self.dir.path().join("bootstrap-bundle.json");
         std::fs::write(&bundle_path, self.issuer.bundle().to_jwks_json()).unwrap();
         sigil_agent::config::AgentConfig::from_file(sigil_agent::config::FileConfig {
-            trust_domain: Some(TRUST_DOMAIN.into()),
+            trust_domain: Some(self.issuer.running.state.config.trust_domain.to_string()),
             issuer_address: Some(self.issuer.running.agent_api_address.to_string()),
             data_dir: Some(self.dir.path().join("agent")),
             socket_path: Some(self.socket.clone()),

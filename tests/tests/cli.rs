@@ -540,6 +540,8 @@ fn every_command_that_prints_data_takes_json() {
     let acting = [
         "sigil-issuer run",
         "sigil-issuer entry delete",
+        "sigil-issuer federation delete",
+        "sigil-issuer bundle delete",
         "sigil-issuer agent evict",
         "sigil-issuer agent ban",
         "sigil-agent run",

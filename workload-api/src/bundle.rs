@@ -178,6 +178,22 @@ impl Bundle {
             .collect()
     }
 
+    /// A bundle as operators hand it over: a SPIFFE bundle (JWK Set) or PEM
+    /// CA certificates (X.509 authorities only).
+    pub fn from_jwks_or_pem(trust_domain: TrustDomain, bytes: &[u8]) -> Result<Self, BundleError> {
+        if bytes.trim_ascii_start().starts_with(b"{") {
+            return Bundle::from_jwks_json(trust_domain, bytes);
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| BundleError::NotPem)?;
+        let certs = crate::pem::blocks(text, "CERTIFICATE");
+        if certs.is_empty() {
+            return Err(BundleError::NoCertificates);
+        }
+        let mut bundle = Bundle::new(trust_domain);
+        certs.into_iter().for_each(|c| bundle.add_x509_authority(c));
+        Ok(bundle)
+    }
+
     /// The bundle as a SPIFFE JWK Set.
     pub fn to_jwks_json(&self) -> Vec<u8> {
         let mut keys = Vec::new();

@@ -196,8 +196,10 @@ async fn serve(args: Args) -> Result<(), String> {
     axum::serve(listener, app).await.map_err(|e| e.to_string())
 }
 
-/// Trusts every WIT bundle of a FetchWITBundles message.
+/// Trusts the WIT bundles of a FetchWITBundles message, and no others: a
+/// federation that ended drops out of the next message.
 fn trust(verifier: &Verifier, message: &pb::WitBundlesResponse) {
+    let mut bundles = Vec::with_capacity(message.bundles.len());
     for (id, json) in &message.bundles {
         let parsed = id
             .strip_prefix("spiffe://")
@@ -205,10 +207,11 @@ fn trust(verifier: &Verifier, message: &pb::WitBundlesResponse) {
             .ok_or_else(|| format!("not a trust domain ID: {id:?}"))
             .and_then(|td| Bundle::from_jwks_json(td, json.as_bytes()).map_err(|e| e.to_string()));
         match parsed {
-            Ok(bundle) => verifier.set_bundle(bundle),
+            Ok(bundle) => bundles.push(bundle),
             Err(error) => tracing::warn!(%error, bundle = %id, "WIT bundle ignored"),
         }
     }
+    verifier.set_bundles(bundles);
 }
 
 /// Keeps the first WIT-SVID of a FetchWITSVID message.

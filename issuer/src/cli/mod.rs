@@ -2,13 +2,14 @@
 //! command is a client of the admin API on its local socket.
 
 mod audit;
+mod federation;
 mod output;
 mod owner;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use proto::admin as pb;
 use proto::issuer::Selector as SelectorMessage;
 
@@ -43,9 +44,12 @@ enum Command {
     /// Manage owners, who answer for workloads, and sign their consent.
     #[command(subcommand)]
     Owner(owner::OwnerCommand),
-    /// Show the trust bundle.
+    /// Show this trust domain's bundle; manage those of foreign trust domains.
     #[command(subcommand)]
-    Bundle(BundleCommand),
+    Bundle(federation::BundleCommand),
+    /// Manage federation relationships with foreign trust domains.
+    #[command(subcommand)]
+    Federation(federation::FederationCommand),
     /// Export and verify the signed event log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -308,27 +312,6 @@ struct AgentIdArgs {
     socket: SocketArg,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum BundleFormat {
-    Pem,
-    Spiffe,
-}
-
-#[derive(Debug, Subcommand)]
-enum BundleCommand {
-    /// Print the trust bundle.
-    Show {
-        /// pem (X.509 authorities) or spiffe (the JWK Set with every key).
-        #[arg(long, value_enum, default_value = "pem")]
-        format: BundleFormat,
-        /// Print JSON: the trust domain, the SPIFFE bundle and the PEM authorities.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        socket: SocketArg,
-    },
-}
-
 fn spiffe_id_arg(value: &str) -> Result<String, String> {
     workload_api::id::parse_spiffe_id(value)
         .map(|id| id.to_string())
@@ -400,29 +383,8 @@ async fn execute(command: Command) -> Result<(), String> {
         Command::Agent(command) => agent(command).await,
         Command::Owner(command) => owner::run(command).await,
         Command::Audit(command) => audit::run(command).await,
-        Command::Bundle(BundleCommand::Show {
-            format,
-            json,
-            socket,
-        }) => {
-            let bundle = admin(&socket)
-                .await?
-                .get_bundle(pb::BundleRequest {})
-                .await
-                .map_err(status)?
-                .into_inner();
-            if json {
-                output::bundle_json(&bundle);
-                return Ok(());
-            }
-            match format {
-                BundleFormat::Pem => workload_api::out!("{}", bundle.pem),
-                BundleFormat::Spiffe => {
-                    workload_api::outln!("{}", String::from_utf8_lossy(&bundle.jwks))
-                }
-            }
-            Ok(())
-        }
+        Command::Bundle(command) => federation::run_bundle(command).await,
+        Command::Federation(command) => federation::run_federation(command).await,
         Command::Healthcheck { json, socket } => {
             let health = admin(&socket)
                 .await?

@@ -13,9 +13,11 @@ use workload_api::logging::{self, LogFormat};
 
 pub use workload_api::config_file::ConfigError;
 
+pub mod federation;
 pub mod k8s;
 pub mod template;
 
+use self::federation::{BundleEndpoint, BundleEndpointFile};
 use self::k8s::K8sCluster;
 
 use crate::ca::keys::KeyType;
@@ -53,6 +55,8 @@ pub struct FileConfig {
     pub upstream_ca: Option<UpstreamCaFile>,
     /// Kubernetes clusters whose agents attest by k8s_psat.
     pub k8s_clusters: Option<Vec<k8s::ClusterFile>>,
+    /// The SPIFFE Federation bundle endpoint; not served when absent.
+    pub bundle_endpoint: Option<BundleEndpointFile>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -99,6 +103,7 @@ impl FileConfig {
             log_format: self.log_format.or(fallback.log_format),
             upstream_ca: self.upstream_ca.or(fallback.upstream_ca),
             k8s_clusters: self.k8s_clusters.or(fallback.k8s_clusters),
+            bundle_endpoint: self.bundle_endpoint.or(fallback.bundle_endpoint),
         }
     }
 }
@@ -135,6 +140,9 @@ pub struct Config {
     /// Kubernetes clusters: k8s_psat node attestation, identity rules and
     /// the bundle ConfigMap.
     pub k8s_clusters: Vec<K8sCluster>,
+    /// Where and how the bundle is served to other trust domains; None:
+    /// not served.
+    pub bundle_endpoint: Option<BundleEndpoint>,
 }
 
 pub const DEFAULT_AGENT_API_ADDRESS: &str = "0.0.0.0:8081";
@@ -303,6 +311,10 @@ impl Config {
                 bundle_file: u.bundle_file,
             }),
             k8s_clusters: K8sCluster::all_from_files(file.k8s_clusters.unwrap_or_default())?,
+            bundle_endpoint: file
+                .bundle_endpoint
+                .map(BundleEndpoint::from_file)
+                .transpose()?,
         })
     }
 
@@ -402,6 +414,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(missing.contains("trust_domain"), "{missing}");
+    }
+
+    #[test]
+    fn bundle_endpoint_is_optional_and_validated() {
+        let base = "trust_domain = \"example.org\"\ndata_dir = \"/d\"\n";
+        let config = Config::from_file(FileConfig::parse(base).unwrap()).unwrap();
+        assert_eq!(config.bundle_endpoint, None);
+        let on = format!(
+            "{base}[bundle_endpoint]\naddress = \"127.0.0.1:8443\"\nprofile = \"https_spiffe\"\n"
+        );
+        let config = Config::from_file(FileConfig::parse(&on).unwrap()).unwrap();
+        assert_eq!(
+            config.bundle_endpoint.unwrap().profile,
+            federation::BundleEndpointProfile::HttpsSpiffe
+        );
+        let bad = format!("{base}[bundle_endpoint]\nprofile = \"https_spiffe\"\n");
+        let error = Config::from_file(FileConfig::parse(&bad).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("bundle_endpoint.address"), "{error}");
+        let unknown = format!("{base}[bundle_endpoint]\nadress = \"127.0.0.1:1\"\n");
+        let error = FileConfig::parse(&unknown).unwrap_err().to_string();
+        assert!(error.contains("adress"), "{error}");
     }
 
     #[test]

@@ -4,16 +4,20 @@
 //! [`crate::registration`] and [`crate::limits`] before the store sees it;
 //! a refusal is `INVALID_ARGUMENT` naming the field, and writes nothing.
 
+use std::sync::Arc;
+
 use proto::admin as pb;
 use proto::admin::admin_server::Admin;
 use proto::issuer::Entry as EntryMessage;
 use tonic::{Request, Response, Status};
 
 use super::convert::{agent_to_proto, entry_to_proto, fields_from_proto, owner_to_proto, Reader};
+use super::federation::FederationAdmin;
 use super::store_status;
 use crate::attestation;
 use crate::clock::unix_secs;
 use crate::eventlog::witnessed;
+use crate::federation::poller::Poller;
 use crate::owners::{self, ConsentRefusal};
 use crate::registration::{
     check_entry_id, check_entry_spiffe_id, check_id_filter, check_join_token_ttl, check_member,
@@ -27,11 +31,16 @@ use workload_api::events::EventKind;
 #[derive(Debug, Clone)]
 pub struct AdminService {
     state: IssuerState,
+    federation: FederationAdmin,
 }
 
 impl AdminService {
-    pub fn new(state: IssuerState) -> Self {
-        AdminService { state }
+    pub fn new(state: IssuerState, poller: Arc<Poller>) -> Self {
+        let federation = FederationAdmin {
+            state: state.clone(),
+            poller,
+        };
+        AdminService { state, federation }
     }
 
     fn now(&self) -> i64 {
@@ -360,6 +369,102 @@ impl Admin for AdminService {
             jwks: bundle.to_jwks_json(),
             pem: bundle.x509_pem(),
         }))
+    }
+
+    async fn create_federation(
+        &self,
+        request: Request<pb::FederationRequest>,
+    ) -> Result<Response<pb::Federation>, Status> {
+        Ok(Response::new(
+            self.federation.create(request.into_inner()).await?,
+        ))
+    }
+
+    async fn update_federation(
+        &self,
+        request: Request<pb::FederationRequest>,
+    ) -> Result<Response<pb::Federation>, Status> {
+        Ok(Response::new(
+            self.federation.update(request.into_inner()).await?,
+        ))
+    }
+
+    async fn delete_federation(
+        &self,
+        request: Request<pb::TrustDomainRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        self.federation
+            .delete(&request.get_ref().trust_domain)
+            .await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn get_federation(
+        &self,
+        request: Request<pb::TrustDomainRequest>,
+    ) -> Result<Response<pb::Federation>, Status> {
+        Ok(Response::new(
+            self.federation.get(&request.get_ref().trust_domain).await?,
+        ))
+    }
+
+    async fn list_federations(
+        &self,
+        _request: Request<pb::Empty>,
+    ) -> Result<Response<pb::ListFederationsResponse>, Status> {
+        Ok(Response::new(pb::ListFederationsResponse {
+            federations: self.federation.list().await?,
+        }))
+    }
+
+    async fn refresh_federation(
+        &self,
+        request: Request<pb::TrustDomainRequest>,
+    ) -> Result<Response<pb::Federation>, Status> {
+        Ok(Response::new(
+            self.federation
+                .refresh(&request.get_ref().trust_domain)
+                .await?,
+        ))
+    }
+
+    async fn set_foreign_bundle(
+        &self,
+        request: Request<pb::SetBundleRequest>,
+    ) -> Result<Response<pb::ForeignBundle>, Status> {
+        Ok(Response::new(
+            self.federation.set_bundle(request.into_inner()).await?,
+        ))
+    }
+
+    async fn get_foreign_bundle(
+        &self,
+        request: Request<pb::TrustDomainRequest>,
+    ) -> Result<Response<pb::ForeignBundle>, Status> {
+        Ok(Response::new(
+            self.federation
+                .get_bundle(&request.get_ref().trust_domain)
+                .await?,
+        ))
+    }
+
+    async fn list_foreign_bundles(
+        &self,
+        _request: Request<pb::Empty>,
+    ) -> Result<Response<pb::ListForeignBundlesResponse>, Status> {
+        Ok(Response::new(pb::ListForeignBundlesResponse {
+            bundles: self.federation.list_bundles().await?,
+        }))
+    }
+
+    async fn delete_foreign_bundle(
+        &self,
+        request: Request<pb::TrustDomainRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        self.federation
+            .delete_bundle(&request.get_ref().trust_domain)
+            .await?;
+        Ok(Response::new(pb::Empty {}))
     }
 
     async fn register_owner(

@@ -1,16 +1,20 @@
 //! The issuer's network endpoints: the agent API (gRPC over mTLS on TCP), the
-//! admin API (gRPC on a local unix socket) and the public HTTP endpoint
-//! (CRLs and the revocation list). All are Sigil's own protocols (`proto/`),
-//! not the SPIFFE Workload API, which the agent serves.
+//! admin API (gRPC on a local unix socket), the public HTTP endpoint (CRLs
+//! and the revocation list) and the SPIFFE bundle endpoint. All but the last
+//! are Sigil's own protocols (`proto/`); the SPIFFE Workload API is the
+//! agent's.
 
 pub mod admin;
 pub mod agent;
 mod agent_events;
+pub mod bundle_endpoint;
 pub mod convert;
 mod delegation;
+pub mod federation;
 mod health_http;
 pub mod http;
 mod log_http;
+pub mod serving_cert;
 mod signing;
 pub mod tls;
 mod web;
@@ -22,9 +26,11 @@ use crate::store::StoreError;
 /// The gRPC status for a store failure. Internal details stay in the log.
 pub fn store_status(error: StoreError) -> Status {
     match error {
-        StoreError::EntryNotFound(_) | StoreError::AgentNotFound(_) => {
-            Status::not_found(error.to_string())
-        }
+        StoreError::EntryNotFound(_)
+        | StoreError::AgentNotFound(_)
+        | StoreError::FederationNotFound(_)
+        | StoreError::BundleNotFound(_) => Status::not_found(error.to_string()),
+        StoreError::FederationExists(_) => Status::already_exists(error.to_string()),
         StoreError::EntryExists(_) => Status::already_exists(error.to_string()),
         StoreError::RevisionMismatch { .. } => Status::aborted(error.to_string()),
         StoreError::TokenUnknown | StoreError::TokenExpired { .. } => {

@@ -11,6 +11,7 @@
 
 mod agents;
 mod entries;
+mod federation;
 mod leases;
 mod log;
 mod model;
@@ -25,9 +26,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 use tokio::sync::watch;
 
+pub use federation::BundleWrite;
 pub use log::{LogHead, Sequencing};
 pub use model::{
-    Agent, Entry, EntryFields, EntryOwner, JoinTokenRecord, Owner, Selector, SerialReservation,
+    Agent, BundleOrigin, Entry, EntryFields, EntryOwner, Federation, ForeignBundle,
+    JoinTokenRecord, Owner, Selector, SerialReservation,
 };
 
 /// Why a store operation failed.
@@ -48,6 +51,12 @@ pub enum StoreError {
     AgentNotFound(String),
     #[error("agent {0} is banned; evict it before it can attest again")]
     AgentBanned(String),
+    #[error("no federation relationship with {0}")]
+    FederationNotFound(String),
+    #[error("a federation relationship with {0} already exists")]
+    FederationExists(String),
+    #[error("no bundle is held for {0}")]
+    BundleNotFound(String),
     #[error("join token is unknown")]
     TokenUnknown,
     #[error("join token was already used")]
@@ -130,6 +139,13 @@ fn migrator() -> sqlx::migrate::Migrator {
             Cow::Borrowed("kubernetes"),
             MigrationType::Simple,
             Cow::Borrowed(include_str!("../../migrations/0004_kubernetes.sql")),
+            false,
+        ),
+        Migration::new(
+            5,
+            Cow::Borrowed("federation"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0005_federation.sql")),
             false,
         ),
     ];

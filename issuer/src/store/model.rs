@@ -98,3 +98,59 @@ pub struct SerialReservation {
     pub reserved: u64,
     pub revoked_at: i64,
 }
+
+/// A federation relationship with a foreign trust domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Federation {
+    /// The foreign trust domain's name.
+    pub trust_domain: String,
+    pub bundle_endpoint_url: String,
+    /// `https_web` or `https_spiffe`.
+    pub profile: String,
+    /// For `https_spiffe`: the SPIFFE ID the endpoint must present.
+    pub endpoint_spiffe_id: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// The latest bundle of a foreign trust domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignBundle {
+    pub trust_domain: String,
+    /// The SPIFFE bundle, JWK Set JSON.
+    pub bundle: String,
+    /// Its `spiffe_sequence`; 0 when it has none.
+    pub sequence: i64,
+    pub origin: BundleOrigin,
+    pub updated_at: i64,
+}
+
+/// Where a foreign bundle came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundleOrigin {
+    /// Fetched from the trust domain's bundle endpoint.
+    Endpoint,
+    /// Set by an operator (`bundle set`).
+    Operator,
+    /// The bootstrap bundle of an https_spiffe relationship.
+    Bootstrap,
+}
+
+impl BundleOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BundleOrigin::Endpoint => "endpoint",
+            BundleOrigin::Operator => "operator",
+            BundleOrigin::Bootstrap => "bootstrap",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "endpoint" => Some(BundleOrigin::Endpoint),
+            "operator" => Some(BundleOrigin::Operator),
+            "bootstrap" => Some(BundleOrigin::Bootstrap),
+            _ => None,
+        }
+    }
+}

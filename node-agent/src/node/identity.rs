@@ -1,5 +1,6 @@
 //! The agent's own identity on disk: its X509-SVID chain, its private key
-//! (0600) and the trust bundle it last received, in `<data_dir>/agent/`.
+//! (0600) and the trust bundle it last received, in `<data_dir>/agent/`
+//! (beside the foreign bundles and revocations it last received).
 //! A restarted agent reuses them instead of attesting again.
 
 use std::path::{Path, PathBuf};
@@ -121,6 +122,11 @@ impl IdentityDir {
     /// The issuer's revocations as last received.
     pub fn revocations_path(&self) -> PathBuf {
         self.0.join("revocations.json")
+    }
+
+    /// The bundles of foreign trust domains as last received.
+    pub fn federated_bundles_path(&self) -> PathBuf {
+        self.0.join("federated_bundles.json")
     }
 
     /// The stored trust bundle; removing it is how an agent re-bootstraps.

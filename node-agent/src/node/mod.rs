@@ -13,6 +13,7 @@
 //! join token.
 
 pub mod bundle_url;
+pub mod federated;
 pub mod identity;
 pub mod revocations;
 
@@ -34,6 +35,7 @@ use crate::attestor::k8s::token::read_token;
 use crate::config::{AgentConfig, NodeAttestor};
 use crate::issuer_client::{self, ServerTrust};
 use crate::keys::{new_key_and_csr, KeyError};
+use federated::{Federated, FederatedChange};
 use identity::{AgentSvid, IdentityDir, IdentityError};
 
 /// Why the agent could not establish itself.
@@ -95,6 +97,8 @@ pub struct Node {
     bundle: watch::Sender<Arc<Bundle>>,
     /// The issuer's CRLs and revocation list, as last received.
     revocations: watch::Sender<Arc<Revocations>>,
+    /// The foreign trust domains' bundles, as last received.
+    federated: watch::Sender<Arc<Federated>>,
     client: RwLock<AgentApiClient<Channel>>,
     standing: watch::Sender<Standing>,
     /// Set once the configured join token has been tried after a refusal:
@@ -136,17 +140,7 @@ pub fn parse_trust_bundle(
     bytes: &[u8],
     trust_domain: &workload_api::TrustDomain,
 ) -> Result<Bundle, BundleError> {
-    if bytes.trim_ascii_start().starts_with(b"{") {
-        return Bundle::from_jwks_json(trust_domain.clone(), bytes);
-    }
-    let text = std::str::from_utf8(bytes).map_err(|_| BundleError::NotPem)?;
-    let certs = workload_api::pem::blocks(text, "CERTIFICATE");
-    if certs.is_empty() {
-        return Err(BundleError::NoCertificates);
-    }
-    let mut bundle = Bundle::new(trust_domain.clone());
-    certs.into_iter().for_each(|c| bundle.add_x509_authority(c));
-    Ok(bundle)
+    Bundle::from_jwks_or_pem(trust_domain.clone(), bytes)
 }
 
 impl Node {
@@ -192,6 +186,7 @@ impl Node {
         dir.save_bundle(&bundle)?;
         let client = connect(&config, &bundle, &svid)?;
         let stored_revocations = revocations::load(&dir, &bundle);
+        let stored_federated = federated::load(&dir, td);
         let (svid, _) = watch::channel(Arc::new(svid));
         let (bundle, _) = watch::channel(Arc::new(bundle));
         Ok(Arc::new(Node {
@@ -200,6 +195,7 @@ impl Node {
             svid,
             bundle,
             revocations: watch::channel(Arc::new(stored_revocations)).0,
+            federated: watch::channel(Arc::new(stored_federated)).0,
             client: RwLock::new(client),
             standing: watch::channel(Standing::Good).0,
             token_tried: AtomicBool::new(false),
@@ -233,6 +229,25 @@ impl Node {
 
     pub fn subscribe_revocations(&self) -> watch::Receiver<Arc<Revocations>> {
         self.revocations.subscribe()
+    }
+
+    pub fn subscribe_federated(&self) -> watch::Receiver<Arc<Federated>> {
+        self.federated.subscribe()
+    }
+
+    /// Adopts the foreign bundles the issuer pushed: stored, then
+    /// published, when they change what is held.
+    pub fn update_federated(&self, change: FederatedChange) {
+        let held = self.federated.borrow().clone();
+        let next = federated::apply(&held, change, &self.config.trust_domain);
+        if next == *held {
+            return;
+        }
+        if let Err(error) = federated::save(&self.dir, &next) {
+            tracing::error!(%error, "storing the foreign bundles failed");
+        }
+        tracing::info!(trust_domains = next.len(), "foreign bundles updated");
+        self.federated.send_replace(Arc::new(next));
     }
 
     /// Adopts revocations pushed by the issuer once they verify against

@@ -1,7 +1,7 @@
 //! The SVID cache: an X509-SVID and a WIT-SVID for every workload entry, with
 //! keys generated here, minted in batches and rotated at 40-50% of their life
 //! (see [`schedule`] for the timetable); and the snapshot the Workload API
-//! serves. Expired credentials stay in the snapshot, marked by their expiry,
+//! serves, with the local and the foreign trust domains' bundles. Expired credentials stay in the snapshot, marked by their expiry,
 //! so the Workload API can tell "expired" from "not minted yet" and leave
 //! them out; the loop republishes when one expires so open streams look again.
 
@@ -149,6 +149,7 @@ pub async fn run(
     let mut wits: HashMap<String, wit::MintedWit> = HashMap::new();
     let mut bundles = node.subscribe_bundle();
     let mut revocations = node.subscribe_revocations();
+    let mut federated = node.subscribe_federated();
     let mut backoff = FIRST_RETRY;
     // After a failure, minting waits until then (monotonic, so a clock step
     // neither cuts the wait short nor stretches it).
@@ -163,6 +164,7 @@ pub async fn run(
         let current = entries.borrow_and_update().clone();
         let bundle = bundles.borrow_and_update().clone();
         let revoked = revocations.borrow_and_update().clone();
+        let foreign = federated.borrow_and_update().clone();
         minted.retain(|id, _| current.iter().any(|e| &e.id == id));
         wits.retain(|id, _| current.iter().any(|e| &e.id == id));
         let workloads: Vec<&pb::Entry> = current.iter().filter(|e| is_workload_entry(e)).collect();
@@ -214,7 +216,7 @@ pub async fn run(
         let modified = snapshots.send_if_modified(|snapshot| {
             let next = Snapshot {
                 bundle: bundle.clone(),
-                federated: Default::default(),
+                federated: (*foreign).clone(),
                 identities,
                 awaiting_entries,
                 refused: match node.standing() {
@@ -257,6 +259,7 @@ pub async fn run(
             }
             changed = bundles.changed() => if changed.is_err() { return },
             changed = revocations.changed() => if changed.is_err() { return },
+            changed = federated.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
@@ -281,9 +284,14 @@ async fn mint_due(
     Ok(())
 }
 
-/// Snapshots differ when any identity, SVID or the bundle differs.
+/// Snapshots differ when any identity, SVID or bundle differs.
 fn same(a: &Snapshot, b: &Snapshot) -> bool {
     Arc::ptr_eq(&a.bundle, &b.bundle)
+        && a.federated.len() == b.federated.len()
+        && a.federated
+            .iter()
+            .zip(&b.federated)
+            .all(|((x_td, x), (y_td, y))| x_td == y_td && Arc::ptr_eq(x, y))
         && Arc::ptr_eq(&a.revocations, &b.revocations)
         && a.awaiting_entries == b.awaiting_entries
         && a.refused == b.refused

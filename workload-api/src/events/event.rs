@@ -54,6 +54,21 @@ pub enum EventKind {
     KeyRetired,
     #[serde(rename = "crl.published")]
     CrlPublished,
+    /// A federation relationship was created, changed or ended.
+    #[serde(rename = "federation.created")]
+    FederationCreated,
+    #[serde(rename = "federation.updated")]
+    FederationUpdated,
+    #[serde(rename = "federation.deleted")]
+    FederationDeleted,
+    /// A foreign trust domain's bundle changed (fetched, set or bootstrapped).
+    #[serde(rename = "foreign_bundle.updated")]
+    ForeignBundleUpdated,
+    /// A fetched foreign bundle was refused (older than the one held).
+    #[serde(rename = "foreign_bundle.refused")]
+    ForeignBundleRefused,
+    #[serde(rename = "foreign_bundle.deleted")]
+    ForeignBundleDeleted,
     /// An agent handed a credential to a workload process.
     #[serde(rename = "credential.delivered")]
     CredentialDelivered,

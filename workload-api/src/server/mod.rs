@@ -346,23 +346,53 @@ impl<S: IdentitySource> SpiffeWorkloadApi for WorkloadApi<S> {
         request: Request<pb::ValidateJwtsvidRequest>,
     ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
         check_header(&request)?;
-        let request = request.into_inner();
-        check_audiences(std::slice::from_ref(&request.audience))?;
-        if request.svid.is_empty() {
+        let body = request.get_ref();
+        check_audiences(std::slice::from_ref(&body.audience))?;
+        if body.svid.is_empty() {
             return Err(Status::invalid_argument("svid must be specified"));
         }
-        if request.svid.len() > MAX_JWT_BYTES {
+        if body.svid.len() > MAX_JWT_BYTES {
             return Err(Status::invalid_argument(format!(
                 "svid: {} bytes; at most {MAX_JWT_BYTES}",
-                request.svid.len()
+                body.svid.len()
             )));
         }
+        // A foreign trust domain's token is validated only for a caller one
+        // of whose identities federates with that domain, so the caller is
+        // attested for those; local tokens are validated for anyone.
+        let local = self
+            .source
+            .snapshots()
+            .borrow()
+            .bundle
+            .trust_domain()
+            .clone();
+        let foreign = token_trust_domain(&body.svid).filter(|td| *td != local);
+        if let Some(td) = &foreign {
+            let caller = self.admit(&request).await?;
+            let snapshot = self.source.snapshots().borrow().clone();
+            if !federates_with(&snapshot, &caller.selectors, td) {
+                return Err(Status::permission_denied(format!(
+                    "the JWT-SVID is from trust domain {td}, which none of the caller's \
+                     identities federates with"
+                )));
+            }
+        }
+        let request = request.into_inner();
         let snapshot = self.source.snapshots().borrow().clone();
         let now = SystemTime::now();
         let validated = jwtsvid::validate(
             &request.svid,
             &request.audience,
-            |td| snapshot.bundle_for(td),
+            |td| {
+                if td == snapshot.bundle.trust_domain() {
+                    Some(snapshot.bundle.as_ref())
+                } else if foreign.as_ref() == Some(td) {
+                    snapshot.federated.get(td).map(|b| b.as_ref())
+                } else {
+                    None
+                }
+            },
             now,
         )
         .map_err(|e| Status::invalid_argument(e.to_string()))?;

@@ -434,3 +434,97 @@ async fn an_open_stream_drops_svids_as_they_expire() {
         .expect("refused");
     assert_eq!(refused.code(), tonic::Code::Unavailable);
 }
+
+fn foreign_bundle(sequence: u64) -> Arc<Bundle> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let mut bundle = Bundle::new(crate::id::TrustDomain::new("partner.org").unwrap());
+    bundle.add_x509_authority(params.self_signed(&key).unwrap().der().to_vec());
+    bundle.set_sequence(sequence);
+    Arc::new(bundle)
+}
+
+/// Two callers: uid 1000 federates with partner.org, uid 2000 does not.
+fn federated_snapshot(bundle: Arc<Bundle>) -> Snapshot {
+    let partner = crate::id::TrustDomain::new("partner.org").unwrap();
+    let mut federating = identity("federating", Some(100), None);
+    federating.federates_with = vec![partner.clone()];
+    let mut plain = identity("plain", Some(100), None);
+    plain.selectors = vec![Selector::new("unix", "uid:2000")];
+    let mut snap = snapshot(vec![federating, plain]);
+    snap.federated.insert(partner, bundle);
+    snap
+}
+
+#[test]
+fn foreign_bundles_reach_only_callers_whose_identities_federate() {
+    let bundle = foreign_bundle(1);
+    let snap = federated_snapshot(bundle.clone());
+    let other = vec![Selector::new("unix", "uid:2000")];
+    let partner = crate::id::TrustDomain::new("partner.org").unwrap();
+
+    let View::Ready(response) = x509_response(&snap, &caller(), at(0)).unwrap() else {
+        panic!("not ready");
+    };
+    assert_eq!(
+        response.federated_bundles.get("spiffe://partner.org"),
+        Some(&bundle.x509_der_concat())
+    );
+    let View::Ready(response) = x509_response(&snap, &other, at(0)).unwrap() else {
+        panic!("not ready");
+    };
+    assert!(response.federated_bundles.is_empty());
+
+    let keys = |selectors: &[Selector]| {
+        let mut keys: Vec<String> = bundle_map(&snap, selectors, |_| ())
+            .unwrap()
+            .into_keys()
+            .collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(
+        keys(&caller()),
+        ["spiffe://example.org", "spiffe://partner.org"]
+    );
+    assert_eq!(keys(&other), ["spiffe://example.org"]);
+    assert!(federates_with(&snap, &caller(), &partner));
+    assert!(!federates_with(&snap, &other, &partner));
+}
+
+#[test]
+fn bundle_fingerprints_change_with_a_foreign_bundles_keys() {
+    let before = federated_snapshot(foreign_bundle(1));
+    // New keys under the same sequence, as an operator may set them.
+    let after = federated_snapshot(foreign_bundle(1));
+    let other = vec![Selector::new("unix", "uid:2000")];
+    for fingerprint in [bundles_fingerprint, x509_bundles_fingerprint] {
+        assert_ne!(
+            fingerprint(&before, &caller(), at(0)).hash,
+            fingerprint(&after, &caller(), at(0)).hash
+        );
+        assert_eq!(
+            fingerprint(&before, &other, at(0)).hash,
+            fingerprint(&after, &other, at(0)).hash,
+            "a caller that does not federate sees no change"
+        );
+    }
+    assert_ne!(
+        x509_fingerprint(&before, &caller(), at(0)).hash,
+        x509_fingerprint(&after, &caller(), at(0)).hash
+    );
+}
+
+#[test]
+fn a_tokens_trust_domain_is_read_from_its_subject() {
+    let claims = |sub: &str| B64URL.encode(serde_json::json!({ "sub": sub }).to_string());
+    let header = B64URL.encode(r#"{"alg":"ES256","kid":"k"}"#);
+    let token = |sub: &str| format!("{header}.{}.c2ln", claims(sub));
+    assert_eq!(
+        token_trust_domain(&token("spiffe://partner.org/db")).map(|td| td.to_string()),
+        Some("partner.org".to_string())
+    );
+    assert_eq!(token_trust_domain(&token("not an id")), None);
+    assert_eq!(token_trust_domain("x.y"), None);
+}

@@ -110,13 +110,48 @@ pub(super) fn bundles_fingerprint_into(
     for identity in snapshot.entitled(selectors) {
         for td in &identity.federates_with {
             td.as_str().hash(hasher);
-            snapshot
-                .federated
-                .get(td)
-                .map(|b| b.sequence())
-                .hash(hasher);
+            match snapshot.federated.get(td) {
+                Some(bundle) => foreign_bundle_into(hasher, bundle),
+                None => 0u8.hash(hasher),
+            }
         }
     }
+}
+
+/// Hashes a foreign bundle's keys. Its sequence alone would not do: the
+/// foreign domain, or an operator setting its bundle, may change keys
+/// without it.
+fn foreign_bundle_into(hasher: &mut impl std::hash::Hasher, bundle: &crate::Bundle) {
+    use std::hash::Hash;
+    1u8.hash(hasher);
+    bundle.sequence().hash(hasher);
+    bundle.x509_authorities().hash(hasher);
+    for authorities in [bundle.jwt_authorities(), bundle.wit_authorities()] {
+        authorities.len().hash(hasher);
+        for authority in authorities {
+            authority.kid.hash(hasher);
+            authority.key.thumbprint().hash(hasher);
+        }
+    }
+}
+
+/// Whether one of the caller's identities federates with `trust_domain`.
+pub(super) fn federates_with(
+    snapshot: &Snapshot,
+    selectors: &[Selector],
+    trust_domain: &crate::id::TrustDomain,
+) -> bool {
+    snapshot
+        .entitled(selectors)
+        .any(|identity| identity.federates_with.contains(trust_domain))
+}
+
+/// The trust domain of a token's `sub`, if it is a JWT naming a SPIFFE ID;
+/// validation reports what is wrong with any other.
+pub(super) fn token_trust_domain(token: &str) -> Option<crate::id::TrustDomain> {
+    let jws = crate::jws::parse(token).ok()?;
+    let sub = crate::id::parse_spiffe_id(jws.str_claim("sub")?).ok()?;
+    Some(sub.trust_domain().clone())
 }
 
 /// The caller's X509-SVIDs valid at `now`, once all are minted. Expired ones

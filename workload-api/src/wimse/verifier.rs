@@ -182,6 +182,19 @@ impl Verifier {
         self.wits.lock().expect("WIT cache").clear();
     }
 
+    /// Trusts exactly `bundles`, one per trust domain: a trust domain not
+    /// among them (a federation that ended) is trusted no longer. This is
+    /// what a FetchWITBundles message, which carries every bundle the
+    /// caller may trust, calls for.
+    pub fn set_bundles(&self, bundles: impl IntoIterator<Item = Bundle>) {
+        let bundles: HashMap<TrustDomain, Arc<Bundle>> = bundles
+            .into_iter()
+            .map(|b| (b.trust_domain().clone(), Arc::new(b)))
+            .collect();
+        *self.bundles.write().expect("bundles") = bundles;
+        self.wits.lock().expect("WIT cache").clear();
+    }
+
     fn bundle_for(&self, td: &TrustDomain) -> Option<Arc<Bundle>> {
         self.bundles.read().expect("bundles").get(td).cloned()
     }

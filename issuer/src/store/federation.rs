@@ -1,0 +1,338 @@
+//! Federation relationships and the bundles of foreign trust domains. A
+//! fetched bundle whose `spiffe_sequence` is lower than the one held is
+//! older (SPIFFE_Federation.md section 4.2) and is refused in the same
+//! transaction that compares them, so two concurrent fetches cannot put an
+//! older bundle back. An operator's bundle replaces whatever is held, and
+//! the next fetch replaces it in turn.
+
+use sqlx::Row;
+
+use super::{finish, BundleOrigin, Federation, ForeignBundle, Store, StoreError};
+
+const FEDERATION_COLUMNS: &str =
+    "trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id, created_at, updated_at";
+const BUNDLE_COLUMNS: &str = "trust_domain, bundle, sequence, origin, updated_at";
+
+/// What storing a foreign bundle did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BundleWrite {
+    /// Stored: new, or different from the one held.
+    Stored,
+    /// The same bundle was held already.
+    Unchanged,
+    /// A fetched bundle older than the one held (a lower sequence): kept out.
+    Older { held: i64, fetched: i64 },
+}
+
+impl Store {
+    pub async fn create_federation(&self, federation: &Federation) -> Result<(), StoreError> {
+        let done = sqlx::query(&format!(
+            "INSERT INTO federations ({FEDERATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (trust_domain) DO NOTHING"
+        ))
+        .bind(&federation.trust_domain)
+        .bind(&federation.bundle_endpoint_url)
+        .bind(&federation.profile)
+        .bind(&federation.endpoint_spiffe_id)
+        .bind(federation.created_at)
+        .bind(federation.updated_at)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::FederationExists(
+                federation.trust_domain.clone(),
+            ));
+        }
+        self.changed();
+        Ok(())
+    }
+
+    /// Replaces a relationship's endpoint parameters.
+    pub async fn update_federation(&self, federation: &Federation) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE federations SET bundle_endpoint_url = $2, profile = $3, \
+             endpoint_spiffe_id = $4, updated_at = $5 WHERE trust_domain = $1",
+        )
+        .bind(&federation.trust_domain)
+        .bind(&federation.bundle_endpoint_url)
+        .bind(&federation.profile)
+        .bind(&federation.endpoint_spiffe_id)
+        .bind(federation.updated_at)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::FederationNotFound(
+                federation.trust_domain.clone(),
+            ));
+        }
+        self.changed();
+        Ok(())
+    }
+
+    /// Ends a relationship: it is no longer polled, and its bundle goes
+    /// (section 6.3). Says whether a bundle was held.
+    pub async fn delete_federation(&self, trust_domain: &str) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let result = async {
+            let done = sqlx::query("DELETE FROM federations WHERE trust_domain = $1")
+                .bind(trust_domain)
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::FederationNotFound(trust_domain.to_owned()));
+            }
+            let bundle = sqlx::query("DELETE FROM foreign_bundles WHERE trust_domain = $1")
+                .bind(trust_domain)
+                .execute(&mut *tx)
+                .await?;
+            Ok(bundle.rows_affected() > 0)
+        }
+        .await;
+        let had_bundle = finish(tx, result).await?;
+        self.changed();
+        Ok(had_bundle)
+    }
+
+    pub async fn get_federation(&self, trust_domain: &str) -> Result<Federation, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {FEDERATION_COLUMNS} FROM federations WHERE trust_domain = $1"
+        ))
+        .bind(trust_domain)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::FederationNotFound(trust_domain.to_owned()))?;
+        federation_from_row(&row)
+    }
+
+    pub async fn list_federations(&self) -> Result<Vec<Federation>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {FEDERATION_COLUMNS} FROM federations ORDER BY trust_domain"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(federation_from_row).collect()
+    }
+
+    /// Stores `bundle` as the latest of its trust domain. With
+    /// `refuse_older` (a fetched bundle that carries a sequence), one with a
+    /// lower sequence than the held one is refused as older; an operator's
+    /// or a bootstrap bundle, or one without a sequence, replaces it.
+    pub async fn put_foreign_bundle(
+        &self,
+        bundle: &ForeignBundle,
+        refuse_older: bool,
+    ) -> Result<BundleWrite, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let result = async {
+            let held: Option<(String, i64, String)> = sqlx::query(
+                "SELECT bundle, sequence, origin FROM foreign_bundles WHERE trust_domain = $1",
+            )
+            .bind(&bundle.trust_domain)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .transpose()?;
+            match held {
+                Some((text, _, origin)) if text == bundle.bundle => {
+                    // The same bundle, now vouched for by another source
+                    // (the endpoint confirming a bootstrap bundle): say so.
+                    if origin != bundle.origin.as_str() {
+                        sqlx::query(
+                            "UPDATE foreign_bundles SET origin = $2, updated_at = $3 \
+                             WHERE trust_domain = $1",
+                        )
+                        .bind(&bundle.trust_domain)
+                        .bind(bundle.origin.as_str())
+                        .bind(bundle.updated_at)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    return Ok(BundleWrite::Unchanged);
+                }
+                Some((_, sequence, _)) if refuse_older && bundle.sequence < sequence => {
+                    return Ok(BundleWrite::Older {
+                        held: sequence,
+                        fetched: bundle.sequence,
+                    })
+                }
+                _ => {}
+            }
+            sqlx::query(&format!(
+                "INSERT INTO foreign_bundles ({BUNDLE_COLUMNS}) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (trust_domain) DO UPDATE SET bundle = $2, sequence = $3, \
+                 origin = $4, updated_at = $5"
+            ))
+            .bind(&bundle.trust_domain)
+            .bind(&bundle.bundle)
+            .bind(bundle.sequence)
+            .bind(bundle.origin.as_str())
+            .bind(bundle.updated_at)
+            .execute(&mut *tx)
+            .await?;
+            Ok(BundleWrite::Stored)
+        }
+        .await;
+        let write = finish(tx, result).await?;
+        if write == BundleWrite::Stored {
+            self.changed();
+        }
+        Ok(write)
+    }
+
+    pub async fn get_foreign_bundle(
+        &self,
+        trust_domain: &str,
+    ) -> Result<ForeignBundle, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {BUNDLE_COLUMNS} FROM foreign_bundles WHERE trust_domain = $1"
+        ))
+        .bind(trust_domain)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::BundleNotFound(trust_domain.to_owned()))?;
+        bundle_from_row(&row)
+    }
+
+    pub async fn list_foreign_bundles(&self) -> Result<Vec<ForeignBundle>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {BUNDLE_COLUMNS} FROM foreign_bundles ORDER BY trust_domain"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(bundle_from_row).collect()
+    }
+
+    pub async fn delete_foreign_bundle(&self, trust_domain: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM foreign_bundles WHERE trust_domain = $1")
+            .bind(trust_domain)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::BundleNotFound(trust_domain.to_owned()));
+        }
+        self.changed();
+        Ok(())
+    }
+}
+
+fn federation_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Federation, StoreError> {
+    Ok(Federation {
+        trust_domain: row.try_get("trust_domain")?,
+        bundle_endpoint_url: row.try_get("bundle_endpoint_url")?,
+        profile: row.try_get("profile")?,
+        endpoint_spiffe_id: row.try_get("endpoint_spiffe_id")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn bundle_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ForeignBundle, StoreError> {
+    let origin: String = row.try_get("origin")?;
+    Ok(ForeignBundle {
+        trust_domain: row.try_get("trust_domain")?,
+        bundle: row.try_get("bundle")?,
+        sequence: row.try_get("sequence")?,
+        origin: BundleOrigin::parse(&origin).ok_or_else(|| StoreError::Corrupt {
+            column: "foreign_bundles.origin",
+            source: serde::de::Error::custom(format!("unknown origin {origin:?}")),
+        })?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::temp_store as store;
+    use super::*;
+
+    fn bundle(sequence: i64, origin: BundleOrigin, text: &str) -> ForeignBundle {
+        ForeignBundle {
+            trust_domain: "partner.org".into(),
+            bundle: text.into(),
+            sequence,
+            origin,
+            updated_at: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fetched_bundle_older_than_the_held_one_is_refused() {
+        let (_dir, store) = store().await;
+        let put = |b: ForeignBundle| {
+            let store = store.clone();
+            let fetched = b.origin == BundleOrigin::Endpoint;
+            async move { store.put_foreign_bundle(&b, fetched).await.unwrap() }
+        };
+        assert_eq!(
+            put(bundle(5, BundleOrigin::Endpoint, "v5")).await,
+            BundleWrite::Stored
+        );
+        assert_eq!(
+            put(bundle(5, BundleOrigin::Endpoint, "v5")).await,
+            BundleWrite::Unchanged
+        );
+        // The same bundle from another source is unchanged, its origin noted.
+        assert_eq!(
+            put(bundle(5, BundleOrigin::Operator, "v5")).await,
+            BundleWrite::Unchanged
+        );
+        let held = store.get_foreign_bundle("partner.org").await.unwrap();
+        assert_eq!(held.origin, BundleOrigin::Operator);
+        assert_eq!(
+            put(bundle(4, BundleOrigin::Endpoint, "v4")).await,
+            BundleWrite::Older {
+                held: 5,
+                fetched: 4
+            }
+        );
+        assert_eq!(
+            store
+                .get_foreign_bundle("partner.org")
+                .await
+                .unwrap()
+                .bundle,
+            "v5"
+        );
+        // An operator may set any bundle; the next fetch replaces it.
+        assert_eq!(
+            put(bundle(1, BundleOrigin::Operator, "set")).await,
+            BundleWrite::Stored
+        );
+        assert_eq!(
+            put(bundle(2, BundleOrigin::Endpoint, "v2")).await,
+            BundleWrite::Stored
+        );
+        assert_eq!(store.list_foreign_bundles().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn deleting_a_relationship_deletes_its_bundle() {
+        let (_dir, store) = store().await;
+        let federation = Federation {
+            trust_domain: "partner.org".into(),
+            bundle_endpoint_url: "https://partner.org/bundle".into(),
+            profile: "https_web".into(),
+            endpoint_spiffe_id: String::new(),
+            created_at: 1,
+            updated_at: 1,
+        };
+        store.create_federation(&federation).await.unwrap();
+        assert!(matches!(
+            store.create_federation(&federation).await,
+            Err(StoreError::FederationExists(_))
+        ));
+        store
+            .put_foreign_bundle(&bundle(1, BundleOrigin::Endpoint, "v1"), true)
+            .await
+            .unwrap();
+        assert!(store.delete_federation("partner.org").await.unwrap());
+        assert!(matches!(
+            store.get_foreign_bundle("partner.org").await,
+            Err(StoreError::BundleNotFound(_))
+        ));
+        assert!(matches!(
+            store.delete_federation("partner.org").await,
+            Err(StoreError::FederationNotFound(_))
+        ));
+    }
+}
