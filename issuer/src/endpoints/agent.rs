@@ -463,6 +463,7 @@ impl AgentService {
         let mut sent_bundle_sequence = None;
         let mut sent_revocations_seq = None;
         let mut foreign = ForeignBundles::default();
+        let mut seen_foreign_version = None;
         let mut first = true;
         loop {
             store_changes.mark_unchanged();
@@ -486,15 +487,21 @@ impl AgentService {
                     return;
                 }
             };
-            let stored_foreign = match self.state.store.list_foreign_bundles().await {
-                Ok(stored) => stored,
-                Err(e) => {
-                    let _ = tx.send(Err(store_status(e))).await;
-                    return;
+            // Foreign bundles are read again only when they changed: most
+            // store changes are entries and agents.
+            let foreign_version = self.state.store.foreign_bundles_version();
+            let mut foreign_update = if seen_foreign_version == Some(foreign_version) {
+                None
+            } else {
+                match self.state.store.list_foreign_bundles().await {
+                    Ok(stored) => Some(foreign.update(stored, &self.state.config.trust_domain)),
+                    Err(e) => {
+                        let _ = tx.send(Err(store_status(e))).await;
+                        return;
+                    }
                 }
             };
-            let mut foreign_update =
-                foreign.update(stored_foreign, &self.state.config.trust_domain);
+            seen_foreign_version = Some(foreign_version);
             let mut upserted: Vec<pb::Entry> = entries
                 .values()
                 .filter(|e| sent.get(&e.id) != Some(&e.revision))
@@ -519,15 +526,23 @@ impl AgentService {
                 || !removed.is_empty()
                 || !bundle_bytes.is_empty()
                 || new_revocations.is_some()
-                || foreign_update.has_changes()
+                || foreign_update
+                    .as_ref()
+                    .is_some_and(ForeignUpdate::has_changes)
             {
                 let mut messages = chunk(
                     Update {
                         upserted,
                         removed_ids: removed,
                         bundle: bundle_bytes,
-                        foreign: std::mem::take(&mut foreign_update.changed),
-                        removed_foreign: std::mem::take(&mut foreign_update.removed),
+                        foreign: foreign_update
+                            .as_mut()
+                            .map(|u| std::mem::take(&mut u.changed))
+                            .unwrap_or_default(),
+                        removed_foreign: foreign_update
+                            .as_mut()
+                            .map(|u| std::mem::take(&mut u.removed))
+                            .unwrap_or_default(),
                     },
                     first,
                 );
@@ -549,7 +564,9 @@ impl AgentService {
                     .collect();
                 sent_bundle_sequence = Some(bundle.sequence());
                 sent_revocations_seq = Some(revocations.seq);
-                foreign.sent(foreign_update.current);
+                if let Some(update) = foreign_update {
+                    foreign.sent(update.current);
+                }
                 first = false;
             }
             tokio::select! {

@@ -47,15 +47,8 @@ impl FederationAdmin {
             .create_federation(&federation)
             .await
             .map_err(store_status)?;
-        tracing::info!(trust_domain = %federation.trust_domain, url = %federation.bundle_endpoint_url, profile = %federation.profile, "federation relationship created");
-        self.log(federation_event(
-            &self.state,
-            EventKind::FederationCreated,
-            &federation,
-        ))
-        .await;
-        self.poller.wake();
-        self.get(&federation.trust_domain).await
+        self.written(EventKind::FederationCreated, &federation)
+            .await
     }
 
     pub async fn update(&self, request: pb::FederationRequest) -> Result<pb::Federation, Status> {
@@ -75,13 +68,20 @@ impl FederationAdmin {
             .update_federation(&federation)
             .await
             .map_err(store_status)?;
-        tracing::info!(trust_domain = %federation.trust_domain, url = %federation.bundle_endpoint_url, profile = %federation.profile, "federation relationship updated");
-        self.log(federation_event(
-            &self.state,
-            EventKind::FederationUpdated,
-            &federation,
-        ))
-        .await;
+        self.written(EventKind::FederationUpdated, &federation)
+            .await
+    }
+
+    /// After a relationship was created or updated: logs it, has it polled
+    /// at once, and answers with it as now held.
+    async fn written(
+        &self,
+        kind: EventKind,
+        federation: &Federation,
+    ) -> Result<pb::Federation, Status> {
+        tracing::info!(trust_domain = %federation.trust_domain, url = %federation.bundle_endpoint_url, profile = %federation.profile, event = %kind.name(), "federation relationship written");
+        self.log(federation_event(&self.state, kind, federation))
+            .await;
         self.poller.wake();
         self.get(&federation.trust_domain).await
     }

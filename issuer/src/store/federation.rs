@@ -89,7 +89,7 @@ impl Store {
         }
         .await;
         let had_bundle = finish(tx, result).await?;
-        self.changed();
+        self.foreign_bundles_changed();
         Ok(had_bundle)
     }
 
@@ -174,7 +174,7 @@ impl Store {
         .await;
         let write = finish(tx, result).await?;
         if write == BundleWrite::Stored {
-            self.changed();
+            self.foreign_bundles_changed();
         }
         Ok(write)
     }
@@ -210,7 +210,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::BundleNotFound(trust_domain.to_owned()));
         }
-        self.changed();
+        self.foreign_bundles_changed();
         Ok(())
     }
 }

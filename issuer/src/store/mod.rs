@@ -181,6 +181,9 @@ async fn finish<T>(
 pub struct Store {
     pool: SqlitePool,
     changes: watch::Sender<u64>,
+    /// Counts changes to foreign bundles alone, so the many entry streams
+    /// read them again only when they changed.
+    foreign_changes: watch::Sender<u64>,
 }
 
 impl Store {
@@ -213,7 +216,12 @@ impl Store {
             .await?;
         migrator().run(&pool).await?;
         let (changes, _) = watch::channel(0);
-        Ok(Store { pool, changes })
+        let (foreign_changes, _) = watch::channel(0);
+        Ok(Store {
+            pool,
+            changes,
+            foreign_changes,
+        })
     }
 
     /// Starts a write transaction. SQLite's default (deferred) transaction
@@ -233,6 +241,18 @@ impl Store {
 
     fn changed(&self) {
         self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// A foreign bundle was stored or deleted: a store change too.
+    fn foreign_bundles_changed(&self) {
+        self.foreign_changes.send_modify(|n| *n += 1);
+        self.changed();
+    }
+
+    /// Grows with every change to the foreign bundles. Read it before
+    /// listing them: a change after the read shows as a newer version.
+    pub fn foreign_bundles_version(&self) -> u64 {
+        *self.foreign_changes.borrow()
     }
 
     /// Counts rows, for tests that check nothing was written.
