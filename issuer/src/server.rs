@@ -43,6 +43,12 @@ pub enum StartError {
     Locked(#[from] LockError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The URL is shown with its password replaced.
+    #[error("database {database}: {source}")]
+    OpenStore {
+        database: String,
+        source: crate::store::StoreError,
+    },
     #[error(transparent)]
     Ca(#[from] crate::ca::CaError),
     #[error("HTTP address {address}: {source}")]
@@ -117,7 +123,14 @@ impl RunningIssuer {
 /// Opens the issuer's state from its configuration, in a data directory
 /// that exists and that this process holds the lock on.
 async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<IssuerState, StartError> {
-    let store = Store::open_sqlite(&config.data_dir.join("sigil.db")).await?;
+    let store =
+        Store::open(&config.database_url)
+            .await
+            .map_err(|source| StartError::OpenStore {
+                database: config.database_url.to_string(),
+                source,
+            })?;
+    tracing::info!(database = %config.database_url, "store open");
     let ca = Ca::open(
         CaConfig {
             trust_domain: config.trust_domain.clone(),

@@ -26,6 +26,7 @@ pub mod fake_http;
 pub mod fake_kubelet;
 pub mod fake_tls;
 pub mod owners;
+pub mod postgres;
 pub mod web;
 
 pub const TRUST_DOMAIN: &str = "example.org";

@@ -74,6 +74,10 @@ struct RunArgs {
     /// Where the CA keys, journal and database live.
     #[arg(long, env = "SIGIL_ISSUER_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The store: a SQLite file path (default: sigil.db in the data
+    /// directory) or a postgres:// URL shared by several replicas.
+    #[arg(long, env = "SIGIL_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<crate::config::database::DatabaseUrlText>,
     /// host:port the agent API (mTLS) listens on.
     #[arg(long, env = "SIGIL_ISSUER_AGENT_API_ADDRESS")]
     agent_api_address: Option<String>,
@@ -567,6 +571,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let flags = FileConfig {
         trust_domain: args.trust_domain,
         data_dir: args.data_dir,
+        database_url: args.database_url,
         agent_api_address: args.agent_api_address,
         http_address: args.http_address,
         admin_socket_path: args.admin_socket_path,

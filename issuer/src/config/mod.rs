@@ -13,10 +13,12 @@ use workload_api::logging::{self, LogFormat};
 
 pub use workload_api::config_file::ConfigError;
 
+pub mod database;
 pub mod federation;
 pub mod k8s;
 pub mod template;
 
+use self::database::{DatabaseUrl, DatabaseUrlText};
 use self::federation::{BundleEndpoint, BundleEndpointFile};
 use self::k8s::K8sCluster;
 
@@ -29,6 +31,9 @@ use crate::ca::UpstreamCa;
 pub struct FileConfig {
     pub trust_domain: Option<String>,
     pub data_dir: Option<PathBuf>,
+    /// The store: a SQLite path (default: sigil.db in data_dir) or a
+    /// postgres:// URL that several replicas share.
+    pub database_url: Option<DatabaseUrlText>,
     pub agent_api_address: Option<String>,
     /// host:port of the public HTTP endpoint (CRLs, revocation list), or "off".
     pub http_address: Option<String>,
@@ -81,6 +86,7 @@ impl FileConfig {
         FileConfig {
             trust_domain: self.trust_domain.or(fallback.trust_domain),
             data_dir: self.data_dir.or(fallback.data_dir),
+            database_url: self.database_url.or(fallback.database_url),
             agent_api_address: self.agent_api_address.or(fallback.agent_api_address),
             http_address: self.http_address.or(fallback.http_address),
             admin_socket_path: self.admin_socket_path.or(fallback.admin_socket_path),
@@ -113,6 +119,7 @@ impl FileConfig {
 pub struct Config {
     pub trust_domain: TrustDomain,
     pub data_dir: PathBuf,
+    pub database_url: DatabaseUrl,
     pub agent_api_address: SocketAddr,
     /// Where relying parties fetch CRLs and the revocation list; None: not served.
     pub http_address: Option<SocketAddr>,
@@ -208,6 +215,13 @@ impl Config {
         let data_dir = file
             .data_dir
             .ok_or(ConfigError::Missing { key: "data_dir" })?;
+        let database_url = match &file.database_url {
+            Some(text) => text.parse().map_err(|e| ConfigError::Invalid {
+                key: "database_url",
+                reason: e.to_string(),
+            })?,
+            None => DatabaseUrl::default_in(&data_dir),
+        };
         let address = file
             .agent_api_address
             .as_deref()
@@ -288,6 +302,7 @@ impl Config {
                 .admin_socket_path
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET)),
             data_dir,
+            database_url,
             agent_api_address,
             http_address,
             ca_ttl,

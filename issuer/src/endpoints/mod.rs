@@ -48,6 +48,10 @@ pub fn store_status(error: StoreError) -> Status {
             Status::permission_denied(error.to_string())
         }
         StoreError::EventGap { .. } => Status::failed_precondition(error.to_string()),
+        other if other.is_unavailable() => {
+            tracing::warn!(error = %other, "store unreachable");
+            Status::unavailable("the registration store is unreachable; see the issuer log")
+        }
         other => {
             tracing::error!(error = %other, "store failure");
             Status::internal("the registration store failed; see the issuer log")

@@ -4,7 +4,12 @@
 
 use sqlx::Row;
 
+use super::notify::Change;
 use super::{Agent, Selector, Store, StoreError};
+
+/// `banned` is a BOOLEAN, read as a number (see [`super::bool_column`]).
+const AGENT_COLUMNS: &str = "spiffe_id, attestation_type, serial, new_serial, expires_at, \
+    CAST(banned AS INTEGER) AS banned, attested_at, selectors";
 
 impl Store {
     /// Records an attested agent. An agent attesting again under the same
@@ -12,7 +17,7 @@ impl Store {
     /// it is banned, which only eviction lifts.
     pub async fn upsert_agent(&self, agent: &Agent, now: i64) -> Result<(), StoreError> {
         let selectors = serde_json::to_string(&agent.selectors).expect("selectors serialize");
-        let done = sqlx::query(
+        let upsert = sqlx::query(
             "INSERT INTO agents (spiffe_id, attestation_type, serial, new_serial, expires_at, banned, \
              attested_at, updated_at, selectors) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (spiffe_id) DO UPDATE SET attestation_type = $2, serial = $3, \
@@ -27,14 +32,11 @@ impl Store {
         .bind(agent.banned)
         .bind(agent.attested_at)
         .bind(now)
-        .bind(&selectors)
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::AgentBanned(agent.spiffe_id.clone()));
-        }
-        self.changed();
-        Ok(())
+        .bind(&selectors);
+        self.change_row(upsert, Change::Registrations, || {
+            StoreError::AgentBanned(agent.spiffe_id.clone())
+        })
+        .await
     }
 
     /// Records the serial of a renewed agent SVID as the next accepted one.
@@ -74,10 +76,9 @@ impl Store {
     }
 
     pub async fn get_agent(&self, spiffe_id: &str) -> Result<Agent, StoreError> {
-        let row = sqlx::query(
-            "SELECT spiffe_id, attestation_type, serial, new_serial, expires_at, banned, attested_at, \
-             selectors FROM agents WHERE spiffe_id = $1",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE spiffe_id = $1"
+        ))
         .bind(spiffe_id)
         .fetch_optional(&self.pool)
         .await?
@@ -101,57 +102,47 @@ impl Store {
     }
 
     pub async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT spiffe_id, attestation_type, serial, new_serial, expires_at, banned, attested_at, \
-             selectors FROM agents ORDER BY attested_at, spiffe_id",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {AGENT_COLUMNS} FROM agents ORDER BY attested_at, spiffe_id"
+        ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(agent_from_row).collect()
     }
 
-    /// Tells subscribers of a change to one agent's row, or says there is no
-    /// such agent.
-    fn agent_changed(&self, rows_affected: u64, spiffe_id: &str) -> Result<(), StoreError> {
-        if rows_affected == 0 {
-            return Err(StoreError::AgentNotFound(spiffe_id.to_owned()));
-        }
-        self.changed();
-        Ok(())
-    }
-
     /// Forgets an agent: it must attest again.
     pub async fn delete_agent(&self, spiffe_id: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM agents WHERE spiffe_id = $1")
-            .bind(spiffe_id)
-            .execute(&self.pool)
-            .await?;
-        self.agent_changed(done.rows_affected(), spiffe_id)
+        let delete = sqlx::query("DELETE FROM agents WHERE spiffe_id = $1").bind(spiffe_id);
+        self.change_row(delete, Change::Registrations, || {
+            StoreError::AgentNotFound(spiffe_id.to_owned())
+        })
+        .await
     }
 
     /// Bans an agent: it is refused until the ban is lifted by eviction.
     pub async fn ban_agent(&self, spiffe_id: &str, now: i64) -> Result<(), StoreError> {
-        let done = sqlx::query(
+        let ban = sqlx::query(
             "UPDATE agents SET banned = $2, serial = '', new_serial = '', updated_at = $3 \
              WHERE spiffe_id = $1",
         )
         .bind(spiffe_id)
         .bind(true)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        self.agent_changed(done.rows_affected(), spiffe_id)
+        .bind(now);
+        self.change_row(ban, Change::Registrations, || {
+            StoreError::AgentNotFound(spiffe_id.to_owned())
+        })
+        .await
     }
 }
 
-fn agent_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Agent, StoreError> {
+fn agent_from_row(row: &sqlx::any::AnyRow) -> Result<Agent, StoreError> {
     Ok(Agent {
         spiffe_id: row.try_get("spiffe_id")?,
         attestation_type: row.try_get("attestation_type")?,
         serial: row.try_get("serial")?,
         new_serial: row.try_get("new_serial")?,
         expires_at: row.try_get("expires_at")?,
-        banned: row.try_get("banned")?,
+        banned: super::bool_column(row, "banned")?,
         attested_at: row.try_get("attested_at")?,
         selectors: serde_json::from_str(&row.try_get::<String, _>("selectors")?).map_err(
             |source| StoreError::Corrupt {

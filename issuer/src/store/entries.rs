@@ -7,11 +7,51 @@
 
 use sqlx::Row;
 
-use super::{finish, DuplicateEntry, Entry, EntryFields, EntryOwner, Selector, Store, StoreError};
+use super::notify::Change;
+use super::{DuplicateEntry, Entry, EntryFields, EntryOwner, Selector, Store, StoreError};
 
-const ENTRY_COLUMNS: &str = "id, spiffe_id, parent_id, selectors, x509_svid_ttl, jwt_svid_ttl, \
-    dns_names, hint, federates_with, admin, downstream, expires_at, revision, sequence, created_at, \
-    owner_id, owner_thumbprint, consent, delegated_from, actors, managed_by";
+/// The columns an [`Entry`] is read from.
+const ENTRY_COLUMNS: [&str; 21] = [
+    "id",
+    "spiffe_id",
+    "parent_id",
+    "selectors",
+    "x509_svid_ttl",
+    "jwt_svid_ttl",
+    "dns_names",
+    "hint",
+    "federates_with",
+    "admin",
+    "downstream",
+    "expires_at",
+    "revision",
+    "sequence",
+    "created_at",
+    "owner_id",
+    "owner_thumbprint",
+    "consent",
+    "delegated_from",
+    "actors",
+    "managed_by",
+];
+
+/// The BOOLEAN columns among them, read as numbers (see [`super::bool_column`]).
+const ENTRY_BOOL_COLUMNS: [&str; 2] = ["admin", "downstream"];
+
+/// The select list of [`ENTRY_COLUMNS`] from the table aliased `table`.
+fn entry_columns(table: &str) -> String {
+    ENTRY_COLUMNS
+        .iter()
+        .map(|column| {
+            if ENTRY_BOOL_COLUMNS.contains(column) {
+                format!("CAST({table}.{column} AS INTEGER) AS {column}")
+            } else {
+                format!("{table}.{column} AS {column}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 impl Store {
     /// Creates an entry. An entry bound to an owner is written only if the
@@ -51,8 +91,8 @@ impl Store {
             write_create(&mut tx, &id, fields, now).await
         }
         .await;
-        finish(tx, result).await?;
-        self.changed();
+        self.commit_change(tx, result, Change::Registrations)
+            .await?;
         self.get_entry(&id).await
     }
 
@@ -67,8 +107,8 @@ impl Store {
     ) -> Result<Entry, StoreError> {
         let mut tx = self.write_tx().await?;
         let result = write_update(&mut tx, id, fields, expected_revision, now).await;
-        finish(tx, result).await?;
-        self.changed();
+        self.commit_change(tx, result, Change::Registrations)
+            .await?;
         self.get_entry(id).await
     }
 
@@ -78,9 +118,7 @@ impl Store {
     pub async fn delete_entry(&self, id: &str, now: i64) -> Result<Vec<String>, StoreError> {
         let mut tx = self.write_tx().await?;
         let result = delete_tree(&mut tx, id, now).await;
-        let deleted = finish(tx, result).await?;
-        self.changed();
-        Ok(deleted)
+        self.commit_change(tx, result, Change::Registrations).await
     }
 
     /// How many entries were registered by delegation under `parent_entry_id`.
@@ -95,7 +133,8 @@ impl Store {
 
     pub async fn get_entry(&self, id: &str) -> Result<Entry, StoreError> {
         let row = sqlx::query(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM entries WHERE id = $1"
+            "SELECT {} FROM entries WHERE id = $1",
+            entry_columns("entries")
         ))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -111,9 +150,10 @@ impl Store {
         parent_id: Option<&str>,
     ) -> Result<Vec<Entry>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM entries \
+            "SELECT {} FROM entries \
              WHERE ($1 IS NULL OR spiffe_id = $1) AND ($2 IS NULL OR parent_id = $2) \
-             ORDER BY sequence"
+             ORDER BY sequence",
+            entry_columns("entries")
         ))
         .bind(spiffe_id)
         .bind(parent_id)
@@ -125,8 +165,9 @@ impl Store {
     /// The entries whose `managed_by` starts with `prefix`, oldest first.
     pub async fn list_managed_entries(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM entries \
-             WHERE managed_by <> '' AND substr(managed_by, 1, length($1)) = $1 ORDER BY sequence"
+            "SELECT {} FROM entries \
+             WHERE managed_by <> '' AND substr(managed_by, 1, length($1)) = $1 ORDER BY sequence",
+            entry_columns("entries")
         ))
         .bind(prefix)
         .fetch_all(&self.pool)
@@ -144,11 +185,7 @@ impl Store {
         agent_id: &str,
         now: i64,
     ) -> Result<Vec<Entry>, StoreError> {
-        let columns = ENTRY_COLUMNS
-            .split(',')
-            .map(|column| format!("e.{0} AS {0}", column.trim()))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = entry_columns("e");
         let rows = sqlx::query(&format!(
             "SELECT {columns} FROM entries e LEFT JOIN owners o ON o.id = e.owner_id \
              WHERE e.owner_id = '' OR o.revoked_at = 0 ORDER BY e.sequence"
@@ -203,7 +240,7 @@ impl Store {
 
 /// The writes of [`Store::create_entry`], inside its transaction.
 async fn write_create(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     id: &str,
     fields: &EntryFields,
     now: i64,
@@ -231,7 +268,7 @@ async fn write_create(
 /// Refuses a delegated entry whose parent already has `max` children,
 /// counted after taking the write lock (through the owner row).
 async fn check_room_for_child(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     fields: &EntryFields,
     max: i64,
 ) -> Result<(), StoreError> {
@@ -257,7 +294,7 @@ async fn check_room_for_child(
 
 /// The writes of [`Store::update_entry`], inside its transaction.
 async fn write_update(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     id: &str,
     fields: &EntryFields,
     expected_revision: i64,
@@ -294,7 +331,7 @@ async fn write_update(
 
 /// The writes of [`Store::delete_entry`], inside its transaction.
 async fn delete_tree(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     id: &str,
     now: i64,
 ) -> Result<Vec<String>, StoreError> {
@@ -335,7 +372,7 @@ async fn delete_tree(
     Ok(deleted)
 }
 
-type EntryQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+type EntryQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
 /// Binds an entry's fields as `$2`..`$13`, `now` as `$14`, the owner
 /// columns as `$15`..`$19` and `managed_by` as `$20`, the order both the
@@ -375,10 +412,7 @@ fn bind_entry_columns<'q>(
 /// takes the database's write lock before anything is read, and on PostgreSQL
 /// they hold the row until commit, so a concurrent revocation or parent
 /// deletion either waits for this write or has already committed and is seen.
-async fn lock_owner(
-    conn: &mut sqlx::SqliteConnection,
-    owner: &EntryOwner,
-) -> Result<(), StoreError> {
+async fn lock_owner(conn: &mut sqlx::AnyConnection, owner: &EntryOwner) -> Result<(), StoreError> {
     let locked =
         sqlx::query("UPDATE owners SET revoked_at = revoked_at WHERE id = $1 AND revoked_at = 0")
             .bind(&owner.owner_id)
@@ -443,7 +477,7 @@ impl EntryColumns {
 }
 
 fn map_unique(
-    result: Result<sqlx::sqlite::SqliteQueryResult, sqlx::Error>,
+    result: Result<sqlx::any::AnyQueryResult, sqlx::Error>,
     fields: &EntryFields,
 ) -> Result<(), StoreError> {
     match result {
@@ -459,14 +493,14 @@ fn map_unique(
 }
 
 fn json_column<T: serde::de::DeserializeOwned>(
-    row: &sqlx::sqlite::SqliteRow,
+    row: &sqlx::any::AnyRow,
     column: &'static str,
 ) -> Result<T, StoreError> {
     let text: String = row.try_get(column)?;
     serde_json::from_str(&text).map_err(|source| StoreError::Corrupt { column, source })
 }
 
-fn entry_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Entry, StoreError> {
+fn entry_from_row(row: &sqlx::any::AnyRow) -> Result<Entry, StoreError> {
     let owner_id: String = row.try_get("owner_id")?;
     // Parsed even for an unbound entry, so corruption shows wherever it is.
     let actors: Vec<String> = json_column(row, "actors")?;
@@ -492,8 +526,8 @@ fn entry_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Entry, StoreError> {
             dns_names: json_column(row, "dns_names")?,
             hint: row.try_get("hint")?,
             federates_with: json_column(row, "federates_with")?,
-            admin: row.try_get("admin")?,
-            downstream: row.try_get("downstream")?,
+            admin: super::bool_column(row, "admin")?,
+            downstream: super::bool_column(row, "downstream")?,
             expires_at: row.try_get("expires_at")?,
             owner,
             managed_by: row.try_get("managed_by")?,

@@ -7,6 +7,7 @@
 
 use sqlx::Row;
 
+use super::notify::Change;
 use super::{finish, BundleOrigin, Federation, ForeignBundle, Store, StoreError};
 
 const FEDERATION_COLUMNS: &str =
@@ -26,30 +27,26 @@ pub enum BundleWrite {
 
 impl Store {
     pub async fn create_federation(&self, federation: &Federation) -> Result<(), StoreError> {
-        let done = sqlx::query(&format!(
+        let sql = format!(
             "INSERT INTO federations ({FEDERATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (trust_domain) DO NOTHING"
-        ))
-        .bind(&federation.trust_domain)
-        .bind(&federation.bundle_endpoint_url)
-        .bind(&federation.profile)
-        .bind(&federation.endpoint_spiffe_id)
-        .bind(federation.created_at)
-        .bind(federation.updated_at)
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::FederationExists(
-                federation.trust_domain.clone(),
-            ));
-        }
-        self.changed();
-        Ok(())
+        );
+        let insert = sqlx::query(&sql)
+            .bind(&federation.trust_domain)
+            .bind(&federation.bundle_endpoint_url)
+            .bind(&federation.profile)
+            .bind(&federation.endpoint_spiffe_id)
+            .bind(federation.created_at)
+            .bind(federation.updated_at);
+        self.change_row(insert, Change::Registrations, || {
+            StoreError::FederationExists(federation.trust_domain.clone())
+        })
+        .await
     }
 
     /// Replaces a relationship's endpoint parameters.
     pub async fn update_federation(&self, federation: &Federation) -> Result<(), StoreError> {
-        let done = sqlx::query(
+        let update = sqlx::query(
             "UPDATE federations SET bundle_endpoint_url = $2, profile = $3, \
              endpoint_spiffe_id = $4, updated_at = $5 WHERE trust_domain = $1",
         )
@@ -57,16 +54,11 @@ impl Store {
         .bind(&federation.bundle_endpoint_url)
         .bind(&federation.profile)
         .bind(&federation.endpoint_spiffe_id)
-        .bind(federation.updated_at)
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::FederationNotFound(
-                federation.trust_domain.clone(),
-            ));
-        }
-        self.changed();
-        Ok(())
+        .bind(federation.updated_at);
+        self.change_row(update, Change::Registrations, || {
+            StoreError::FederationNotFound(federation.trust_domain.clone())
+        })
+        .await
     }
 
     /// Ends a relationship: it is no longer polled, and its bundle goes
@@ -88,9 +80,7 @@ impl Store {
             Ok(bundle.rows_affected() > 0)
         }
         .await;
-        let had_bundle = finish(tx, result).await?;
-        self.foreign_bundles_changed();
-        Ok(had_bundle)
+        self.commit_change(tx, result, Change::ForeignBundles).await
     }
 
     pub async fn get_federation(&self, trust_domain: &str) -> Result<Federation, StoreError> {
@@ -172,11 +162,10 @@ impl Store {
             Ok(BundleWrite::Stored)
         }
         .await;
-        let write = finish(tx, result).await?;
-        if write == BundleWrite::Stored {
-            self.foreign_bundles_changed();
+        match result {
+            Ok(BundleWrite::Stored) => self.commit_change(tx, result, Change::ForeignBundles).await,
+            _ => finish(tx, result).await,
         }
-        Ok(write)
     }
 
     pub async fn get_foreign_bundle(
@@ -203,19 +192,16 @@ impl Store {
     }
 
     pub async fn delete_foreign_bundle(&self, trust_domain: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM foreign_bundles WHERE trust_domain = $1")
-            .bind(trust_domain)
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::BundleNotFound(trust_domain.to_owned()));
-        }
-        self.foreign_bundles_changed();
-        Ok(())
+        let delete =
+            sqlx::query("DELETE FROM foreign_bundles WHERE trust_domain = $1").bind(trust_domain);
+        self.change_row(delete, Change::ForeignBundles, || {
+            StoreError::BundleNotFound(trust_domain.to_owned())
+        })
+        .await
     }
 }
 
-fn federation_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Federation, StoreError> {
+fn federation_from_row(row: &sqlx::any::AnyRow) -> Result<Federation, StoreError> {
     Ok(Federation {
         trust_domain: row.try_get("trust_domain")?,
         bundle_endpoint_url: row.try_get("bundle_endpoint_url")?,
@@ -226,7 +212,7 @@ fn federation_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Federation, Stor
     })
 }
 
-fn bundle_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ForeignBundle, StoreError> {
+fn bundle_from_row(row: &sqlx::any::AnyRow) -> Result<ForeignBundle, StoreError> {
     let origin: String = row.try_get("origin")?;
     Ok(ForeignBundle {
         trust_domain: row.try_get("trust_domain")?,

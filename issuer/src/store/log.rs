@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Any, Row, Transaction};
 
 use super::{Store, StoreError};
 
@@ -28,7 +28,7 @@ fn hash_from_hex(column: &'static str, text: &str) -> Result<[u8; 32], StoreErro
     Ok(hash)
 }
 
-fn head_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<LogHead, StoreError> {
+fn head_from_row(row: &sqlx::any::AnyRow) -> Result<LogHead, StoreError> {
     Ok(LogHead {
         size: row.try_get::<i64, _>("size")?.max(0) as u64,
         root: hash_from_hex("log_checkpoints.root", row.try_get("root")?)?,
@@ -191,7 +191,7 @@ fn insert_sql(table: &str, columns: &[&str], rows: usize) -> String {
 }
 
 async fn insert_queued<'a>(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'static, Any>,
     rows: impl Iterator<Item = (&'a String, &'a String)>,
 ) -> Result<(), StoreError> {
     let rows: Vec<_> = rows.collect();
@@ -207,7 +207,7 @@ async fn insert_queued<'a>(
 }
 
 async fn read_hashes(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     indexes: &[u64],
 ) -> Result<HashMap<u64, [u8; 32]>, StoreError> {
     let mut found = HashMap::with_capacity(indexes.len());
@@ -238,7 +238,7 @@ async fn read_hashes(
 /// commit all of it or none.
 #[derive(Debug)]
 pub struct Sequencing {
-    tx: Transaction<'static, Sqlite>,
+    tx: Transaction<'static, Any>,
 }
 
 impl Sequencing {

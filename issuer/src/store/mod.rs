@@ -10,21 +10,27 @@
 //! `leases` each add the [`Store`] methods of their tables. No SPIFFE standard covers registration; the model follows SPIRE's.
 
 mod agents;
+mod backend;
 mod entries;
 mod federation;
 mod leases;
 mod log;
 mod model;
+mod notify;
 mod owners;
 mod serials;
 mod tokens;
 
 use std::path::Path;
-use std::str::FromStr;
+use std::sync::Arc;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 use tokio::sync::watch;
+
+use crate::config::database::DatabaseUrl;
+use notify::{Change, Changes};
+
+pub use backend::Backend;
 
 pub use federation::BundleWrite;
 pub use log::{LogHead, Sequencing};
@@ -94,6 +100,24 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// The database could not be reached, or is restarting: worth a retry,
+    /// unlike a refusal or corrupt data.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_),
+            ) => true,
+            // SQLSTATE classes 08 (connection exception) and 57P
+            // (operator intervention: shutdown, restart, cannot connect now).
+            StoreError::Database(sqlx::Error::Database(e)) => e
+                .code()
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+            _ => false,
+        }
+    }
+}
+
 /// The entry that an insert or update clashed with: one with the same SPIFFE
 /// ID, parent ID and selectors.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,10 +182,11 @@ fn migrator() -> sqlx::migrate::Migrator {
 /// Ends a transaction: commits it if `result` is Ok, else rolls it back and
 /// returns the error. Rolling back here, rather than through sqlx's rollback
 /// on drop (which runs only when the connection is next used), releases
-/// SQLite's write lock at once, so the next writer is not refused with
-/// "database is locked". A failed rollback leaves the original error to report.
+/// the write lock at once, so the next writer is not held up or, on
+/// SQLite, refused with "database is locked". A failed rollback leaves the
+/// original error to report.
 async fn finish<T>(
-    tx: sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: sqlx::Transaction<'_, sqlx::Any>,
     result: Result<T, StoreError>,
 ) -> Result<T, StoreError> {
     match result {
@@ -179,80 +204,99 @@ async fn finish<T>(
 /// The registration store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
-    changes: watch::Sender<u64>,
-    /// Counts changes to foreign bundles alone, so the many entry streams
-    /// read them again only when they changed.
-    foreign_changes: watch::Sender<u64>,
+    pool: AnyPool,
+    backend: Backend,
+    changes: Arc<Changes>,
 }
 
 impl Store {
-    /// Opens (creating if needed) the SQLite database at `path` and migrates it.
-    pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
-        // SQLite gives its -wal and -shm files the database file's mode, so
-        // creating the database 0600 keeps all three private.
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|source| StoreError::File {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-        }
-        let options = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
+    /// Connects to the database `url` names (creating a SQLite file if
+    /// needed), migrates it and, on PostgreSQL, starts listening for the
+    /// changes other replicas make.
+    pub async fn open(url: &DatabaseUrl) -> Result<Self, StoreError> {
+        let (pool, backend) = backend::connect(url).await?;
         migrator().run(&pool).await?;
-        let (changes, _) = watch::channel(0);
-        let (foreign_changes, _) = watch::channel(0);
+        let changes = Arc::new(Changes::new());
+        if let DatabaseUrl::Postgres(url) = url {
+            changes.listen(url.clone());
+        }
         Ok(Store {
             pool,
+            backend,
             changes,
-            foreign_changes,
         })
     }
 
-    /// Starts a write transaction. SQLite's default (deferred) transaction
-    /// reads from a snapshot and fails at once with "database is locked"
-    /// if another writer committed before its first write; taking the
-    /// write lock at BEGIN makes concurrent writers (admin calls, the event
-    /// log's writer and sequencer) queue on the busy timeout instead.
-    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    /// Opens (creating if needed) the SQLite database at `path`.
+    pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
+        Self::open(&DatabaseUrl::Sqlite(path.to_owned())).await
+    }
+
+    /// Starts a write transaction. Writers run one at a time, as SQLite
+    /// has them, on either backend: every invariant the store keeps across
+    /// rows (one sequence per entry, children counted before a child is
+    /// added, the log's tree) holds because no other writer runs between
+    /// its reads and its writes.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        backend::begin_write(&self.pool, self.backend).await
+    }
+
+    /// Commits a write that changed what entry streams serve, and tells
+    /// every replica. On PostgreSQL the notification is part of the
+    /// transaction: it is delivered if and only if the change commits.
+    async fn commit_change<T>(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Any>,
+        result: Result<T, StoreError>,
+        change: Change,
+    ) -> Result<T, StoreError> {
+        let result = match result {
+            Ok(value) if self.backend == Backend::Postgres => {
+                notify::announce(&mut tx, change, self.changes.replica())
+                    .await
+                    .map(|()| value)
+            }
+            other => other,
+        };
+        let value = finish(tx, result).await?;
+        self.changes.note(change);
+        Ok(value)
+    }
+
+    /// Runs one statement that changes what streams serve, in its own write
+    /// transaction, as a change (see [`Store::commit_change`]). `missing`
+    /// is the error when it matched no row; then nothing is announced.
+    async fn change_row<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+        change: Change,
+        missing: impl FnOnce() -> StoreError,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let result = match query.execute(&mut *tx).await {
+            Ok(done) if done.rows_affected() == 0 => Err(missing()),
+            Ok(_) => Ok(()),
+            Err(error) => Err(error.into()),
+        };
+        self.commit_change(tx, result, change).await
     }
 
     /// A receiver that sees a new value after every committed change to
-    /// entries or agents.
+    /// entries, agents, owners or foreign bundles, made by this replica or
+    /// another.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
-    }
-
-    fn changed(&self) {
-        self.changes.send_modify(|n| *n += 1);
-    }
-
-    /// A foreign bundle was stored or deleted: a store change too.
-    fn foreign_bundles_changed(&self) {
-        self.foreign_changes.send_modify(|n| *n += 1);
-        self.changed();
     }
 
     /// Grows with every change to the foreign bundles. Read it before
     /// listing them: a change after the read shows as a newer version.
     pub fn foreign_bundles_version(&self) -> u64 {
-        *self.foreign_changes.borrow()
+        self.changes.foreign_bundles_version()
+    }
+
+    /// Which database this store is on.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Counts rows, for tests that check nothing was written.
@@ -268,6 +312,14 @@ impl Store {
     }
 }
 
+/// Reads a BOOLEAN column selected as `CAST(column AS INTEGER) AS column`:
+/// sqlx's Any driver cannot read a column SQLite declares BOOLEAN, and a
+/// number reads the same from both backends.
+fn bool_column(row: &sqlx::any::AnyRow, column: &str) -> Result<bool, StoreError> {
+    use sqlx::Row;
+    Ok(row.try_get::<i64, _>(column)? != 0)
+}
+
 /// Tables whose size tests inspect.
 #[derive(Debug, Clone, Copy)]
 pub enum Table {
@@ -278,14 +330,35 @@ pub enum Table {
     BoundSerials,
 }
 
-/// A store in a fresh temporary directory.
+/// A fresh store: SQLite in a temporary directory, or, when
+/// `SIGIL_TEST_POSTGRES_URL` names a PostgreSQL server (as the test script
+/// sets it for the store's second run), a new database on that server.
 #[cfg(test)]
 async fn temp_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(&dir.path().join("sigil.db"))
+    let url = match std::env::var("SIGIL_TEST_POSTGRES_URL") {
+        Ok(server) => fresh_postgres_database(&server).await,
+        Err(_) => DatabaseUrl::Sqlite(dir.path().join("sigil.db")),
+    };
+    let store = Store::open(&url).await.unwrap();
+    (dir, store)
+}
+
+/// Creates a database with a new name on the PostgreSQL server `server`.
+#[cfg(test)]
+async fn fresh_postgres_database(server: &str) -> DatabaseUrl {
+    use sqlx::Connection;
+    let name = format!("sigil_{}", crate::ids::uuid_v4().replace('-', ""));
+    let mut admin = sqlx::postgres::PgConnection::connect(server)
+        .await
+        .unwrap_or_else(|e| panic!("SIGIL_TEST_POSTGRES_URL: {e}"));
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
         .await
         .unwrap();
-    (dir, store)
+    let mut url = url::Url::parse(server).unwrap();
+    url.set_path(&name);
+    DatabaseUrl::parse(url.as_str()).unwrap()
 }
 
 /// Every reservation's entry and revocation time (0: not revoked), by

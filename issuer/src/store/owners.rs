@@ -4,6 +4,7 @@
 
 use sqlx::Row;
 
+use super::notify::Change;
 use super::{finish, Owner, Store, StoreError};
 
 const OWNER_COLUMNS: &str = "id, public_key, thumbprint, created_at, revoked_at";
@@ -50,15 +51,13 @@ impl Store {
     pub async fn revoke_owner(&self, id: &str, now: i64) -> Result<Owner, StoreError> {
         let mut tx = self.write_tx().await?;
         let result = write_revocation(&mut tx, id, now).await;
-        let owner = finish(tx, result).await?;
         // Entry streams re-evaluate, dropping the owner's entries.
-        self.changed();
-        Ok(owner)
+        self.commit_change(tx, result, Change::Registrations).await
     }
 }
 
 /// The writes of [`Store::register_owner`], inside its transaction.
-async fn insert_owner(conn: &mut sqlx::SqliteConnection, owner: &Owner) -> Result<(), StoreError> {
+async fn insert_owner(conn: &mut sqlx::AnyConnection, owner: &Owner) -> Result<(), StoreError> {
     // Looking first tells which constraint an insert would break, so the
     // error can name the owner that holds the key.
     if let Some(clash) = owner_clash(&mut *conn, owner).await? {
@@ -80,7 +79,7 @@ async fn insert_owner(conn: &mut sqlx::SqliteConnection, owner: &Owner) -> Resul
 /// The writes of [`Store::revoke_owner`], inside its transaction; returns
 /// the owner row after them.
 async fn write_revocation(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     id: &str,
     now: i64,
 ) -> Result<Owner, StoreError> {
@@ -105,7 +104,7 @@ async fn write_revocation(
 
 /// The error registering `owner` would meet, if its id or key is taken.
 async fn owner_clash(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     owner: &Owner,
 ) -> Result<Option<StoreError>, StoreError> {
     let id_taken: Option<String> = sqlx::query_scalar("SELECT id FROM owners WHERE id = $1")
@@ -125,7 +124,7 @@ async fn owner_clash(
     }))
 }
 
-async fn fetch_owner(conn: &mut sqlx::SqliteConnection, id: &str) -> Result<Owner, StoreError> {
+async fn fetch_owner(conn: &mut sqlx::AnyConnection, id: &str) -> Result<Owner, StoreError> {
     let row = sqlx::query(&format!("SELECT {OWNER_COLUMNS} FROM owners WHERE id = $1"))
         .bind(id)
         .fetch_optional(&mut *conn)
@@ -134,7 +133,7 @@ async fn fetch_owner(conn: &mut sqlx::SqliteConnection, id: &str) -> Result<Owne
     owner_from_row(&row)
 }
 
-fn owner_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Owner, StoreError> {
+fn owner_from_row(row: &sqlx::any::AnyRow) -> Result<Owner, StoreError> {
     Ok(Owner {
         id: row.try_get("id")?,
         public_key: row.try_get("public_key")?,

@@ -1,0 +1,210 @@
+//! Telling entry streams that the store changed, on every replica.
+//!
+//! Within a process, a change bumps a counter that streams watch. Across
+//! replicas sharing PostgreSQL, the writing transaction also sends a
+//! `NOTIFY` (delivered only if it commits), and every replica listens: a
+//! notification from another replica bumps the same counters. When the
+//! listening connection drops, notifications sent meanwhile are lost, so
+//! once it is back every stream is told to read the store again: a
+//! catch-up read that misses nothing, since the store is the truth.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::StoreError;
+use crate::config::database::PostgresUrl;
+
+/// The PostgreSQL channel changes are announced on.
+const CHANNEL: &str = "sigil_store_changes";
+
+/// What a write changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Change {
+    /// Entries, agents or owners: what decides which entries an agent gets.
+    Registrations,
+    /// Foreign trust domains' bundles (and so also what streams send).
+    ForeignBundles,
+}
+
+impl Change {
+    fn name(self) -> &'static str {
+        match self {
+            Change::Registrations => "registrations",
+            Change::ForeignBundles => "foreign_bundles",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "registrations" => Some(Change::Registrations),
+            "foreign_bundles" => Some(Change::ForeignBundles),
+            _ => None,
+        }
+    }
+}
+
+/// Sends the notification of `change` inside the writing transaction.
+pub(super) async fn announce(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    change: Change,
+    replica: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT 1 FROM (SELECT pg_notify($1, $2)) AS notified")
+        .bind(CHANNEL)
+        .bind(format!("{replica} {}", change.name()))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The counters streams watch.
+#[derive(Debug)]
+struct Counters {
+    /// Every change.
+    all: watch::Sender<u64>,
+    /// Changes to foreign bundles alone, so the many streams read them
+    /// again only when they changed.
+    foreign_bundles: watch::Sender<u64>,
+}
+
+impl Counters {
+    fn note(&self, change: Change) {
+        if change == Change::ForeignBundles {
+            self.foreign_bundles.send_modify(|n| *n += 1);
+        }
+        self.all.send_modify(|n| *n += 1);
+    }
+
+    /// Something may have changed that no notification told of.
+    fn note_unknown(&self) {
+        self.note(Change::ForeignBundles);
+    }
+}
+
+/// A process's change counters and, on PostgreSQL, its listener.
+#[derive(Debug)]
+pub(super) struct Changes {
+    counters: Arc<Counters>,
+    /// Names this process in its notifications, so it skips its own: it
+    /// noted them when it committed.
+    replica: String,
+    listener: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Changes {
+    fn drop(&mut self) {
+        if let Some(task) = self.listener.lock().expect("listener lock").take() {
+            task.abort();
+        }
+    }
+}
+
+impl Changes {
+    pub(super) fn new() -> Self {
+        Changes {
+            counters: Arc::new(Counters {
+                all: watch::channel(0).0,
+                foreign_bundles: watch::channel(0).0,
+            }),
+            replica: crate::ids::uuid_v4(),
+            listener: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub(super) fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// A change committed here.
+    pub(super) fn note(&self, change: Change) {
+        self.counters.note(change);
+    }
+
+    pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.counters.all.subscribe()
+    }
+
+    pub(super) fn foreign_bundles_version(&self) -> u64 {
+        *self.counters.foreign_bundles.borrow()
+    }
+
+    /// Listens for other replicas' changes until this is dropped.
+    pub(super) fn listen(&self, url: PostgresUrl) {
+        let task = tokio::spawn(listen(url, self.replica.clone(), self.counters.clone()));
+        *self.listener.lock().expect("listener lock") = Some(task);
+    }
+}
+
+/// The first wait before reconnecting a dropped listener, and the most.
+const RECONNECT_FIRST: Duration = Duration::from_millis(250);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+async fn listen(url: PostgresUrl, replica: String, counters: Arc<Counters>) {
+    let mut wait = RECONNECT_FIRST;
+    let mut failing = false;
+    loop {
+        let mut connected = false;
+        let error = listen_once(&url, &replica, &counters, &mut connected).await;
+        if connected {
+            wait = RECONNECT_FIRST;
+            if failing {
+                tracing::info!(database = %url, "change notifications are back");
+                failing = false;
+            }
+        }
+        // Logged once per outage, not once per attempt.
+        if !failing {
+            tracing::warn!(
+                database = %url,
+                error = %workload_api::display::error_chain(&error),
+                "lost the database's change notifications; streams catch up once they are back"
+            );
+            failing = true;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RECONNECT_MAX);
+    }
+}
+
+/// One listening connection, until it fails. Every (re)connection is
+/// followed by a catch-up, after LISTEN, so nothing committed before it
+/// is missed.
+async fn listen_once(
+    url: &PostgresUrl,
+    replica: &str,
+    counters: &Counters,
+    connected: &mut bool,
+) -> sqlx::Error {
+    let mut listener = match PgListener::connect(url.expose()).await {
+        Ok(listener) => listener,
+        Err(error) => return error,
+    };
+    if let Err(error) = listener.listen(CHANNEL).await {
+        return error;
+    }
+    *connected = true;
+    counters.note_unknown();
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => {
+                let Some((from, name)) = notification.payload().split_once(' ') else {
+                    continue;
+                };
+                if from == replica {
+                    continue;
+                }
+                match Change::from_name(name) {
+                    Some(change) => counters.note(change),
+                    None => counters.note_unknown(),
+                }
+            }
+            // The connection dropped and was made again, LISTEN included.
+            Ok(None) => counters.note_unknown(),
+            Err(error) => return error,
+        }
+    }
+}
