@@ -1,8 +1,9 @@
 """Lints and renders the Helm chart charts/sigil with Helm's own engine
 (helm-python-sdk binds Helm's Go SDK), validates every rendered object against
 the Kubernetes 1.31 schemas in strict mode (kubernetes-validate), checks the
-fields the deployment depends on, and checks that the values schema refuses
-wrong types and unknown keys, naming them.
+fields the deployment depends on, checks that the values schema refuses
+wrong types and unknown keys, naming them, and that the templates refuse
+values the schema cannot judge alone (several replicas on SQLite), saying why.
 
 usage: chart_check.py CHART_DIR OUT_DIR
 
@@ -115,6 +116,17 @@ SCENARIOS = {
             },
         },
     ),
+    # Several issuers sharing one PostgreSQL database, its URL in a Secret.
+    "replicated": (
+        "sigil",
+        "sigil",
+        {
+            "issuer": {
+                "replicas": 3,
+                "database": {"type": "postgres", "postgres": {"existingSecret": "sigil-issuer-database"}},
+            },
+        },
+    ),
 }
 
 # Values the schema must refuse, and what the error must name.
@@ -122,16 +134,38 @@ REFUSED = [
     ({"trustDomain": 5}, "/trustDomain"),
     ({"issuer": {"persistence": {"size": 10}}}, "/issuer/persistence/size"),
     ({"agent": {"kubelet": {"skipVerificationDangerous": "yes"}}}, "/agent/kubelet/skipVerificationDangerous"),
-    ({"issuer": {"replicas": 2}}, "'replicas'"),
+    ({"issuer": {"replica": 2}}, "'replica'"),
+    ({"issuer": {"replicas": 0}}, "/issuer/replicas"),
+    ({"issuer": {"replicas": "3"}}, "/issuer/replicas"),
+    ({"issuer": {"replicas": 1.5}}, "/issuer/replicas"),
     ({"agent": {"kubelet": {"skipVerification": True}}}, "'skipVerification'"),
     ({"imagee": {"tag": "1"}}, "'imagee'"),
-    ({"issuer": {"database": {"type": "postgres"}}}, "/issuer/database/type"),
+    ({"issuer": {"database": {"type": "mysql"}}}, "/issuer/database/type"),
+    # The URL belongs in a Secret, never in the values.
+    ({"issuer": {"database": {"postgres": {"url": "postgres://sigil:pw@db/sigil"}}}}, "'url'"),
+    ({"issuer": {"database": {"postgres": {"existingSecret": "Sigil_DB"}}}}, "/issuer/database/postgres/existingSecret"),
+    ({"issuer": {"database": {"postgres": {"secretKey": ""}}}}, "/issuer/database/postgres/secretKey"),
     ({"svidTTL": {"x509": "soon"}}, "/svidTTL/x509"),
     (
         {"identityRules": [{"name": "x", "spiffeId": "spiffe://{trust_domain}/x", "podLabel": {"a": "b"}}]},
         "'podLabel'",
     ),
     ({"agent": {"tolerations": [{"key": "a", "operator": "Exists", "effects": "NoSchedule"}]}}, "'effects'"),
+]
+
+
+# Values the schema accepts but the templates must refuse, and what the refusal
+# must say.
+POSTGRES = {"type": "postgres", "postgres": {"existingSecret": "sigil-issuer-database"}}
+TEMPLATE_REFUSED = [
+    # Each replica would have a SQLite file of its own.
+    ({"issuer": {"replicas": 2}}, ["issuer.replicas is 2", "SQLite", "PostgreSQL"]),
+    ({"issuer": {"replicas": 5, "database": {"type": "sqlite"}}}, ["issuer.replicas is 5", "SQLite", "PostgreSQL"]),
+    ({"issuer": {"database": {"type": "postgres"}}}, ["issuer.database.postgres.existingSecret"]),
+    (
+        {"issuer": {"replicas": 3, "database": {"type": "postgres", "postgres": {"existingSecret": ""}}}},
+        ["issuer.database.postgres.existingSecret"],
+    ),
 ]
 
 
@@ -215,9 +249,11 @@ def check_common(objects, name, namespace, values):
         if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
             check(obj["metadata"].get("namespace") == namespace, f"{obj['kind']} {obj['metadata']['name']} namespace")
 
-    # The issuer: a one-replica StatefulSet with its data on a claim.
+    # The issuer: a StatefulSet, each replica with its data on a claim.
     sts = found[("StatefulSet", issuer_name)]
-    check(sts["spec"]["replicas"] == 1, "issuer replicas")
+    replicas = values["issuer"]["replicas"]
+    check(sts["spec"]["replicas"] == replicas, f"issuer replicas {sts['spec']['replicas']}")
+    check(sts["spec"]["podManagementPolicy"] == "Parallel", "issuer replicas start independently")
     check(sts["spec"]["serviceName"] == issuer_name, "issuer serviceName")
     pod = sts["spec"]["template"]["spec"]
     c = container_of(sts)
@@ -266,7 +302,10 @@ def check_common(objects, name, namespace, values):
     if values["issuer"]["podDisruptionBudget"]["enabled"]:
         check(pdb is not None, "issuer PDB")
         check(pdb["spec"]["selector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"], "PDB selector")
-        check(pdb["spec"]["maxUnavailable"] == values["issuer"]["podDisruptionBudget"]["maxUnavailable"], "PDB")
+        check(pdb["spec"]["maxUnavailable"] == expected_max_unavailable(values), f"PDB {pdb['spec']}")
+        check("minAvailable" not in pdb["spec"], "PDB sets maxUnavailable only")
+        if replicas > 1:
+            check(pdb["spec"]["maxUnavailable"] < replicas, "a drain leaves one issuer of several serving")
     else:
         check(pdb is None, "no issuer PDB when disabled")
 
@@ -406,6 +445,100 @@ def check_common(objects, name, namespace, values):
     return found, issuer, issuer_toml, agent_toml
 
 
+def expected_max_unavailable(values):
+    """The PDB's maxUnavailable: the value, capped at replicas - 1 when there are several."""
+    replicas = values["issuer"]["replicas"]
+    wanted = values["issuer"]["podDisruptionBudget"]["maxUnavailable"]
+    return min(wanted, replicas - 1) if replicas > 1 else wanted
+
+
+def check_database(found, manifests, issuer, name, values):
+    """PostgreSQL's URL reaches the issuer from the Secret only, never a ConfigMap."""
+    full = name if "sigil" in name else f"{name}-sigil"
+    sts = found[("StatefulSet", f"{full}-issuer")]
+    env = [e for e in container_of(sts)["env"] if e["name"] == "SIGIL_DATABASE_URL"]
+    database = values["issuer"]["database"]
+    if database["type"] == "postgres":
+        postgres = database["postgres"]
+        expected = {
+            "name": "SIGIL_DATABASE_URL",
+            "valueFrom": {"secretKeyRef": {"name": postgres["existingSecret"], "key": postgres["secretKey"]}},
+        }
+        check(env == [expected], f"SIGIL_DATABASE_URL from the Secret: {env}")
+    else:
+        check(env == [], "no SIGIL_DATABASE_URL on SQLite")
+    check("database_url" not in issuer, "no database_url in issuer.toml")
+    for (kind, obj_name), obj in found.items():
+        check(kind != "Secret", f"the chart creates no Secret ({obj_name})")
+        if kind == "ConfigMap":
+            for key, text in obj.get("data", {}).items():
+                for scheme in ("postgres://", "postgresql://"):
+                    check(scheme not in text, f"ConfigMap {obj_name} {key} holds a PostgreSQL URL")
+    for path, text in manifests.items():
+        check("postgres://" not in text and "postgresql://" not in text, f"{path} holds a PostgreSQL URL")
+
+
+def check_replica_variants(chart):
+    """The PDB and the Secret reference with values the scenarios leave at their defaults."""
+    for replicas, wanted, expected in [(1, 1, 1), (1, 0, 0), (2, 1, 1), (3, 7, 2), (3, 0, 0)]:
+        overrides = {
+            "issuer": {
+                "replicas": replicas,
+                "podDisruptionBudget": {"enabled": True, "maxUnavailable": wanted},
+                "database": {"type": "postgres", "postgres": {"existingSecret": "pg", "secretKey": "dsn"}},
+            }
+        }
+        chart.validate_schema(overrides)
+        _, objects = render(chart, RELEASE, NAMESPACE, overrides)
+        validate_all(objects, f"replicas {replicas}")
+        found = by_kind(objects)
+        pdb = found[("PodDisruptionBudget", "sigil-issuer")]
+        check(
+            pdb["spec"]["maxUnavailable"] == expected,
+            f"replicas {replicas}, maxUnavailable {wanted}: PDB {pdb['spec']}, expected {expected}",
+        )
+        sts = found[("StatefulSet", "sigil-issuer")]
+        check(sts["spec"]["replicas"] == replicas, f"replicas {replicas}")
+        env = {e["name"]: e for e in container_of(sts)["env"]}
+        check(
+            env["SIGIL_DATABASE_URL"]["valueFrom"] == {"secretKeyRef": {"name": "pg", "key": "dsn"}},
+            "SIGIL_DATABASE_URL from another key",
+        )
+    # `helm upgrade --reuse-values` takes the defaults of the chart a release
+    # was installed with, which may lack the new keys (null removes them here).
+    earlier = {"issuer": {"replicas": None, "database": {"type": "postgres", "postgres": {"existingSecret": "pg"}}}}
+    earlier["issuer"]["database"]["postgres"]["secretKey"] = None
+    merged = chart.merge_values(earlier)["issuer"]
+    check("replicas" not in merged and "secretKey" not in merged["database"]["postgres"], "keys removed")
+    chart.validate_schema(earlier)
+    _, objects = render(chart, RELEASE, NAMESPACE, earlier)
+    found = by_kind(objects)
+    sts = found[("StatefulSet", "sigil-issuer")]
+    env = {e["name"]: e for e in container_of(sts)["env"]}
+    check(sts["spec"]["replicas"] == 1, "one replica without issuer.replicas")
+    check(
+        env["SIGIL_DATABASE_URL"]["valueFrom"] == {"secretKeyRef": {"name": "pg", "key": "url"}},
+        "the key url without issuer.database.postgres.secretKey",
+    )
+    check(found[("PodDisruptionBudget", "sigil-issuer")]["spec"]["maxUnavailable"] == 1, "PDB without replicas")
+
+
+def check_template_refused(chart):
+    """Values the schema accepts and the templates refuse, saying why, on
+    install and on upgrade. `helm lint` renders `fail` as a log line rather
+    than an error (Helm's lint mode), so it is not asked here."""
+    for bad, said in TEMPLATE_REFUSED:
+        chart.validate_schema(bad)
+        for action in ({"is_install": True}, {"is_upgrade": True}):
+            try:
+                chart.render(bad, name=RELEASE, namespace=NAMESPACE, **action)
+            except helm.HelmRenderError as error:
+                for words in said:
+                    check(words in str(error), f"the refusal of {bad} says {words!r}: {error}")
+            else:
+                raise CheckFailed(f"helm template accepted {bad} ({action})")
+
+
 def check_upstream_ca(found, issuer, name, values):
     """The upstream CA Secret, mounted and named in issuer.toml."""
     full = name if "sigil" in name else f"{name}-sigil"
@@ -484,11 +617,14 @@ def main():
             validate_all(objects, scenario)
             found, issuer, issuer_toml, agent_toml = check_common(objects, name, namespace, values)
             check_upstream_ca(found, issuer, name, values)
+            check_database(found, manifests, issuer, name, values)
             check_scheduling(found, name, values, chart_version)
             notes = manifests[f"{chart.name}/templates/NOTES.txt"]
             check("SPIFFE_ENDPOINT_SOCKET=unix:///run/sigil/sockets/agent.sock" in notes, "NOTES name the socket")
             warned = "skipVerificationDangerous is true" in notes
             check(warned == values["agent"]["kubelet"]["skipVerificationDangerous"], "NOTES warn of skip verification")
+            on_postgres = values["issuer"]["database"]["type"] == "postgres"
+            check(("database   PostgreSQL" in notes) == on_postgres, "NOTES name the database")
             if scenario == "default":
                 check_validator_is_strict(objects)
             target = os.path.join(out_dir, scenario)
@@ -498,8 +634,12 @@ def main():
             with open(os.path.join(target, "agent.toml"), "w") as f:
                 f.write(agent_toml)
             print(f"{scenario}: {len(objects)} objects valid, lint clean, fields checked")
+        check_replica_variants(chart)
+        print("replicas: PDB keeps one of several issuers, URL from any Secret key, earlier values default")
         check_refused(chart, chart_dir)
         print(f"schema: {len(REFUSED)} bad values refused by template and lint, naming the key")
+        check_template_refused(chart)
+        print(f"templates: {len(TEMPLATE_REFUSED)} inconsistent values refused on install and upgrade, saying why")
     print(json.dumps({"scenarios": list(SCENARIOS)}))
 
 

@@ -5,9 +5,11 @@
 //! Kubernetes 1.31 schemas in strict mode, checks the fields the deployment
 //! depends on (host paths, the projected token's audience, RBAC verbs, probes,
 //! security contexts) and that the values schema refuses wrong types and
-//! unknown keys by name. It writes each rendering's `issuer.toml` and
-//! `agent.toml`, which the tests here parse with the binaries' own parsers:
-//! a key the binaries do not know would stop them at start in the cluster.
+//! unknown keys by name, and that several issuer replicas are refused on
+//! SQLite and run on PostgreSQL with the URL from a Secret. It writes each
+//! rendering's `issuer.toml` and `agent.toml`, which the tests here parse with
+//! the binaries' own parsers: a key the binaries do not know would stop them
+//! at start in the cluster.
 //!
 //! The Dockerfile is checked against what the chart runs: both binaries on
 //! the PATH and the issuer's non-root uid.
@@ -22,7 +24,7 @@ use sigil_tests::{python, run, workspace_root};
 use workload_api::logging::LogFormat;
 
 /// The renderings chart_check.py writes, by scenario.
-const SCENARIOS: [&str; 3] = ["default", "upstream", "custom"];
+const SCENARIOS: [&str; 4] = ["default", "upstream", "custom", "replicated"];
 
 /// Runs chart_check.py once for all the tests here; the directory holding
 /// `<scenario>/issuer.toml` and `<scenario>/agent.toml`, or why it failed.
@@ -76,6 +78,12 @@ fn rendered_issuer_config_is_accepted_by_the_issuer() {
     for scenario in SCENARIOS {
         let path = rendered_file(scenario, "issuer.toml");
         let text = std::fs::read_to_string(&path).unwrap();
+        // On PostgreSQL the URL, password included, reaches the issuer as
+        // SIGIL_DATABASE_URL from a Secret; the ConfigMap never holds it.
+        assert!(
+            !text.contains("database_url") && !text.contains("postgres"),
+            "{scenario}: issuer.toml names the database:\n{text}"
+        );
         let file =
             sigil_issuer::config::FileConfig::parse(&text).accepted(scenario, "issuer.toml", &text);
         let clusters = file.k8s_clusters.clone().unwrap_or_default();
@@ -83,7 +91,7 @@ fn rendered_issuer_config_is_accepted_by_the_issuer() {
             sigil_issuer::config::Config::from_file(file).accepted(scenario, "issuer.toml", &text);
 
         let (trust_domain, cluster, audience, namespace, release) = match scenario {
-            "default" => ("example.org", "demo", "sigil-issuer", "sigil", "sigil"),
+            "default" | "replicated" => ("example.org", "demo", "sigil-issuer", "sigil", "sigil"),
             "upstream" => (
                 "prod.example.com",
                 "demo",
@@ -134,7 +142,9 @@ fn rendered_issuer_config_is_accepted_by_the_issuer() {
         let rules: Vec<&str> = k8s.identity_rules.iter().map(|r| r.name.as_str()).collect();
 
         match scenario {
-            "default" => {
+            // Several replicas on PostgreSQL write the same issuer.toml as one
+            // on SQLite: the database comes from the environment.
+            "default" | "replicated" => {
                 assert_eq!(config.default_x509_svid_ttl, Duration::from_secs(3600));
                 assert_eq!(config.default_jwt_svid_ttl, Duration::from_secs(300));
                 assert_eq!(config.ca_ttl, Duration::from_secs(24 * 3600));
@@ -218,7 +228,7 @@ fn rendered_agent_config_is_accepted_by_the_agent() {
             sigil_agent::config::FileConfig::load(&path).accepted(scenario, "agent.toml", &text);
 
         let (trust_domain, issuer_address, cluster) = match scenario {
-            "default" => ("example.org", "sigil-issuer.sigil.svc:8081", "demo"),
+            "default" | "replicated" => ("example.org", "sigil-issuer.sigil.svc:8081", "demo"),
             "upstream" => ("prod.example.com", "sigil-issuer.identity.svc:8081", "demo"),
             "custom" => (
                 "example.org",

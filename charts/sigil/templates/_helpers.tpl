@@ -55,6 +55,25 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-bundle" (include "sigil.fullname" .) }}
 {{- end }}
 
+{{/*
+The issuer's replicas and its PostgreSQL settings, defaulted here as well as in
+values.yaml: `helm upgrade --reuse-values` takes its defaults from the chart
+the release was installed with, which may predate these keys.
+*/}}
+{{- define "sigil.issuer.replicas" -}}
+{{- default 1 .Values.issuer.replicas | int }}
+{{- end }}
+
+{{- define "sigil.issuer.postgres.secretKey" -}}
+{{- $postgres := default dict .Values.issuer.database.postgres }}
+{{- default "url" $postgres.secretKey }}
+{{- end }}
+
+{{- define "sigil.issuer.postgres.existingSecret" -}}
+{{- $postgres := default dict .Values.issuer.database.postgres }}
+{{- default "" $postgres.existingSecret }}
+{{- end }}
+
 {{- define "sigil.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
