@@ -43,6 +43,14 @@ impl Clock for ManualClock {
     }
 }
 
+/// Milliseconds since the Unix epoch, now, by the system clock: what
+/// database leases are timed by, since every replica shares them.
+pub fn unix_millis_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_secs(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)

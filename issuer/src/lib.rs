@@ -1,7 +1,8 @@
 //! Sigil's central issuer.
 //!
 //! - [`ca`]: CA certificates and JWT keys, their rotation, SVID signing.
-//! - [`store`]: registration entries, agents and join tokens (SQLite).
+//! - [`store`]: registration entries, agents and join tokens (SQLite or PostgreSQL).
+//! - [`trust_bundle`]: the one bundle of every replica's keys.
 //! - [`attestation`]: node attestation (join tokens).
 //! - [`k8s`]: Kubernetes: k8s_psat attestation, identity rules for pods, the bundle ConfigMap.
 //! - [`endpoints`]: the agent API (gRPC over mTLS) and the admin API (local socket).
@@ -32,5 +33,7 @@ pub mod registration;
 pub mod revocations;
 pub mod serials;
 pub mod server;
+pub mod singleton;
 pub mod state;
 pub mod store;
+pub mod trust_bundle;

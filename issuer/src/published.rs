@@ -15,6 +15,7 @@ pub struct Published {
     /// Increases with every publication, across restarts (it starts from
     /// the clock), so consumers can tell news from a replay.
     pub seq: u64,
+    /// Every replica's CRLs: this one's, then the others'.
     pub crls: Vec<SignedCrl>,
     /// The signed revocation list (compact JWS); empty before the first.
     pub list: String,
@@ -23,6 +24,9 @@ pub struct Published {
     pub(crate) revoked: Vec<RevokedCounters>,
     pub(crate) owners: Vec<RevokedOwner>,
     pub(crate) authorities: Vec<String>,
+    /// The CRLs this replica signed, and those other replicas published.
+    pub(crate) own_crls: Vec<SignedCrl>,
+    pub(crate) others_crls: Vec<SignedCrl>,
 }
 
 /// The publisher: holds the current publication for everyone to watch.

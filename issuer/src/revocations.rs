@@ -3,6 +3,9 @@
 //! store and re-signed whenever what is revoked, or the CA, changes, and
 //! before they go stale. Agents receive them on their entry stream; relying
 //! parties fetch them over HTTP.
+//!
+//! Each replica can sign CRLs only for its own authorities, so it stores
+//! them for the others and serves theirs beside its own.
 
 use std::time::Duration;
 
@@ -10,10 +13,11 @@ use tokio::sync::watch;
 use workload_api::id::trust_domain_id;
 use workload_api::revocation::{RevocationClaims, RevokedOwner};
 
-use crate::ca::RevokedCounters;
+use crate::ca::{RevokedCounters, SignedCrl};
 use crate::clock::{from_unix_secs, unix_secs};
 use crate::published::Published;
 use crate::state::IssuerState;
+use crate::store::StoredCrl;
 
 /// How long a CRL or revocation list is valid. Verifiers refuse owner-bound
 /// tokens once their list is older than this, so it bounds how long a
@@ -71,9 +75,34 @@ pub async fn refresh(state: &IssuerState) -> Result<bool, PublishError> {
         .map(|(id, _)| id)
         .collect();
     let held = state.revocations.current();
+    let others_crls: Vec<SignedCrl> = match state
+        .store
+        .other_replicas_crls(&state.replica, now_secs)
+        .await
+    {
+        Ok(crls) => crls
+            .into_iter()
+            .map(|c| SignedCrl {
+                authority_id: c.authority_id,
+                der: c.der,
+            })
+            .collect(),
+        Err(error) => {
+            tracing::warn!(%error, "reading other replicas' CRLs failed; serving the last read");
+            held.others_crls.clone()
+        }
+    };
     let due = held.expires_at - (RESIGN_BEFORE.as_secs() as i64) <= now_secs;
     if !due && held.revoked == revoked && held.owners == owners && held.authorities == authorities {
-        return Ok(false);
+        if held.others_crls == others_crls {
+            return Ok(false);
+        }
+        state.revocations.publish(Published {
+            crls: held.own_crls.iter().chain(&others_crls).cloned().collect(),
+            others_crls,
+            ..(*held).clone()
+        });
+        return Ok(true);
     }
     let seq = (now_secs.max(0) as u64).max(held.seq + 1);
     let expires_at = now_secs + VALIDITY.as_secs() as i64;
@@ -110,40 +139,74 @@ pub async fn refresh(state: &IssuerState) -> Result<bool, PublishError> {
     if let Err(error) = state.events.append(&[event]).await {
         tracing::error!(%error, seq, "the event log could not record a CRL publication");
     }
+    let stored: Vec<StoredCrl> = crls
+        .iter()
+        .map(|c| StoredCrl {
+            authority_id: c.authority_id.clone(),
+            der: c.der.clone(),
+        })
+        .collect();
+    // The other replicas serve these once stored; this replica serves
+    // them at once, stored or not.
+    if let Err(error) = state
+        .store
+        .put_replica_crls(&state.replica, expires_at, &stored)
+        .await
+    {
+        tracing::error!(%error, seq, "storing this replica's CRLs for the others failed");
+    }
     state.revocations.publish(Published {
         seq,
-        crls,
+        crls: crls.iter().chain(&others_crls).cloned().collect(),
         list,
         expires_at,
         revoked,
         owners,
         authorities,
+        own_crls: crls,
+        others_crls,
     });
     Ok(true)
 }
 
 /// Keeps the publication current: after every store or bundle change, and
 /// before it goes stale. Expired records of revoked SVIDs are pruned on
-/// the way.
-pub async fn publish_loop(state: IssuerState, mut shutdown: watch::Receiver<bool>) {
+/// the way, by the one replica that holds `pruning`.
+pub async fn publish_loop(
+    state: IssuerState,
+    pruning: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut store_changes = state.store.subscribe();
     let mut bundle_changes = state.ca.subscribe_bundle();
+    let mut replicas_crls = state.store.subscribe_revocations();
     let mut pruned_at = i64::MIN;
     loop {
         store_changes.mark_unchanged();
         bundle_changes.mark_unchanged();
+        replicas_crls.mark_unchanged();
         if let Err(error) = refresh(&state).await {
             tracing::error!(%error, "publishing revocations failed; retrying");
         }
         let now = unix_secs(state.clock.now());
-        if now.saturating_sub(pruned_at) >= PRUNE_EVERY.as_secs() as i64 {
-            // Revoked before every authority valid now: nothing they name
-            // can still be valid.
+        if *pruning.borrow() && now.saturating_sub(pruned_at) >= PRUNE_EVERY.as_secs() as i64 {
+            // Revoked before every authority valid now, this replica's and
+            // the others' (in the shared bundle): nothing they name can
+            // still be valid.
+            let others = state
+                .ca
+                .bundle()
+                .x509_authorities()
+                .iter()
+                .filter_map(|der| crate::ca::x509::not_before(der).ok())
+                .map(unix_secs)
+                .collect::<Vec<_>>();
             let oldest = state
                 .ca
                 .valid_x509_authorities(state.clock.now())
                 .into_iter()
                 .map(|(_, not_before)| not_before)
+                .chain(others)
                 .min();
             match state.store.prune_reservations(oldest.unwrap_or(now)).await {
                 Ok(_) => pruned_at = now,
@@ -156,6 +219,7 @@ pub async fn publish_loop(state: IssuerState, mut shutdown: watch::Receiver<bool
         tokio::select! {
             changed = store_changes.changed() => if changed.is_err() { return },
             changed = bundle_changes.changed() => if changed.is_err() { return },
+            changed = replicas_crls.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }

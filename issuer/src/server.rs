@@ -82,6 +82,8 @@ pub enum StartError {
     Kubernetes(#[from] crate::k8s::client::ClientSetupError),
     #[error(transparent)]
     BundleEndpoint(#[from] crate::endpoints::bundle_endpoint::EndpointError),
+    #[error("trust bundle: {0}")]
+    TrustBundle(#[from] crate::trust_bundle::SyncError),
 }
 
 /// How long shutdown waits for open connections to finish.
@@ -147,7 +149,7 @@ async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<IssuerState, Star
         clock.now(),
     )?;
     let log_key = LogKey::load_or_create(
-        &config.data_dir.join("log").join("log.jwk"),
+        &config.log_key_file,
         &crate::eventlog::origin(&config.trust_domain),
     )?;
     let events = EventLog::open(
@@ -156,6 +158,7 @@ async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<IssuerState, Star
         crate::ids::issuer_id(&config.trust_domain),
     )
     .await?;
+    let replica = crate::trust_bundle::replica_id(&config.data_dir)?;
     Ok(IssuerState {
         config: Arc::new(config),
         store,
@@ -164,6 +167,7 @@ async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<IssuerState, Star
         revocations: Arc::new(Revocations::new()),
         serial_counters: Arc::default(),
         events,
+        replica: replica.into(),
     })
 }
 
@@ -181,6 +185,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
     crate::metrics::handle();
     let k8s = Arc::new(Clusters::connect(&config.k8s_clusters).await?);
     let state = open(config, clock).await?;
+    // From the first request on, the bundle holds every replica's keys.
+    crate::trust_bundle::publish(&state).await?;
     // Agents and relying parties get a revocation list from the first request.
     revocations::refresh(&state).await?;
     // The log has a checkpoint from the first request, and records queued
@@ -245,8 +251,15 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
         AdminService::new(state.clone(), poller.clone()),
         shutdown_rx.clone(),
     )));
+    let pruning = crate::singleton::hold(
+        state.store.clone(),
+        "prune",
+        state.replica.to_string(),
+        shutdown_rx.clone(),
+    );
     tasks.push(tokio::spawn(revocations::publish_loop(
         state.clone(),
+        pruning,
         shutdown_rx.clone(),
     )));
     tasks.push(tokio::spawn(crate::eventlog::sequencer::run(
@@ -267,6 +280,10 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
     {
         tasks.push(until_shutdown(task, shutdown_rx.clone()));
     }
+    tasks.push(tokio::spawn(crate::trust_bundle::run(
+        state.clone(),
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(rotation_loop(state.clone(), shutdown_rx)));
 
     tracing::info!(

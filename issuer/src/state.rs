@@ -23,6 +23,9 @@ pub struct IssuerState {
     pub serial_counters: Arc<SerialCounters>,
     /// The signed event log.
     pub events: EventLog,
+    /// This replica's name among those sharing the database (see
+    /// [`crate::trust_bundle::replica_id`]).
+    pub replica: Arc<str>,
 }
 
 impl IssuerState {

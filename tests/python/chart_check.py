@@ -124,6 +124,7 @@ SCENARIOS = {
             "issuer": {
                 "replicas": 3,
                 "database": {"type": "postgres", "postgres": {"existingSecret": "sigil-issuer-database"}},
+                "logKey": {"existingSecret": "sigil-log-key"},
             },
         },
     ),
@@ -166,6 +167,8 @@ TEMPLATE_REFUSED = [
         {"issuer": {"replicas": 3, "database": {"type": "postgres", "postgres": {"existingSecret": ""}}}},
         ["issuer.database.postgres.existingSecret"],
     ),
+    # Any replica must be able to sign the shared event log.
+    ({"issuer": {"replicas": 3, "database": POSTGRES}}, ["issuer.replicas is 3", "issuer.logKey.existingSecret"]),
 ]
 
 
@@ -468,6 +471,17 @@ def check_database(found, manifests, issuer, name, values):
     else:
         check(env == [], "no SIGIL_DATABASE_URL on SQLite")
     check("database_url" not in issuer, "no database_url in issuer.toml")
+    log_key = values["issuer"]["logKey"]["existingSecret"]
+    key_env = [e for e in container_of(sts)["env"] if e["name"] == "SIGIL_LOG_KEY_FILE"]
+    key_volumes = [v for v in sts["spec"]["template"]["spec"]["volumes"] if v["name"] == "log-key"]
+    if log_key:
+        check(key_env == [{"name": "SIGIL_LOG_KEY_FILE", "value": "/etc/sigil/log-key/log.jwk"}], f"log key file: {key_env}")
+        check(
+            len(key_volumes) == 1 and key_volumes[0]["secret"]["secretName"] == log_key,
+            f"log key from its Secret: {key_volumes}",
+        )
+    else:
+        check(key_env == [] and key_volumes == [], "the issuer makes its own log key")
     for (kind, obj_name), obj in found.items():
         check(kind != "Secret", f"the chart creates no Secret ({obj_name})")
         if kind == "ConfigMap":
@@ -486,6 +500,7 @@ def check_replica_variants(chart):
                 "replicas": replicas,
                 "podDisruptionBudget": {"enabled": True, "maxUnavailable": wanted},
                 "database": {"type": "postgres", "postgres": {"existingSecret": "pg", "secretKey": "dsn"}},
+                "logKey": {"existingSecret": "log-key"},
             }
         }
         chart.validate_schema(overrides)

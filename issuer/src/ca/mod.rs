@@ -19,7 +19,7 @@ mod serials;
 mod signing;
 mod slots;
 mod upstream;
-mod x509;
+pub mod x509;
 
 #[cfg(test)]
 mod tests;
@@ -37,6 +37,7 @@ use crate::clock::{from_unix_secs, unix_secs};
 use slots::Slots;
 use upstream::Upstream;
 
+pub use bundle::PublishedAuthority;
 pub use config::{CaConfig, UpstreamCa};
 pub use crl::{RevokedCounters, SignedCrl};
 pub use error::CaError;
@@ -49,6 +50,10 @@ pub struct Ca {
     config: CaConfig,
     upstream: Option<Upstream>,
     slots: RwLock<Slots>,
+    /// This CA's own keys.
+    local_bundle: watch::Sender<Arc<Bundle>>,
+    /// The trust domain's bundle: this CA's keys and, where several issuer
+    /// replicas share a database, theirs (see `crate::trust_bundle`).
     bundle: watch::Sender<Arc<Bundle>>,
     serial_key: serials::SerialKey,
 }
@@ -70,16 +75,20 @@ impl Ca {
         let slots = Slots::load(journal::read(&config.dir)?, &config.dir)?;
         let serial_key = serials::SerialKey::load_or_create(&config.dir)?;
         let initial = Arc::new(Bundle::new(config.trust_domain.clone()));
+        let (local_bundle, _) = watch::channel(initial.clone());
         let (bundle, _) = watch::channel(initial);
         let ca = Ca {
             config,
             upstream,
             slots: RwLock::new(slots),
+            local_bundle,
             bundle,
             serial_key,
         };
         ca.rotate(now)?;
         ca.publish();
+        // Until the replicas' keys are read, the bundle is this CA's own.
+        ca.set_published_bundle((*ca.local_bundle()).clone());
         Ok(ca)
     }
 
@@ -87,7 +96,8 @@ impl Ca {
         &self.config.trust_domain
     }
 
-    /// The current trust bundle.
+    /// The trust domain's current bundle, every replica's keys included:
+    /// what agents, relying parties and federated domains are given.
     pub fn bundle(&self) -> Arc<Bundle> {
         self.bundle.borrow().clone()
     }
@@ -95,6 +105,34 @@ impl Ca {
     /// Sees every new bundle.
     pub fn subscribe_bundle(&self) -> watch::Receiver<Arc<Bundle>> {
         self.bundle.subscribe()
+    }
+
+    /// This CA's own keys alone.
+    pub fn local_bundle(&self) -> Arc<Bundle> {
+        self.local_bundle.borrow().clone()
+    }
+
+    /// Sees every change to this CA's own keys.
+    pub fn subscribe_local_bundle(&self) -> watch::Receiver<Arc<Bundle>> {
+        self.local_bundle.subscribe()
+    }
+
+    /// This CA's keys as the replicas' shared bundle stores them.
+    pub fn published_authorities(&self) -> Result<Vec<PublishedAuthority>, CaError> {
+        let slots = self.slots.read().expect("CA lock");
+        bundle::authorities(&self.config, self.upstream.as_ref(), &slots)
+    }
+
+    /// Publishes the trust domain's bundle, if it changed.
+    pub fn set_published_bundle(&self, bundle: Bundle) {
+        self.bundle.send_if_modified(|current| {
+            if **current == bundle {
+                false
+            } else {
+                *current = Arc::new(bundle);
+                true
+            }
+        });
     }
 
     /// Moves every key through its lifecycle for `now`. Returns whether the
@@ -140,7 +178,7 @@ impl Ca {
             let slots = self.slots.read().expect("CA lock");
             bundle::derive(&self.config, self.upstream.as_ref(), &slots)
         };
-        self.bundle.send_if_modified(|current| {
+        self.local_bundle.send_if_modified(|current| {
             if **current == bundle {
                 false
             } else {

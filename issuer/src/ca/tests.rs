@@ -106,7 +106,7 @@ fn rotation_with_a_jumped_clock_and_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let start = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let ca = Ca::open(config(dir.path()), start).unwrap();
-    let first = ca.bundle();
+    let first = ca.local_bundle();
     assert_eq!(first.x509_authorities().len(), 1);
     assert_eq!(first.jwt_authorities().len(), 1);
     assert_eq!(first.wit_authorities().len(), 1);
@@ -120,17 +120,17 @@ fn rotation_with_a_jumped_clock_and_a_restart() {
     for step in 1..=24 {
         now += HOUR / 2;
         if step == 9 {
-            let sequence = ca.bundle().sequence();
+            let sequence = ca.local_bundle().sequence();
             drop(ca);
             ca = Ca::open(config(dir.path()), now).unwrap();
             assert!(
-                ca.bundle().sequence() >= sequence,
+                ca.local_bundle().sequence() >= sequence,
                 "sequence survives restart"
             );
         }
-        let before = ca.bundle();
+        let before = ca.local_bundle();
         ca.rotate(now).unwrap();
-        let bundle = ca.bundle();
+        let bundle = ca.local_bundle();
         let n = bundle.x509_authorities().len();
         if n == 2 && before.x509_authorities().len() == 1 {
             saw.0 = true; // prepared and published before use

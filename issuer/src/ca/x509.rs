@@ -117,6 +117,13 @@ pub fn not_after(cert_der: &[u8]) -> Result<SystemTime, CaError> {
     Ok(cert.tbs_certificate.validity.not_after.to_system_time())
 }
 
+/// The start of a certificate's validity.
+pub fn not_before(cert_der: &[u8]) -> Result<SystemTime, CaError> {
+    use der::Decode;
+    let cert = x509_cert::Certificate::from_der(cert_der)?;
+    Ok(cert.tbs_certificate.validity.not_before.to_system_time())
+}
+
 /// Whether a certificate names itself as issuer: how the roots of an
 /// upstream chain are told apart from its intermediates.
 pub fn is_self_signed(cert_der: &[u8]) -> Result<bool, CaError> {

@@ -42,6 +42,20 @@ pub(super) enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Make a new signing key for the event log and print its verifier
+    /// key: the one key every replica sharing a database is given
+    /// (`log_key_file`). An existing file is never overwritten.
+    NewKey {
+        /// Where to write the private key (a JWK, mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+        /// The trust domain whose log it signs; it names the key.
+        #[arg(long)]
+        trust_domain: String,
+        /// Print `{"log_key": ..., "file": ...}` instead of the bare key.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the log's verifier key, as the issuer serves it.
     Key {
         #[command(flatten)]
@@ -160,6 +174,34 @@ pub(super) async fn run(command: AuditCommand) -> Result<(), String> {
         } => tail(&base(&url.url)?, from, interval, log_key).await,
         AuditCommand::Export { from, url } => {
             get_to_stdout(&format!("{}/log/export?from={from}", base(&url.url)?)).await
+        }
+        AuditCommand::NewKey {
+            out,
+            trust_domain,
+            json,
+        } => {
+            let trust_domain = workload_api::id::TrustDomain::new(&trust_domain)
+                .map_err(|e| format!("--trust-domain {trust_domain:?}: {e}"))?;
+            if out.exists() {
+                return Err(format!(
+                    "{} exists; a log key is made once and never replaced",
+                    out.display()
+                ));
+            }
+            let key = crate::eventlog::key::LogKey::load_or_create(
+                &out,
+                &crate::eventlog::origin(&trust_domain),
+            )
+            .map_err(|e| e.to_string())?;
+            if json {
+                workload_api::outln!(
+                    "{}",
+                    serde_json::json!({ "log_key": key.verifier_key(), "file": out })
+                );
+            } else {
+                workload_api::outln!("{}", key.verifier_key());
+            }
+            Ok(())
         }
         AuditCommand::Key { url, json } => {
             let url = format!("{}/log/key", base(&url.url)?);

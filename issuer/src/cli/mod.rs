@@ -78,6 +78,10 @@ struct RunArgs {
     /// directory) or a postgres:// URL shared by several replicas.
     #[arg(long, env = "SIGIL_DATABASE_URL", hide_env_values = true)]
     database_url: Option<crate::config::database::DatabaseUrlText>,
+    /// The event log's signing key file (default: log/log.jwk in the data
+    /// directory); replicas sharing a database are given the same one.
+    #[arg(long, env = "SIGIL_LOG_KEY_FILE")]
+    log_key_file: Option<PathBuf>,
     /// host:port the agent API (mTLS) listens on.
     #[arg(long, env = "SIGIL_ISSUER_AGENT_API_ADDRESS")]
     agent_api_address: Option<String>,
@@ -572,6 +576,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         trust_domain: args.trust_domain,
         data_dir: args.data_dir,
         database_url: args.database_url,
+        log_key_file: args.log_key_file,
         agent_api_address: args.agent_api_address,
         http_address: args.http_address,
         admin_socket_path: args.admin_socket_path,

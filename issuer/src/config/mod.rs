@@ -34,6 +34,9 @@ pub struct FileConfig {
     /// The store: a SQLite path (default: sigil.db in data_dir) or a
     /// postgres:// URL that several replicas share.
     pub database_url: Option<DatabaseUrlText>,
+    /// The event log's signing key (a private Ed25519 JWK), made on first
+    /// start if missing. Replicas sharing a database are given the same.
+    pub log_key_file: Option<PathBuf>,
     pub agent_api_address: Option<String>,
     /// host:port of the public HTTP endpoint (CRLs, revocation list), or "off".
     pub http_address: Option<String>,
@@ -87,6 +90,7 @@ impl FileConfig {
             trust_domain: self.trust_domain.or(fallback.trust_domain),
             data_dir: self.data_dir.or(fallback.data_dir),
             database_url: self.database_url.or(fallback.database_url),
+            log_key_file: self.log_key_file.or(fallback.log_key_file),
             agent_api_address: self.agent_api_address.or(fallback.agent_api_address),
             http_address: self.http_address.or(fallback.http_address),
             admin_socket_path: self.admin_socket_path.or(fallback.admin_socket_path),
@@ -120,6 +124,8 @@ pub struct Config {
     pub trust_domain: TrustDomain,
     pub data_dir: PathBuf,
     pub database_url: DatabaseUrl,
+    /// Default: `<data_dir>/log/log.jwk`.
+    pub log_key_file: PathBuf,
     pub agent_api_address: SocketAddr,
     /// Where relying parties fetch CRLs and the revocation list; None: not served.
     pub http_address: Option<SocketAddr>,
@@ -301,6 +307,9 @@ impl Config {
             admin_socket_path: file
                 .admin_socket_path
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET)),
+            log_key_file: file
+                .log_key_file
+                .unwrap_or_else(|| data_dir.join("log").join("log.jwk")),
             data_dir,
             database_url,
             agent_api_address,

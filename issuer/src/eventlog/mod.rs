@@ -74,6 +74,8 @@ struct Inner {
     /// Rung after records are queued, so the sequencer need not poll hard.
     queued: Notify,
     heads: watch::Sender<Option<LogHead>>,
+    /// Whether `key` is the log's key: only then may this process sequence.
+    signs: bool,
 }
 
 impl std::fmt::Debug for EventLog {
@@ -92,6 +94,20 @@ impl EventLog {
             .log_head()
             .await
             .map_err(|e| AppendError::Store(e.to_string()))?;
+        let ours = key.verifier_key();
+        let logs = store
+            .claim_log_key(&ours)
+            .await
+            .map_err(|e| AppendError::Store(e.to_string()))?;
+        let signs = logs == ours;
+        if !signs {
+            tracing::warn!(
+                this_key = %ours,
+                log_key = %logs,
+                "this issuer's log key is not the event log's: it appends events but never \
+                 sequences them; give every replica the log's key (log_key_file) so any can take over"
+            );
+        }
         let (writer, requests) = mpsc::channel(1024);
         let inner = Arc::new(Inner {
             store,
@@ -101,6 +117,7 @@ impl EventLog {
             ids: QueueIds::new(),
             queued: Notify::new(),
             heads: watch::channel(head).0,
+            signs,
         });
         tokio::spawn(write_loop(Arc::downgrade(&inner), requests));
         Ok(EventLog { inner })
@@ -113,6 +130,11 @@ impl EventLog {
 
     pub fn key(&self) -> &LogKey {
         &self.inner.key
+    }
+
+    /// Whether this process holds the log's key, and so may sequence.
+    pub fn signs(&self) -> bool {
+        self.inner.signs
     }
 
     pub fn store(&self) -> &Store {

@@ -114,8 +114,11 @@ pub async fn step(log: &EventLog, now: i64) -> Result<Option<LogHead>, StepError
 /// start, so the first request finds a checkpoint. The lease is released
 /// after, for [`run`] to take with its own holder id.
 pub async fn catch_up(log: &EventLog) -> Result<(), StepError> {
+    if !log.signs() {
+        return Ok(());
+    }
     let holder = hex::encode(crate::ids::random_bytes::<8>());
-    let now_ms = unix_ms();
+    let now_ms = crate::clock::unix_millis_now();
     if !log
         .store()
         .hold_lease(
@@ -139,12 +142,17 @@ pub async fn catch_up(log: &EventLog) -> Result<(), StepError> {
     result
 }
 
-/// Runs the sequencer while this process holds the lease.
+/// Runs the sequencer while this process holds the lease. A process
+/// without the log's key never competes for it.
 pub async fn run(log: EventLog, mut shutdown: watch::Receiver<bool>) {
+    if !log.signs() {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        return;
+    }
     let holder = hex::encode(crate::ids::random_bytes::<8>());
     let mut held = false;
     loop {
-        let now_ms = unix_ms();
+        let now_ms = crate::clock::unix_millis_now();
         match log
             .store()
             .hold_lease(
@@ -198,10 +206,4 @@ pub async fn run(log: EventLog, mut shutdown: watch::Receiver<bool>) {
             return;
         }
     }
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

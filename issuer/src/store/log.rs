@@ -149,6 +149,22 @@ impl Store {
         Ok(marked)
     }
 
+    /// Names `verifier_key` as the log's signing key, unless one is named
+    /// already; returns the log's.
+    pub async fn claim_log_key(&self, verifier_key: &str) -> Result<String, StoreError> {
+        sqlx::query(
+            "INSERT INTO log_key (id, verifier_key) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(verifier_key)
+        .execute(&self.pool)
+        .await?;
+        Ok(
+            sqlx::query_scalar("SELECT verifier_key FROM log_key WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     /// Marks `name` as logged.
     pub async fn mark_logged(&self, name: &str, now: i64) -> Result<(), StoreError> {
         sqlx::query(

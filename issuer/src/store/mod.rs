@@ -11,6 +11,7 @@
 
 mod agents;
 mod backend;
+mod crls;
 mod entries;
 mod federation;
 mod leases;
@@ -20,6 +21,7 @@ mod notify;
 mod owners;
 mod serials;
 mod tokens;
+mod trust_keys;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,12 +34,14 @@ use notify::{Change, Changes};
 
 pub use backend::Backend;
 
+pub use crls::StoredCrl;
 pub use federation::BundleWrite;
 pub use log::{LogHead, Sequencing};
 pub use model::{
     Agent, BundleOrigin, Entry, EntryFields, EntryOwner, Federation, ForeignBundle,
     JoinTokenRecord, Owner, Selector, SerialReservation,
 };
+pub use trust_keys::{SharedBundleKeys, TrustKey};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +176,13 @@ fn migrator() -> sqlx::migrate::Migrator {
             Cow::Borrowed(include_str!("../../migrations/0005_federation.sql")),
             false,
         ),
+        Migration::new(
+            6,
+            Cow::Borrowed("replicas"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0006_replicas.sql")),
+            false,
+        ),
     ];
     Migrator {
         migrations: Cow::Owned(migrations),
@@ -286,6 +297,17 @@ impl Store {
     /// another.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// A receiver that sees a new value after every committed change to
+    /// the keys replicas publish in the trust bundle, by any replica.
+    pub fn subscribe_trust_bundle(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe_trust_bundle()
+    }
+
+    /// A receiver that sees a new value after any replica published CRLs.
+    pub fn subscribe_revocations(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe_revocations()
     }
 
     /// Grows with every change to the foreign bundles. Read it before

@@ -28,6 +28,10 @@ pub(super) enum Change {
     Registrations,
     /// Foreign trust domains' bundles (and so also what streams send).
     ForeignBundles,
+    /// The keys replicas publish in this trust domain's bundle.
+    TrustBundle,
+    /// The CRLs a replica signed.
+    Revocations,
 }
 
 impl Change {
@@ -35,6 +39,8 @@ impl Change {
         match self {
             Change::Registrations => "registrations",
             Change::ForeignBundles => "foreign_bundles",
+            Change::TrustBundle => "trust_bundle",
+            Change::Revocations => "revocations",
         }
     }
 
@@ -42,6 +48,8 @@ impl Change {
         match name {
             "registrations" => Some(Change::Registrations),
             "foreign_bundles" => Some(Change::ForeignBundles),
+            "trust_bundle" => Some(Change::TrustBundle),
+            "revocations" => Some(Change::Revocations),
             _ => None,
         }
     }
@@ -64,17 +72,32 @@ pub(super) async fn announce(
 /// The counters streams watch.
 #[derive(Debug)]
 struct Counters {
-    /// Every change.
+    /// Every change to what decides an agent's entries and federated
+    /// bundles.
     all: watch::Sender<u64>,
     /// Changes to foreign bundles alone, so the many streams read them
     /// again only when they changed.
     foreign_bundles: watch::Sender<u64>,
+    /// Changes to the replicas' published keys. Streams learn of these
+    /// through the CA's bundle, not by reading entries again.
+    trust_bundle: watch::Sender<u64>,
+    /// CRLs published by a replica; these too reach streams another way.
+    revocations: watch::Sender<u64>,
 }
 
 impl Counters {
     fn note(&self, change: Change) {
-        if change == Change::ForeignBundles {
-            self.foreign_bundles.send_modify(|n| *n += 1);
+        match change {
+            Change::Registrations => {}
+            Change::ForeignBundles => self.foreign_bundles.send_modify(|n| *n += 1),
+            Change::TrustBundle => {
+                self.trust_bundle.send_modify(|n| *n += 1);
+                return;
+            }
+            Change::Revocations => {
+                self.revocations.send_modify(|n| *n += 1);
+                return;
+            }
         }
         self.all.send_modify(|n| *n += 1);
     }
@@ -82,6 +105,8 @@ impl Counters {
     /// Something may have changed that no notification told of.
     fn note_unknown(&self) {
         self.note(Change::ForeignBundles);
+        self.note(Change::TrustBundle);
+        self.note(Change::Revocations);
     }
 }
 
@@ -109,6 +134,8 @@ impl Changes {
             counters: Arc::new(Counters {
                 all: watch::channel(0).0,
                 foreign_bundles: watch::channel(0).0,
+                trust_bundle: watch::channel(0).0,
+                revocations: watch::channel(0).0,
             }),
             replica: crate::ids::uuid_v4(),
             listener: std::sync::Mutex::new(None),
@@ -126,6 +153,14 @@ impl Changes {
 
     pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
         self.counters.all.subscribe()
+    }
+
+    pub(super) fn subscribe_trust_bundle(&self) -> watch::Receiver<u64> {
+        self.counters.trust_bundle.subscribe()
+    }
+
+    pub(super) fn subscribe_revocations(&self) -> watch::Receiver<u64> {
+        self.counters.revocations.subscribe()
     }
 
     pub(super) fn foreign_bundles_version(&self) -> u64 {

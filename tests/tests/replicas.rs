@@ -1,0 +1,239 @@
+//! Several issuer replicas sharing one PostgreSQL database (a real server,
+//! see `sigil_tests::postgres`): each keeps its own CA, all serve one bundle
+//! holding every replica's keys, an agent attested by one is served by
+//! another, and an entry created through one reaches a stream open on
+//! another without polling.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proto::issuer as pb;
+use sigil_agent::issuer_client;
+use sigil_issuer::clock::SystemClock;
+use sigil_issuer::config::database::DatabaseUrl;
+use sigil_tests::postgres::Postgres;
+use sigil_tests::{create_entry_at, TestIssuer};
+use workload_api::Bundle;
+
+async fn replica(url: &DatabaseUrl) -> TestIssuer {
+    TestIssuer::start_with(Arc::new(SystemClock), |config| {
+        config.database_url = url.clone();
+    })
+    .await
+}
+
+/// Waits until every replica serves the same bundle, holding every
+/// replica's own X.509 authorities; returns it.
+async fn one_bundle(replicas: &[&TestIssuer]) -> Bundle {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let bundles: Vec<Bundle> = replicas.iter().map(|r| r.bundle()).collect();
+        let all_roots = replicas.iter().all(|r| {
+            r.running
+                .state
+                .ca
+                .local_bundle()
+                .x509_authorities()
+                .iter()
+                .all(|root| bundles[0].x509_authorities().contains(root))
+        });
+        if all_roots && bundles.iter().all(|b| *b == bundles[0]) {
+            return bundles[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replicas did not converge on one bundle: {:?}",
+            bundles
+                .iter()
+                .map(|b| (b.sequence(), b.x509_authorities().len()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads `stream` until an upsert of `entry_id` arrives; how long it took.
+async fn until_upserted(
+    stream: &mut tonic::Streaming<pb::SyncEntriesResponse>,
+    entry_id: &str,
+) -> Duration {
+    let start = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let message = stream
+                .message()
+                .await
+                .unwrap()
+                .expect("the stream stays open");
+            if message.upserted.iter().any(|e| e.id == entry_id) {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("entry {entry_id} did not reach the stream within 5 s"));
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_serve_one_bundle_and_each_others_agents() {
+    let pg = Postgres::start();
+    let url = pg.create_database("replicas");
+    let a = replica(&url).await;
+    let b = replica(&url).await;
+
+    let bundle = one_bundle(&[&a, &b]).await;
+    assert_eq!(bundle.x509_authorities().len(), 2, "one CA per replica");
+    assert_ne!(
+        a.running.state.ca.local_bundle().x509_authorities(),
+        b.running.state.ca.local_bundle().x509_authorities(),
+        "no replica has another's CA"
+    );
+    assert_eq!(bundle.jwt_authorities().len(), 2);
+    assert_eq!(bundle.wit_authorities().len(), 2);
+
+    // An agent attested through a holds an SVID from a's CA; b accepts it.
+    let agent = a.attest().await;
+    let mut on_b =
+        issuer_client::connect(b.running.agent_api_address, &bundle, Some(&agent.identity))
+            .await
+            .unwrap();
+    let mut stream = on_b
+        .sync_entries(pb::SyncEntriesRequest {})
+        .await
+        .expect("b serves an agent a attested")
+        .into_inner();
+
+    // Created through a, pushed to the stream open on b.
+    let entry = create_entry_at(
+        &a.running.admin_socket_path,
+        "spiffe://example.org/web",
+        &agent.id,
+        &[],
+    )
+    .await;
+    let took = until_upserted(&mut stream, &entry.id).await;
+    println!("an entry created through replica a reached a stream on replica b in {took:?}");
+
+    // b signs the SVID with its own CA; it verifies against the one bundle.
+    let (_key, csr) = sigil_tests::new_key_and_csr(Some("spiffe://example.org/web"));
+    let signed = on_b
+        .batch_sign_x509_svids(pb::BatchSignX509SvidsRequest {
+            params: vec![pb::X509SvidParams {
+                entry_id: entry.id.clone(),
+                csr,
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let result = &signed.results[0];
+    assert_eq!(result.code, 0, "{}", result.message);
+    let chain = workload_api::bundle::split_der_concat(&result.cert_chain).unwrap();
+    let verified = workload_api::x509svid::verify_chain(
+        &chain,
+        |_| Some(&bundle),
+        std::time::SystemTime::now(),
+    );
+    assert!(verified.is_ok(), "{verified:?}");
+}
+
+/// A replica on `url` that signs the event log with the key in `log_key`.
+async fn replica_with_log_key(url: &DatabaseUrl, log_key: &std::path::Path) -> TestIssuer {
+    let log_key = log_key.to_owned();
+    TestIssuer::start_with(Arc::new(SystemClock), |config| {
+        config.database_url = url.clone();
+        config.log_key_file = log_key;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_log_key_signs_the_log_whichever_replica_sequences() {
+    let pg = Postgres::start();
+    let url = pg.create_database("log");
+    let keys = tempfile::tempdir().unwrap();
+    let log_key = keys.path().join("log.jwk");
+    let a = replica_with_log_key(&url, &log_key).await;
+    let b = replica_with_log_key(&url, &log_key).await;
+    // A replica with a key of its own appends but never sequences.
+    let stranger = replica(&url).await;
+    assert!(a.running.state.events.signs());
+    assert!(b.running.state.events.signs());
+    assert!(!stranger.running.state.events.signs());
+
+    let agent = "spiffe://example.org/agent/join_token/x";
+    let before = create_entry_at(
+        &stranger.running.admin_socket_path,
+        "spiffe://example.org/before",
+        agent,
+        &[],
+    )
+    .await;
+    b.wait_for_event("an entry created on a replica that cannot sign", |e| {
+        e["type"] == "entry.created" && e["subject"] == before.spiffe_id
+    })
+    .await;
+
+    // The sequencer stops with its replica; the other takes it over.
+    a.running.shutdown().await;
+    let after = create_entry_at(
+        &b.running.admin_socket_path,
+        "spiffe://example.org/after",
+        agent,
+        &[],
+    )
+    .await;
+    b.wait_for_event("an entry created after a stopped", |e| {
+        e["type"] == "entry.created" && e["subject"] == after.spiffe_id
+    })
+    .await;
+
+    // The whole log verifies against the one key, pinned.
+    let (status, export) = b.http_get("/log/export").await;
+    assert_eq!(status, 200);
+    let pinned = b.running.state.events.key().verifier_key();
+    let report =
+        sigil_issuer::eventlog::verify::verify_export(export.as_bytes(), Some(&pinned), None)
+            .expect("the log verifies");
+    assert!(report.key_pinned);
+    assert!(report.checkpoint.size >= 2, "{:?}", report.checkpoint);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_replica_serves_every_replicas_crls() {
+    let pg = Postgres::start();
+    let url = pg.create_database("crls");
+    let a = replica(&url).await;
+    let b = replica(&url).await;
+    let now = std::time::SystemTime::now();
+    let mut wanted: Vec<String> = [&a, &b]
+        .iter()
+        .flat_map(|r| r.running.state.ca.valid_x509_authorities(now))
+        .map(|(id, _)| id)
+        .collect();
+    wanted.sort();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for r in [&a, &b] {
+        loop {
+            let mut served: Vec<String> = r
+                .running
+                .state
+                .revocations
+                .current()
+                .crls
+                .iter()
+                .map(|c| c.authority_id.clone())
+                .collect();
+            served.sort();
+            if served == wanted {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a replica serves CRLs of {served:?}, not of {wanted:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
