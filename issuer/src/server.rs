@@ -274,11 +274,24 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
         );
     }
     tasks.push(until_shutdown(poller.run(), shutdown_rx.clone()));
-    for task in crate::k8s::registrar::tasks(&state, &k8s)
-        .into_iter()
-        .chain(crate::k8s::bundle_map::tasks(&state, &k8s))
-    {
-        tasks.push(until_shutdown(task, shutdown_rx.clone()));
+    // Replicas would otherwise reconcile the same pods and write the same
+    // ConfigMaps at once: one of them does it.
+    let kubernetes_jobs = {
+        let (state, k8s) = (state.clone(), k8s.clone());
+        move || {
+            let mut jobs = crate::k8s::registrar::tasks(&state, &k8s);
+            jobs.extend(crate::k8s::bundle_map::tasks(&state, &k8s));
+            jobs
+        }
+    };
+    if k8s.iter().next().is_some() {
+        tasks.push(tokio::spawn(crate::singleton::run_while_held(
+            state.store.clone(),
+            "kubernetes",
+            state.replica.to_string(),
+            kubernetes_jobs,
+            shutdown_rx.clone(),
+        )));
     }
     tasks.push(tokio::spawn(crate::trust_bundle::run(
         state.clone(),

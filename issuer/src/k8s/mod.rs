@@ -13,4 +13,4 @@ pub mod rules;
 pub use client::Clusters;
 
 /// A background job of this module, run until the issuer stops.
-pub type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+pub type Task = crate::singleton::Job;

@@ -356,7 +356,7 @@ pub enum Table {
 /// `SIGIL_TEST_POSTGRES_URL` names a PostgreSQL server (as the test script
 /// sets it for the store's second run), a new database on that server.
 #[cfg(test)]
-async fn temp_store() -> (tempfile::TempDir, Store) {
+pub(crate) async fn temp_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let url = match std::env::var("SIGIL_TEST_POSTGRES_URL") {
         Ok(server) => fresh_postgres_database(&server).await,
