@@ -11,6 +11,7 @@ use workload_api::jwk::Algorithm;
 use workload_api::logging::{self, LogFormat};
 
 use crate::attestor::k8s::{self, kubelet::KubeletTrust, K8sConfig};
+use crate::failover::address::IssuerAddresses;
 
 /// Why a configuration was refused; every variant names the key.
 pub use workload_api::config_file::ConfigError;
@@ -20,6 +21,9 @@ pub use workload_api::config_file::ConfigError;
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub trust_domain: Option<String>,
+    /// The issuer's agent API: `host:port`, or several (replicas) as a
+    /// list or a comma-separated string; kept comma-separated here.
+    #[serde(default, deserialize_with = "one_or_many")]
     pub issuer_address: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub socket_path: Option<PathBuf>,
@@ -56,6 +60,34 @@ pub struct FileConfig {
     pub k8s_pod_retries: Option<u32>,
     /// The pause between those reads (`250ms`).
     pub k8s_pod_retry_interval: Option<String>,
+}
+
+/// A string, or a list of strings joined with commas (the form flags and
+/// environment variables give a list in).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    struct OneOrMany;
+    impl<'de> serde::de::Visitor<'de> for OneOrMany {
+        type Value = String;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("issuer_address as \"host:port\" or a list of them")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, one: &str) -> Result<String, E> {
+            Ok(one.to_owned())
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<String, A::Error> {
+            let mut many = Vec::new();
+            while let Some(one) = seq.next_element::<String>()? {
+                many.push(one);
+            }
+            Ok(many.join(","))
+        }
+    }
+    deserializer.deserialize_any(OneOrMany).map(Some)
 }
 
 impl FileConfig {
@@ -103,8 +135,9 @@ impl FileConfig {
 #[derive(Clone)]
 pub struct AgentConfig {
     pub trust_domain: TrustDomain,
-    /// `host:port` of the issuer's agent API.
-    pub issuer_address: String,
+    /// The issuer's agent API: one `host:port`, or several replicas the
+    /// agent fails over between.
+    pub issuer_address: IssuerAddresses,
     pub data_dir: PathBuf,
     pub socket_path: PathBuf,
     pub join_token: Option<String>,
@@ -184,17 +217,13 @@ impl AgentConfig {
         )?;
         let issuer_address = file
             .issuer_address
-            .unwrap_or_else(|| DEFAULT_ISSUER_ADDRESS.into());
-        if issuer_address
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .is_none()
-        {
-            return Err(ConfigError::Invalid {
+            .as_deref()
+            .unwrap_or(DEFAULT_ISSUER_ADDRESS)
+            .parse::<IssuerAddresses>()
+            .map_err(|e| ConfigError::Invalid {
                 key: "issuer_address",
-                reason: format!("{issuer_address:?} is not host:port"),
-            });
-        }
+                reason: e.to_string(),
+            })?;
         let data_dir = file
             .data_dir
             .ok_or(ConfigError::Missing { key: "data_dir" })?;
@@ -470,6 +499,56 @@ mod tests {
         })
         .unwrap();
         assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn issuer_address_is_one_address_or_a_list() {
+        let parse = |line: &str| {
+            let text = format!("trust_domain = \"example.org\"\ndata_dir = \"/tmp/x\"\n{line}");
+            let file: FileConfig = toml::from_str(&text).map_err(|e| e.message().to_owned())?;
+            AgentConfig::from_file(file).map_err(|e| e.to_string())
+        };
+        let one = parse("issuer_address = \"issuer.example:8081\"").unwrap();
+        assert_eq!(one.issuer_address.to_string(), "issuer.example:8081");
+        assert_eq!(one.issuer_address.len(), 1);
+        let list = parse("issuer_address = [\"10.0.0.1:8081\", \"issuer.example:8081\"]").unwrap();
+        assert_eq!(
+            list.issuer_address.to_string(),
+            "10.0.0.1:8081,issuer.example:8081"
+        );
+        let addresses: Vec<String> = list
+            .issuer_address
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(addresses, ["10.0.0.1:8081", "issuer.example:8081"]);
+        assert_eq!(
+            parse("").unwrap().issuer_address.to_string(),
+            DEFAULT_ISSUER_ADDRESS
+        );
+        let refused = [
+            (
+                "issuer_address = [\"10.0.0.1:8081\", \"issuer.example\"]",
+                "config key issuer_address: \"issuer.example\" is not host:port",
+            ),
+            (
+                "issuer_address = \"10.0.0.1:8081,:8081\"",
+                "config key issuer_address: \":8081\" is not host:port",
+            ),
+            (
+                "issuer_address = []",
+                "config key issuer_address: no address given",
+            ),
+            (
+                "issuer_address = 8081",
+                "issuer_address as \"host:port\" or a list",
+            ),
+            ("issuer_address = [8081]", "expected a string"),
+        ];
+        for (line, expected) in refused {
+            let err = parse(line).unwrap_err();
+            assert!(err.contains(expected), "{line}: {err}");
+        }
     }
 
     #[test]

@@ -18,12 +18,17 @@ use tonic::transport::{Channel, Endpoint};
 use workload_api::id::SpiffeId;
 use workload_api::{x509svid, Bundle};
 
+use crate::failover::address::{AddressError, IssuerAddresses};
+use crate::failover::{IssuerPool, Watched};
+
 /// Why the issuer could not be reached.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
     #[error("TLS configuration: {0}")]
     Tls(String),
+    #[error("issuer address: {0}")]
+    Address(#[from] AddressError),
     #[error("connecting to the issuer at {address}: {source}")]
     Transport {
         address: String,
@@ -224,16 +229,16 @@ pub fn client_config(
     Ok(config)
 }
 
-/// A gRPC channel to the issuer's agent API at `address` (`host:port`),
+/// A gRPC channel to the issuer's agent API at one of `pool`'s replicas,
 /// trusting it by `bundle`. It connects on first use and reconnects by
-/// itself, so an agent with a stored SVID starts while the issuer is down.
+/// itself, to another replica when the one in use fails, so an agent with a
+/// stored SVID starts while the issuer is down.
 pub fn connect_lazy(
-    address: impl std::fmt::Display,
+    pool: &Arc<IssuerPool>,
     bundle: &Bundle,
     identity: Option<&ClientIdentity>,
 ) -> Result<AgentApiClient<Channel>, ConnectError> {
-    let (endpoint, connector) =
-        endpoint(address.to_string(), ServerTrust::Bundle(bundle), identity)?;
+    let (endpoint, connector) = endpoint(pool.clone(), ServerTrust::Bundle(bundle), identity)?;
     let channel = endpoint.connect_with_connector_lazy(connector);
     Ok(AgentApiClient::new(channel).max_decoding_message_size(MAX_MESSAGE))
 }
@@ -248,18 +253,33 @@ pub async fn connect(
     connect_with(address, ServerTrust::Bundle(bundle), identity).await
 }
 
-/// Opens a gRPC channel to the issuer's agent API with an explicit trust mode.
+/// Opens a gRPC channel to the issuer's agent API with an explicit trust
+/// mode; `address` is one `host:port` or several, comma-separated.
 pub async fn connect_with(
     address: impl std::fmt::Display,
     trust: ServerTrust<'_>,
     identity: Option<&ClientIdentity>,
 ) -> Result<AgentApiClient<Channel>, ConnectError> {
-    let address = address.to_string();
-    let (endpoint, connector) = endpoint(address.clone(), trust, identity)?;
+    let addresses: IssuerAddresses = address.to_string().parse()?;
+    connect_through(&IssuerPool::new(addresses), trust, identity).await
+}
+
+/// Opens a gRPC channel to one of `pool`'s replicas now, waiting first if
+/// the pool is backing off.
+pub async fn connect_through(
+    pool: &Arc<IssuerPool>,
+    trust: ServerTrust<'_>,
+    identity: Option<&ClientIdentity>,
+) -> Result<AgentApiClient<Channel>, ConnectError> {
+    let (endpoint, connector) = endpoint(pool.clone(), trust, identity)?;
+    pool.ready().await;
     let channel = endpoint
         .connect_with_connector(connector)
         .await
-        .map_err(|source| ConnectError::Transport { address, source })?;
+        .map_err(|source| ConnectError::Transport {
+            address: pool.addresses().to_string(),
+            source,
+        })?;
     Ok(AgentApiClient::new(channel).max_decoding_message_size(MAX_MESSAGE))
 }
 
@@ -267,14 +287,15 @@ pub async fn connect_with(
 /// come in chunks well below it).
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
-/// Dials the issuer: TCP, then TLS checked by the issuer verifier.
+/// Dials the issuer: TCP, then TLS checked by the issuer verifier, to a
+/// replica the pool picks.
 #[derive(Clone)]
 struct IssuerConnector {
     tls: tokio_rustls::TlsConnector,
-    target: Arc<str>,
+    pool: Arc<IssuerPool>,
 }
 
-type Dialed = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+type Dialed = TokioIo<Watched<tokio_rustls::client::TlsStream<TcpStream>>>;
 
 impl tower::Service<tonic::codegen::http::Uri> for IssuerConnector {
     type Response = Dialed;
@@ -291,26 +312,36 @@ impl tower::Service<tonic::codegen::http::Uri> for IssuerConnector {
 
     fn call(&mut self, _: tonic::codegen::http::Uri) -> Self::Future {
         let tls = self.tls.clone();
-        let target = self.target.clone();
+        let pool = self.pool.clone();
         Box::pin(async move {
-            let tcp = TcpStream::connect(&*target).await?;
-            tcp.set_nodelay(true)?;
-            // The name is not checked: the verifier checks the SPIFFE ID.
-            let name = ServerName::try_from("sigil-issuer").expect("static name is valid");
-            Ok(TokioIo::new(tls.connect(name, tcp).await?))
+            let stream = pool
+                .dial(|address| {
+                    let tls = tls.clone();
+                    async move {
+                        let tcp = TcpStream::connect(address).await?;
+                        tcp.set_nodelay(true)?;
+                        // The name is not checked: the verifier checks the
+                        // SPIFFE ID, so connecting by IP address is fine.
+                        let name =
+                            ServerName::try_from("sigil-issuer").expect("static name is valid");
+                        tls.connect(name, tcp).await
+                    }
+                })
+                .await?;
+            Ok(TokioIo::new(stream))
         })
     }
 }
 
-/// The endpoint and the TLS connector for the issuer at `address`.
+/// The endpoint and the TLS connector for the issuer at `pool`'s replicas.
 fn endpoint(
-    address: String,
+    pool: Arc<IssuerPool>,
     trust: ServerTrust<'_>,
     identity: Option<&ClientIdentity>,
 ) -> Result<(Endpoint, IssuerConnector), ConnectError> {
     let connector = IssuerConnector {
         tls: tokio_rustls::TlsConnector::from(Arc::new(client_config(trust, identity)?)),
-        target: address.into(),
+        pool,
     };
     let endpoint = Endpoint::from_shared("http://sigil-issuer".to_owned())
         .expect("static URI is valid")

@@ -1,6 +1,7 @@
 //! Sigil's per-node agent.
 //!
 //! - [`node`]: bootstrap, the agent SVID and its renewal, the issuer connection.
+//! - [`failover`]: which issuer replica to connect to, and when to try again.
 //! - [`sync`]: the entry stream from the issuer.
 //! - [`svid`]: workload X509-SVIDs (minted and rotated here) and JWT-SVIDs.
 //! - [`attestor`]: workload attestation from the socket's peer credentials.
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod delegation;
 pub mod events;
+pub mod failover;
 pub mod health_http;
 pub mod issuer_client;
 pub mod issuer_health;

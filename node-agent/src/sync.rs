@@ -2,7 +2,10 @@
 //! entries in memory, and hands the bundles and revocations it carries to the
 //! [`Node`]. The stream opens with a chunked snapshot and then carries only
 //! changes, so nothing polls. On a broken stream the cache is kept and the
-//! stream is reopened with backoff; workloads keep being served meanwhile.
+//! stream is reopened, on another replica if the issuer has several;
+//! workloads keep being served meanwhile. When the connection is what
+//! failed, the issuer pool's jittered backoff paces the reopening; when the
+//! issuer answered with an error, this loop's own backoff does.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,12 +40,18 @@ pub async fn run(
         .iter()
         .map(|e| (e.id.clone(), e.clone()))
         .collect();
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = FIRST_BACKOFF;
     loop {
+        let mut synced = false;
         let result = tokio::select! {
-            result = follow(&node, &mut current, &entries, &health) => result,
+            result = follow(&node, &mut current, &entries, &health, &mut synced) => result,
             _ = stop.wait_for(|s| *s) => return,
         };
+        if synced {
+            // The stream worked: its end is news, not a persisting fault.
+            backoff = FIRST_BACKOFF;
+        }
+        let connection_failed = !node.issuer.is_up();
         match result {
             Ok(()) => tracing::info!("entry stream ended; reopening"),
             Err(status) if status.code() == tonic::Code::PermissionDenied => {
@@ -67,11 +76,27 @@ pub async fn run(
                          if its CA was replaced, re-bootstrap: remove the bundle and start \
                          with a new trust bundle and join token"
                     ),
+                    // The pool logs an outage once, not at each attempt.
+                    None if connection_failed => {
+                        tracing::debug!(code = ?status.code(), error = %status.message(), "entry stream failed; reopening")
+                    }
                     None => {
                         tracing::warn!(code = ?status.code(), error = %status.message(), "entry stream failed; reopening")
                     }
                 }
             }
+        }
+        if connection_failed {
+            // The pool's jittered delay, cut short if another call gets
+            // through first; and a short pause in any case, so nothing spins.
+            tokio::select! {
+                _ = async {
+                    tokio::time::sleep(MIN_PAUSE).await;
+                    node.issuer.ready().await;
+                } => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            continue;
         }
         tokio::select! {
             _ = tokio::time::sleep(crate::with_jitter(backoff)) => {}
@@ -81,11 +106,17 @@ pub async fn run(
     }
 }
 
+/// The pause after the first failure the issuer answered with.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// The least pause before reopening after a connection failure.
+const MIN_PAUSE: Duration = Duration::from_millis(20);
+
 async fn follow(
     node: &Node,
     current: &mut BTreeMap<String, pb::Entry>,
     entries: &watch::Sender<Entries>,
     health: &IssuerHealth,
+    synced: &mut bool,
 ) -> Result<(), tonic::Status> {
     let mut stream = node
         .client()
@@ -116,6 +147,7 @@ async fn follow(
             snapshot_federated.add(message.federated_bundles);
             if message.snapshot_complete {
                 health.succeeded();
+                *synced = true;
                 *current = snapshot.take().unwrap_or_default();
                 node.update_federated(std::mem::replace(
                     &mut snapshot_federated,

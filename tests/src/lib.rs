@@ -27,6 +27,7 @@ pub mod fake_kubelet;
 pub mod fake_tls;
 pub mod owners;
 pub mod postgres;
+pub mod tcp_proxy;
 pub mod web;
 
 pub const TRUST_DOMAIN: &str = "example.org";

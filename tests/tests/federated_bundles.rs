@@ -369,7 +369,7 @@ async fn changes_to_a_foreign_bundle_reach_open_streams_and_survive_a_restart() 
     );
     // Nothing listens there: what the agent holds comes from its disk.
     let unreachable = format!("127.0.0.1:{}", free_port());
-    node.restart_agent_with(|config| config.issuer_address = unreachable)
+    node.restart_agent_with(|config| config.issuer_address = unreachable.parse().unwrap())
         .await;
     wait_for_federated(&node, "the stored bundle", |s| holds(s, &changed)).await;
     node.stop_agent().await;

@@ -204,7 +204,7 @@ async fn revocation_reaches_crls_http_and_token_validation_and_survives_an_agent
     );
     // ...and still does after a restart with the issuer out of reach: the
     // agent kept the revocations on disk.
-    node.restart_agent_with(|config| config.issuer_address = "127.0.0.1:1".into())
+    node.restart_agent_with(|config| config.issuer_address = "127.0.0.1:1".parse().unwrap())
         .await;
     let status = validate(&node.socket, &jwt, audience).await.unwrap_err();
     assert_eq!(

@@ -7,6 +7,7 @@
 
 use sqlx::Row;
 
+use super::graph::EntryGraph;
 use super::notify::Change;
 use super::{DuplicateEntry, Entry, EntryFields, EntryOwner, Selector, Store, StoreError};
 
@@ -175,16 +176,11 @@ impl Store {
         rows.iter().map(entry_from_row).collect()
     }
 
-    /// Every entry an agent may mint for: those parented by the agent, and,
-    /// transitively, those parented by an entry already in the set (node aliases).
-    /// Entries of revoked owners, and so everything delegated below them
-    /// (which shares their owner), are left out, as are entries whose owner
-    /// row is missing.
-    pub async fn authorized_entries(
-        &self,
-        agent_id: &str,
-        now: i64,
-    ) -> Result<Vec<Entry>, StoreError> {
+    /// Every entry whose owner, if it has one, is in good standing, in
+    /// registration order: what agents may be authorized for. Entries of
+    /// revoked owners, and so everything delegated below them (which shares
+    /// their owner), are left out, as are entries whose owner row is missing.
+    pub async fn live_entries(&self) -> Result<Vec<Entry>, StoreError> {
         let columns = entry_columns("e");
         let rows = sqlx::query(&format!(
             "SELECT {columns} FROM entries e LEFT JOIN owners o ON o.id = e.owner_id \
@@ -192,50 +188,32 @@ impl Store {
         ))
         .fetch_all(&self.pool)
         .await?;
-        let all = rows
-            .iter()
-            .map(entry_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut parents = std::collections::BTreeSet::from([agent_id.to_owned()]);
-        // Node aliases by attested selectors: entries parented by the issuer
-        // whose selectors the agent all has make their SPIFFE IDs parents.
-        if let Ok(id) = workload_api::id::SpiffeId::new(agent_id) {
-            let issuer = crate::ids::issuer_id(id.trust_domain());
-            let agent_selectors = self.agent_selectors(agent_id).await?;
-            for alias in all.iter().filter(|e| e.fields.parent_id == issuer) {
-                let live = alias.fields.expires_at == 0 || alias.fields.expires_at > now;
-                if live
-                    && alias
-                        .fields
-                        .selectors
-                        .iter()
-                        .all(|s| agent_selectors.contains(s))
-                {
-                    parents.insert(alias.fields.spiffe_id.clone());
-                }
-            }
-        }
-        let mut included = std::collections::BTreeSet::new();
-        loop {
-            let mut grew = false;
-            for entry in &all {
-                if entry.fields.expires_at != 0 && entry.fields.expires_at <= now {
-                    continue;
-                }
-                if parents.contains(&entry.fields.parent_id) && included.insert(entry.id.clone()) {
-                    parents.insert(entry.fields.spiffe_id.clone());
-                    grew = true;
-                }
-            }
-            if !grew {
-                break;
-            }
-        }
-        Ok(all
+        rows.iter().map(entry_from_row).collect()
+    }
+
+    /// Every entry an agent may mint for at `now` (see [`EntryGraph`]).
+    pub async fn authorized_entries(
+        &self,
+        agent_id: &str,
+        now: i64,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let graph = EntryGraph::new(self.live_entries().await?);
+        let selectors = self.agent_selectors(agent_id).await?;
+        let issuer = issuer_of(agent_id);
+        Ok(graph
+            .authorized(agent_id, issuer.as_deref(), &selectors, now)
             .into_iter()
-            .filter(|e| included.contains(&e.id))
+            .cloned()
             .collect())
     }
+}
+
+/// The issuer's SPIFFE ID in an agent's trust domain: the parent of node
+/// aliases by selectors. None for an agent ID that does not parse.
+pub fn issuer_of(agent_id: &str) -> Option<String> {
+    workload_api::id::SpiffeId::new(agent_id)
+        .ok()
+        .map(|id| crate::ids::issuer_id(id.trust_domain()).to_string())
 }
 
 /// The writes of [`Store::create_entry`], inside its transaction.

@@ -14,6 +14,7 @@ mod backend;
 mod crls;
 mod entries;
 mod federation;
+mod graph;
 mod leases;
 mod log;
 mod model;
@@ -35,7 +36,9 @@ use notify::{Change, Changes};
 pub use backend::Backend;
 
 pub use crls::StoredCrl;
+pub use entries::issuer_of;
 pub use federation::BundleWrite;
+pub use graph::EntryGraph;
 pub use log::{LogHead, Sequencing};
 pub use model::{
     Agent, BundleOrigin, Entry, EntryFields, EntryOwner, Federation, ForeignBundle,

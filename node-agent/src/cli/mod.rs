@@ -55,9 +55,10 @@ struct RunArgs {
     /// The trust domain the agent belongs to, e.g. example.org.
     #[arg(long, env = "SIGIL_TRUST_DOMAIN")]
     trust_domain: Option<String>,
-    /// host:port of the issuer's agent API.
-    #[arg(long, env = "SIGIL_ISSUER_ADDRESS")]
-    issuer_address: Option<String>,
+    /// host:port of the issuer's agent API; repeat it (or separate with
+    /// commas) for replicas to fail over between.
+    #[arg(long, env = "SIGIL_ISSUER_ADDRESS", value_delimiter = ',')]
+    issuer_address: Vec<String>,
     /// Where the agent keeps its SVID, key and trust bundle.
     #[arg(long, env = "SIGIL_AGENT_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -128,7 +129,7 @@ async fn execute(command: Command) -> Result<(), String> {
 async fn run(args: RunArgs) -> Result<(), String> {
     let flags = FileConfig {
         trust_domain: args.trust_domain,
-        issuer_address: args.issuer_address,
+        issuer_address: (!args.issuer_address.is_empty()).then(|| args.issuer_address.join(",")),
         data_dir: args.data_dir,
         socket_path: args.socket_path,
         join_token: args.join_token,

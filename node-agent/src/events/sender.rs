@@ -32,7 +32,12 @@ pub async fn run(events: Arc<AgentEvents>, node: Arc<Node>, mut stop: watch::Rec
                 Some(Duration::ZERO)
             }
             Err(error) => {
-                tracing::warn!(%error, retry_in = ?backoff, "sending events to the issuer failed");
+                if node.issuer.is_up() {
+                    tracing::warn!(%error, retry_in = ?backoff, "sending events to the issuer failed");
+                } else {
+                    // The pool logs the outage once; each retry is detail.
+                    tracing::debug!(%error, retry_in = ?backoff, "sending events to the issuer failed");
+                }
                 let wait = backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 Some(wait)

@@ -33,6 +33,7 @@ use zeroize::Zeroizing;
 
 use crate::attestor::k8s::token::read_token;
 use crate::config::{AgentConfig, NodeAttestor};
+use crate::failover::IssuerPool;
 use crate::issuer_client::{self, ServerTrust};
 use crate::keys::{new_key_and_csr, KeyError};
 use federated::{Federated, FederatedChange};
@@ -100,6 +101,9 @@ pub struct Node {
     /// The foreign trust domains' bundles, as last received.
     federated: watch::Sender<Arc<Federated>>,
     client: RwLock<AgentApiClient<Channel>>,
+    /// The issuer's replicas: every connection, this client's and those of
+    /// clients made later, is made through it.
+    pub issuer: Arc<IssuerPool>,
     standing: watch::Sender<Standing>,
     /// Set once the configured join token has been tried after a refusal:
     /// a token is single use, so it is not tried again.
@@ -147,6 +151,7 @@ impl Node {
     /// Loads or obtains the agent's identity and connects to the issuer.
     pub async fn bootstrap(config: Arc<AgentConfig>) -> Result<Arc<Node>, NodeError> {
         let dir = IdentityDir::new(&config.data_dir)?;
+        let issuer = IssuerPool::new(config.issuer_address.clone());
         let td = &config.trust_domain;
         let mut bundle = dir.load_bundle(td)?;
         if bundle.is_none() {
@@ -180,11 +185,11 @@ impl Node {
                     None => return Err(NodeError::NoTrustBundle),
                 };
                 let method = attestation_method(&config).await?;
-                attest(&config, &dir, trust, method).await?
+                attest(&config, &issuer, &dir, trust, method).await?
             }
         };
         dir.save_bundle(&bundle)?;
-        let client = connect(&config, &bundle, &svid)?;
+        let client = connect(&config, &issuer, &bundle, &svid)?;
         let stored_revocations = revocations::load(&dir, &bundle);
         let stored_federated = federated::load(&dir, td);
         let (svid, _) = watch::channel(Arc::new(svid));
@@ -197,6 +202,7 @@ impl Node {
             revocations: watch::channel(Arc::new(stored_revocations)).0,
             federated: watch::channel(Arc::new(stored_federated)).0,
             client: RwLock::new(client),
+            issuer,
             standing: watch::channel(Standing::Good).0,
             token_tried: AtomicBool::new(false),
         }))
@@ -283,7 +289,7 @@ impl Node {
     }
 
     async fn reconnect(&self) {
-        match connect(&self.config, &self.bundle(), &self.svid()) {
+        match connect(&self.config, &self.issuer, &self.bundle(), &self.svid()) {
             Ok(client) => *self.client.write().expect("client lock") = client,
             Err(error) => tracing::warn!(%error, "reconnecting to the issuer failed"),
         }
@@ -348,8 +354,11 @@ impl Node {
         let expired = SystemTime::now() >= self.svid().not_after;
         if status.code() == tonic::Code::PermissionDenied || expired {
             self.refused(status).await;
-        } else {
+        } else if self.issuer.is_up() {
             tracing::warn!(error = %status.message(), "agent SVID renewal failed; retrying");
+        } else {
+            // The pool logs the outage once; each retry is detail.
+            tracing::debug!(error = %status.message(), "agent SVID renewal failed; retrying");
         }
     }
 
@@ -376,6 +385,7 @@ impl Node {
                 Ok(method) => {
                     attest(
                         &self.config,
+                        &self.issuer,
                         &self.dir,
                         ServerTrust::Bundle(&bundle),
                         method,
@@ -463,12 +473,13 @@ async fn attestation_method(
 
 async fn attest(
     config: &AgentConfig,
+    issuer: &Arc<IssuerPool>,
     dir: &IdentityDir,
     trust: ServerTrust<'_>,
     method: pb::attest_agent_request::Method,
 ) -> Result<(AgentSvid, Bundle), NodeError> {
     let unreachable = |error: &(dyn std::error::Error + 'static)| {
-        let address = config.issuer_address.clone();
+        let address = config.issuer_address.to_string();
         match issuer_client::certificate_rejected(error) {
             Some(reason) => NodeError::IssuerNotTrusted {
                 address,
@@ -482,7 +493,7 @@ async fn attest(
         }
     };
     let (key, csr): (Zeroizing<Vec<u8>>, Vec<u8>) = new_key_and_csr(None)?;
-    let mut client = issuer_client::connect_with(&config.issuer_address, trust, None)
+    let mut client = issuer_client::connect_through(issuer, trust, None)
         .await
         .map_err(|e| unreachable(&e))?;
     let response = client
@@ -510,17 +521,15 @@ async fn attest(
 /// The agent's channel to the issuer, made on first use.
 fn connect(
     config: &AgentConfig,
+    issuer: &Arc<IssuerPool>,
     bundle: &Bundle,
     svid: &AgentSvid,
 ) -> Result<AgentApiClient<Channel>, NodeError> {
-    issuer_client::connect_lazy(
-        &config.issuer_address,
-        bundle,
-        Some(&svid.client_identity()),
-    )
-    .map_err(|e| NodeError::Unreachable {
-        address: config.issuer_address.clone(),
-        reason: e.to_string(),
+    issuer_client::connect_lazy(issuer, bundle, Some(&svid.client_identity())).map_err(|e| {
+        NodeError::Unreachable {
+            address: config.issuer_address.to_string(),
+            reason: e.to_string(),
+        }
     })
 }
 

@@ -201,7 +201,12 @@ pub async fn run(
                         MintError::Items { .. } => health.succeeded(),
                         MintError::Key { .. } => {}
                     }
-                    tracing::warn!(%error, "minting SVIDs failed; cached SVIDs stay in use until they expire");
+                    if node.issuer.is_up() {
+                        tracing::warn!(%error, "minting SVIDs failed; cached SVIDs stay in use until they expire");
+                    } else {
+                        // The pool logs the outage once; each retry is detail.
+                        tracing::debug!(%error, "minting SVIDs failed; cached SVIDs stay in use until they expire");
+                    }
                     retry_at = Some(Instant::now() + crate::with_jitter(backoff));
                     backoff = (backoff * 2).min(MAX_RETRY);
                     last_error = Some(error.to_string());
