@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod owners;
 pub mod published;
 pub mod registration;
+pub mod registrations;
 pub mod revocations;
 pub mod serials;
 pub mod server;

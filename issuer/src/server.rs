@@ -159,6 +159,7 @@ async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<IssuerState, Star
     )
     .await?;
     let replica = crate::trust_bundle::replica_id(&config.data_dir)?;
+    let registrations = Arc::new(crate::registrations::Registrations::load(store.clone()).await?);
     Ok(IssuerState {
         config: Arc::new(config),
         store,
@@ -168,6 +169,7 @@ async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<IssuerState, Star
         serial_counters: Arc::default(),
         events,
         replica: replica.into(),
+        registrations,
     })
 }
 
@@ -297,6 +299,9 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
         state.clone(),
         shutdown_rx.clone(),
     )));
+    tasks.push(tokio::spawn(
+        state.registrations.clone().run(shutdown_rx.clone()),
+    ));
     tasks.push(tokio::spawn(rotation_loop(state.clone(), shutdown_rx)));
 
     tracing::info!(

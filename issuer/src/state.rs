@@ -26,6 +26,8 @@ pub struct IssuerState {
     /// This replica's name among those sharing the database (see
     /// [`crate::trust_bundle::replica_id`]).
     pub replica: Arc<str>,
+    /// What entry streams serve, read once per change for all of them.
+    pub registrations: Arc<crate::registrations::Registrations>,
 }
 
 impl IssuerState {

@@ -445,6 +445,10 @@ impl AgentApi for AgentService {
     }
 }
 
+/// How long a new stream waits for the registrations to catch up with the
+/// store before it is refused UNAVAILABLE (the database is unreachable).
+const VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl AgentService {
     /// Sends the agent's authorised entries and the foreign trust domains'
     /// bundles: a chunked snapshot, then only what changed, whenever the
@@ -456,7 +460,7 @@ impl AgentService {
         tx: mpsc::Sender<Result<pb::SyncEntriesResponse, Status>>,
     ) {
         let _connected = crate::metrics::ConnectedAgent::start();
-        let mut store_changes = self.state.store.subscribe();
+        let mut views = self.state.registrations.subscribe();
         let mut bundle_changes = self.state.ca.subscribe_bundle();
         let mut revocation_changes = self.state.revocations.subscribe();
         let mut sent: HashMap<String, i64> = HashMap::new();
@@ -465,43 +469,62 @@ impl AgentService {
         let mut foreign = ForeignBundles::default();
         let mut seen_foreign_version = None;
         let mut first = true;
+        let agent_id = agent.id.to_string();
+        let issuer_id = crate::store::issuer_of(&agent_id);
+        // The first snapshot holds every change committed before the
+        // stream opened (the agent's own attestation among them).
+        let Ok(mut view) =
+            tokio::time::timeout(VIEW_WAIT, self.state.registrations.current()).await
+        else {
+            let _ = tx
+                .send(Err(Status::unavailable(
+                    "the registrations could not be read in time; retry",
+                )))
+                .await;
+            return;
+        };
         loop {
-            store_changes.mark_unchanged();
             let bundle = bundle_changes.borrow_and_update().clone();
             let revocations = revocation_changes.borrow_and_update().clone();
-            let agent_id = agent.id.to_string();
-            let refusal = match self.state.store.get_agent(&agent_id).await {
-                Ok(a) if !a.banned => None,
-                Ok(_) => Some(banned(&agent_id)),
-                Err(crate::store::StoreError::AgentNotFound(_)) => Some(evicted(&agent_id)),
-                Err(e) => Some(store_status(e)),
+            let standing = match view.agents.get(&agent_id) {
+                Some(found) if !found.banned => Ok(found.selectors.clone()),
+                // Not in this view, or banned in it: the store decides, as
+                // the view may trail a change made through another replica.
+                _ => match self.state.store.get_agent(&agent_id).await {
+                    Ok(a) if !a.banned => Ok(a.selectors),
+                    Ok(_) => Err(banned(&agent_id)),
+                    Err(crate::store::StoreError::AgentNotFound(_)) => Err(evicted(&agent_id)),
+                    Err(e) => Err(store_status(e)),
+                },
             };
-            if let Some(status) = refusal {
-                let _ = tx.send(Err(status)).await;
-                return;
-            }
-            let entries = match self.authorized(&agent).await {
-                Ok(entries) => entries,
+            let selectors = match standing {
+                Ok(selectors) => selectors,
                 Err(status) => {
                     let _ = tx.send(Err(status)).await;
                     return;
                 }
             };
-            // Foreign bundles are read again only when they changed: most
-            // store changes are entries and agents.
-            let foreign_version = self.state.store.foreign_bundles_version();
-            let mut foreign_update = if seen_foreign_version == Some(foreign_version) {
-                None
-            } else {
-                match self.state.store.list_foreign_bundles().await {
-                    Ok(stored) => Some(foreign.update(stored, &self.state.config.trust_domain)),
-                    Err(e) => {
-                        let _ = tx.send(Err(store_status(e))).await;
-                        return;
-                    }
-                }
-            };
-            seen_foreign_version = Some(foreign_version);
+            let entries: HashMap<String, &Entry> = view
+                .entries
+                .authorized(
+                    &agent_id,
+                    issuer_id.as_deref(),
+                    &selectors,
+                    unix_secs(self.now()),
+                )
+                .into_iter()
+                .map(|e| (e.id.clone(), e))
+                .collect();
+            // Foreign bundles are compared again only when they changed:
+            // most changes are entries and agents.
+            let mut foreign_update =
+                (seen_foreign_version != Some(view.foreign_version)).then(|| {
+                    foreign.update(
+                        view.foreign_bundles.as_ref().clone(),
+                        &self.state.config.trust_domain,
+                    )
+                });
+            seen_foreign_version = Some(view.foreign_version);
             let mut upserted: Vec<pb::Entry> = entries
                 .values()
                 .filter(|e| sent.get(&e.id) != Some(&e.revision))
@@ -570,11 +593,12 @@ impl AgentService {
                 first = false;
             }
             tokio::select! {
-                changed = store_changes.changed() => if changed.is_err() { return },
+                changed = views.changed() => if changed.is_err() { return },
                 changed = bundle_changes.changed() => if changed.is_err() { return },
                 changed = revocation_changes.changed() => if changed.is_err() { return },
                 _ = tx.closed() => return,
             }
+            view = views.borrow_and_update().clone();
         }
     }
 }

@@ -302,6 +302,11 @@ impl Store {
         self.changes.subscribe()
     }
 
+    /// How many changes [`Store::subscribe`] has counted so far.
+    pub fn change_count(&self) -> u64 {
+        *self.changes.subscribe().borrow()
+    }
+
     /// A receiver that sees a new value after every committed change to
     /// the keys replicas publish in the trust bundle, by any replica.
     pub fn subscribe_trust_bundle(&self) -> watch::Receiver<u64> {
