@@ -264,10 +264,12 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
         pruning,
         shutdown_rx.clone(),
     )));
-    tasks.push(tokio::spawn(crate::eventlog::sequencer::run(
-        state.events.clone(),
-        shutdown_rx.clone(),
-    )));
+    let sequencer = {
+        let (events, replica) = (state.events.clone(), state.replica.clone());
+        let shutdown = shutdown_rx.clone();
+        async move { crate::eventlog::sequencer::run(events, &replica, shutdown).await }
+    };
+    tasks.push(tokio::spawn(sequencer));
     let removed = crate::k8s::registrar::remove_unconfigured(&state, &k8s).await?;
     if removed > 0 {
         tracing::info!(

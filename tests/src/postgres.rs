@@ -48,8 +48,13 @@ impl Postgres {
     /// Creates a database named `name` and returns its URL.
     pub fn create_database(&self, name: &str) -> DatabaseUrl {
         self.psql(&format!("CREATE DATABASE {name}"));
+        DatabaseUrl::parse(&self.database_url(name)).unwrap()
+    }
+
+    /// The URL of the database `name` on this server, as text.
+    pub fn database_url(&self, name: &str) -> String {
         let base = self.url.rsplit_once('/').expect("URL has a path").0;
-        DatabaseUrl::parse(&format!("{base}/{name}")).unwrap()
+        format!("{base}/{name}")
     }
 
     /// Runs one SQL command with psql and returns its unaligned output.

@@ -143,13 +143,14 @@ pub async fn catch_up(log: &EventLog) -> Result<(), StepError> {
 }
 
 /// Runs the sequencer while this process holds the lease. A process
-/// without the log's key never competes for it.
-pub async fn run(log: EventLog, mut shutdown: watch::Receiver<bool>) {
+/// without the log's key never competes for it. The lease's holder names
+/// `replica`, so an operator can tell which replica sequences.
+pub async fn run(log: EventLog, replica: &str, mut shutdown: watch::Receiver<bool>) {
     if !log.signs() {
         let _ = shutdown.wait_for(|stop| *stop).await;
         return;
     }
-    let holder = hex::encode(crate::ids::random_bytes::<8>());
+    let holder = format!("{replica}/{}", hex::encode(crate::ids::random_bytes::<8>()));
     let mut held = false;
     loop {
         let now_ms = crate::clock::unix_millis_now();

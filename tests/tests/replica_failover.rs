@@ -1,0 +1,350 @@
+//! Three `sigil-issuer run` processes sharing one PostgreSQL database (a
+//! real server, see `sigil_tests::postgres`) and one event log key, with
+//! agents configured with all three. An entry created through one replica
+//! reaches an agent connected to another; the replica holding the event
+//! log's sequencer is killed with SIGKILL; its agents move to the others
+//! within 5 s, the sequencer moves within 10 s, no entry and no
+//! acknowledged event is lost, and `sigil-issuer audit verify` accepts the
+//! log against the key pinned when it was made.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sigil_agent::agent::RunningAgent;
+use sigil_agent::failover::Link;
+use sigil_tests::postgres::Postgres;
+use sigil_tests::{binary, free_port, join_token_at, register_at, run};
+
+/// A `sigil-issuer run` process.
+struct Replica {
+    child: Child,
+    dir: tempfile::TempDir,
+    agent_api: SocketAddr,
+    http: SocketAddr,
+    admin: PathBuf,
+    /// The id it names itself by in the database.
+    id: String,
+}
+
+impl Replica {
+    fn start(database_url: &str, log_key: &Path) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let agent_api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin = dir.path().join("admin/admin.sock");
+        let log = std::fs::File::create(dir.path().join("issuer.log")).unwrap();
+        let child = Command::new(binary("sigil-issuer"))
+            .args(["run", "--trust-domain", "example.org"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--agent-api-address", &agent_api.to_string()])
+            .args(["--http-address", &http.to_string()])
+            .arg("--admin-socket-path")
+            .arg(&admin)
+            .env("SIGIL_DATABASE_URL", database_url)
+            .env("SIGIL_LOG_KEY_FILE", log_key)
+            .env("SIGIL_LOG_LEVEL", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !run(Command::new(binary("sigil-issuer"))
+            .args(["healthcheck", "--socket-path"])
+            .arg(&admin))
+        .0
+        {
+            assert!(Instant::now() < deadline, "replica did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let id = std::fs::read_to_string(dir.path().join("data/replica_id"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Replica {
+            child,
+            dir,
+            agent_api,
+            http,
+            admin,
+            id,
+        }
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("issuer.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli(args: &[&str]) -> String {
+    let (ok, stdout, stderr) = run(Command::new(binary("sigil-issuer")).args(args));
+    assert!(ok, "sigil-issuer {args:?}: {stderr}");
+    stdout
+}
+
+/// An agent in this process, given every replica's address.
+struct TestAgent {
+    running: RunningAgent,
+    _dir: tempfile::TempDir,
+}
+
+impl TestAgent {
+    async fn start(replicas: &[Replica], bundle: &Path) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let token = join_token_at(&replicas[0].admin, 0).await;
+        let addresses: Vec<String> = replicas.iter().map(|r| r.agent_api.to_string()).collect();
+        let config = sigil_agent::config::AgentConfig::from_file(sigil_agent::config::FileConfig {
+            trust_domain: Some("example.org".into()),
+            issuer_address: Some(addresses.join(",")),
+            data_dir: Some(dir.path().join("agent")),
+            socket_path: Some(dir.path().join("api.sock")),
+            join_token: Some(token),
+            trust_bundle_path: Some(bundle.to_owned()),
+            ..Default::default()
+        })
+        .unwrap();
+        let running = sigil_agent::agent::start(config).await.unwrap();
+        TestAgent { running, _dir: dir }
+    }
+
+    fn id(&self) -> String {
+        self.running.node.svid().spiffe_id.to_string()
+    }
+
+    /// The replica this agent's connection is open to, if one is.
+    fn connected_to(&self) -> Option<SocketAddr> {
+        match self.running.node.issuer.link() {
+            Link::Up { address, .. } => Some(address),
+            _ => None,
+        }
+    }
+
+    /// Waits until this agent holds an X509-SVID for `entry_id`.
+    async fn wait_for_svid(&self, entry_id: &str, within: Duration) -> Duration {
+        let start = Instant::now();
+        let mut snapshots = self.running.snapshots.clone();
+        tokio::time::timeout(
+            within,
+            snapshots.wait_for(|s| {
+                s.identities
+                    .iter()
+                    .any(|i| i.entry_id == entry_id && i.x509.is_some())
+            }),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("entry {entry_id} never reached its agent"))
+        .unwrap();
+        start.elapsed()
+    }
+}
+
+/// The replica whose id holds the event log's sequencer lease now.
+fn sequencer(pg: &Postgres, database: &str) -> String {
+    let holder = pg.psql_in(
+        &pg.database_url(database),
+        "SELECT holder FROM leases WHERE name = 'log-sequencer'",
+    );
+    holder.split('/').next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_replica_loses_nothing_and_its_agents_and_sequencer_move() {
+    let pg = Postgres::start();
+    let database = "failover";
+    pg.create_database(database);
+    let keys = tempfile::tempdir().unwrap();
+    let log_key = keys.path().join("log.jwk");
+    let pinned = cli(&[
+        "audit",
+        "new-key",
+        "--trust-domain",
+        "example.org",
+        "--out",
+        log_key.to_str().unwrap(),
+    ]);
+    let pinned = pinned.trim().to_owned();
+    let url = pg.database_url(database);
+    let replicas: Vec<Replica> = (0..3).map(|_| Replica::start(&url, &log_key)).collect();
+
+    // One bundle: every replica's CA, from any of them.
+    let bundle_path = keys.path().join("bundle.json");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let bundle = cli(&[
+            "bundle",
+            "show",
+            "--format",
+            "spiffe",
+            "--socket-path",
+            replicas[2].admin.to_str().unwrap(),
+        ]);
+        let set: serde_json::Value = serde_json::from_str(&bundle).unwrap();
+        let roots = set["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["use"] == "x509-svid")
+            .count();
+        if roots == 3 {
+            std::fs::write(&bundle_path, bundle).unwrap();
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bundle holds {roots} roots, not 3"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut agents = Vec::new();
+    for _ in 0..6 {
+        agents.push(TestAgent::start(&replicas, &bundle_path).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agents.iter().any(|a| a.connected_to().is_none()) {
+        assert!(Instant::now() < deadline, "not every agent connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Created through one replica, served to an agent connected to another.
+    let first = &agents[0];
+    let home = first.connected_to().unwrap();
+    let other = replicas.iter().find(|r| r.agent_api != home).unwrap();
+    let before = register_at(
+        &other.admin,
+        &first.id(),
+        "spiffe://example.org/before",
+        3600,
+        "",
+    )
+    .await;
+    let took = first
+        .wait_for_svid(&before.id, Duration::from_secs(5))
+        .await;
+    println!("an entry created through one replica reached an agent on another in {took:?}");
+
+    // The replica holding the sequencer goes, right after it acknowledged
+    // an entry (and queued its event).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let holder = loop {
+        let id = sequencer(&pg, database);
+        if let Some(index) = replicas.iter().position(|r| r.id == id) {
+            break index;
+        }
+        assert!(Instant::now() < deadline, "no replica holds the sequencer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let doomed_address = replicas[holder].agent_api;
+    let its_agents: Vec<usize> = (0..agents.len())
+        .filter(|&i| agents[i].connected_to() == Some(doomed_address))
+        .collect();
+    let last_words = register_at(
+        &replicas[holder].admin,
+        &agents[its_agents.first().copied().unwrap_or(0)].id(),
+        "spiffe://example.org/last-words",
+        3600,
+        "",
+    )
+    .await;
+    let mut replicas = replicas;
+    let mut doomed = replicas.remove(holder);
+    let killed_at = Instant::now();
+    doomed.kill9();
+
+    // Its agents move within 5 s; the sequencer within 10 s.
+    let mut moved = Duration::ZERO;
+    while agents.iter().any(|a| {
+        a.connected_to()
+            .is_none_or(|address| address == doomed_address)
+    }) {
+        moved = killed_at.elapsed();
+        assert!(
+            moved < Duration::from_secs(5),
+            "agents still away from a live replica 5 s after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "{} of 6 agents were on the killed replica; all were on live ones {moved:?} after the kill",
+        its_agents.len()
+    );
+    loop {
+        let id = sequencer(&pg, database);
+        if id != doomed.id && replicas.iter().any(|r| r.id == id) {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(10),
+            "the sequencer did not move within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "the sequencer moved {:?} after the kill",
+        killed_at.elapsed()
+    );
+
+    // Nothing lost: every entry is served, the new one included.
+    let after = register_at(
+        &replicas[0].admin,
+        &first.id(),
+        "spiffe://example.org/after",
+        3600,
+        "",
+    )
+    .await;
+    for (agent, entry) in [(first, &before), (first, &after)] {
+        agent
+            .wait_for_svid(&entry.id, Duration::from_secs(10))
+            .await;
+    }
+    let owner_of_last_words = &agents[its_agents.first().copied().unwrap_or(0)];
+    owner_of_last_words
+        .wait_for_svid(&last_words.id, Duration::from_secs(10))
+        .await;
+
+    // Every acknowledged creation is in the log, which verifies offline
+    // against the key pinned when it was made.
+    let url = format!("http://{}", replicas[1].http);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let export = loop {
+        let export = cli(&["audit", "export", "--url", &url]);
+        let logged = |id: &str| export.contains(&format!("\"subject\":\"{id}\""));
+        if ["before", "last-words", "after"]
+            .iter()
+            .all(|name| logged(&format!("spiffe://example.org/{name}")))
+        {
+            break export;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every acknowledged entry reached the log; the killed replica said:\n{}",
+            doomed.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let file = keys.path().join("export.jsonl");
+    std::fs::write(&file, export).unwrap();
+    let report = cli(&[
+        "audit",
+        "verify",
+        file.to_str().unwrap(),
+        "--log-key",
+        &pinned,
+    ]);
+    assert!(report.contains("pinned"), "{report}");
+}
