@@ -348,3 +348,204 @@ async fn a_killed_replica_loses_nothing_and_its_agents_and_sequencer_move() {
     ]);
     assert!(report.contains("pinned"), "{report}");
 }
+
+/// The SPIFFE IDs the agent's Workload API serves this process now.
+async fn served(agent: &TestAgent) -> Result<Vec<String>, String> {
+    use workload_api::client::{connect, EndpointAddress};
+    let mut client = connect(&EndpointAddress::Unix(agent.running.socket_path.clone()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut stream = client
+        .fetch_x509svid(proto::workload::X509svidRequest {})
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    let message = stream
+        .message()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the stream ended")?;
+    Ok(message.svids.into_iter().map(|s| s.spiffe_id).collect())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_restart_under_load_heals_by_itself_while_workloads_are_served() {
+    let pg = Postgres::start();
+    let database = "restart";
+    pg.create_database(database);
+    let keys = tempfile::tempdir().unwrap();
+    let log_key = keys.path().join("log.jwk");
+    cli(&[
+        "audit",
+        "new-key",
+        "--trust-domain",
+        "example.org",
+        "--out",
+        log_key.to_str().unwrap(),
+    ]);
+    let url = pg.database_url(database);
+    let replicas: Vec<Replica> = (0..2).map(|_| Replica::start(&url, &log_key)).collect();
+    let bundle_path = keys.path().join("bundle.json");
+    std::fs::write(
+        &bundle_path,
+        cli(&[
+            "bundle",
+            "show",
+            "--format",
+            "spiffe",
+            "--socket-path",
+            replicas[0].admin.to_str().unwrap(),
+        ]),
+    )
+    .unwrap();
+    // Each replica's bundle holds both CAs once it read the other's keys.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::write(
+        &bundle_path,
+        cli(&[
+            "bundle",
+            "show",
+            "--format",
+            "spiffe",
+            "--socket-path",
+            replicas[1].admin.to_str().unwrap(),
+        ]),
+    )
+    .unwrap();
+    let mut agents = Vec::new();
+    for i in 0..4 {
+        let agent = TestAgent::start(&replicas, &bundle_path).await;
+        let name = format!("spiffe://example.org/workload/{i}");
+        let entry = register_at(&replicas[i % 2].admin, &agent.id(), &name, 3600, "").await;
+        agent
+            .wait_for_svid(&entry.id, Duration::from_secs(10))
+            .await;
+        agents.push(agent);
+    }
+    let agents = std::sync::Arc::new(agents);
+
+    // Load: workloads fetch their SVIDs, and entries are created through
+    // both replicas, while the database restarts.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fetching = {
+        let (agents, stop) = (agents.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut fetches = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for (i, agent) in agents.iter().enumerate() {
+                    let ids = served(agent).await.unwrap_or_else(|e| {
+                        panic!("workload {i} went unserved during the restart: {e}")
+                    });
+                    assert!(ids.contains(&format!("spiffe://example.org/workload/{i}")));
+                    fetches += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            fetches
+        })
+    };
+    let creating = {
+        let stop = stop.clone();
+        let sockets: Vec<PathBuf> = replicas.iter().map(|r| r.admin.clone()).collect();
+        let parent = agents[0].id();
+        tokio::spawn(async move {
+            let (mut created, mut refused) = (0u64, 0u64);
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                let socket = &sockets[n % sockets.len()];
+                let result = async {
+                    let mut admin = sigil_issuer::admin_client::connect(socket)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    admin
+                        .create_entry(proto::admin::CreateEntryRequest {
+                            entry: Some(proto::admin::EntryFields {
+                                spiffe_id: format!("spiffe://example.org/load/{n}"),
+                                parent_id: parent.clone(),
+                                selectors: vec![proto::issuer::Selector {
+                                    r#type: "unix".into(),
+                                    value: "uid:4242".into(),
+                                }],
+                                ..Default::default()
+                            }),
+                        })
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                .await;
+                match result {
+                    Ok(_) => created += 1,
+                    Err(_) => refused += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (created, refused)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let restarted_at = Instant::now();
+    let server = std::sync::Arc::new(pg);
+    {
+        let server = server.clone();
+        tokio::task::spawn_blocking(move || server.restart())
+            .await
+            .unwrap();
+    }
+    println!("PostgreSQL restarted in {:?}", restarted_at.elapsed());
+
+    // Both replicas take writes again, and a change through one reaches an
+    // agent through the other's stream, with no one restarting anything.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut healed = None;
+    for (i, replica) in replicas.iter().enumerate() {
+        loop {
+            let mut admin = sigil_issuer::admin_client::connect(&replica.admin)
+                .await
+                .unwrap();
+            let tried = admin
+                .create_entry(proto::admin::CreateEntryRequest {
+                    entry: Some(proto::admin::EntryFields {
+                        spiffe_id: format!("spiffe://example.org/healed/{i}"),
+                        parent_id: agents[(i + 1) % agents.len()].id(),
+                        selectors: vec![proto::issuer::Selector {
+                            r#type: "unix".into(),
+                            value: format!("uid:{}", sigil_tests::current_uid()),
+                        }],
+                        ..Default::default()
+                    }),
+                })
+                .await;
+            match tried {
+                Ok(entry) => {
+                    healed.get_or_insert(restarted_at.elapsed());
+                    let entry = entry.into_inner();
+                    agents[(i + 1) % agents.len()]
+                        .wait_for_svid(&entry.id, Duration::from_secs(10))
+                        .await;
+                    break;
+                }
+                Err(status) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "replica {i} still refuses writes 20 s after the restart: {status}\n{}",
+                        replica.log()
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    println!(
+        "writes succeeded again {:?} after the restart began",
+        healed.unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let fetches = fetching.await.expect("workloads were served throughout");
+    let (created, refused) = creating.await.unwrap();
+    println!(
+        "{fetches} workload fetches, all served; {created} entries created and {refused} refused under load"
+    );
+    assert!(created > 0);
+}
