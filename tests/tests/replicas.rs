@@ -237,3 +237,53 @@ async fn every_replica_serves_every_replicas_crls() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bundle_change_on_one_replica_reaches_agents_on_another() {
+    let pg = Postgres::start();
+    let url = pg.create_database("bundle_change");
+    let a = replica(&url).await;
+    let b = replica(&url).await;
+    let bundle = one_bundle(&[&a, &b]).await;
+    let agent = a.attest().await;
+    let mut on_b =
+        issuer_client::connect(b.running.agent_api_address, &bundle, Some(&agent.identity))
+            .await
+            .unwrap();
+    let mut stream = on_b
+        .sync_entries(pb::SyncEntriesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+
+    // A third replica joins: its CA enters the bundle, and b's stream
+    // carries the new bundle to the agent.
+    let started = Instant::now();
+    let c = replica(&url).await;
+    let c_root = c.running.state.ca.local_bundle().x509_authorities()[0].clone();
+    let delivered = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let message = stream
+                .message()
+                .await
+                .unwrap()
+                .expect("the stream stays open");
+            if message.bundle.is_empty() {
+                continue;
+            }
+            let sent =
+                Bundle::from_jwks_json(bundle.trust_domain().clone(), &message.bundle).unwrap();
+            if sent.x509_authorities().contains(&c_root) {
+                return sent;
+            }
+        }
+    })
+    .await
+    .expect("the new replica's CA reached the agent on b within 5 s");
+    println!(
+        "a new replica's CA reached an agent on another replica {:?} after it started",
+        started.elapsed()
+    );
+    assert_eq!(delivered.x509_authorities().len(), 3);
+    assert!(delivered.sequence() > bundle.sequence());
+}
