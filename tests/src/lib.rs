@@ -25,6 +25,7 @@ pub mod fake_apiserver;
 pub mod fake_http;
 pub mod fake_kubelet;
 pub mod fake_tls;
+pub mod issuer_process;
 pub mod owners;
 pub mod postgres;
 pub mod tcp_proxy;

@@ -4,9 +4,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
 
-use sigil_tests::{binary, run};
+use sigil_tests::{binary, issuer_process, run};
 
 struct IssuerProcess {
     child: Child,
@@ -23,21 +22,8 @@ impl Drop for IssuerProcess {
 
 fn start_issuer() -> IssuerProcess {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("admin/admin.sock");
-    let child = Command::new(binary("sigil-issuer"))
-        .args([
-            "run",
-            "--trust-domain",
-            "example.org",
-            "--agent-api-address",
-            "127.0.0.1:0",
-            "--http-address",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--admin-socket-path")
-        .arg(&socket)
+    let socket = issuer_process::admin_socket(dir.path());
+    let child = issuer_process::issuer_run(dir.path(), "127.0.0.1:0", "127.0.0.1:0")
         .env("SIGIL_LOG_LEVEL", "warn")
         .spawn()
         .unwrap();
@@ -46,14 +32,8 @@ fn start_issuer() -> IssuerProcess {
         socket,
         _dir: dir,
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if run(&mut admin(&process.socket, &["healthcheck"])).0 {
-            return process;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("issuer did not become healthy");
+    issuer_process::wait_healthy(&process.socket);
+    process
 }
 
 fn admin(socket: &Path, args: &[&str]) -> Command {

@@ -5,13 +5,13 @@
 //! queue rather than clash, and an issuer on PostgreSQL serves agents
 //! without its database password reaching its logs.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sigil_issuer::store::{EntryFields, ForeignBundle, Selector, Store};
 use sigil_tests::postgres::Postgres;
-use sigil_tests::{binary, free_port, TestNode};
+use sigil_tests::{free_port, TestNode};
 
 fn entry(spiffe_id: &str) -> EntryFields {
     EntryFields {
@@ -153,28 +153,15 @@ async fn an_issuer_on_postgres_serves_an_agent() {
 fn run_issuer_until(database_url: &str, needle: &str) -> (bool, String) {
     use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(binary("sigil-issuer"))
-        .args([
-            "run",
-            "--trust-domain",
-            "example.org",
-            "--agent-api-address",
-            "127.0.0.1:0",
-            "--http-address",
-            "127.0.0.1:0",
-            "--log-format",
-            "text",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--admin-socket-path")
-        .arg(dir.path().join("admin/admin.sock"))
-        .env("SIGIL_DATABASE_URL", database_url)
-        .env("SIGIL_LOG_LEVEL", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        sigil_tests::issuer_process::issuer_run(dir.path(), "127.0.0.1:0", "127.0.0.1:0")
+            .args(["--log-format", "text"])
+            .env("SIGIL_DATABASE_URL", database_url)
+            .env("SIGIL_LOG_LEVEL", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
     let mut stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

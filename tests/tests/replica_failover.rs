@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use sigil_agent::agent::RunningAgent;
 use sigil_agent::failover::Link;
 use sigil_tests::postgres::Postgres;
-use sigil_tests::{binary, free_port, join_token_at, register_at, run};
+use sigil_tests::{binary, free_port, issuer_process, join_token_at, register_at, run};
 
 /// A `sigil-issuer run` process.
 struct Replica {
@@ -33,32 +33,18 @@ impl Replica {
         let dir = tempfile::tempdir().unwrap();
         let agent_api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin = dir.path().join("admin/admin.sock");
+        let admin = issuer_process::admin_socket(dir.path());
         let log = std::fs::File::create(dir.path().join("issuer.log")).unwrap();
-        let child = Command::new(binary("sigil-issuer"))
-            .args(["run", "--trust-domain", "example.org"])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--agent-api-address", &agent_api.to_string()])
-            .args(["--http-address", &http.to_string()])
-            .arg("--admin-socket-path")
-            .arg(&admin)
-            .env("SIGIL_DATABASE_URL", database_url)
-            .env("SIGIL_LOG_KEY_FILE", log_key)
-            .env("SIGIL_LOG_LEVEL", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !run(Command::new(binary("sigil-issuer"))
-            .args(["healthcheck", "--socket-path"])
-            .arg(&admin))
-        .0
-        {
-            assert!(Instant::now() < deadline, "replica did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child =
+            issuer_process::issuer_run(dir.path(), &agent_api.to_string(), &http.to_string())
+                .env("SIGIL_DATABASE_URL", database_url)
+                .env("SIGIL_LOG_KEY_FILE", log_key)
+                .env("SIGIL_LOG_LEVEL", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+        issuer_process::wait_healthy(&admin);
         let id = std::fs::read_to_string(dir.path().join("data/replica_id"))
             .unwrap()
             .trim()
@@ -88,6 +74,18 @@ impl Drop for Replica {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The trust bundle `replica` serves, as SPIFFE bundle JSON.
+fn bundle_of(replica: &Replica) -> String {
+    cli(&[
+        "bundle",
+        "show",
+        "--format",
+        "spiffe",
+        "--socket-path",
+        replica.admin.to_str().unwrap(),
+    ])
 }
 
 fn cli(args: &[&str]) -> String {
@@ -161,11 +159,12 @@ fn sequencer(pg: &Postgres, database: &str) -> String {
     holder.split('/').next().unwrap_or_default().to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_killed_replica_loses_nothing_and_its_agents_and_sequencer_move() {
+/// A PostgreSQL server with the database `name`, and a new event log key
+/// for its replicas: the server, the directory holding the key, the key's
+/// file and its verifier key, and the database's URL.
+fn shared_database(name: &str) -> (Postgres, tempfile::TempDir, PathBuf, String, String) {
     let pg = Postgres::start();
-    let database = "failover";
-    pg.create_database(database);
+    pg.create_database(name);
     let keys = tempfile::tempdir().unwrap();
     let log_key = keys.path().join("log.jwk");
     let pinned = cli(&[
@@ -176,22 +175,21 @@ async fn a_killed_replica_loses_nothing_and_its_agents_and_sequencer_move() {
         "--out",
         log_key.to_str().unwrap(),
     ]);
-    let pinned = pinned.trim().to_owned();
-    let url = pg.database_url(database);
+    let url = pg.database_url(name);
+    (pg, keys, log_key, pinned.trim().to_owned(), url)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_replica_loses_nothing_and_its_agents_and_sequencer_move() {
+    let database = "failover";
+    let (pg, keys, log_key, pinned, url) = shared_database(database);
     let replicas: Vec<Replica> = (0..3).map(|_| Replica::start(&url, &log_key)).collect();
 
     // One bundle: every replica's CA, from any of them.
     let bundle_path = keys.path().join("bundle.json");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let bundle = cli(&[
-            "bundle",
-            "show",
-            "--format",
-            "spiffe",
-            "--socket-path",
-            replicas[2].admin.to_str().unwrap(),
-        ]);
+        let bundle = bundle_of(&replicas[2]);
         let set: serde_json::Value = serde_json::from_str(&bundle).unwrap();
         let roots = set["keys"]
             .as_array()
@@ -370,48 +368,13 @@ async fn served(agent: &TestAgent) -> Result<Vec<String>, String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_postgres_restart_under_load_heals_by_itself_while_workloads_are_served() {
-    let pg = Postgres::start();
-    let database = "restart";
-    pg.create_database(database);
-    let keys = tempfile::tempdir().unwrap();
-    let log_key = keys.path().join("log.jwk");
-    cli(&[
-        "audit",
-        "new-key",
-        "--trust-domain",
-        "example.org",
-        "--out",
-        log_key.to_str().unwrap(),
-    ]);
-    let url = pg.database_url(database);
+    let (pg, keys, log_key, _, url) = shared_database("restart");
     let replicas: Vec<Replica> = (0..2).map(|_| Replica::start(&url, &log_key)).collect();
     let bundle_path = keys.path().join("bundle.json");
-    std::fs::write(
-        &bundle_path,
-        cli(&[
-            "bundle",
-            "show",
-            "--format",
-            "spiffe",
-            "--socket-path",
-            replicas[0].admin.to_str().unwrap(),
-        ]),
-    )
-    .unwrap();
+    std::fs::write(&bundle_path, bundle_of(&replicas[0])).unwrap();
     // Each replica's bundle holds both CAs once it read the other's keys.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    std::fs::write(
-        &bundle_path,
-        cli(&[
-            "bundle",
-            "show",
-            "--format",
-            "spiffe",
-            "--socket-path",
-            replicas[1].admin.to_str().unwrap(),
-        ]),
-    )
-    .unwrap();
+    std::fs::write(&bundle_path, bundle_of(&replicas[1])).unwrap();
     let mut agents = Vec::new();
     for i in 0..4 {
         let agent = TestAgent::start(&replicas, &bundle_path).await;

@@ -75,6 +75,30 @@ async fn until_upserted(
     start.elapsed()
 }
 
+/// An entry stream opened on `replica` by `agent`, attested elsewhere.
+async fn stream_on(
+    replica: &TestIssuer,
+    agent: &sigil_tests::TestAgent,
+    bundle: &Bundle,
+) -> (
+    proto::issuer::agent_api_client::AgentApiClient<tonic::transport::Channel>,
+    tonic::Streaming<pb::SyncEntriesResponse>,
+) {
+    let mut client = issuer_client::connect(
+        replica.running.agent_api_address,
+        bundle,
+        Some(&agent.identity),
+    )
+    .await
+    .unwrap();
+    let stream = client
+        .sync_entries(pb::SyncEntriesRequest {})
+        .await
+        .expect("a replica serves an agent another attested")
+        .into_inner();
+    (client, stream)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_serve_one_bundle_and_each_others_agents() {
     let pg = Postgres::start();
@@ -94,15 +118,7 @@ async fn replicas_serve_one_bundle_and_each_others_agents() {
 
     // An agent attested through a holds an SVID from a's CA; b accepts it.
     let agent = a.attest().await;
-    let mut on_b =
-        issuer_client::connect(b.running.agent_api_address, &bundle, Some(&agent.identity))
-            .await
-            .unwrap();
-    let mut stream = on_b
-        .sync_entries(pb::SyncEntriesRequest {})
-        .await
-        .expect("b serves an agent a attested")
-        .into_inner();
+    let (mut on_b, mut stream) = stream_on(&b, &agent, &bundle).await;
 
     // Created through a, pushed to the stream open on b.
     let entry = create_entry_at(
@@ -148,6 +164,18 @@ async fn replica_with_log_key(url: &DatabaseUrl, log_key: &std::path::Path) -> T
     .await
 }
 
+/// Creates an entry for `spiffe_id` through `through` and waits until the
+/// event log, as `witness` serves it, holds its creation.
+async fn create_logged(through: &TestIssuer, witness: &TestIssuer, spiffe_id: &str) {
+    let agent = "spiffe://example.org/agent/join_token/x";
+    create_entry_at(&through.running.admin_socket_path, spiffe_id, agent, &[]).await;
+    witness
+        .wait_for_event(spiffe_id, |e| {
+            e["type"] == "entry.created" && e["subject"] == spiffe_id
+        })
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn one_log_key_signs_the_log_whichever_replica_sequences() {
     let pg = Postgres::start();
@@ -162,32 +190,11 @@ async fn one_log_key_signs_the_log_whichever_replica_sequences() {
     assert!(b.running.state.events.signs());
     assert!(!stranger.running.state.events.signs());
 
-    let agent = "spiffe://example.org/agent/join_token/x";
-    let before = create_entry_at(
-        &stranger.running.admin_socket_path,
-        "spiffe://example.org/before",
-        agent,
-        &[],
-    )
-    .await;
-    b.wait_for_event("an entry created on a replica that cannot sign", |e| {
-        e["type"] == "entry.created" && e["subject"] == before.spiffe_id
-    })
-    .await;
-
+    // Created through a replica that cannot sign: sequenced by another.
+    create_logged(&stranger, &b, "spiffe://example.org/before").await;
     // The sequencer stops with its replica; the other takes it over.
     a.running.shutdown().await;
-    let after = create_entry_at(
-        &b.running.admin_socket_path,
-        "spiffe://example.org/after",
-        agent,
-        &[],
-    )
-    .await;
-    b.wait_for_event("an entry created after a stopped", |e| {
-        e["type"] == "entry.created" && e["subject"] == after.spiffe_id
-    })
-    .await;
+    create_logged(&b, &b, "spiffe://example.org/after").await;
 
     // The whole log verifies against the one key, pinned.
     let (status, export) = b.http_get("/log/export").await;
@@ -246,15 +253,7 @@ async fn a_bundle_change_on_one_replica_reaches_agents_on_another() {
     let b = replica(&url).await;
     let bundle = one_bundle(&[&a, &b]).await;
     let agent = a.attest().await;
-    let mut on_b =
-        issuer_client::connect(b.running.agent_api_address, &bundle, Some(&agent.identity))
-            .await
-            .unwrap();
-    let mut stream = on_b
-        .sync_entries(pb::SyncEntriesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let (_on_b, mut stream) = stream_on(&b, &agent, &bundle).await;
 
     // A third replica joins: its CA enters the bundle, and b's stream
     // carries the new bundle to the agent.
