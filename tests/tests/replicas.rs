@@ -75,6 +75,16 @@ async fn until_upserted(
     start.elapsed()
 }
 
+/// Two replicas on a new database `name`, once they serve one bundle.
+async fn two_replicas(name: &str) -> (Postgres, DatabaseUrl, TestIssuer, TestIssuer, Bundle) {
+    let pg = Postgres::start();
+    let url = pg.create_database(name);
+    let a = replica(&url).await;
+    let b = replica(&url).await;
+    let bundle = one_bundle(&[&a, &b]).await;
+    (pg, url, a, b, bundle)
+}
+
 /// An entry stream opened on `replica` by `agent`, attested elsewhere.
 async fn stream_on(
     replica: &TestIssuer,
@@ -101,12 +111,7 @@ async fn stream_on(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_serve_one_bundle_and_each_others_agents() {
-    let pg = Postgres::start();
-    let url = pg.create_database("replicas");
-    let a = replica(&url).await;
-    let b = replica(&url).await;
-
-    let bundle = one_bundle(&[&a, &b]).await;
+    let (_pg, _url, a, b, bundle) = two_replicas("replicas").await;
     assert_eq!(bundle.x509_authorities().len(), 2, "one CA per replica");
     assert_ne!(
         a.running.state.ca.local_bundle().x509_authorities(),
@@ -247,11 +252,7 @@ async fn every_replica_serves_every_replicas_crls() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bundle_change_on_one_replica_reaches_agents_on_another() {
-    let pg = Postgres::start();
-    let url = pg.create_database("bundle_change");
-    let a = replica(&url).await;
-    let b = replica(&url).await;
-    let bundle = one_bundle(&[&a, &b]).await;
+    let (_pg, url, a, b, bundle) = two_replicas("bundle_change").await;
     let agent = a.attest().await;
     let (_on_b, mut stream) = stream_on(&b, &agent, &bundle).await;
 
