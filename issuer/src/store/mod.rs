@@ -232,7 +232,7 @@ impl Store {
         migrator().run(&pool).await?;
         let changes = Arc::new(Changes::new());
         if let DatabaseUrl::Postgres(url) = url {
-            changes.listen(url.clone());
+            changes.listen(url.clone()).await?;
         }
         Ok(Store {
             pool,

@@ -168,9 +168,18 @@ impl Changes {
     }
 
     /// Listens for other replicas' changes until this is dropped.
-    pub(super) fn listen(&self, url: PostgresUrl) {
-        let task = tokio::spawn(listen(url, self.replica.clone(), self.counters.clone()));
+    /// Starts listening before it returns, so a store handed out misses
+    /// no other replica's change; then keeps listening until dropped.
+    pub(super) async fn listen(&self, url: PostgresUrl) -> Result<(), sqlx::Error> {
+        let first = connect_listener(&url).await?;
+        let task = tokio::spawn(listen(
+            url,
+            self.replica.clone(),
+            self.counters.clone(),
+            first,
+        ));
         *self.listener.lock().expect("listener lock") = Some(task);
+        Ok(())
     }
 }
 
@@ -178,12 +187,13 @@ impl Changes {
 const RECONNECT_FIRST: Duration = Duration::from_millis(250);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
-async fn listen(url: PostgresUrl, replica: String, counters: Arc<Counters>) {
+async fn listen(url: PostgresUrl, replica: String, counters: Arc<Counters>, first: PgListener) {
     let mut wait = RECONNECT_FIRST;
     let mut failing = false;
+    let mut listener = Some(first);
     loop {
         let mut connected = false;
-        let error = listen_once(&url, &replica, &counters, &mut connected).await;
+        let error = listen_once(&url, listener.take(), &replica, &counters, &mut connected).await;
         if connected {
             wait = RECONNECT_FIRST;
             if failing {
@@ -205,24 +215,35 @@ async fn listen(url: PostgresUrl, replica: String, counters: Arc<Counters>) {
     }
 }
 
-/// One listening connection, until it fails. Every (re)connection is
-/// followed by a catch-up, after LISTEN, so nothing committed before it
-/// is missed.
+/// A connection listening on [`CHANNEL`].
+async fn connect_listener(url: &PostgresUrl) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect(url.expose()).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// One listening connection (`listening`, or a new one), until it fails.
+/// Every reconnection is followed by a catch-up, after LISTEN, so nothing
+/// committed while the connection was down is missed.
 async fn listen_once(
     url: &PostgresUrl,
+    listening: Option<PgListener>,
     replica: &str,
     counters: &Counters,
     connected: &mut bool,
 ) -> sqlx::Error {
-    let mut listener = match PgListener::connect(url.expose()).await {
-        Ok(listener) => listener,
-        Err(error) => return error,
+    let mut listener = match listening {
+        // The first connection, made before the store was handed out.
+        Some(listener) => listener,
+        None => match connect_listener(url).await {
+            Ok(listener) => {
+                counters.note_unknown();
+                listener
+            }
+            Err(error) => return error,
+        },
     };
-    if let Err(error) = listener.listen(CHANNEL).await {
-        return error;
-    }
     *connected = true;
-    counters.note_unknown();
     loop {
         match listener.try_recv().await {
             Ok(Some(notification)) => {
