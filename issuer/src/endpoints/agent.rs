@@ -517,13 +517,8 @@ impl AgentService {
                 .collect();
             // Foreign bundles are compared again only when they changed:
             // most changes are entries and agents.
-            let mut foreign_update =
-                (seen_foreign_version != Some(view.foreign_version)).then(|| {
-                    foreign.update(
-                        view.foreign_bundles.as_ref().clone(),
-                        &self.state.config.trust_domain,
-                    )
-                });
+            let mut foreign_update = (seen_foreign_version != Some(view.foreign_version))
+                .then(|| foreign.update(&view.foreign_bundles, &self.state.config.trust_domain));
             seen_foreign_version = Some(view.foreign_version);
             let mut upserted: Vec<pb::Entry> = entries
                 .values()
@@ -696,29 +691,34 @@ impl ForeignBundles {
     /// Compares the stored bundles with those sent. A bundle that is not a
     /// valid SPIFFE bundle of a foreign trust domain, or is too large, is
     /// never sent: agents drop one they held, as if it were deleted.
-    fn update(&mut self, stored: Vec<ForeignBundle>, local: &TrustDomain) -> ForeignUpdate {
+    /// `stored` is shared by every stream of the replica: only what this
+    /// stream sends is copied out of it.
+    fn update(&mut self, stored: &[ForeignBundle], local: &TrustDomain) -> ForeignUpdate {
         let mut current = BTreeMap::new();
         let mut changed = Vec::new();
         for foreign in stored {
             let digest = sha256(foreign.bundle.as_bytes());
             if self.sent.get(&foreign.trust_domain) == Some(&digest) {
-                current.insert(foreign.trust_domain, digest);
+                current.insert(foreign.trust_domain.clone(), digest);
                 continue;
             }
-            if let Err(reason) = usable_foreign_bundle(&foreign, local) {
+            if let Err(reason) = usable_foreign_bundle(foreign, local) {
                 if self.refused.get(&foreign.trust_domain) != Some(&digest) {
                     tracing::error!(
                         trust_domain = %foreign.trust_domain,
                         %reason,
                         "the stored foreign bundle is unusable; not sent to agents"
                     );
-                    self.refused.insert(foreign.trust_domain, digest);
+                    self.refused.insert(foreign.trust_domain.clone(), digest);
                 }
                 continue;
             }
             self.refused.remove(&foreign.trust_domain);
             current.insert(foreign.trust_domain.clone(), digest);
-            changed.push((foreign.trust_domain, foreign.bundle.into_bytes()));
+            changed.push((
+                foreign.trust_domain.clone(),
+                foreign.bundle.clone().into_bytes(),
+            ));
         }
         let removed = self
             .sent
@@ -820,7 +820,7 @@ mod tests {
         let local = td("example.org");
         let mut foreign = ForeignBundles::default();
         let first = foreign.update(
-            vec![
+            &[
                 stored("a.org", &jwks("a.org", 1)),
                 stored("b.org", &jwks("b.org", 1)),
             ],
@@ -831,7 +831,7 @@ mod tests {
         foreign.sent(first.current);
 
         let same = foreign.update(
-            vec![
+            &[
                 stored("a.org", &jwks("a.org", 1)),
                 stored("b.org", &jwks("b.org", 1)),
             ],
@@ -839,12 +839,12 @@ mod tests {
         );
         assert!(!same.has_changes());
 
-        let next = foreign.update(vec![stored("a.org", &jwks("a.org", 2))], &local);
+        let next = foreign.update(&[stored("a.org", &jwks("a.org", 2))], &local);
         assert_eq!(names(&next.changed), ["a.org"]);
         assert_eq!(next.removed, ["b.org"]);
         foreign.sent(next.current);
         assert!(!foreign
-            .update(vec![stored("a.org", &jwks("a.org", 2))], &local)
+            .update(&[stored("a.org", &jwks("a.org", 2))], &local)
             .has_changes());
     }
 
@@ -857,7 +857,7 @@ mod tests {
             "x".repeat(MAX_FOREIGN_BUNDLE_BYTES)
         );
         let update = foreign.update(
-            vec![
+            &[
                 stored("a.org", "{not json"),
                 stored("example.org", &jwks("example.org", 1)),
                 stored("Bad Name", &jwks("a.org", 1)),
@@ -869,7 +869,7 @@ mod tests {
         assert_eq!(names(&update.changed), ["c.org"]);
         foreign.sent(update.current);
         // A sent bundle that turns unusable is taken back.
-        let update = foreign.update(vec![stored("c.org", "[]")], &local);
+        let update = foreign.update(&[stored("c.org", "[]")], &local);
         assert!(update.changed.is_empty());
         assert_eq!(update.removed, ["c.org"]);
     }
