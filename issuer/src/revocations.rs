@@ -177,7 +177,7 @@ pub async fn publish_loop(
     pruning: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut store_changes = state.store.subscribe();
+    let mut store_changes = state.store.subscribe_revoking();
     let mut bundle_changes = state.ca.subscribe_bundle();
     let mut replicas_crls = state.store.subscribe_revocations();
     let mut pruned_at = i64::MIN;

@@ -159,7 +159,9 @@ async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<IssuerState, Star
     )
     .await?;
     let replica = crate::trust_bundle::replica_id(&config.data_dir)?;
-    let registrations = Arc::new(crate::registrations::Registrations::load(store.clone()).await?);
+    let registrations =
+        crate::registrations::Registrations::load(store.clone(), config.trust_domain.clone())
+            .await?;
     Ok(IssuerState {
         config: Arc::new(config),
         store,

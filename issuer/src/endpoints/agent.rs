@@ -5,7 +5,7 @@
 //! X509-SVID.md, JWT-SVID.md and draft-ietf-wimse-workload-creds with SPIFFE
 //! WIT-SVID.md (`cnf.jwk` with its `alg`); the API itself is Sigil's own.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -16,10 +16,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
 use workload_api::events::{Event, EventKind};
-use workload_api::id::{parse_trust_domain, SpiffeId, TrustDomain};
-use workload_api::{x509svid, Bundle};
+use workload_api::id::SpiffeId;
+use workload_api::x509svid;
 
-use super::convert::{entry_to_proto, Reader};
 use super::store_status;
 use crate::attestation;
 use crate::ca::SvidSubject;
@@ -27,17 +26,10 @@ use crate::clock::unix_secs;
 use crate::csr::{self, SubjectKey};
 use crate::k8s::Clusters;
 use crate::state::IssuerState;
-use crate::store::{Agent, Entry, ForeignBundle};
+use crate::store::{Agent, Entry};
 
-/// Entries per message of the entry stream: far below gRPC's 4 MB default.
-pub const SYNC_CHUNK: usize = 500;
 /// The largest batch of CSRs one call may carry.
 pub const MAX_BATCH: usize = 1000;
-/// The largest foreign bundle sent to agents; agents refuse larger ones.
-pub const MAX_FOREIGN_BUNDLE_BYTES: usize = 1024 * 1024;
-/// Bytes of foreign bundles per message of the entry stream, so that a
-/// message stays well below gRPC's 4 MB default however many there are.
-const FOREIGN_BUNDLE_CHUNK_BYTES: usize = 2 * 1024 * 1024;
 
 /// The agent API service.
 #[derive(Debug, Clone)]
@@ -341,8 +333,10 @@ impl AgentApi for AgentService {
     ) -> Result<Response<Self::SyncEntriesStream>, Status> {
         let agent = self.authenticate(&request).await?;
         let (tx, rx) = mpsc::channel(4);
-        let service = self.clone();
-        tokio::spawn(async move { service.stream_entries(agent, tx).await });
+        let state = self.state.clone();
+        tokio::spawn(
+            async move { super::entry_stream::serve(state, agent.id.to_string(), tx).await },
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -445,325 +439,6 @@ impl AgentApi for AgentService {
     }
 }
 
-/// How long a new stream waits for the registrations to catch up with the
-/// store before it is refused UNAVAILABLE (the database is unreachable).
-const VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-impl AgentService {
-    /// Sends the agent's authorised entries and the foreign trust domains'
-    /// bundles: a chunked snapshot, then only what changed, whenever the
-    /// store or the bundle changes. Ends when the agent hangs up or loses its
-    /// standing.
-    async fn stream_entries(
-        &self,
-        agent: AuthenticatedAgent,
-        tx: mpsc::Sender<Result<pb::SyncEntriesResponse, Status>>,
-    ) {
-        let _connected = crate::metrics::ConnectedAgent::start();
-        let mut views = self.state.registrations.subscribe();
-        let mut bundle_changes = self.state.ca.subscribe_bundle();
-        let mut revocation_changes = self.state.revocations.subscribe();
-        let mut sent: HashMap<String, i64> = HashMap::new();
-        let mut sent_bundle_sequence = None;
-        let mut sent_revocations_seq = None;
-        let mut foreign = ForeignBundles::default();
-        let mut seen_foreign_version = None;
-        let mut first = true;
-        let agent_id = agent.id.to_string();
-        let issuer_id = crate::store::issuer_of(&agent_id);
-        // The first snapshot holds every change committed before the
-        // stream opened (the agent's own attestation among them).
-        let Ok(mut view) =
-            tokio::time::timeout(VIEW_WAIT, self.state.registrations.current()).await
-        else {
-            let _ = tx
-                .send(Err(Status::unavailable(
-                    "the registrations could not be read in time; retry",
-                )))
-                .await;
-            return;
-        };
-        loop {
-            let bundle = bundle_changes.borrow_and_update().clone();
-            let revocations = revocation_changes.borrow_and_update().clone();
-            let standing = match view.agents.get(&agent_id) {
-                Some(found) if !found.banned => Ok(found.selectors.clone()),
-                // Not in this view, or banned in it: the store decides, as
-                // the view may trail a change made through another replica.
-                _ => match self.state.store.get_agent(&agent_id).await {
-                    Ok(a) if !a.banned => Ok(a.selectors),
-                    Ok(_) => Err(banned(&agent_id)),
-                    Err(crate::store::StoreError::AgentNotFound(_)) => Err(evicted(&agent_id)),
-                    Err(e) => Err(store_status(e)),
-                },
-            };
-            let selectors = match standing {
-                Ok(selectors) => selectors,
-                Err(status) => {
-                    let _ = tx.send(Err(status)).await;
-                    return;
-                }
-            };
-            let entries: HashMap<String, &Entry> = view
-                .entries
-                .authorized(
-                    &agent_id,
-                    issuer_id.as_deref(),
-                    &selectors,
-                    unix_secs(self.now()),
-                )
-                .into_iter()
-                .map(|e| (e.id.clone(), e))
-                .collect();
-            // Foreign bundles are compared again only when they changed:
-            // most changes are entries and agents.
-            let mut foreign_update = (seen_foreign_version != Some(view.foreign_version))
-                .then(|| foreign.update(&view.foreign_bundles, &self.state.config.trust_domain));
-            seen_foreign_version = Some(view.foreign_version);
-            let mut upserted: Vec<pb::Entry> = entries
-                .values()
-                .filter(|e| sent.get(&e.id) != Some(&e.revision))
-                .map(|e| entry_to_proto(e, Reader::Agent))
-                .collect();
-            upserted.sort_by_key(|e| e.sequence);
-            let removed: Vec<String> = sent
-                .keys()
-                .filter(|id| !entries.contains_key(*id))
-                .cloned()
-                .collect();
-            let bundle_bytes = if sent_bundle_sequence != Some(bundle.sequence()) {
-                bundle.to_jwks_json()
-            } else {
-                Vec::new()
-            };
-            let new_revocations = (sent_revocations_seq != Some(revocations.seq)
-                && !revocations.list.is_empty())
-            .then_some(&*revocations);
-            if first
-                || !upserted.is_empty()
-                || !removed.is_empty()
-                || !bundle_bytes.is_empty()
-                || new_revocations.is_some()
-                || foreign_update
-                    .as_ref()
-                    .is_some_and(ForeignUpdate::has_changes)
-            {
-                let mut messages = chunk(
-                    Update {
-                        upserted,
-                        removed_ids: removed,
-                        bundle: bundle_bytes,
-                        foreign: foreign_update
-                            .as_mut()
-                            .map(|u| std::mem::take(&mut u.changed))
-                            .unwrap_or_default(),
-                        removed_foreign: foreign_update
-                            .as_mut()
-                            .map(|u| std::mem::take(&mut u.removed))
-                            .unwrap_or_default(),
-                    },
-                    first,
-                );
-                if let Some(published) = new_revocations {
-                    // With the last message: an agent applies revocations
-                    // after the entries that go with them.
-                    let last = messages.last_mut().expect("at least one message");
-                    last.crls = published.crls.iter().map(|c| c.der.clone()).collect();
-                    last.revocation_list = published.list.clone();
-                }
-                for message in messages {
-                    if tx.send(Ok(message)).await.is_err() {
-                        return;
-                    }
-                }
-                sent = entries
-                    .values()
-                    .map(|e| (e.id.clone(), e.revision))
-                    .collect();
-                sent_bundle_sequence = Some(bundle.sequence());
-                sent_revocations_seq = Some(revocations.seq);
-                if let Some(update) = foreign_update {
-                    foreign.sent(update.current);
-                }
-                first = false;
-            }
-            tokio::select! {
-                changed = views.changed() => if changed.is_err() { return },
-                changed = bundle_changes.changed() => if changed.is_err() { return },
-                changed = revocation_changes.changed() => if changed.is_err() { return },
-                _ = tx.closed() => return,
-            }
-            view = views.borrow_and_update().clone();
-        }
-    }
-}
-
-/// What one round of the entry stream sends.
-struct Update {
-    upserted: Vec<pb::Entry>,
-    removed_ids: Vec<String>,
-    /// The local bundle (JWK Set JSON); empty when unchanged.
-    bundle: Vec<u8>,
-    /// Foreign bundles (JWK Set JSON) new or changed, by trust domain.
-    foreign: Vec<(String, Vec<u8>)>,
-    removed_foreign: Vec<String>,
-}
-
-/// Splits one update into messages of at most [`SYNC_CHUNK`] entries, and
-/// foreign bundles of at most [`FOREIGN_BUNDLE_CHUNK_BYTES`] each (or a
-/// single one). Removals come with the last message.
-fn chunk(update: Update, snapshot: bool) -> Vec<pb::SyncEntriesResponse> {
-    let mut messages: Vec<pb::SyncEntriesResponse> = update
-        .upserted
-        .chunks(SYNC_CHUNK)
-        .map(|c| pb::SyncEntriesResponse {
-            upserted: c.to_vec(),
-            snapshot,
-            ..Default::default()
-        })
-        .collect();
-    for bundles in foreign_chunks(update.foreign) {
-        messages.push(pb::SyncEntriesResponse {
-            federated_bundles: bundles,
-            snapshot,
-            ..Default::default()
-        });
-    }
-    if messages.is_empty() {
-        messages.push(pb::SyncEntriesResponse {
-            snapshot,
-            ..Default::default()
-        });
-    }
-    messages[0].bundle = update.bundle;
-    let last = messages.last_mut().expect("at least one message");
-    last.removed_ids = update.removed_ids;
-    last.removed_federated_bundles = update.removed_foreign;
-    last.snapshot_complete = snapshot;
-    messages
-}
-
-/// Groups foreign bundles into maps of at most
-/// [`FOREIGN_BUNDLE_CHUNK_BYTES`]; a larger bundle travels alone.
-fn foreign_chunks(bundles: Vec<(String, Vec<u8>)>) -> Vec<HashMap<String, Vec<u8>>> {
-    let mut chunks: Vec<HashMap<String, Vec<u8>>> = Vec::new();
-    let mut size = 0;
-    for (trust_domain, json) in bundles {
-        let bytes = trust_domain.len() + json.len();
-        if chunks.is_empty() || size + bytes > FOREIGN_BUNDLE_CHUNK_BYTES {
-            chunks.push(HashMap::new());
-            size = 0;
-        }
-        size += bytes;
-        chunks
-            .last_mut()
-            .expect("pushed above")
-            .insert(trust_domain, json);
-    }
-    chunks
-}
-
-/// The foreign bundles one entry stream has sent, by trust domain, as
-/// SHA-256 digests of their JSON, so that a stream holds no copy of them.
-#[derive(Debug, Default)]
-struct ForeignBundles {
-    sent: BTreeMap<String, [u8; 32]>,
-    /// Stored bundles found unusable, not sent: logged once per content.
-    refused: BTreeMap<String, [u8; 32]>,
-}
-
-/// The foreign bundles to send now, against those sent before.
-#[derive(Debug)]
-struct ForeignUpdate {
-    /// Every usable foreign bundle's digest.
-    current: BTreeMap<String, [u8; 32]>,
-    changed: Vec<(String, Vec<u8>)>,
-    removed: Vec<String>,
-}
-
-impl ForeignUpdate {
-    fn has_changes(&self) -> bool {
-        !self.changed.is_empty() || !self.removed.is_empty()
-    }
-}
-
-impl ForeignBundles {
-    /// Compares the stored bundles with those sent. A bundle that is not a
-    /// valid SPIFFE bundle of a foreign trust domain, or is too large, is
-    /// never sent: agents drop one they held, as if it were deleted.
-    /// `stored` is shared by every stream of the replica: only what this
-    /// stream sends is copied out of it.
-    fn update(&mut self, stored: &[ForeignBundle], local: &TrustDomain) -> ForeignUpdate {
-        let mut current = BTreeMap::new();
-        let mut changed = Vec::new();
-        for foreign in stored {
-            let digest = sha256(foreign.bundle.as_bytes());
-            if self.sent.get(&foreign.trust_domain) == Some(&digest) {
-                current.insert(foreign.trust_domain.clone(), digest);
-                continue;
-            }
-            if let Err(reason) = usable_foreign_bundle(foreign, local) {
-                if self.refused.get(&foreign.trust_domain) != Some(&digest) {
-                    tracing::error!(
-                        trust_domain = %foreign.trust_domain,
-                        %reason,
-                        "the stored foreign bundle is unusable; not sent to agents"
-                    );
-                    self.refused.insert(foreign.trust_domain.clone(), digest);
-                }
-                continue;
-            }
-            self.refused.remove(&foreign.trust_domain);
-            current.insert(foreign.trust_domain.clone(), digest);
-            changed.push((
-                foreign.trust_domain.clone(),
-                foreign.bundle.clone().into_bytes(),
-            ));
-        }
-        let removed = self
-            .sent
-            .keys()
-            .filter(|td| !current.contains_key(*td))
-            .cloned()
-            .collect();
-        ForeignUpdate {
-            current,
-            changed,
-            removed,
-        }
-    }
-
-    /// Records the digests of an update's `current` bundles as sent.
-    fn sent(&mut self, current: BTreeMap<String, [u8; 32]>) {
-        self.sent = current;
-    }
-}
-
-/// Whether a stored foreign bundle may go to agents: a SPIFFE bundle of a
-/// trust domain other than this one, within the size agents accept.
-fn usable_foreign_bundle(foreign: &ForeignBundle, local: &TrustDomain) -> Result<(), String> {
-    let trust_domain = parse_trust_domain(&foreign.trust_domain).map_err(|e| e.to_string())?;
-    if trust_domain == *local {
-        return Err("it names this issuer's own trust domain".into());
-    }
-    if foreign.bundle.len() > MAX_FOREIGN_BUNDLE_BYTES {
-        return Err(format!(
-            "{} bytes; at most {MAX_FOREIGN_BUNDLE_BYTES}",
-            foreign.bundle.len()
-        ));
-    }
-    Bundle::from_jwks_json(trust_domain, foreign.bundle.as_bytes())
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .try_into()
-        .expect("SHA-256 digests are 32 bytes")
-}
-
 /// PERMISSION_DENIED for an agent that lost its standing, saying why to
 /// people (the message) and to the agent (the standing metadata).
 fn refused(standing: &'static str, message: String) -> Status {
@@ -775,134 +450,13 @@ fn refused(standing: &'static str, message: String) -> Status {
     Status::with_metadata(tonic::Code::PermissionDenied, message, metadata)
 }
 
-fn banned(agent_id: &str) -> Status {
+pub(super) fn banned(agent_id: &str) -> Status {
     refused("banned", format!("agent {agent_id} is banned"))
 }
 
-fn evicted(agent_id: &str) -> Status {
+pub(super) fn evicted(agent_id: &str) -> Status {
     refused(
         "evicted",
         format!("agent {agent_id} is not attested (it may have been evicted); attest again"),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::BundleOrigin;
-
-    fn td(name: &str) -> TrustDomain {
-        parse_trust_domain(name).unwrap()
-    }
-
-    fn stored(name: &str, bundle: &str) -> ForeignBundle {
-        ForeignBundle {
-            trust_domain: name.into(),
-            bundle: bundle.into(),
-            sequence: 0,
-            origin: BundleOrigin::Operator,
-            updated_at: 1,
-        }
-    }
-
-    fn jwks(name: &str, sequence: u64) -> String {
-        let mut bundle = Bundle::new(td(name));
-        bundle.set_sequence(sequence);
-        String::from_utf8(bundle.to_jwks_json()).unwrap()
-    }
-
-    fn names(changed: &[(String, Vec<u8>)]) -> Vec<&str> {
-        changed.iter().map(|(name, _)| name.as_str()).collect()
-    }
-
-    #[test]
-    fn foreign_bundles_are_sent_all_then_only_what_changed() {
-        let local = td("example.org");
-        let mut foreign = ForeignBundles::default();
-        let first = foreign.update(
-            &[
-                stored("a.org", &jwks("a.org", 1)),
-                stored("b.org", &jwks("b.org", 1)),
-            ],
-            &local,
-        );
-        assert_eq!(names(&first.changed), ["a.org", "b.org"]);
-        assert!(first.removed.is_empty());
-        foreign.sent(first.current);
-
-        let same = foreign.update(
-            &[
-                stored("a.org", &jwks("a.org", 1)),
-                stored("b.org", &jwks("b.org", 1)),
-            ],
-            &local,
-        );
-        assert!(!same.has_changes());
-
-        let next = foreign.update(&[stored("a.org", &jwks("a.org", 2))], &local);
-        assert_eq!(names(&next.changed), ["a.org"]);
-        assert_eq!(next.removed, ["b.org"]);
-        foreign.sent(next.current);
-        assert!(!foreign
-            .update(&[stored("a.org", &jwks("a.org", 2))], &local)
-            .has_changes());
-    }
-
-    #[test]
-    fn unusable_foreign_bundles_are_never_sent() {
-        let local = td("example.org");
-        let mut foreign = ForeignBundles::default();
-        let big = format!(
-            "{{\"keys\": [], \"pad\": \"{}\"}}",
-            "x".repeat(MAX_FOREIGN_BUNDLE_BYTES)
-        );
-        let update = foreign.update(
-            &[
-                stored("a.org", "{not json"),
-                stored("example.org", &jwks("example.org", 1)),
-                stored("Bad Name", &jwks("a.org", 1)),
-                stored("big.org", &big),
-                stored("c.org", &jwks("c.org", 1)),
-            ],
-            &local,
-        );
-        assert_eq!(names(&update.changed), ["c.org"]);
-        foreign.sent(update.current);
-        // A sent bundle that turns unusable is taken back.
-        let update = foreign.update(&[stored("c.org", "[]")], &local);
-        assert!(update.changed.is_empty());
-        assert_eq!(update.removed, ["c.org"]);
-    }
-
-    #[test]
-    fn foreign_bundles_travel_in_bounded_messages_before_the_last() {
-        let half = vec![b'x'; FOREIGN_BUNDLE_CHUNK_BYTES / 2];
-        let update = Update {
-            upserted: Vec::new(),
-            removed_ids: vec!["gone".into()],
-            bundle: b"local".to_vec(),
-            foreign: (0..3)
-                .map(|i| (format!("d{i}.org"), half.clone()))
-                .collect(),
-            removed_foreign: vec!["old.org".into()],
-        };
-        let messages = chunk(update, true);
-        assert_eq!(messages.len(), 3);
-        assert_eq!(
-            messages
-                .iter()
-                .map(|m| m.federated_bundles.len())
-                .collect::<Vec<_>>(),
-            [1, 1, 1]
-        );
-        assert!(messages.iter().all(|m| m.snapshot));
-        assert_eq!(messages[0].bundle, b"local");
-        let last = messages.last().unwrap();
-        assert!(last.snapshot_complete);
-        assert_eq!(last.removed_ids, ["gone"]);
-        assert_eq!(last.removed_federated_bundles, ["old.org"]);
-        assert!(messages[..2]
-            .iter()
-            .all(|m| !m.snapshot_complete && m.removed_federated_bundles.is_empty()));
-    }
 }

@@ -10,6 +10,7 @@ mod agent_events;
 pub mod bundle_endpoint;
 pub mod convert;
 mod delegation;
+pub mod entry_stream;
 pub mod federation;
 mod health_http;
 pub mod http;

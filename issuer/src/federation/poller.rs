@@ -238,7 +238,10 @@ impl Poller {
 
     /// Polls every relationship when due, until the issuer stops.
     pub async fn run(self: Arc<Self>) {
+        // Relationships created, changed or deleted through any replica.
+        let mut relationships = self.state.store.subscribe_federations();
         loop {
+            relationships.mark_unchanged();
             match self.state.store.list_federations().await {
                 Ok(federations) => self.sync_schedule(&federations),
                 Err(error) => tracing::warn!(%error, "listing federation relationships failed"),
@@ -274,6 +277,7 @@ impl Poller {
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
                 _ = self.wake.notified() => {}
+                changed = relationships.changed() => if changed.is_err() { return },
             }
         }
     }

@@ -33,7 +33,7 @@ impl Store {
         .bind(agent.attested_at)
         .bind(now)
         .bind(&selectors);
-        self.change_row(upsert, Change::Registrations, || {
+        self.change_row(upsert, Change::Agent(agent.spiffe_id.clone()), || {
             StoreError::AgentBanned(agent.spiffe_id.clone())
         })
         .await
@@ -110,10 +110,30 @@ impl Store {
         rows.iter().map(agent_from_row).collect()
     }
 
+    /// The agents among `spiffe_ids`; an ID not returned has no record.
+    pub async fn agents_with_ids(&self, spiffe_ids: &[String]) -> Result<Vec<Agent>, StoreError> {
+        let mut found = Vec::with_capacity(spiffe_ids.len());
+        for ids in spiffe_ids.chunks(super::MAX_IDS_PER_QUERY) {
+            let sql = format!(
+                "SELECT {AGENT_COLUMNS} FROM agents WHERE spiffe_id IN ({})",
+                super::placeholders(ids.len())
+            );
+            let rows = ids
+                .iter()
+                .fold(sqlx::query(&sql), |query, id| query.bind(id))
+                .fetch_all(&self.pool)
+                .await?;
+            for row in &rows {
+                found.push(agent_from_row(row)?);
+            }
+        }
+        Ok(found)
+    }
+
     /// Forgets an agent: it must attest again.
     pub async fn delete_agent(&self, spiffe_id: &str) -> Result<(), StoreError> {
         let delete = sqlx::query("DELETE FROM agents WHERE spiffe_id = $1").bind(spiffe_id);
-        self.change_row(delete, Change::Registrations, || {
+        self.change_row(delete, Change::Agent(spiffe_id.to_owned()), || {
             StoreError::AgentNotFound(spiffe_id.to_owned())
         })
         .await
@@ -128,7 +148,7 @@ impl Store {
         .bind(spiffe_id)
         .bind(true)
         .bind(now);
-        self.change_row(ban, Change::Registrations, || {
+        self.change_row(ban, Change::Agent(spiffe_id.to_owned()), || {
             StoreError::AgentNotFound(spiffe_id.to_owned())
         })
         .await

@@ -50,7 +50,8 @@ impl Store {
         .await
         .map(drop)
         .map_err(StoreError::from);
-        self.commit_change(tx, result, Change::Revocations).await
+        self.commit_change(tx, result, |_| Change::Revocations)
+            .await
     }
 
     /// The CRLs other replicas publish that are not stale at `now`.

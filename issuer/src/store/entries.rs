@@ -92,8 +92,11 @@ impl Store {
             write_create(&mut tx, &id, fields, now).await
         }
         .await;
-        self.commit_change(tx, result, Change::Registrations)
-            .await?;
+        self.commit_change(tx, result, |_| Change::Entries {
+            ids: vec![id.clone()],
+            revoking: false,
+        })
+        .await?;
         self.get_entry(&id).await
     }
 
@@ -108,8 +111,11 @@ impl Store {
     ) -> Result<Entry, StoreError> {
         let mut tx = self.write_tx().await?;
         let result = write_update(&mut tx, id, fields, expected_revision, now).await;
-        self.commit_change(tx, result, Change::Registrations)
-            .await?;
+        self.commit_change(tx, result, |_| Change::Entries {
+            ids: vec![id.to_owned()],
+            revoking: false,
+        })
+        .await?;
         self.get_entry(id).await
     }
 
@@ -119,7 +125,11 @@ impl Store {
     pub async fn delete_entry(&self, id: &str, now: i64) -> Result<Vec<String>, StoreError> {
         let mut tx = self.write_tx().await?;
         let result = delete_tree(&mut tx, id, now).await;
-        self.commit_change(tx, result, Change::Registrations).await
+        self.commit_change(tx, result, |deleted| Change::Entries {
+            ids: deleted.clone(),
+            revoking: true,
+        })
+        .await
     }
 
     /// How many entries were registered by delegation under `parent_entry_id`.
@@ -191,6 +201,29 @@ impl Store {
         rows.iter().map(entry_from_row).collect()
     }
 
+    /// The live entries among `ids` (see [`Store::live_entries`]): an id
+    /// not returned was deleted, or its owner revoked.
+    pub async fn live_entries_with_ids(&self, ids: &[String]) -> Result<Vec<Entry>, StoreError> {
+        let columns = entry_columns("e");
+        let mut found = Vec::with_capacity(ids.len());
+        for ids in ids.chunks(super::MAX_IDS_PER_QUERY) {
+            let sql = format!(
+                "SELECT {columns} FROM entries e LEFT JOIN owners o ON o.id = e.owner_id \
+                 WHERE e.id IN ({}) AND (e.owner_id = '' OR o.revoked_at = 0)",
+                super::placeholders(ids.len())
+            );
+            let rows = ids
+                .iter()
+                .fold(sqlx::query(&sql), |query, id| query.bind(id))
+                .fetch_all(&self.pool)
+                .await?;
+            for row in &rows {
+                found.push(entry_from_row(row)?);
+            }
+        }
+        Ok(found)
+    }
+
     /// Every entry an agent may mint for at `now` (see [`EntryGraph`]).
     pub async fn authorized_entries(
         &self,
@@ -202,6 +235,7 @@ impl Store {
         let issuer = issuer_of(agent_id);
         Ok(graph
             .authorized(agent_id, issuer.as_deref(), &selectors, now)
+            .entries
             .into_iter()
             .cloned()
             .collect())

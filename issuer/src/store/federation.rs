@@ -38,7 +38,7 @@ impl Store {
             .bind(&federation.endpoint_spiffe_id)
             .bind(federation.created_at)
             .bind(federation.updated_at);
-        self.change_row(insert, Change::Registrations, || {
+        self.change_row(insert, Change::Federations, || {
             StoreError::FederationExists(federation.trust_domain.clone())
         })
         .await
@@ -55,7 +55,7 @@ impl Store {
         .bind(&federation.profile)
         .bind(&federation.endpoint_spiffe_id)
         .bind(federation.updated_at);
-        self.change_row(update, Change::Registrations, || {
+        self.change_row(update, Change::Federations, || {
             StoreError::FederationNotFound(federation.trust_domain.clone())
         })
         .await
@@ -80,7 +80,8 @@ impl Store {
             Ok(bundle.rows_affected() > 0)
         }
         .await;
-        self.commit_change(tx, result, Change::ForeignBundles).await
+        self.commit_change(tx, result, |_| Change::Federations)
+            .await
     }
 
     pub async fn get_federation(&self, trust_domain: &str) -> Result<Federation, StoreError> {
@@ -163,7 +164,10 @@ impl Store {
         }
         .await;
         match result {
-            Ok(BundleWrite::Stored) => self.commit_change(tx, result, Change::ForeignBundles).await,
+            Ok(BundleWrite::Stored) => {
+                self.commit_change(tx, result, |_| Change::ForeignBundles)
+                    .await
+            }
             _ => finish(tx, result).await,
         }
     }

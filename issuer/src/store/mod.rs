@@ -31,19 +31,20 @@ use sqlx::AnyPool;
 use tokio::sync::watch;
 
 use crate::config::database::DatabaseUrl;
-use notify::{Change, Changes};
+use notify::Changes;
 
 pub use backend::Backend;
 
 pub use crls::StoredCrl;
 pub use entries::issuer_of;
 pub use federation::BundleWrite;
-pub use graph::EntryGraph;
+pub use graph::{Authorized, EntryGraph};
 pub use log::{LogHead, Sequencing};
 pub use model::{
     Agent, BundleOrigin, Entry, EntryFields, EntryOwner, Federation, ForeignBundle,
     JoinTokenRecord, Owner, Selector, SerialReservation,
 };
+pub use notify::{Change, Noted};
 pub use trust_keys::{SharedBundleKeys, TrustKey};
 
 /// Why a store operation failed.
@@ -256,24 +257,32 @@ impl Store {
     }
 
     /// Commits a write that changed what entry streams serve, and tells
-    /// every replica. On PostgreSQL the notification is part of the
-    /// transaction: it is delivered if and only if the change commits.
+    /// every replica what `change` says of the written value. On
+    /// PostgreSQL the notification is part of the transaction: it is
+    /// delivered if and only if the change commits.
     async fn commit_change<T>(
         &self,
         mut tx: sqlx::Transaction<'static, sqlx::Any>,
         result: Result<T, StoreError>,
-        change: Change,
+        change: impl FnOnce(&T) -> Change,
     ) -> Result<T, StoreError> {
-        let result = match result {
-            Ok(value) if self.backend == Backend::Postgres => {
-                notify::announce(&mut tx, change, self.changes.replica())
-                    .await
-                    .map(|()| value)
+        let (result, change) = match result {
+            Ok(value) => {
+                let change = change(&value);
+                let announced = match self.backend {
+                    Backend::Postgres => {
+                        notify::announce(&mut tx, &change, self.changes.replica()).await
+                    }
+                    Backend::Sqlite => Ok(()),
+                };
+                (announced.map(|()| value), Some(change))
             }
-            other => other,
+            Err(error) => (Err(error), None),
         };
         let value = finish(tx, result).await?;
-        self.changes.note(change);
+        if let Some(change) = change {
+            self.changes.note(change);
+        }
         Ok(value)
     }
 
@@ -292,7 +301,7 @@ impl Store {
             Ok(_) => Ok(()),
             Err(error) => Err(error.into()),
         };
-        self.commit_change(tx, result, change).await
+        self.commit_change(tx, result, |_| change).await
     }
 
     /// A receiver that sees a new value after every committed change to
@@ -305,6 +314,25 @@ impl Store {
     /// How many changes [`Store::subscribe`] has counted so far.
     pub fn change_count(&self) -> u64 {
         *self.changes.subscribe().borrow()
+    }
+
+    /// What each change counted by [`Store::subscribe`] was, from now on.
+    /// A receiver that falls too far behind is told it lagged, and must
+    /// take anything as changed.
+    pub fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<Noted> {
+        self.changes.subscribe_noted()
+    }
+
+    /// A receiver that sees a new value after every committed change that
+    /// may have revoked SVIDs or owners, by any replica.
+    pub fn subscribe_revoking(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe_revoking()
+    }
+
+    /// A receiver that sees a new value after every committed change to
+    /// federation relationships, by any replica.
+    pub fn subscribe_federations(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe_federations()
     }
 
     /// A receiver that sees a new value after every committed change to
@@ -340,6 +368,18 @@ impl Store {
         };
         Ok(sqlx::query_scalar(sql).fetch_one(&self.pool).await?)
     }
+}
+
+/// The most ids one `IN (...)` query binds: well under SQLite's 32,766
+/// parameters and PostgreSQL's 65,535.
+const MAX_IDS_PER_QUERY: usize = 500;
+
+/// `$1, $2, ..., $n`.
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Reads a BOOLEAN column selected as `CAST(column AS INTEGER) AS column`:

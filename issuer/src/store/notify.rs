@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use super::StoreError;
@@ -21,11 +21,30 @@ use crate::config::database::PostgresUrl;
 /// The PostgreSQL channel changes are announced on.
 const CHANNEL: &str = "sigil_store_changes";
 
-/// What a write changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Change {
-    /// Entries, agents or owners: what decides which entries an agent gets.
+/// PostgreSQL refuses a notification payload of 8000 bytes or more. A
+/// change naming more than fits is announced without its ids.
+const MAX_PAYLOAD_BYTES: usize = 7900;
+
+/// How many counted changes a slow reader may fall behind before it is
+/// told it lagged (and must read the store again).
+const NOTED_BACKLOG: usize = 1024;
+
+/// What a write changed. Entries and agents are named, so a replica's
+/// view reads those rows again rather than every row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Entries created, updated or deleted, by id. `revoking` when the
+    /// write revoked SVIDs bound to them (a deletion).
+    Entries { ids: Vec<String>, revoking: bool },
+    /// One agent's record: attested, banned or evicted.
+    Agent(String),
+    /// Entries, agents or owners, without saying which: an owner was
+    /// revoked (its entries stop being served and its SVIDs are revoked),
+    /// or a change named too many rows to announce.
     Registrations,
+    /// Federation relationships; deleting one deletes its bundle, so
+    /// streams compare foreign bundles again.
+    Federations,
     /// Foreign trust domains' bundles (and so also what streams send).
     ForeignBundles,
     /// The keys replicas publish in this trust domain's bundle.
@@ -35,38 +54,110 @@ pub(super) enum Change {
 }
 
 impl Change {
-    fn name(self) -> &'static str {
-        match self {
-            Change::Registrations => "registrations",
-            Change::ForeignBundles => "foreign_bundles",
-            Change::TrustBundle => "trust_bundle",
-            Change::Revocations => "revocations",
+    /// The payload after the replica's name.
+    fn encode(&self) -> String {
+        let text = match self {
+            Change::Entries { ids, revoking } => {
+                let mut text = format!("entries {}", u8::from(*revoking));
+                for id in ids {
+                    text.push(' ');
+                    text.push_str(id);
+                }
+                text
+            }
+            Change::Agent(id) => format!("agent {id}"),
+            Change::Registrations => "registrations".to_owned(),
+            Change::Federations => "federations".to_owned(),
+            Change::ForeignBundles => "foreign_bundles".to_owned(),
+            Change::TrustBundle => "trust_bundle".to_owned(),
+            Change::Revocations => "revocations".to_owned(),
+        };
+        let named = match self {
+            Change::Entries { ids, .. } => ids.iter().all(|id| nameable(id)),
+            Change::Agent(id) => nameable(id),
+            _ => true,
+        };
+        if !named || text.len() > MAX_PAYLOAD_BYTES {
+            return "registrations".to_owned();
         }
+        text
     }
 
-    fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "registrations" => Some(Change::Registrations),
-            "foreign_bundles" => Some(Change::ForeignBundles),
-            "trust_bundle" => Some(Change::TrustBundle),
-            "revocations" => Some(Change::Revocations),
-            _ => None,
-        }
+    /// The change a payload (after the replica's name) announces; None
+    /// for one this version cannot read, which must be taken as any change.
+    fn decode(text: &str) -> Option<Change> {
+        let mut words = text.split(' ');
+        let change = match words.next()? {
+            "entries" => {
+                let revoking = match words.next()? {
+                    "0" => false,
+                    "1" => true,
+                    _ => return None,
+                };
+                let ids: Vec<String> = words.by_ref().map(str::to_owned).collect();
+                if ids.is_empty() || !ids.iter().all(|id| nameable(id)) {
+                    return None;
+                }
+                Change::Entries { ids, revoking }
+            }
+            "agent" => Change::Agent(words.next().filter(|id| nameable(id))?.to_owned()),
+            "registrations" => Change::Registrations,
+            "federations" => Change::Federations,
+            "foreign_bundles" => Change::ForeignBundles,
+            "trust_bundle" => Change::TrustBundle,
+            "revocations" => Change::Revocations,
+            _ => return None,
+        };
+        words.next().is_none().then_some(change)
     }
+
+    /// Whether the change may have revoked SVIDs or owners.
+    fn may_revoke(&self) -> bool {
+        matches!(
+            self,
+            Change::Entries { revoking: true, .. } | Change::Registrations
+        )
+    }
+}
+
+/// Whether an id can be named in a payload, whose words are separated by
+/// single spaces.
+fn nameable(id: &str) -> bool {
+    !id.is_empty() && !id.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// The notification payload of `change` made by `replica`.
+fn payload(replica: &str, change: &Change) -> String {
+    format!("{replica} {}", change.encode())
+}
+
+/// Who sent a payload and what it announces; `None` as the change when it
+/// cannot be read.
+fn parse_payload(payload: &str) -> Option<(&str, Option<Change>)> {
+    let (from, text) = payload.split_once(' ')?;
+    Some((from, Change::decode(text)))
 }
 
 /// Sends the notification of `change` inside the writing transaction.
 pub(super) async fn announce(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    change: Change,
+    change: &Change,
     replica: &str,
 ) -> Result<(), StoreError> {
     sqlx::query("SELECT 1 FROM (SELECT pg_notify($1, $2)) AS notified")
         .bind(CHANNEL)
-        .bind(format!("{replica} {}", change.name()))
+        .bind(payload(replica, change))
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// One counted change to what entry streams serve: what it was, and the
+/// count it brought [`Store::subscribe`](super::Store::subscribe) to.
+#[derive(Debug, Clone)]
+pub struct Noted {
+    pub count: u64,
+    pub change: Arc<Change>,
 }
 
 /// The counters streams watch.
@@ -75,9 +166,14 @@ struct Counters {
     /// Every change to what decides an agent's entries and federated
     /// bundles.
     all: watch::Sender<u64>,
-    /// Changes to foreign bundles alone, so the many streams read them
-    /// again only when they changed.
+    /// What each of those was, in the order counted.
+    noted: broadcast::Sender<Noted>,
+    /// Changes that may have revoked SVIDs or owners.
+    revoking: watch::Sender<u64>,
+    /// Changes to foreign bundles alone.
     foreign_bundles: watch::Sender<u64>,
+    /// Changes to federation relationships (counted among `all` too).
+    federations: watch::Sender<u64>,
     /// Changes to the replicas' published keys. Streams learn of these
     /// through the CA's bundle, not by reading entries again.
     trust_bundle: watch::Sender<u64>,
@@ -87,26 +183,40 @@ struct Counters {
 
 impl Counters {
     fn note(&self, change: Change) {
-        match change {
-            Change::Registrations => {}
-            Change::ForeignBundles => self.foreign_bundles.send_modify(|n| *n += 1),
-            Change::TrustBundle => {
-                self.trust_bundle.send_modify(|n| *n += 1);
-                return;
-            }
-            Change::Revocations => {
-                self.revocations.send_modify(|n| *n += 1);
-                return;
-            }
+        let bump = |counter: &watch::Sender<u64>| counter.send_modify(|n| *n += 1);
+        if change.may_revoke() {
+            bump(&self.revoking);
         }
-        self.all.send_modify(|n| *n += 1);
+        match change {
+            Change::TrustBundle => return bump(&self.trust_bundle),
+            Change::Revocations => return bump(&self.revocations),
+            Change::Federations => bump(&self.federations),
+            Change::ForeignBundles => bump(&self.foreign_bundles),
+            Change::Entries { .. } | Change::Agent(_) | Change::Registrations => {}
+        }
+        let change = Arc::new(change);
+        // Counted and sent under the counter's lock, so readers see the
+        // changes in the order of their counts.
+        self.all.send_modify(|n| {
+            *n += 1;
+            let _ = self.noted.send(Noted {
+                count: *n,
+                change: change.clone(),
+            });
+        });
     }
 
     /// Something may have changed that no notification told of.
     fn note_unknown(&self) {
-        self.note(Change::ForeignBundles);
-        self.note(Change::TrustBundle);
-        self.note(Change::Revocations);
+        for change in [
+            Change::ForeignBundles,
+            Change::Federations,
+            Change::TrustBundle,
+            Change::Revocations,
+            Change::Registrations,
+        ] {
+            self.note(change);
+        }
     }
 }
 
@@ -133,7 +243,10 @@ impl Changes {
         Changes {
             counters: Arc::new(Counters {
                 all: watch::channel(0).0,
+                noted: broadcast::channel(NOTED_BACKLOG).0,
+                revoking: watch::channel(0).0,
                 foreign_bundles: watch::channel(0).0,
+                federations: watch::channel(0).0,
                 trust_bundle: watch::channel(0).0,
                 revocations: watch::channel(0).0,
             }),
@@ -153,6 +266,18 @@ impl Changes {
 
     pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
         self.counters.all.subscribe()
+    }
+
+    pub(super) fn subscribe_noted(&self) -> broadcast::Receiver<Noted> {
+        self.counters.noted.subscribe()
+    }
+
+    pub(super) fn subscribe_revoking(&self) -> watch::Receiver<u64> {
+        self.counters.revoking.subscribe()
+    }
+
+    pub(super) fn subscribe_federations(&self) -> watch::Receiver<u64> {
+        self.counters.federations.subscribe()
     }
 
     pub(super) fn subscribe_trust_bundle(&self) -> watch::Receiver<u64> {
@@ -246,21 +371,127 @@ async fn listen_once(
     *connected = true;
     loop {
         match listener.try_recv().await {
-            Ok(Some(notification)) => {
-                let Some((from, name)) = notification.payload().split_once(' ') else {
-                    continue;
-                };
-                if from == replica {
-                    continue;
-                }
-                match Change::from_name(name) {
-                    Some(change) => counters.note(change),
-                    None => counters.note_unknown(),
-                }
-            }
+            Ok(Some(notification)) => match parse_payload(notification.payload()) {
+                Some((from, _)) if from == replica => {}
+                Some((_, Some(change))) => counters.note(change),
+                // From a version that announces what this one cannot read.
+                Some((_, None)) | None => counters.note_unknown(),
+            },
             // The connection dropped and was made again, LISTEN included.
             Ok(None) => counters.note_unknown(),
             Err(error) => return error,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_kind() -> Vec<Change> {
+        vec![
+            Change::Entries {
+                ids: vec!["6f1c0f7e-1f7b-4b0c-9f1e-2a3b4c5d6e7f".into()],
+                revoking: false,
+            },
+            Change::Entries {
+                ids: vec!["a".into(), "b".into(), "c".into()],
+                revoking: true,
+            },
+            Change::Agent("spiffe://td/agent/join_token/t1".into()),
+            Change::Registrations,
+            Change::Federations,
+            Change::ForeignBundles,
+            Change::TrustBundle,
+            Change::Revocations,
+        ]
+    }
+
+    #[test]
+    fn every_change_travels_in_a_payload_and_back() {
+        for change in every_kind() {
+            let payload = payload("replica-1", &change);
+            assert_eq!(
+                parse_payload(&payload),
+                Some(("replica-1", Some(change.clone()))),
+                "{payload}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_change_naming_too_much_is_announced_without_names() {
+        let ids: Vec<String> = (0..400).map(|_| crate::ids::uuid_v4()).collect();
+        let many = Change::Entries {
+            ids,
+            revoking: false,
+        };
+        let payload = payload("r", &many);
+        assert!(payload.len() < 8000);
+        assert_eq!(
+            parse_payload(&payload),
+            Some(("r", Some(Change::Registrations)))
+        );
+        // A name that would not survive the space-separated form.
+        for odd in ["", "a b", "a\tb"] {
+            let agent = Change::Agent(odd.into());
+            assert_eq!(agent.encode(), "registrations", "{odd:?}");
+        }
+    }
+
+    #[test]
+    fn payloads_this_version_cannot_read_mean_any_change() {
+        for text in [
+            "r",
+            "r ",
+            "r unknown",
+            "r entries",
+            "r entries 2 a",
+            "r entries 1",
+            "r entries 0 a  b",
+            "r agent",
+            "r agent a b",
+            "r trust_bundle extra",
+        ] {
+            let parsed = parse_payload(text);
+            assert!(
+                matches!(parsed, None | Some((_, None))),
+                "{text:?} read as {parsed:?}"
+            );
+        }
+    }
+
+    /// Mutated payloads read as a change or as unreadable, never a panic;
+    /// a change read back encodes to the same text.
+    #[test]
+    fn mutated_payloads_never_panic() {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: usize| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1) as u64) as usize
+        };
+        let seeds: Vec<String> = every_kind().iter().map(|c| payload("r", c)).collect();
+        for _ in 0..20_000 {
+            let mut bytes = seeds[next(seeds.len())].clone().into_bytes();
+            for _ in 0..=next(3) {
+                let at = next(bytes.len() + 1);
+                match next(3) {
+                    0 if at < bytes.len() => {
+                        bytes.remove(at);
+                    }
+                    1 => bytes.insert(at, b" 01ax\t\n\0"[next(8)]),
+                    _ if at < bytes.len() => bytes[at] ^= 1 << next(8),
+                    _ => {}
+                }
+            }
+            let Ok(text) = String::from_utf8(bytes) else {
+                continue;
+            };
+            if let Some((from, Some(change))) = parse_payload(&text) {
+                assert_eq!(payload(from, &change), text);
+            }
         }
     }
 }

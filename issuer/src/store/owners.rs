@@ -52,7 +52,8 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let result = write_revocation(&mut tx, id, now).await;
         // Entry streams re-evaluate, dropping the owner's entries.
-        self.commit_change(tx, result, Change::Registrations).await
+        self.commit_change(tx, result, |_| Change::Registrations)
+            .await
     }
 }
 

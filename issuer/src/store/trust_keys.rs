@@ -102,7 +102,10 @@ impl Store {
         }
         .await;
         match result {
-            Ok(true) => self.commit_change(tx, result, Change::TrustBundle).await,
+            Ok(true) => {
+                self.commit_change(tx, result, |_| Change::TrustBundle)
+                    .await
+            }
             _ => finish(tx, result).await,
         }
     }
