@@ -279,7 +279,18 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
             "entries of Kubernetes clusters no longer configured deleted"
         );
     }
-    tasks.push(until_shutdown(poller.run(), shutdown_rx.clone()));
+    // One replica polls the peers' bundle endpoints; every replica serves
+    // what it stored, and how its polls went.
+    tasks.push(tokio::spawn(crate::singleton::run_while_held(
+        state.store.clone(),
+        "federation",
+        state.replica.to_string(),
+        {
+            let poller = poller.clone();
+            move || vec![Box::pin(poller.clone().run()) as crate::singleton::Job]
+        },
+        shutdown_rx.clone(),
+    )));
     // Replicas would otherwise reconcile the same pods and write the same
     // ConfigMaps at once: one of them does it.
     let kubernetes_jobs = {
@@ -332,19 +343,6 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
 
 async fn wait_for(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
-/// Spawns a background job that runs until it ends or the issuer stops.
-fn until_shutdown(
-    job: impl std::future::Future<Output = ()> + Send + 'static,
-    shutdown: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = job => {}
-            _ = wait_for(shutdown) => {}
-        }
-    })
 }
 
 /// Serves the agent API on `listener`. A connection must complete TLS and

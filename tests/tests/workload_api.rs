@@ -451,3 +451,96 @@ async fn grpc_reflection_lists_and_describes_the_workload_api() {
     };
     assert!(!files.file_descriptor_proto.is_empty());
 }
+
+/// An in-memory transport that, like many wrappers, writes one buffer at
+/// a time (`is_write_vectored` is false).
+struct PlainWrites(tokio::io::DuplexStream);
+
+impl tokio::io::AsyncRead for PlainWrites {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for PlainWrites {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// The vendored h2 (see vendor/h2/SIGIL-PATCH.md) over a transport without
+/// vectored writes: the server and the client both buffer frames larger
+/// than the patched initial write buffer.
+#[tokio::test]
+async fn h2_works_over_a_transport_without_vectored_writes() {
+    use bytes::Bytes;
+    use tokio::io::AsyncWrite;
+
+    const BODY: usize = 40_000;
+    // A hang here would be the bug: bound it.
+    let exchange = async move {
+        let (client_io, server_io) = tokio::io::duplex(16 * 1024);
+        let (client_io, server_io) = (PlainWrites(client_io), PlainWrites(server_io));
+        assert!(!client_io.is_write_vectored() && !server_io.is_write_vectored());
+        let server = tokio::spawn(async move {
+            let mut connection = h2::server::handshake(server_io).await.unwrap();
+            let (request, mut respond) = connection.accept().await.unwrap().unwrap();
+            // Drives the connection; ends with the test.
+            tokio::spawn(async move { while connection.accept().await.is_some() {} });
+            let mut body = request.into_body();
+            let mut received = 0;
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.unwrap();
+                received += chunk.len();
+                body.flow_control().release_capacity(chunk.len()).unwrap();
+            }
+            let mut send = respond
+                .send_response(http::Response::new(()), false)
+                .unwrap();
+            send.send_data(Bytes::from(vec![b'r'; received]), true)
+                .unwrap();
+        });
+        let (client, connection) = h2::client::handshake(client_io).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::post("http://sigil.test/echo")
+            .body(())
+            .unwrap();
+        let (response, mut send) = client.send_request(request, false).unwrap();
+        send.send_data(Bytes::from(vec![b'q'; BODY]), true).unwrap();
+        let mut body = response.await.unwrap().into_body();
+        let mut received = 0;
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            received += chunk.len();
+            body.flow_control().release_capacity(chunk.len()).unwrap();
+        }
+        assert_eq!(received, BODY);
+        server.await.unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("the h2 exchange did not finish within 10 s");
+}

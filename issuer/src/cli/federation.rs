@@ -374,6 +374,8 @@ fn federation_json(f: &pb::Federation) -> serde_json::Value {
         "updated_at": f.updated_at,
         "bundle": f.bundle.as_ref().map(bundle_json),
         "last_error": f.last_error,
+        "last_polled_at": f.last_polled_at,
+        "failed_polls": f.failed_polls,
     })
 }
 
@@ -432,6 +434,14 @@ fn federation_text(f: &pb::Federation) {
             date(b.updated_at)
         ),
         None => workload_api::outln!("Bundle           : none yet"),
+    }
+    match f.last_polled_at {
+        0 => workload_api::outln!("Last polled      : not yet"),
+        at => workload_api::outln!(
+            "Last polled      : {}, {} failed since the last good poll",
+            date(at),
+            f.failed_polls
+        ),
     }
     if !f.last_error.is_empty() {
         workload_api::outln!("Last error       : {}", f.last_error);

@@ -16,7 +16,7 @@ use crate::clock::unix_secs;
 use crate::federation::fetch;
 use crate::federation::poller::{bundle_event, trust_domain_id, Poller};
 use crate::state::IssuerState;
-use crate::store::{BundleOrigin, Federation, ForeignBundle, StoreError};
+use crate::store::{BundleOrigin, Federation, FederationPoll, ForeignBundle, StoreError};
 
 /// The largest bundle an operator may hand over.
 pub const MAX_BUNDLE_BYTES: usize = 1 << 20;
@@ -345,11 +345,22 @@ impl FederationAdmin {
             Err(StoreError::BundleNotFound(_)) => None,
             Err(e) => return Err(store_status(e)),
         };
+        let polls = self
+            .state
+            .store
+            .federation_poll(&federation.trust_domain)
+            .await
+            .map_err(store_status)?
+            .unwrap_or(FederationPoll {
+                polled_at: 0,
+                failures: 0,
+                last_error: String::new(),
+                replica: String::new(),
+            });
         Ok(pb::Federation {
-            last_error: self
-                .poller
-                .last_error(&federation.trust_domain)
-                .unwrap_or_default(),
+            last_error: polls.last_error,
+            last_polled_at: polls.polled_at,
+            failed_polls: polls.failures,
             trust_domain: federation.trust_domain,
             bundle_endpoint_url: federation.bundle_endpoint_url,
             profile: federation.profile,

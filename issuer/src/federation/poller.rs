@@ -63,12 +63,12 @@ pub struct Refreshed {
     pub refresh: Duration,
 }
 
-/// When a relationship is polled next, and how the last polls went.
+/// When a relationship is polled next, and how many polls in a row failed.
+/// How the polls went is in the store, the same for every replica.
 #[derive(Debug, Clone)]
 struct Due {
     at: Instant,
     failures: u32,
-    last_error: Option<String>,
 }
 
 /// The poller of every relationship.
@@ -94,21 +94,40 @@ impl Poller {
         self.wake.notify_one();
     }
 
-    /// The error of the last failed fetch while no fetch has succeeded
-    /// since, or why the last fetched bundle was refused.
-    pub fn last_error(&self, trust_domain: &str) -> Option<String> {
-        self.schedule
-            .lock()
-            .expect("schedule lock")
-            .get(trust_domain)
-            .and_then(|due| due.last_error.clone())
-    }
-
     /// Fetches `trust_domain`'s bundle now and stores it, whatever the
-    /// schedule says; the schedule then follows the result.
+    /// schedule says; the schedule then follows the result, and the store
+    /// records how it went.
     pub async fn refresh(&self, trust_domain: &str) -> Result<Refreshed, RefreshError> {
         let result = self.fetch_and_store(trust_domain).await;
         self.reschedule(trust_domain, &result);
+        let last_error = match &result {
+            // A refused older bundle is no failure to fetch, but the
+            // operator should see why the held bundle did not change.
+            Ok(Refreshed {
+                write: BundleWrite::Older { held, fetched },
+                ..
+            }) => format!(
+                "the endpoint served sequence {fetched}, older than the held {held}; \
+                 the held bundle is kept"
+            ),
+            Ok(_) => String::new(),
+            Err(error) => error.to_string(),
+        };
+        let polled_at = unix_secs(self.state.clock.now());
+        if let Err(error) = self
+            .state
+            .store
+            .record_federation_poll(
+                trust_domain,
+                &self.state.replica,
+                polled_at,
+                result.is_err(),
+                &last_error,
+            )
+            .await
+        {
+            tracing::warn!(trust_domain, %error, "recording how a federation poll went failed");
+        }
         result
     }
 
@@ -210,25 +229,14 @@ impl Poller {
         let due = schedule.entry(trust_domain.to_owned()).or_insert(Due {
             at: Instant::now(),
             failures: 0,
-            last_error: None,
         });
         match result {
             Ok(refreshed) => {
                 due.failures = 0;
-                // A refused older bundle is no failure to fetch, but the
-                // operator should see why the held bundle did not change.
-                due.last_error = match &refreshed.write {
-                    BundleWrite::Older { held, fetched } => Some(format!(
-                        "the endpoint served sequence {fetched}, older than the held {held}; \
-                         the held bundle is kept"
-                    )),
-                    _ => None,
-                };
                 due.at = Instant::now() + jittered(refreshed.refresh);
             }
-            Err(error) => {
+            Err(_) => {
                 due.failures = due.failures.saturating_add(1);
-                due.last_error = Some(error.to_string());
                 let backoff =
                     FIRST_RETRY.saturating_mul(1 << due.failures.min(16).saturating_sub(1));
                 due.at = Instant::now() + jittered(backoff.min(DEFAULT_REFRESH));
@@ -292,7 +300,6 @@ impl Poller {
                 .or_insert(Due {
                     at: Instant::now(),
                     failures: 0,
-                    last_error: None,
                 });
         }
     }

@@ -8,7 +8,7 @@
 use sqlx::Row;
 
 use super::notify::Change;
-use super::{finish, BundleOrigin, Federation, ForeignBundle, Store, StoreError};
+use super::{finish, BundleOrigin, Federation, FederationPoll, ForeignBundle, Store, StoreError};
 
 const FEDERATION_COLUMNS: &str =
     "trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id, created_at, updated_at";
@@ -73,6 +73,10 @@ impl Store {
             if done.rows_affected() == 0 {
                 return Err(StoreError::FederationNotFound(trust_domain.to_owned()));
             }
+            sqlx::query("DELETE FROM federation_polls WHERE trust_domain = $1")
+                .bind(trust_domain)
+                .execute(&mut *tx)
+                .await?;
             let bundle = sqlx::query("DELETE FROM foreign_bundles WHERE trust_domain = $1")
                 .bind(trust_domain)
                 .execute(&mut *tx)
@@ -82,6 +86,60 @@ impl Store {
         .await;
         self.commit_change(tx, result, |_| Change::Federations)
             .await
+    }
+
+    /// Records a poll of `trust_domain`'s endpoint by `replica`, while the
+    /// relationship exists: `failed` counts it among the failures (a good
+    /// poll clears them), and `last_error` says what went wrong, if
+    /// anything did.
+    pub async fn record_federation_poll(
+        &self,
+        trust_domain: &str,
+        replica: &str,
+        polled_at: i64,
+        failed: bool,
+        last_error: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO federation_polls (trust_domain, polled_at, failures, last_error, replica) \
+             SELECT $1, $2, $3, $4, $5 WHERE EXISTS \
+             (SELECT 1 FROM federations WHERE trust_domain = $1) \
+             ON CONFLICT (trust_domain) DO UPDATE SET polled_at = $2, \
+             failures = CASE WHEN $3 = 0 THEN 0 ELSE federation_polls.failures + 1 END, \
+             last_error = $4, replica = $5",
+        )
+        .bind(trust_domain)
+        .bind(polled_at)
+        .bind(i64::from(failed))
+        .bind(last_error)
+        .bind(replica)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// How the last polls of `trust_domain`'s endpoint went; none before
+    /// the first.
+    pub async fn federation_poll(
+        &self,
+        trust_domain: &str,
+    ) -> Result<Option<FederationPoll>, StoreError> {
+        let row = sqlx::query(
+            "SELECT polled_at, failures, last_error, replica FROM federation_polls \
+             WHERE trust_domain = $1",
+        )
+        .bind(trust_domain)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(FederationPoll {
+                polled_at: row.try_get("polled_at")?,
+                failures: row.try_get("failures")?,
+                last_error: row.try_get("last_error")?,
+                replica: row.try_get("replica")?,
+            })
+        })
+        .transpose()
     }
 
     pub async fn get_federation(&self, trust_domain: &str) -> Result<Federation, StoreError> {
@@ -243,6 +301,55 @@ mod tests {
             origin,
             updated_at: 1,
         }
+    }
+
+    #[tokio::test]
+    async fn polls_are_counted_while_the_relationship_lasts() {
+        let (_dir, store) = store().await;
+        let poll = |at: i64, failed: bool, error: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .record_federation_poll("partner.org", "replica-a", at, failed, error)
+                    .await
+                    .unwrap();
+                store.federation_poll("partner.org").await.unwrap()
+            }
+        };
+        // No relationship, no record.
+        assert_eq!(poll(1, true, "refused").await, None);
+        store
+            .create_federation(&Federation {
+                trust_domain: "partner.org".into(),
+                bundle_endpoint_url: "https://partner.org/bundle".into(),
+                profile: "https_web".into(),
+                endpoint_spiffe_id: String::new(),
+                created_at: 1,
+                updated_at: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!(poll(2, true, "refused").await.unwrap().failures, 1);
+        let second = poll(3, true, "timed out").await.unwrap();
+        assert_eq!(
+            second,
+            FederationPoll {
+                polled_at: 3,
+                failures: 2,
+                last_error: "timed out".into(),
+                replica: "replica-a".into(),
+            }
+        );
+        // A good poll clears the failures; a refused bundle is no failure
+        // but says why.
+        assert_eq!(poll(4, false, "").await.unwrap().failures, 0);
+        let refused = poll(5, false, "older").await.unwrap();
+        assert_eq!(
+            (refused.failures, refused.last_error.as_str()),
+            (0, "older")
+        );
+        store.delete_federation("partner.org").await.unwrap();
+        assert_eq!(store.federation_poll("partner.org").await.unwrap(), None);
     }
 
     #[tokio::test]

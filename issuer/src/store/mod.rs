@@ -41,7 +41,7 @@ pub use federation::BundleWrite;
 pub use graph::{Authorized, EntryGraph};
 pub use log::{LogHead, Sequencing};
 pub use model::{
-    Agent, BundleOrigin, Entry, EntryFields, EntryOwner, Federation, ForeignBundle,
+    Agent, BundleOrigin, Entry, EntryFields, EntryOwner, Federation, FederationPoll, ForeignBundle,
     JoinTokenRecord, Owner, Selector, SerialReservation,
 };
 pub use notify::{Change, Noted};
@@ -185,6 +185,13 @@ fn migrator() -> sqlx::migrate::Migrator {
             Cow::Borrowed("replicas"),
             MigrationType::Simple,
             Cow::Borrowed(include_str!("../../migrations/0006_replicas.sql")),
+            false,
+        ),
+        Migration::new(
+            7,
+            Cow::Borrowed("federation polls"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0007_federation_polls.sql")),
             false,
         ),
     ];

@@ -113,6 +113,20 @@ pub struct Federation {
     pub updated_at: i64,
 }
 
+/// How the last polls of a relationship's bundle endpoint went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederationPoll {
+    /// When the last poll ended (Unix seconds).
+    pub polled_at: i64,
+    /// Polls that failed since the last good one.
+    pub failures: i64,
+    /// Why the last poll failed, or why its bundle was refused; empty
+    /// after a good one.
+    pub last_error: String,
+    /// The replica that polled.
+    pub replica: String,
+}
+
 /// The latest bundle of a foreign trust domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForeignBundle {

@@ -95,7 +95,13 @@ where
             final_flush_done: false,
             encoder: Encoder {
                 hpack: hpack::Encoder::default(),
-                buf: Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY)),
+                // SIGIL PATCH: never less than `min_buffer_capacity`, which
+                // without vectored writes (1,033 bytes) exceeds the 1 KiB
+                // default: an empty buffer must have room for a frame, or
+                // `has_capacity` stays false and `buffer` panics.
+                buf: Cursor::new(BytesMut::with_capacity(
+                    DEFAULT_BUFFER_CAPACITY.max(chain_threshold + frame::HEADER_LEN),
+                )),
                 next: None,
                 last_data_frame: None,
                 max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,

@@ -1,7 +1,7 @@
 //! An agent configured with several issuer addresses fails over between
 //! them. Two TCP proxies in front of one issuer stand in for two replicas,
 //! so that a replica's death (port closed, connections reset) is staged
-//! exactly; `replica_failover.rs` kills real replicas sharing PostgreSQL.
+//! exactly; `replica_failover` kills real replicas sharing PostgreSQL.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -287,3 +287,55 @@ async fn a_bundle_change_on_one_replica_reaches_agents_on_another() {
     assert_eq!(delivered.x509_authorities().len(), 3);
     assert!(delivered.sequence() > bundle.sequence());
 }
+
+/// How the polls of `trust_domain`'s endpoint went, as `replica` reports.
+async fn polls_seen_by(replica: &TestIssuer, trust_domain: &str) -> (String, i64) {
+    let shown = replica
+        .admin()
+        .await
+        .get_federation(proto::admin::TrustDomainRequest {
+            trust_domain: trust_domain.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (shown.last_error, shown.last_polled_at)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_replica_reports_the_same_federation_polls() {
+    let (_pg, _url, a, b, _) = two_replicas("federation_polls").await;
+    // Nothing listens there: every poll fails.
+    let endpoint = format!("https://127.0.0.1:{}/bundle", sigil_tests::free_port());
+    let relationship = proto::admin::Federation {
+        trust_domain: "peer.example".into(),
+        bundle_endpoint_url: endpoint,
+        profile: "https_web".into(),
+        ..Default::default()
+    };
+    b.admin()
+        .await
+        .create_federation(proto::admin::FederationRequest {
+            federation: Some(relationship),
+            bootstrap_bundle: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (on_a, on_b) = (
+            polls_seen_by(&a, "peer.example").await,
+            polls_seen_by(&b, "peer.example").await,
+        );
+        if !on_a.0.is_empty() && on_a == on_b {
+            assert!(on_a.1 > 0, "a failed poll has a time: {on_a:?}");
+            assert!(on_a.0.contains("127.0.0.1"), "{}", on_a.0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replicas did not report the same poll: {on_a:?} and {on_b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
