@@ -19,6 +19,7 @@ use workload_api::events::{Event, EventKind};
 use workload_api::id::SpiffeId;
 use workload_api::x509svid;
 
+use super::standing::{banned, evicted};
 use super::store_status;
 use crate::attestation;
 use crate::ca::SvidSubject;
@@ -437,26 +438,4 @@ impl AgentApi for AgentService {
             bundle: self.state.ca.bundle().to_jwks_json(),
         }))
     }
-}
-
-/// PERMISSION_DENIED for an agent that lost its standing, saying why to
-/// people (the message) and to the agent (the standing metadata).
-fn refused(standing: &'static str, message: String) -> Status {
-    let mut metadata = tonic::metadata::MetadataMap::new();
-    metadata.insert(
-        proto::AGENT_STANDING_KEY,
-        tonic::metadata::MetadataValue::from_static(standing),
-    );
-    Status::with_metadata(tonic::Code::PermissionDenied, message, metadata)
-}
-
-pub(super) fn banned(agent_id: &str) -> Status {
-    refused("banned", format!("agent {agent_id} is banned"))
-}
-
-pub(super) fn evicted(agent_id: &str) -> Status {
-    refused(
-        "evicted",
-        format!("agent {agent_id} is not attested (it may have been evicted); attest again"),
-    )
 }

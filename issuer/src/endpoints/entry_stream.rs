@@ -11,8 +11,8 @@ use proto::issuer as pb;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use super::agent::{banned, evicted};
 use super::convert::{entry_to_proto, Reader};
+use super::standing::{banned, evicted};
 use super::store_status;
 use crate::clock::unix_secs;
 use crate::registrations::{HeldForeignBundle, View};

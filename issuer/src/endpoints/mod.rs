@@ -17,6 +17,7 @@ pub mod http;
 mod log_http;
 pub mod serving_cert;
 mod signing;
+mod standing;
 pub mod tls;
 mod web;
 

@@ -112,22 +112,10 @@ impl Store {
 
     /// The agents among `spiffe_ids`; an ID not returned has no record.
     pub async fn agents_with_ids(&self, spiffe_ids: &[String]) -> Result<Vec<Agent>, StoreError> {
-        let mut found = Vec::with_capacity(spiffe_ids.len());
-        for ids in spiffe_ids.chunks(super::MAX_IDS_PER_QUERY) {
-            let sql = format!(
-                "SELECT {AGENT_COLUMNS} FROM agents WHERE spiffe_id IN ({})",
-                super::placeholders(ids.len())
-            );
-            let rows = ids
-                .iter()
-                .fold(sqlx::query(&sql), |query, id| query.bind(id))
-                .fetch_all(&self.pool)
-                .await?;
-            for row in &rows {
-                found.push(agent_from_row(row)?);
-            }
-        }
-        Ok(found)
+        let select = |placeholders: &str| {
+            format!("SELECT {AGENT_COLUMNS} FROM agents WHERE spiffe_id IN ({placeholders})")
+        };
+        self.fetch_by_ids(select, spiffe_ids, agent_from_row).await
     }
 
     /// Forgets an agent: it must attest again.
@@ -171,4 +159,42 @@ fn agent_from_row(row: &sqlx::any::AnyRow) -> Result<Agent, StoreError> {
             },
         )?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::temp_store;
+    use super::*;
+
+    #[tokio::test]
+    async fn agents_are_found_by_id_however_many_are_asked_for() {
+        let (_dir, store) = temp_store().await;
+        let agent = |n: usize| Agent {
+            spiffe_id: format!("spiffe://td/agent/join_token/{n}"),
+            attestation_type: "join_token".into(),
+            serial: "01".into(),
+            new_serial: String::new(),
+            expires_at: 100,
+            banned: false,
+            attested_at: 1,
+            selectors: Vec::new(),
+        };
+        for n in [0, 499, 500, 1199] {
+            store.upsert_agent(&agent(n), 1).await.unwrap();
+        }
+        // More ids than one query binds, most of them unknown.
+        let asked: Vec<String> = (0..1200).map(|n| agent(n).spiffe_id).collect();
+        let mut found: Vec<String> = store
+            .agents_with_ids(&asked)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.spiffe_id)
+            .collect();
+        found.sort();
+        let mut expected: Vec<String> = [0, 499, 500, 1199].map(|n| agent(n).spiffe_id).into();
+        expected.sort();
+        assert_eq!(found, expected);
+        assert!(store.agents_with_ids(&[]).await.unwrap().is_empty());
+    }
 }

@@ -205,23 +205,13 @@ impl Store {
     /// not returned was deleted, or its owner revoked.
     pub async fn live_entries_with_ids(&self, ids: &[String]) -> Result<Vec<Entry>, StoreError> {
         let columns = entry_columns("e");
-        let mut found = Vec::with_capacity(ids.len());
-        for ids in ids.chunks(super::MAX_IDS_PER_QUERY) {
-            let sql = format!(
+        let select = |placeholders: &str| {
+            format!(
                 "SELECT {columns} FROM entries e LEFT JOIN owners o ON o.id = e.owner_id \
-                 WHERE e.id IN ({}) AND (e.owner_id = '' OR o.revoked_at = 0)",
-                super::placeholders(ids.len())
-            );
-            let rows = ids
-                .iter()
-                .fold(sqlx::query(&sql), |query, id| query.bind(id))
-                .fetch_all(&self.pool)
-                .await?;
-            for row in &rows {
-                found.push(entry_from_row(row)?);
-            }
-        }
-        Ok(found)
+                 WHERE e.id IN ({placeholders}) AND (e.owner_id = '' OR o.revoked_at = 0)"
+            )
+        };
+        self.fetch_by_ids(select, ids, entry_from_row).await
     }
 
     /// Every entry an agent may mint for at `now` (see [`EntryGraph`]).

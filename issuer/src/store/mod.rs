@@ -381,12 +381,34 @@ impl Store {
 /// parameters and PostgreSQL's 65,535.
 const MAX_IDS_PER_QUERY: usize = 500;
 
-/// `$1, $2, ..., $n`.
-fn placeholders(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+impl Store {
+    /// The rows `select` finds for `ids`, read with `read`. `select` makes
+    /// the query from the placeholders of an `IN (...)` list; it runs once
+    /// per [`MAX_IDS_PER_QUERY`] ids.
+    async fn fetch_by_ids<T>(
+        &self,
+        select: impl Fn(&str) -> String,
+        ids: &[String],
+        read: impl Fn(&sqlx::any::AnyRow) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for ids in ids.chunks(MAX_IDS_PER_QUERY) {
+            let placeholders = (1..=ids.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = select(&placeholders);
+            let rows = ids
+                .iter()
+                .fold(sqlx::query(&sql), |query, id| query.bind(id))
+                .fetch_all(&self.pool)
+                .await?;
+            for row in &rows {
+                found.push(read(row)?);
+            }
+        }
+        Ok(found)
+    }
 }
 
 /// Reads a BOOLEAN column selected as `CAST(column AS INTEGER) AS column`:
