@@ -36,7 +36,9 @@ pub enum ClientError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SocketError {
-    #[error("{path}: no such file; is the agent running, and is this the socket it printed?")]
+    #[error(
+        "{path}: no such file; is the process that serves it running, and is this the socket it printed?"
+    )]
     Missing { path: PathBuf },
     #[error(
         "{path}: permission denied; this user may not reach the socket or a directory above it"
@@ -218,5 +220,21 @@ mod tests {
             assert!(EndpointAddress::parse(bad).is_err(), "{bad}");
         }
         assert!(EndpointAddress::from_path_or_address("/run/agent.sock").is_ok());
+    }
+
+    #[test]
+    fn a_missing_socket_is_named_for_the_agent_and_the_issuer_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        let error = std::os::unix::net::UnixStream::connect(&path).unwrap_err();
+        let message = SocketError::classify(&path, error).to_string();
+        assert_eq!(
+            message,
+            format!(
+                "{}: no such file; is the process that serves it running, and is this the \
+                 socket it printed?",
+                path.display()
+            )
+        );
     }
 }
