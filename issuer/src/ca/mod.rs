@@ -55,8 +55,14 @@ pub struct Ca {
     /// The trust domain's bundle: this CA's keys and, where several issuer
     /// replicas share a database, theirs (see `crate::trust_bundle`).
     bundle: watch::Sender<Arc<Bundle>>,
+    /// The JWK Set JSON of the bundle last asked for: every entry stream
+    /// sends a new bundle, and it is serialized once for all of them.
+    bundle_jwks: std::sync::Mutex<Option<SerializedBundle>>,
     serial_key: serials::SerialKey,
 }
+
+/// A bundle and its JWK Set JSON.
+type SerializedBundle = (Arc<Bundle>, Arc<Vec<u8>>);
 
 impl std::fmt::Debug for Ca {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,6 +89,7 @@ impl Ca {
             slots: RwLock::new(slots),
             local_bundle,
             bundle,
+            bundle_jwks: std::sync::Mutex::new(None),
             serial_key,
         };
         ca.rotate(now)?;
@@ -100,6 +107,25 @@ impl Ca {
     /// what agents, relying parties and federated domains are given.
     pub fn bundle(&self) -> Arc<Bundle> {
         self.bundle.borrow().clone()
+    }
+
+    /// `bundle` (one [`Ca::bundle`] or [`Ca::subscribe_bundle`] handed
+    /// out) as JWK Set JSON, serialized once however many ask.
+    pub fn bundle_jwks(&self, bundle: &Arc<Bundle>) -> Arc<Vec<u8>> {
+        let mut held = self.bundle_jwks.lock().expect("bundle JWKS lock");
+        match &*held {
+            Some((serialized, json)) if Arc::ptr_eq(serialized, bundle) => json.clone(),
+            _ => {
+                let json = Arc::new(bundle.to_jwks_json());
+                *held = Some((bundle.clone(), json.clone()));
+                json
+            }
+        }
+    }
+
+    /// The current bundle as JWK Set JSON (see [`Ca::bundle_jwks`]).
+    pub fn current_bundle_jwks(&self) -> Arc<Vec<u8>> {
+        self.bundle_jwks(&self.bundle())
     }
 
     /// Sees every new bundle.

@@ -2,6 +2,7 @@
 //! lifetimes with a restart from disk, lifetimes capped by the signer, and
 //! private key files.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use workload_api::bundle::Bundle;
@@ -165,6 +166,22 @@ fn rotation_with_a_jumped_clock_and_a_restart() {
         saw.0 && saw.1 && saw.2,
         "prepare/activate/retire all happened: {saw:?}"
     );
+}
+
+#[test]
+fn a_bundle_is_serialized_once_until_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let ca = Ca::open(config(dir.path()), start).unwrap();
+    let first = ca.current_bundle_jwks();
+    assert_eq!(*first, ca.bundle().to_jwks_json());
+    assert!(Arc::ptr_eq(&first, &ca.current_bundle_jwks()));
+    let mut next = (*ca.bundle()).clone();
+    next.set_sequence(next.sequence() + 1);
+    ca.set_published_bundle(next.clone());
+    let second = ca.current_bundle_jwks();
+    assert!(!Arc::ptr_eq(&first, &second));
+    assert_eq!(*second, next.to_jwks_json());
 }
 
 #[test]

@@ -292,7 +292,7 @@ impl AgentApi for AgentService {
                 cert_chain: signed.chain.concat(),
                 expires_at: unix_secs(signed.not_after),
             }),
-            bundle: self.state.ca.bundle().to_jwks_json(),
+            bundle: self.state.ca.current_bundle_jwks().to_vec(),
         }))
     }
 
@@ -435,7 +435,7 @@ impl AgentApi for AgentService {
     ) -> Result<Response<pb::FetchBundleResponse>, Status> {
         self.authenticate(&request).await?;
         Ok(Response::new(pb::FetchBundleResponse {
-            bundle: self.state.ca.bundle().to_jwks_json(),
+            bundle: self.state.ca.current_bundle_jwks().to_vec(),
         }))
     }
 }

@@ -229,7 +229,9 @@ fn answer(state: &IssuerState, path: &str, request: &Request<Incoming>) -> Respo
     }
     // The most up-to-date bundle (sections 5.2.1.3, 5.2.2.3); serde_json
     // writes UTF-8.
-    let mut response = Response::new(Full::new(Bytes::from(state.ca.bundle().to_jwks_json())));
+    let mut response = Response::new(Full::new(Bytes::from(
+        state.ca.current_bundle_jwks().to_vec(),
+    )));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

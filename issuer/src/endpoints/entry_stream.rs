@@ -92,7 +92,7 @@ pub(super) async fn serve(
         });
         interest.follow(round.parents, version);
         let bundle_bytes = if sent.bundle_sequence != Some(bundle.sequence()) {
-            bundle.to_jwks_json()
+            state.ca.bundle_jwks(&bundle).to_vec()
         } else {
             Vec::new()
         };
