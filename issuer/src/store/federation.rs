@@ -303,6 +303,18 @@ mod tests {
         }
     }
 
+    /// An https_web relationship with partner.org.
+    fn relationship() -> Federation {
+        Federation {
+            trust_domain: "partner.org".into(),
+            bundle_endpoint_url: "https://partner.org/bundle".into(),
+            profile: "https_web".into(),
+            endpoint_spiffe_id: String::new(),
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
     #[tokio::test]
     async fn polls_are_counted_while_the_relationship_lasts() {
         let (_dir, store) = store().await;
@@ -318,17 +330,7 @@ mod tests {
         };
         // No relationship, no record.
         assert_eq!(poll(1, true, "refused").await, None);
-        store
-            .create_federation(&Federation {
-                trust_domain: "partner.org".into(),
-                bundle_endpoint_url: "https://partner.org/bundle".into(),
-                profile: "https_web".into(),
-                endpoint_spiffe_id: String::new(),
-                created_at: 1,
-                updated_at: 1,
-            })
-            .await
-            .unwrap();
+        store.create_federation(&relationship()).await.unwrap();
         assert_eq!(poll(2, true, "refused").await.unwrap().failures, 1);
         let second = poll(3, true, "timed out").await.unwrap();
         assert_eq!(
@@ -405,14 +407,7 @@ mod tests {
     #[tokio::test]
     async fn deleting_a_relationship_deletes_its_bundle() {
         let (_dir, store) = store().await;
-        let federation = Federation {
-            trust_domain: "partner.org".into(),
-            bundle_endpoint_url: "https://partner.org/bundle".into(),
-            profile: "https_web".into(),
-            endpoint_spiffe_id: String::new(),
-            created_at: 1,
-            updated_at: 1,
-        };
+        let federation = relationship();
         store.create_federation(&federation).await.unwrap();
         assert!(matches!(
             store.create_federation(&federation).await,
