@@ -9,24 +9,69 @@ use workload_api::revocation::RevokedOwner;
 
 use crate::ca::{RevokedCounters, SignedCrl};
 
+/// The owners' revocation list as served: the one stored, which one
+/// replica at a time signs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedList {
+    /// Rises with every list, across replicas and restarts (it starts
+    /// from the clock), so consumers can tell news from a replay.
+    pub seq: u64,
+    /// The signed list (compact JWS).
+    pub jws: String,
+    pub expires_at: i64,
+    /// The replica that signed it.
+    pub(crate) signer: String,
+    /// The owners it names, to tell whether a new one is needed.
+    pub(crate) owners: Vec<RevokedOwner>,
+}
+
+/// The CRLs this replica signed for its own X.509 authorities.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnCrls {
+    /// The CRL number: rises with every signing by this replica.
+    pub(crate) number: u64,
+    pub(crate) expires_at: i64,
+    /// What they revoke, and for which authorities, to tell whether a
+    /// re-sign is needed.
+    pub(crate) revoked: Vec<RevokedCounters>,
+    pub(crate) authorities: Vec<String>,
+    pub(crate) crls: Vec<SignedCrl>,
+}
+
 /// What is currently published.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Published {
-    /// Increases with every publication, across restarts (it starts from
-    /// the clock), so consumers can tell news from a replay.
-    pub seq: u64,
+    /// Rises with every publication of this replica: a stream sends the
+    /// revocations again when it moves.
+    pub version: u64,
     /// Every replica's CRLs: this one's, then the others'.
     pub crls: Vec<SignedCrl>,
-    /// The signed revocation list (compact JWS); empty before the first.
-    pub list: String,
-    pub expires_at: i64,
-    /// What was revoked, to tell whether a re-sign is needed.
-    pub(crate) revoked: Vec<RevokedCounters>,
-    pub(crate) owners: Vec<RevokedOwner>,
-    pub(crate) authorities: Vec<String>,
-    /// The CRLs this replica signed, and those other replicas published.
-    pub(crate) own_crls: Vec<SignedCrl>,
+    /// `None` before the first list.
+    pub list: Option<PublishedList>,
+    pub(crate) own: OwnCrls,
     pub(crate) others_crls: Vec<SignedCrl>,
+}
+
+impl Published {
+    /// What is served once `own`, `others_crls` and `list` are.
+    pub(crate) fn of(
+        own: OwnCrls,
+        others_crls: Vec<SignedCrl>,
+        list: Option<PublishedList>,
+    ) -> Self {
+        Published {
+            version: 0,
+            crls: own.crls.iter().chain(&others_crls).cloned().collect(),
+            list,
+            own,
+            others_crls,
+        }
+    }
+
+    /// The list's seq; 0 before the first.
+    pub fn list_seq(&self) -> u64 {
+        self.list.as_ref().map_or(0, |list| list.seq)
+    }
 }
 
 /// The publisher: holds the current publication for everyone to watch.
@@ -55,8 +100,11 @@ impl Revocations {
         self.current.subscribe()
     }
 
-    /// Publishes `next`.
-    pub(crate) fn publish(&self, next: Published) {
-        self.current.send_replace(Arc::new(next));
+    /// Publishes `next` as the next version.
+    pub(crate) fn publish(&self, mut next: Published) {
+        self.current.send_modify(|current| {
+            next.version = current.version + 1;
+            *current = Arc::new(next);
+        });
     }
 }

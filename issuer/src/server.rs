@@ -191,8 +191,9 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
     let state = open(config, clock).await?;
     // From the first request on, the bundle holds every replica's keys.
     crate::trust_bundle::publish(&state).await?;
-    // Agents and relying parties get a revocation list from the first request.
-    revocations::refresh(&state).await?;
+    // Agents and relying parties get a revocation list from the first
+    // request: the stored one, or, if none is valid, one signed now.
+    revocations::refresh(&state, false).await?;
     // The log has a checkpoint from the first request, and records queued
     // before a crash are sequenced now.
     crate::eventlog::sequencer::catch_up(&state.events).await?;
@@ -255,15 +256,15 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<RunningIssue
         AdminService::new(state.clone(), poller.clone()),
         shutdown_rx.clone(),
     )));
-    let pruning = crate::singleton::hold(
+    let revocations_lease = crate::singleton::hold(
         state.store.clone(),
-        "prune",
+        revocations::LEASE,
         state.replica.to_string(),
         shutdown_rx.clone(),
     );
     tasks.push(tokio::spawn(revocations::publish_loop(
         state.clone(),
-        pruning,
+        revocations_lease,
         shutdown_rx.clone(),
     )));
     let sequencer = {

@@ -154,6 +154,14 @@ async fn issuance_and_registration_are_logged_and_the_export_verifies() {
         );
     }
     assert!(!of("crl.published").is_empty());
+    let lists = of("revocations.published");
+    assert!(
+        lists
+            .iter()
+            .all(|e| e["details"]["revoked_owners"].is_array()),
+        "{lists:?}"
+    );
+    assert!(!lists.is_empty());
     let created = of("entry.created");
     assert_eq!(created[0]["entry_id"], entry.id.as_str());
     let svid = of("x509_svid.issued")

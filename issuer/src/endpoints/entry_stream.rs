@@ -35,7 +35,7 @@ struct Sent {
     /// Entry ids and the revisions sent.
     entries: HashMap<String, i64>,
     bundle_sequence: Option<u64>,
-    revocations_seq: Option<u64>,
+    revocations_version: Option<u64>,
     foreign: ForeignBundles,
     foreign_version: Option<u64>,
 }
@@ -96,9 +96,10 @@ pub(super) async fn serve(
         } else {
             Vec::new()
         };
-        let new_revocations = (sent.revocations_seq != Some(revocations.seq)
-            && !revocations.list.is_empty())
-        .then_some(&*revocations);
+        let new_revocations = (sent.revocations_version != Some(revocations.version))
+            .then_some(revocations.list.as_ref())
+            .flatten()
+            .map(|list| (&revocations.crls, list));
         let mut foreign_update = round.foreign;
         if first
             || !round.upserted.is_empty()
@@ -125,12 +126,12 @@ pub(super) async fn serve(
                 },
                 first,
             );
-            if let Some(published) = new_revocations {
+            if let Some((crls, list)) = new_revocations {
                 // With the last message: an agent applies revocations
                 // after the entries that go with them.
                 let last = messages.last_mut().expect("at least one message");
-                last.crls = published.crls.iter().map(|c| c.der.clone()).collect();
-                last.revocation_list = published.list.clone();
+                last.crls = crls.iter().map(|c| c.der.clone()).collect();
+                last.revocation_list = list.jws.clone();
             }
             for message in messages {
                 if tx.send(Ok(message)).await.is_err() {
@@ -139,7 +140,7 @@ pub(super) async fn serve(
             }
             sent.entries = round.current;
             sent.bundle_sequence = Some(bundle.sequence());
-            sent.revocations_seq = Some(revocations.seq);
+            sent.revocations_version = Some(revocations.version);
             if let Some(update) = foreign_update {
                 sent.foreign.sent(update.current);
             }

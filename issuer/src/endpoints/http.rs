@@ -61,16 +61,15 @@ async fn revocations(State(state): State<IssuerState>, RawQuery(query): RawQuery
     let mut changes = state.revocations.subscribe();
     if let Some(after) = after {
         // Whatever the outcome, answer with the current list.
-        let _ = tokio::time::timeout(LONG_POLL, changes.wait_for(|p| p.seq > after)).await;
+        let _ = tokio::time::timeout(LONG_POLL, changes.wait_for(|p| p.list_seq() > after)).await;
     }
-    let current = state.revocations.current();
-    if current.list.is_empty() {
-        return problem(
+    match &state.revocations.current().list {
+        Some(list) => reply("application/jwt", list.jws.clone()),
+        None => problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "no revocation list is published yet".into(),
-        );
+        ),
     }
-    reply("application/jwt", current.list.clone())
 }
 
 async fn crls_pem(State(state): State<IssuerState>) -> Response {

@@ -6,8 +6,10 @@
 //! so agents learn of changes by push rather than by polling.
 //!
 //! This module holds the pool, the migrations, the errors and the change
-//! counter; `entries`, `agents`, `tokens`, `owners`, `serials`, `log` and
-//! `leases` each add the [`Store`] methods of their tables. No SPIFFE standard covers registration; the model follows SPIRE's.
+//! counter; `entries`, `agents`, `tokens`, `owners`, `serials`, `log`,
+//! `leases`, `crls`, `revocation_list` and the others each add the
+//! [`Store`] methods of their tables. No SPIFFE standard covers
+//! registration; the model follows SPIRE's.
 
 mod agents;
 mod backend;
@@ -20,6 +22,7 @@ mod log;
 mod model;
 mod notify;
 mod owners;
+mod revocation_list;
 mod serials;
 mod tokens;
 mod trust_keys;
@@ -45,6 +48,7 @@ pub use model::{
     JoinTokenRecord, Owner, Selector, SerialReservation,
 };
 pub use notify::{Change, Noted};
+pub use revocation_list::StoredList;
 pub use trust_keys::{SharedBundleKeys, TrustKey};
 
 /// Why a store operation failed.
@@ -192,6 +196,13 @@ fn migrator() -> sqlx::migrate::Migrator {
             Cow::Borrowed("federation polls"),
             MigrationType::Simple,
             Cow::Borrowed(include_str!("../../migrations/0007_federation_polls.sql")),
+            false,
+        ),
+        Migration::new(
+            8,
+            Cow::Borrowed("revocation list"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0008_revocation_list.sql")),
             false,
         ),
     ];

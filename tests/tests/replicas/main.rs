@@ -7,4 +7,5 @@ mod agent_failover;
 mod loadgen;
 mod postgres;
 mod replica_failover;
+mod revocation_list;
 mod shared_bundle;

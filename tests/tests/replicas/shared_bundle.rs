@@ -76,7 +76,9 @@ async fn until_upserted(
 }
 
 /// Two replicas on a new database `name`, once they serve one bundle.
-async fn two_replicas(name: &str) -> (Postgres, DatabaseUrl, TestIssuer, TestIssuer, Bundle) {
+pub(crate) async fn two_replicas(
+    name: &str,
+) -> (Postgres, DatabaseUrl, TestIssuer, TestIssuer, Bundle) {
     let pg = Postgres::start();
     let url = pg.create_database(name);
     let a = replica(&url).await;

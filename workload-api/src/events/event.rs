@@ -52,8 +52,12 @@ pub enum EventKind {
     KeyActivated,
     #[serde(rename = "key.retired")]
     KeyRetired,
+    /// A replica signed the CRLs of its own X.509 authorities.
     #[serde(rename = "crl.published")]
     CrlPublished,
+    /// The owners' revocation list was signed (by one replica at a time).
+    #[serde(rename = "revocations.published")]
+    RevocationsPublished,
     /// A federation relationship was created, changed or ended.
     #[serde(rename = "federation.created")]
     FederationCreated,
