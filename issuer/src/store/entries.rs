@@ -7,7 +7,6 @@
 
 use sqlx::Row;
 
-use super::graph::EntryGraph;
 use super::notify::Change;
 use super::{DuplicateEntry, Entry, EntryFields, EntryOwner, Selector, Store, StoreError};
 
@@ -40,7 +39,7 @@ const ENTRY_COLUMNS: [&str; 21] = [
 const ENTRY_BOOL_COLUMNS: [&str; 2] = ["admin", "downstream"];
 
 /// The select list of [`ENTRY_COLUMNS`] from the table aliased `table`.
-fn entry_columns(table: &str) -> String {
+pub(super) fn entry_columns(table: &str) -> String {
     ENTRY_COLUMNS
         .iter()
         .map(|column| {
@@ -212,23 +211,6 @@ impl Store {
             )
         };
         self.fetch_by_ids(select, ids, entry_from_row).await
-    }
-
-    /// Every entry an agent may mint for at `now` (see [`EntryGraph`]).
-    pub async fn authorized_entries(
-        &self,
-        agent_id: &str,
-        now: i64,
-    ) -> Result<Vec<Entry>, StoreError> {
-        let graph = EntryGraph::new(self.live_entries().await?);
-        let selectors = self.agent_selectors(agent_id).await?;
-        let issuer = issuer_of(agent_id);
-        Ok(graph
-            .authorized(agent_id, issuer.as_deref(), &selectors, now)
-            .entries
-            .into_iter()
-            .cloned()
-            .collect())
     }
 }
 
@@ -502,7 +484,7 @@ fn json_column<T: serde::de::DeserializeOwned>(
     serde_json::from_str(&text).map_err(|source| StoreError::Corrupt { column, source })
 }
 
-fn entry_from_row(row: &sqlx::any::AnyRow) -> Result<Entry, StoreError> {
+pub(super) fn entry_from_row(row: &sqlx::any::AnyRow) -> Result<Entry, StoreError> {
     let owner_id: String = row.try_get("owner_id")?;
     // Parsed even for an unbound entry, so corruption shows wherever it is.
     let actors: Vec<String> = json_column(row, "actors")?;

@@ -12,6 +12,7 @@
 //! registration; the model follows SPIRE's.
 
 mod agents;
+mod authorized;
 mod backend;
 mod crls;
 mod entries;
@@ -452,6 +453,19 @@ pub(crate) async fn temp_store() -> (tempfile::TempDir, Store) {
     };
     let store = Store::open(&url).await.unwrap();
     (dir, store)
+}
+
+/// A seeded generator of numbers below `n` (xorshift): random-looking
+/// test inputs that are the same on every run.
+#[cfg(test)]
+pub(crate) fn seeded(seed: u64) -> impl FnMut(usize) -> usize {
+    let mut state = seed.max(1);
+    move |n: usize| {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1) as u64) as usize
+    }
 }
 
 /// Creates a database with a new name on the PostgreSQL server `server`.
