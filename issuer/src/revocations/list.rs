@@ -32,15 +32,23 @@ pub(super) async fn current(
 ) -> Result<Option<PublishedList>, PublishError> {
     let now_secs = unix_secs(state.clock.now());
     let stored = state.store.revocation_list().await?;
-    let readable = stored.as_ref().and_then(|s| with_owners(s.clone()));
+    let previous = stored.as_ref().map(|s| s.seq);
+    let readable = match stored {
+        // Unchanged since it was read: no need to parse it again.
+        Some(stored) if held.is_some_and(|h| h.seq == stored.seq && h.jws == stored.jws) => {
+            held.cloned()
+        }
+        Some(stored) => with_owners(stored),
+        None => None,
+    };
+    // The owners revoked now, when the holder needs them to decide.
+    let mut owners = None;
     let signs = if holds_lease {
         match &readable {
             None => true,
-            Some(list) => {
-                list.signer != *state.replica
-                    || list.expires_at - RESIGN_BEFORE.as_secs() as i64 <= now_secs
-                    || list.owners != revoked_owners(state).await?
-            }
+            Some(list) if list.signer != *state.replica => true,
+            Some(list) if list.expires_at - RESIGN_BEFORE.as_secs() as i64 <= now_secs => true,
+            Some(list) => list.owners != *owners.insert(revoked_owners(state).await?),
         }
     } else {
         readable
@@ -48,9 +56,12 @@ pub(super) async fn current(
             .is_none_or(|list| list.expires_at <= now_secs)
     };
     let served = if signs {
-        let previous = stored.as_ref().map(|s| s.seq);
         let after = previous.into_iter().chain(held.map(|h| h.seq)).max();
-        match sign(state, previous, after).await? {
+        let owners = match owners {
+            Some(owners) => owners,
+            None => revoked_owners(state).await?,
+        };
+        match sign(state, owners, previous, after).await? {
             Some(signed) => Some(signed),
             // Another replica stored one first: serve that.
             None => state.store.revocation_list().await?.and_then(with_owners),
@@ -88,16 +99,17 @@ async fn revoked_owners(state: &IssuerState) -> Result<Vec<RevokedOwner>, Publis
         .collect())
 }
 
-/// Signs a list numbered past `after` and stores it over `previous`. `None`
-/// when another replica stored a list since `previous` was read.
+/// Signs a list of `owners` numbered past `after` and stores it over
+/// `previous`. `None` when another replica stored a list since `previous`
+/// was read.
 async fn sign(
     state: &IssuerState,
+    owners: Vec<RevokedOwner>,
     previous: Option<u64>,
     after: Option<u64>,
 ) -> Result<Option<PublishedList>, PublishError> {
     let now = state.clock.now();
     let now_secs = unix_secs(now).max(0) as u64;
-    let owners = revoked_owners(state).await?;
     let seq = after.map_or(now_secs, |after| now_secs.max(after + 1));
     let expires_at = now_secs + VALIDITY.as_secs();
     let jws = state.ca.sign_revocation_list(&RevocationClaims {
