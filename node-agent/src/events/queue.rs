@@ -171,13 +171,16 @@ impl EventQueue {
         self.pending.iter().take(max).cloned().collect()
     }
 
-    /// Records that the issuer holds every event up to `through`.
-    pub fn ack(&mut self, through: u64) -> Result<(), QueueError> {
+    /// Records that the issuer holds every event up to `through`; returns
+    /// how many pending events that took off the queue.
+    pub fn ack(&mut self, through: u64) -> Result<usize, QueueError> {
         if through <= self.state.acked {
-            return Ok(());
+            return Ok(0);
         }
+        let mut taken = 0;
         while self.pending.front().is_some_and(|q| q.seq <= through) {
             self.pending.pop_front();
+            taken += 1;
         }
         self.state.acked = through;
         self.save_state()?;
@@ -186,7 +189,7 @@ impl EventQueue {
         } else if self.file_bytes > COMPACT_BYTES {
             self.compact()?;
         }
-        Ok(())
+        Ok(taken)
     }
 
     fn save_state(&self) -> Result<(), QueueError> {
@@ -292,7 +295,7 @@ mod tests {
             assert_eq!(queue.push(event(n)).unwrap(), u64::from(n) + 1);
         }
         queue.sync().unwrap();
-        queue.ack(2).unwrap();
+        assert_eq!(queue.ack(2).unwrap(), 2);
         drop(queue);
         let mut queue = EventQueue::open(dir.path(), AGENT).unwrap();
         let unsent = queue.unsent(10);

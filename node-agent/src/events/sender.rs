@@ -94,11 +94,12 @@ async fn send_some(events: &AgentEvents, node: &Node) -> Result<Option<usize>, S
         .await
         .map_err(|status| status.message().to_string())?
         .into_inner();
-    let before = events.pending();
-    events
+    // Counted by the acknowledgement itself: events queued meanwhile must
+    // not be taken for ones the issuer did not take.
+    let taken = events
         .with_queue(|queue| queue.ack(answer.acknowledged_through))
         .map_err(|e| e.to_string())?;
-    match before - events.pending() {
+    match taken {
         0 => Err(format!(
             "the issuer acknowledged events up to {}, none of those sent",
             answer.acknowledged_through
